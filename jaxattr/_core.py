@@ -1,0 +1,544 @@
+"""The method contract, implemented once: inputs, targets, baselines, chunking, caching.
+
+Every attribution method in jaxattr goes through these helpers, so that all of them read
+their inputs, targets and baselines the same way and fail with the same clear errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = [
+    "Inputs",
+    "Target",
+    "as_inputs",
+    "batched_chunks",
+    "broadcast_baselines",
+    "cached_jit",
+    "is_concrete",
+    "prepare_target",
+    "target_score",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """How ``x`` is laid out and passed to ``fn``.
+
+    ``x`` is a single array, a tuple of arrays (unpacked as ``fn(*x, *args)``, as in
+    Captum) or any other pytree (passed whole, ``fn(x, *args)``). Every leaf leads with
+    the batch size ``n``.
+    """
+
+    is_tuple: bool
+    n: int
+
+    def call(self, fn: Callable[..., Any], x: PyTree, args: tuple) -> Any:
+        """Evaluate ``fn`` on ``x`` (and the non-attributed ``args``)."""
+        if self.is_tuple:
+            return fn(*x, *args)
+        return fn(x, *args)
+
+
+def _leaf_paths(x: PyTree) -> list[tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(x)
+    return [("x" + jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+
+
+def as_inputs(x: PyTree, *, need_float: bool = True, name: str = "x") -> Inputs:
+    """Validate ``x`` and describe its layout.
+
+    Args:
+        x: An array, a tuple of arrays or a pytree of arrays, each leading with N.
+        need_float: Whether the method differentiates with respect to ``x`` (then every
+            leaf must be floating point).
+        name: The argument's name, for error messages.
+
+    Returns:
+        The :class:`Inputs` description.
+
+    Raises:
+        TypeError: A leaf is not an array, or not floating point where gradients are needed.
+        ValueError: ``x`` is empty, a leaf is a scalar, or leaves disagree on N.
+    """
+    leaves = _leaf_paths(x)
+    if not leaves:
+        raise ValueError(f"{name} must hold at least one array, got {x!r}")
+    n = None
+    for path, leaf in leaves:
+        path = path.replace("x", name, 1)
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"{path} must be an array, got {type(leaf).__name__}")
+        if leaf.ndim == 0:
+            raise ValueError(
+                f"{path} must lead with the batch dimension N, got a scalar (shape ()); "
+                f"use x[None] for a single example"
+            )
+        if need_float and not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"{path} must be floating point to take gradients with respect to it, got "
+                f"dtype {leaf.dtype}; for token ids, attribute the embedding layer instead "
+                f"(layer methods)"
+            )
+        if n is None:
+            n = leaf.shape[0]
+        elif leaf.shape[0] != n:
+            raise ValueError(
+                f"every leaf of {name} must lead with the same batch size N; {path} has "
+                f"shape {tuple(leaf.shape)}, expected leading dimension {n}"
+            )
+    return Inputs(is_tuple=isinstance(x, tuple), n=int(n))
+
+
+def to_arrays(x: PyTree) -> PyTree:
+    """Convert numpy arrays (and other array-likes) in ``x`` to jax arrays."""
+    return jax.tree_util.tree_map(lambda a: a if isinstance(a, jax.Array) else jnp.asarray(a), x)
+
+
+def is_concrete(*values: Any) -> bool:
+    """True when none of ``values`` is a tracer (so their contents can be checked)."""
+    leaves = jax.tree_util.tree_leaves(values)
+    return not any(isinstance(v, jax.core.Tracer) for v in leaves)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Validate an integer option such as ``n_steps``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """Validate a string option such as ``method``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_key(key: Any, method: str) -> Array:
+    """Validate the explicit PRNG ``key`` of a random method."""
+    if key is None:
+        raise ValueError(
+            f"{method} is random: pass key=jax.random.key(seed) (the result is fixed for a "
+            f"fixed key)"
+        )
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a jax.random key, got {type(key).__name__}")
+    return key
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A normalised ``target``: a static ``kind`` plus an optional array.
+
+    kinds: ``none`` (one output per example), ``int`` / ``tuple`` (the same output index
+    for every example), ``index`` (one index per example, ``array`` of shape (N,) or
+    (N, k)), ``cotangent`` (``array`` broadcast against the output) and ``callable``
+    (``fn(y)`` returns the cotangent, Zennit's ``attr_output``).
+    """
+
+    kind: str
+    static: Any = None
+    array: Array | None = None
+
+    def tree_flatten(self):
+        return (self.array,), (self.kind, self.static)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], aux[1], children[0])
+
+
+jax.tree_util.register_pytree_node(Target, Target.tree_flatten, Target.tree_unflatten)
+
+
+def _output_shape(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple) -> tuple:
+    out = jax.eval_shape(lambda x_, a_: inputs.call(fn, x_, a_), x, args)
+    if not hasattr(out, "shape"):
+        raise TypeError(
+            f"fn must return one array (batch-first), got {type(out).__name__}; select the "
+            f"output to explain inside fn"
+        )
+    if out.ndim == 0 or out.shape[0] != inputs.n:
+        raise ValueError(
+            f"fn must return an array leading with the batch size N={inputs.n}, got output "
+            f"shape {tuple(out.shape)}"
+        )
+    return tuple(out.shape)
+
+
+def _check_index(idx: Sequence[int], y_shape: tuple, what: str) -> None:
+    for axis, i in enumerate(idx, start=1):
+        size = y_shape[axis]
+        if not 0 <= int(i) < size:
+            raise ValueError(
+                f"target {what} is out of range for the output of shape {y_shape}: index "
+                f"{int(i)} on axis {axis} must be in [0, {size})"
+            )
+
+
+def prepare_target(
+    target: Any, fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple = ()
+) -> Target:
+    """Normalise a user ``target`` against ``fn``'s output shape and validate it.
+
+    Args:
+        target: ``None``; an int; a tuple of ints (outputs with more than two dims); a
+            list/array of N ints or N tuples (one per example); a float array used as the
+            output cotangent (broadcast against the output, e.g. one-hot rows); or a
+            callable ``y -> cotangent``.
+        fn: The model.
+        inputs: The layout of ``x``.
+        x: The input (used only for its shapes).
+        args: Extra positional arguments of ``fn``.
+
+    Returns:
+        The normalised :class:`Target`.
+
+    Raises:
+        ValueError: The target does not fit the output shape or is out of range.
+        TypeError: The target has an unsupported type.
+    """
+    return normalize_target(target, _output_shape(fn, inputs, x, args))
+
+
+def normalize_target(target: Any, y_shape: tuple) -> Target:
+    """Normalise ``target`` against an output shape ``(N, ...)``; see :func:`prepare_target`."""
+    y_shape = tuple(y_shape)
+    n = y_shape[0]
+    if target is None:
+        if math.prod(y_shape[1:]) != 1:
+            raise ValueError(
+                f"target=None needs one output per example, but fn returns shape {y_shape}; "
+                f"pass target=<class index>, a tuple index, or a cotangent"
+            )
+        return Target("none")
+    if callable(target) and not hasattr(target, "shape"):
+        return Target("callable", target)
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError(f"target must be an int, tuple, array or callable, got {target!r}")
+    if isinstance(target, (int, np.integer)):
+        if len(y_shape) != 2:
+            raise ValueError(
+                f"an int target needs a 2-D output (N, C), but fn returns shape {y_shape}; "
+                f"use a tuple of {len(y_shape) - 1} indices"
+            )
+        _check_index((target,), y_shape, repr(int(target)))
+        return Target("int", int(target))
+    if isinstance(target, tuple):
+        if not all(isinstance(t, (int, np.integer)) for t in target):
+            raise TypeError(f"a tuple target must hold ints, got {target!r}")
+        if len(target) != len(y_shape) - 1:
+            raise ValueError(
+                f"a tuple target indexes every non-batch output axis: expected "
+                f"{len(y_shape) - 1} indices for output shape {y_shape}, got {target!r}"
+            )
+        _check_index(target, y_shape, repr(target))
+        return Target("tuple", tuple(int(t) for t in target))
+    if isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(
+                f"a list target gives one index per example: expected length N={n}, got "
+                f"length {len(target)}"
+            )
+        if all(isinstance(t, tuple) for t in target):
+            arr = np.asarray(target, dtype=np.int32)
+        elif all(isinstance(t, (int, np.integer)) for t in target):
+            arr = np.asarray(target, dtype=np.int32)
+        else:
+            raise TypeError(f"a list target must hold ints or tuples of ints, got {target!r}")
+        target = arr
+    if hasattr(target, "shape") and hasattr(target, "dtype"):
+        arr = target
+        if jnp.issubdtype(arr.dtype, jnp.integer):
+            k = len(y_shape) - 1
+            expected = [(n,), (n, k)] if k == 1 else [(n, k)]
+            if tuple(arr.shape) not in expected:
+                raise ValueError(
+                    f"an integer array target gives one index per example: expected shape "
+                    f"{' or '.join(map(str, expected))} for output shape {y_shape}, got "
+                    f"{tuple(arr.shape)}"
+                )
+            arr2 = jnp.reshape(jnp.asarray(arr, jnp.int32), (n, k))
+            if is_concrete(arr):
+                host = np.asarray(arr).reshape(n, k)
+                for row in host:
+                    _check_index(tuple(row), y_shape, str(tuple(int(v) for v in row)))
+            return Target("index", None, arr2)
+        if jnp.issubdtype(arr.dtype, jnp.floating):
+            try:
+                np.broadcast_shapes(tuple(arr.shape), y_shape)
+                ok = len(arr.shape) <= len(y_shape)
+            except ValueError:
+                ok = False
+            if not ok or np.broadcast_shapes(tuple(arr.shape), y_shape) != y_shape:
+                raise ValueError(
+                    f"a float array target is the output cotangent and must broadcast to the "
+                    f"output shape {y_shape}, got shape {tuple(arr.shape)}"
+                )
+            return Target("cotangent", None, jnp.asarray(arr))
+        raise TypeError(f"an array target must be integer or floating, got dtype {arr.dtype}")
+    raise TypeError(
+        f"target must be None, an int, a tuple, a list, an array or a callable, got "
+        f"{type(target).__name__}"
+    )
+
+
+def target_score(y: Array, target: Target) -> Array:
+    """The per-example scalar being explained, shape (N,).
+
+    For index targets this is the selected output; for cotangent and callable targets it
+    is ``sum(y * cotangent)`` over the non-batch axes (the cotangent held constant), whose
+    gradient is the vector-Jacobian product Zennit computes with ``grad_output``.
+    """
+    n = y.shape[0]
+    kind = target.kind
+    if kind == "none":
+        return jnp.reshape(y, (n,))
+    if kind == "int":
+        return y[:, target.static]
+    if kind == "tuple":
+        return y[(slice(None), *target.static)]
+    if kind == "index":
+        idx = target.array
+        if idx.shape[0] != n:  # expanded batch (e.g. an inner method on a bigger batch)
+            idx = jnp.repeat(idx, n // idx.shape[0], axis=0)
+        return y[(jnp.arange(n), *[idx[:, i] for i in range(idx.shape[1])])]
+    if kind == "cotangent":
+        cot = jnp.broadcast_to(target.array, y.shape)
+    else:  # callable
+        cot = jnp.broadcast_to(target.static(jax.lax.stop_gradient(y)), y.shape)
+    cot = jax.lax.stop_gradient(cot).astype(y.dtype)
+    return jnp.sum(jnp.reshape(y * cot, (n, -1)), axis=1)
+
+
+def select_target(y: Array, target: Any) -> Array:
+    """The per-example scalar that ``target`` selects from a model output.
+
+    This is the one implementation of the target conventions used by every jaxattr method
+    (Captum's ``target`` and Zennit's output relevance):
+
+    - ``None``: the output has one value per example, shape (N,) or (N, 1).
+    - ``int``: column ``target`` of a 2-D output (N, C).
+    - ``tuple`` of ints: the index into the non-batch axes of an output with more than
+      two dimensions, e.g. ``(2, 5)`` for an (N, 4, 8) output.
+    - ``list`` (or integer array) of N ints, or of N tuples: one index per example.
+    - float array broadcastable to the output (e.g. one-hot rows ``jnp.eye(10)[[3]]``):
+      the output cotangent; the score is ``sum(y * target)`` over the non-batch axes.
+    - callable ``y -> cotangent`` (Zennit's ``attr_output``), e.g. :func:`one_hot_max`.
+
+    Args:
+        y: A model output of shape (N, ...).
+        target: The target, in any of the forms above.
+
+    Returns:
+        The explained score of each example, shape (N,).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> y = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+        >>> jaxattr.select_target(y, [1, 0])
+        Array([2., 3.], dtype=float32)
+    """
+    y = jnp.asarray(y)
+    if y.ndim == 0:
+        raise ValueError("y must lead with the batch dimension N, got a scalar")
+    return target_score(y, normalize_target(target, y.shape))
+
+
+def one_hot_max(y: Array) -> Array:
+    """Zennit's ``one_hot_max``: the max output kept in place, zeros elsewhere.
+
+    Use as a callable ``target`` to explain each example's top class with its output value
+    as relevance.
+
+    Args:
+        y: Output of shape (N, C).
+
+    Returns:
+        An (N, C) array, ``y[n, c]`` at each row's argmax and 0 elsewhere.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> jaxattr.one_hot_max(jnp.array([[1.0, 3.0, 2.0]]))
+        Array([[0., 3., 0.]], dtype=float32)
+    """
+    idx = jnp.argmax(y, axis=1)
+    return jax.nn.one_hot(idx, y.shape[1], dtype=y.dtype) * jnp.max(y, axis=1, keepdims=True)
+
+
+def scores(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple, target: Target):
+    """``target_score`` of ``fn`` at ``x``: shape (N,)."""
+    return target_score(inputs.call(fn, x, args), target)
+
+
+def input_gradient(
+    fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple, target: Target
+) -> PyTree:
+    """Gradient of each example's target score with respect to ``x`` (same structure)."""
+    return jax.grad(lambda x_: jnp.sum(scores(fn, inputs, x_, args, target)))(x)
+
+
+# --------------------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------------------
+
+
+def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "baselines"):
+    """Expand ``baselines`` to x's structure, each leaf broadcast to its input's shape.
+
+    Args:
+        baselines: ``None`` (zeros), a scalar, an array broadcastable to each input's shape
+            (``(C, H, W)``, ``(1, C, H, W)`` or ``(N, C, H, W)``), or (for tuple/pytree
+            inputs) one such entry per input with the same structure as ``x``.
+        x: The inputs.
+        inputs: Their layout.
+        name: The argument's name, for error messages.
+
+    Returns:
+        A pytree of x's structure with every leaf of its input's shape and dtype.
+    """
+    x_leaves, treedef = jax.tree_util.tree_flatten(x)
+    if baselines is None:
+        return jax.tree_util.tree_map(jnp.zeros_like, x)
+    if _is_scalar_or_array(baselines):
+        b_leaves = [baselines] * len(x_leaves)
+    else:
+        try:
+            b_leaves = treedef.flatten_up_to(baselines)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name} must be a scalar, an array, or match the structure of x "
+                f"({treedef}), got {jax.tree_util.tree_structure(baselines)}"
+            ) from err
+    out = []
+    paths = [p for p, _ in _leaf_paths(x)]
+    for path, xl, bl in zip(paths, x_leaves, b_leaves):
+        b = jnp.asarray(0.0 if bl is None else bl, dtype=xl.dtype)
+        try:
+            shape = np.broadcast_shapes(tuple(b.shape), tuple(xl.shape))
+        except ValueError:
+            shape = None
+        if shape != tuple(xl.shape):
+            where = name + path[1:] if len(paths) > 1 else name
+            raise ValueError(
+                f"{where} has shape {tuple(b.shape)}, which does not broadcast to the shape "
+                f"{tuple(xl.shape)} of {path}"
+            )
+        out.append(jnp.broadcast_to(b, xl.shape))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _is_scalar_or_array(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) or hasattr(v, "shape")
+
+
+def baseline_distribution(baselines: Any, x: PyTree, name: str = "baselines") -> PyTree:
+    """Validate a baseline *distribution*: per input, an array of shape (M, *x.shape[1:])."""
+    if baselines is None:
+        raise ValueError(f"{name} is required: a distribution of shape (M, ...) per input")
+    x_leaves, treedef = jax.tree_util.tree_flatten(x)
+    if _is_scalar_or_array(baselines):
+        b_leaves = [baselines] * len(x_leaves)
+    else:
+        try:
+            b_leaves = treedef.flatten_up_to(baselines)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name} must match the structure of x ({treedef}), got "
+                f"{jax.tree_util.tree_structure(baselines)}"
+            ) from err
+    out = []
+    m = None
+    for path, xl, bl in zip([p for p, _ in _leaf_paths(x)], x_leaves, b_leaves):
+        b = jnp.asarray(bl, dtype=xl.dtype)
+        if b.ndim == 0:
+            b = jnp.broadcast_to(b, (1, *xl.shape[1:]))
+        if b.ndim != xl.ndim or np.broadcast_shapes(b.shape[1:], xl.shape[1:]) != xl.shape[1:]:
+            raise ValueError(
+                f"{name} is a distribution of baselines for {path}: expected shape "
+                f"(M, {', '.join(map(str, xl.shape[1:]))}), got {tuple(b.shape)}"
+            )
+        b = jnp.broadcast_to(b, (b.shape[0], *xl.shape[1:]))
+        if m is None:
+            m = b.shape[0]
+        elif b.shape[0] != m:
+            raise ValueError(
+                f"every input's baseline distribution must have the same number of samples "
+                f"M; {path} has {b.shape[0]}, expected {m}"
+            )
+        out.append(b)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# --------------------------------------------------------------------------------------
+# Compilation and chunking
+# --------------------------------------------------------------------------------------
+
+
+def cached_jit(static_argnames: Sequence[str]):
+    """``jax.jit`` with ``static_argnames``, falling back to no caching for unhashable fns.
+
+    Methods jit their core with the model ``fn`` as a static argument, so a second call
+    with the same ``fn`` and shapes reuses the compiled program. A model that cannot be
+    hashed still works; it is compiled on every call.
+    """
+
+    def decorator(core: Callable[..., Any]) -> Callable[..., Any]:
+        jitted = jax.jit(core, static_argnames=tuple(static_argnames))
+
+        @functools.wraps(core)
+        def wrapper(**kwargs: Any) -> Any:
+            try:
+                for k in static_argnames:
+                    hash(kwargs[k])
+            except TypeError:
+                statics = {k: kwargs.pop(k) for k in static_argnames}
+                return jax.jit(functools.partial(core, **statics))(**kwargs)
+            return jitted(**kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def batched_chunks(total: int, batch_size: int | None) -> list[tuple[int, int]]:
+    """Split ``range(total)`` into ``(start, stop)`` chunks of at most ``batch_size``."""
+    if batch_size is None or batch_size >= total:
+        return [(0, total)]
+    return [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise sum (``a`` may be None)."""
+    if a is None:
+        return b
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def cast_like(attr: PyTree, x: PyTree) -> PyTree:
+    """Cast every leaf of ``attr`` to the dtype of the matching leaf of ``x``."""
+    return jax.tree_util.tree_map(lambda a, xl: a.astype(xl.dtype), attr, x)

@@ -1,0 +1,269 @@
+"""Gradient methods: gradient, saliency, input x gradient, sensitivity analysis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxattr import _core
+from jaxattr._core import Inputs, PyTree, Target
+
+__all__ = [
+    "gradient",
+    "input_baseline_x_gradient",
+    "input_x_gradient",
+    "saliency",
+    "sensitivity",
+]
+
+
+@_core.cached_jit(("fn", "inputs", "mode"))
+def _gradient_core(*, fn, inputs: Inputs, x, args, target: Target, mode: str):
+    grad = _core.input_gradient(fn, inputs, x, args, target)
+    if mode == "abs":
+        grad = jax.tree_util.tree_map(jnp.abs, grad)
+    elif mode == "times_input":
+        grad = jax.tree_util.tree_map(jnp.multiply, grad, x)
+    return _core.cast_like(grad, x)
+
+
+def _run_gradient(fn, x, target, args, mode):
+    x = _core.to_arrays(x)
+    args = tuple(args)
+    inputs = _core.as_inputs(x)
+    t = _core.prepare_target(target, fn, inputs, x, args)
+    return _gradient_core(fn=fn, inputs=inputs, x=x, args=args, target=t, mode=mode)
+
+
+def gradient(
+    fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()
+) -> PyTree:
+    """The plain gradient of the explained output with respect to the input.
+
+    Zennit's ``Gradient`` attributor (and Captum's ``Saliency(abs=False)``). With a
+    cotangent or callable ``target`` this is the vector-Jacobian product Zennit computes
+    with its ``attr_output``.
+
+    Args:
+        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...). A tuple
+            ``x`` is unpacked, ``fn(*x)``.
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        target: What to explain; see :func:`jaxattr.select_target` for every form (``None``,
+            int, tuple, per-example list/array, cotangent array, callable).
+        args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+
+    Returns:
+        The gradient, with the structure, shapes and dtypes of ``x``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: jnp.stack([x.sum(1), (x ** 2).sum(1)], axis=1)
+        >>> jaxattr.gradient(fn, jnp.array([[1.0, 2.0]]), target=1)
+        Array([[2., 4.]], dtype=float32)
+    """
+    return _run_gradient(fn, x, target, args, "plain")
+
+
+def saliency(
+    fn: Callable[..., Any],
+    x: PyTree,
+    *,
+    target: Any = None,
+    abs: bool = True,  # noqa: A002 - Captum's option name
+    args: tuple = (),
+) -> PyTree:
+    """Saliency maps (Simonyan et al., 2013): the absolute input gradient.
+
+    Captum's ``Saliency``: ``abs=True`` by default; ``abs=False`` gives the signed gradient.
+
+    Args:
+        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        target: What to explain (see :func:`gradient`).
+        abs: Return ``|gradient|`` (default) or the signed gradient.
+        args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+
+    Returns:
+        The saliency map, with the structure, shapes and dtypes of ``x``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: x @ jnp.array([[1.0], [-3.0]])
+        >>> jaxattr.saliency(fn, jnp.ones((1, 2)))
+        Array([[1., 3.]], dtype=float32)
+    """
+    return _run_gradient(fn, x, target, args, "abs" if abs else "plain")
+
+
+def input_x_gradient(
+    fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()
+) -> PyTree:
+    """Input times gradient (Shrikumar et al., 2016).
+
+    Captum's ``InputXGradient`` and Zennit's ``GradientTimesInput`` example attributor.
+
+    Args:
+        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        target: What to explain (see :func:`gradient`).
+        args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+
+    Returns:
+        ``x * gradient``, with the structure, shapes and dtypes of ``x``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: (x ** 2).sum(1)
+        >>> jaxattr.input_x_gradient(fn, jnp.array([[1.0, 3.0]]))
+        Array([[ 2., 18.]], dtype=float32)
+    """
+    return _run_gradient(fn, x, target, args, "times_input")
+
+
+def sensitivity(
+    fn: Callable[..., Any],
+    x: PyTree,
+    *,
+    target: Any = None,
+    sum_channels: bool = False,
+    channel_axis: int = 1,
+    args: tuple = (),
+) -> PyTree:
+    """Sensitivity analysis: the absolute gradient, optionally summed over channels.
+
+    Zennit's ``SensitivityAnalysis`` example attributor. With ``sum_channels=True`` the
+    channel axis is summed away, so an (N, C, H, W) input gives an (N, H, W) map.
+
+    Args:
+        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        target: What to explain (see :func:`gradient`).
+        sum_channels: Sum ``|gradient|`` over ``channel_axis``.
+        channel_axis: The channel axis of every input (1 for NCHW, -1 for NHWC).
+        args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+
+    Returns:
+        ``|gradient|`` with x's structure; each leaf has x's shape, minus ``channel_axis``
+        when ``sum_channels`` is set.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: -x.sum((1, 2))
+        >>> jaxattr.sensitivity(fn, jnp.ones((1, 2, 3)), sum_channels=True).shape
+        (1, 3)
+    """
+    attr = _run_gradient(fn, x, target, args, "abs")
+    if not sum_channels:
+        return attr
+
+    def reduce(a):
+        axis = channel_axis if channel_axis >= 0 else a.ndim + channel_axis
+        if not 1 <= axis < a.ndim:
+            raise ValueError(
+                f"channel_axis must name a non-batch axis of every input, got {channel_axis} "
+                f"for an input of rank {a.ndim}"
+            )
+        return a.sum(axis)
+
+    return jax.tree_util.tree_map(reduce, attr)
+
+
+@_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
+def _ibxg_core(
+    *, fn, inputs, x, baselines, alphas, args, target, multiply_by_inputs, return_delta
+):
+    def scale(xl, bl):
+        a = alphas.reshape((-1,) + (1,) * (xl.ndim - 1)).astype(xl.dtype)
+        return bl + a * (xl - bl)
+
+    point = jax.tree_util.tree_map(scale, x, baselines)
+    grad = _core.input_gradient(fn, inputs, point, args, target)
+    if multiply_by_inputs:
+        attr = jax.tree_util.tree_map(lambda g, xl, bl: g * (xl - bl), grad, x, baselines)
+    else:
+        attr = grad
+    attr = _core.cast_like(attr, x)
+    if not return_delta:
+        return attr
+    return attr, completeness_delta(fn, inputs, x, baselines, args, target, attr)
+
+
+def completeness_delta(fn, inputs, x, baselines, args, target, attr):
+    """``sum(attr) - (f(x) - f(baseline))`` per example, shape (N,)."""
+    total = sum(
+        jnp.sum(a.reshape(a.shape[0], -1).astype(jnp.float32), axis=1)
+        for a in jax.tree_util.tree_leaves(attr)
+    )
+    diff = _core.scores(fn, inputs, x, args, target) - _core.scores(
+        fn, inputs, baselines, args, target
+    )
+    return total - diff.astype(total.dtype)
+
+
+def input_baseline_x_gradient(
+    fn: Callable[..., Any],
+    x: PyTree,
+    baselines: Any = None,
+    *,
+    key: jax.Array | None = None,
+    alphas: jax.Array | None = None,
+    target: Any = None,
+    multiply_by_inputs: bool = True,
+    return_delta: bool = False,
+    args: tuple = (),
+) -> PyTree | tuple[PyTree, jax.Array]:
+    """(input - baseline) times the gradient at a random point between them.
+
+    Captum's ``InputBaselineXGradient`` (the inner step of GradientShap): each example's
+    gradient is taken at ``baseline + alpha * (x - baseline)``, ``alpha ~ U[0, 1]`` drawn
+    from ``key`` (or given as ``alphas``), then multiplied by ``x - baseline``.
+
+    Args:
+        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        baselines: Reference input(s) broadcastable to x (default zeros).
+        key: PRNG key for the per-example ``alpha`` (required unless ``alphas`` is given).
+        alphas: Explicit interpolation coefficients, shape (N,).
+        target: What to explain (see :func:`gradient`).
+        multiply_by_inputs: Multiply by ``x - baseline`` (Captum's global attribution);
+            ``False`` returns the gradient alone (local attribution).
+        return_delta: Also return ``sum(attr) - (f(x) - f(baseline))``, shape (N,).
+        args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+
+    Returns:
+        The attribution with x's structure, or ``(attribution, delta)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: (2.0 * x).sum(1)
+        >>> jaxattr.input_baseline_x_gradient(fn, jnp.ones((1, 2)), key=jax.random.key(0))
+        Array([[2., 2.]], dtype=float32)
+    """
+    x = _core.to_arrays(x)
+    args = tuple(args)
+    inputs = _core.as_inputs(x)
+    t = _core.prepare_target(target, fn, inputs, x, args)
+    b = _core.broadcast_baselines(baselines, x, inputs)
+    if alphas is None:
+        key = _core.check_key(key, "input_baseline_x_gradient (alpha ~ U[0, 1])")
+        alphas = jax.random.uniform(key, (inputs.n,))
+    else:
+        alphas = jnp.asarray(alphas)
+        if alphas.shape != (inputs.n,):
+            raise ValueError(
+                f"alphas must have shape (N,) = ({inputs.n},), got {tuple(alphas.shape)}"
+            )
+    return _ibxg_core(
+        fn=fn,
+        inputs=inputs,
+        x=x,
+        baselines=b,
+        alphas=alphas,
+        args=args,
+        target=t,
+        multiply_by_inputs=multiply_by_inputs,
+        return_delta=return_delta,
+    )

@@ -1,0 +1,52 @@
+"""Shared test set-up.
+
+Zennit 0.5.1 imports torchvision at import time, only for isinstance checks in its
+torchvision canonizers. torchvision cannot load here, so a stub
+``torchvision.models.resnet`` with placeholder ``BasicBlock``/``Bottleneck`` classes is
+installed before anything imports zennit. Reference ResNets used with Zennit's ResNet
+canonizer subclass these placeholders.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+
+def _install_torchvision_stub() -> None:
+    if "torchvision" in sys.modules:
+        return
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except Exception:  # noqa: BLE001 - any failure to load means: use the stub
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+    try:
+        import torch.nn as nn
+    except ImportError:  # torch-free runs need no stub
+        return
+
+    class BasicBlock(nn.Module):
+        """Placeholder for torchvision.models.resnet.BasicBlock."""
+
+        expansion = 1
+
+    class Bottleneck(nn.Module):
+        """Placeholder for torchvision.models.resnet.Bottleneck."""
+
+        expansion = 4
+
+    tv = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
+    tv.models, models.resnet = models, resnet
+    tv.__path__, models.__path__ = [], []
+    sys.modules.update(
+        {"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet}
+    )
+
+
+_install_torchvision_stub()

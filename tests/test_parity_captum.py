@@ -1,0 +1,231 @@
+"""Parity of the gradient and path methods with Captum on the same weights.
+
+Tolerance: float32 on both sides, so results agree to ``rtol=1e-4`` with an absolute
+floor of ``1e-4 * max|reference|`` (summation order differs between XLA and torch; the
+observed error is ~1e-6 relative). Random methods are compared on the same draws: Captum's
+calls to ``torch.normal``, ``np.random.choice`` and ``np.random.uniform`` are replaced by
+the draws jaxattr makes from its key.
+"""
+
+from __future__ import annotations
+
+import captum.attr as ca
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jaxattr
+from tests import twins
+
+
+def assert_close(ours, ref, rtol=1e-4):
+    ours, ref = np.asarray(ours), twins.to_np(ref)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    atol = rtol * max(float(np.abs(ref).max()), 1e-12)
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    model = twins.seed_cnn(0)
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    return model, twins.seed_cnn_jax(model), x
+
+
+@pytest.fixture(scope="module")
+def two_input():
+    model = twins.TwoInput(1)
+    rng = np.random.default_rng(1)
+    x1 = rng.normal(size=(3, 4)).astype(np.float32)
+    x2 = rng.normal(size=(3, 3)).astype(np.float32)
+    return model, twins.two_input_jax(model), (x1, x2)
+
+
+@pytest.fixture(scope="module")
+def cube():
+    model = twins.CubeOut(2)
+    x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
+    return model, twins.cube_out_jax(model), x
+
+
+@pytest.mark.parametrize("abs_", [True, False])
+@pytest.mark.parametrize("target", [3, [1, 7]])
+def test_saliency(cnn, abs_, target):
+    model, fn, x = cnn
+    ref = ca.Saliency(model).attribute(twins.to_torch(x), target=target, abs=abs_)
+    assert_close(jaxattr.saliency(fn, x, target=target, abs=abs_), ref)
+
+
+def test_input_x_gradient(cnn):
+    model, fn, x = cnn
+    ref = ca.InputXGradient(model).attribute(twins.to_torch(x), target=5)
+    assert_close(jaxattr.input_x_gradient(fn, x, target=5), ref)
+
+
+@pytest.mark.parametrize("method", jaxattr.QUADRATURES)
+@pytest.mark.parametrize("return_delta", [False, True])
+def test_integrated_gradients_cnn(cnn, method, return_delta):
+    model, fn, x = cnn
+    ig = ca.IntegratedGradients(model)
+    ref = ig.attribute(
+        twins.to_torch(x),
+        target=[2, 9],
+        n_steps=12,
+        method=method,
+        return_convergence_delta=return_delta,
+    )
+    ours = jaxattr.integrated_gradients(
+        fn, x, target=[2, 9], n_steps=12, method=method, return_delta=return_delta
+    )
+    if return_delta:
+        assert_close(ours[0], ref[0])
+        # the delta is a small difference of large sums: compare it on the output's scale
+        scale = float(np.abs(twins.to_np(model(twins.to_torch(x)))).max())
+        np.testing.assert_allclose(ours[1], twins.to_np(ref[1]), atol=1e-4 * scale)
+    else:
+        assert_close(ours, ref)
+
+
+def test_integrated_gradients_baseline_and_local(cnn):
+    model, fn, x = cnn
+    base = np.full((1, 3, 32, 32), 0.25, np.float32)
+    ref = ca.IntegratedGradients(model, multiply_by_inputs=False).attribute(
+        twins.to_torch(x), baselines=twins.to_torch(base), target=1, n_steps=10
+    )
+    ours = jaxattr.integrated_gradients(
+        fn, x, base, target=1, n_steps=10, multiply_by_inputs=False, batch_size=3
+    )
+    assert_close(ours, ref)
+
+
+def test_integrated_gradients_tuple_inputs(two_input):
+    model, fn, (x1, x2) = two_input
+    b = (np.float32(0.5), np.zeros((1, 3), np.float32))
+    ref, ref_delta = ca.IntegratedGradients(model).attribute(
+        (twins.to_torch(x1), twins.to_torch(x2)),
+        baselines=(0.5, twins.to_torch(b[1])),
+        target=[0, 4, 2],
+        n_steps=20,
+        return_convergence_delta=True,
+    )
+    ours, delta = jaxattr.integrated_gradients(
+        fn, (x1, x2), b, target=[0, 4, 2], n_steps=20, return_delta=True
+    )
+    assert isinstance(ours, tuple) and len(ours) == 2
+    assert_close(ours[0], ref[0])
+    assert_close(ours[1], ref[1])
+    np.testing.assert_allclose(delta, twins.to_np(ref_delta), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [(1, 2), [(0, 0), (2, 3), (1, 1)]])
+def test_tuple_targets_on_3d_output(cube, target):
+    model, fn, x = cube
+    ref = ca.IntegratedGradients(model).attribute(twins.to_torch(x), target=target, n_steps=8)
+    assert_close(jaxattr.integrated_gradients(fn, x, target=target, n_steps=8), ref)
+    ref = ca.Saliency(model).attribute(twins.to_torch(x), target=target, abs=False)
+    assert_close(jaxattr.saliency(fn, x, target=target, abs=False), ref)
+
+
+class _Replay:
+    """Returns prepared values, one per call, in order (replacing a random generator)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self, *args, **kwargs):
+        return self.values.pop(0)
+
+
+def _samples_interleaved(noise_leaf):
+    """jaxattr's (S, N, ...) sample layout to Captum's (N * S, ...) repeat_interleave."""
+    a = np.asarray(noise_leaf)
+    return torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 0, 1)).reshape(-1, *a.shape[2:]))
+
+
+@pytest.mark.parametrize("nt_type", jaxattr.NT_TYPES)
+def test_noise_tunnel_saliency(cnn, nt_type, monkeypatch):
+    model, fn, x = cnn
+    key = jax.random.key(3)
+    nt_samples, stdevs = 4, 0.3
+    k_noise, _, _ = jax.random.split(key, 3)
+    noise = jaxattr.draw_noise(k_noise, x, stdevs, nt_samples)
+    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    ref = ca.NoiseTunnel(ca.Saliency(model)).attribute(
+        twins.to_torch(x), nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs, target=4
+    )
+    monkeypatch.undo()
+    tunnel = jaxattr.noise_tunnel(
+        jaxattr.saliency, nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs
+    )
+    assert_close(tunnel(fn, x, key=key, target=4), ref, rtol=2e-4)
+
+
+def test_noise_tunnel_integrated_gradients_tuple_with_delta(two_input, monkeypatch):
+    model, fn, x = two_input
+    key = jax.random.key(4)
+    stdevs = (0.2, 0.1)
+    k_noise, _, _ = jax.random.split(key, 3)
+    noise = jaxattr.draw_noise(k_noise, x, stdevs, 3)
+    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(n) for n in noise]))
+    ref, ref_delta = ca.NoiseTunnel(ca.IntegratedGradients(model)).attribute(
+        tuple(map(twins.to_torch, x)),
+        nt_samples=3,
+        stdevs=stdevs,
+        target=1,
+        n_steps=10,
+        return_convergence_delta=True,
+    )
+    monkeypatch.undo()
+    tunnel = jaxattr.noise_tunnel(jaxattr.integrated_gradients, nt_samples=3, stdevs=stdevs)
+    ours, delta = tunnel(fn, x, key=key, target=1, n_steps=10, return_delta=True)
+    assert_close(ours[0], ref[0])
+    assert_close(ours[1], ref[1])
+    assert delta.shape == (3, 3)
+    np.testing.assert_allclose(np.asarray(delta).reshape(-1), twins.to_np(ref_delta), atol=1e-5)
+
+
+@pytest.mark.parametrize("stdevs", [0.0, 0.2])
+def test_gradient_shap(cnn, stdevs, monkeypatch):
+    model, fn, x = cnn
+    dist = np.random.default_rng(5).normal(size=(6, 3, 32, 32)).astype(np.float32)
+    key = jax.random.key(5)
+    n_samples = 3
+    noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, dist.shape[0], n_samples, stdevs)
+    # Captum draws, in order: baseline indices, input noise, alphas; all example-major
+    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    ref, ref_delta = ca.GradientShap(model).attribute(
+        twins.to_torch(x),
+        twins.to_torch(dist),
+        n_samples=n_samples,
+        stdevs=stdevs,
+        target=[3, 8],
+        return_convergence_delta=True,
+    )
+    monkeypatch.undo()
+    ours, delta = jaxattr.gradient_shap(
+        fn, x, dist, key=key, n_samples=n_samples, stdevs=stdevs, target=[3, 8],
+        return_delta=True,
+    )
+    assert_close(ours, ref)
+    scale = float(np.abs(twins.to_np(model(twins.to_torch(x)))).max())
+    np.testing.assert_allclose(
+        np.asarray(delta).reshape(-1), twins.to_np(ref_delta), atol=1e-4 * scale
+    )
+
+
+def test_input_baseline_x_gradient_matches_captum(cnn, monkeypatch):
+    model, fn, x = cnn
+    alphas = np.array([0.3, 0.8])
+    monkeypatch.setattr(np.random, "uniform", _Replay([alphas]))
+    from captum.attr._core.gradient_shap import InputBaselineXGradient
+
+    ref = InputBaselineXGradient(model).attribute(
+        twins.to_torch(x), baselines=twins.to_torch(x * 0 + 0.1), target=0
+    )
+    monkeypatch.undo()
+    ours = jaxattr.input_baseline_x_gradient(fn, x, 0.1, alphas=jnp.asarray(alphas), target=0)
+    assert_close(ours, ref)
