@@ -175,8 +175,29 @@ class Target:
 jax.tree_util.register_pytree_node(Target, Target.tree_flatten, Target.tree_unflatten)
 
 
+def _spec(tree: PyTree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_eval_shape(fn, inputs, x_spec, args_spec):
+    def struct(spec):
+        treedef, leaves = spec
+        return jax.tree_util.tree_unflatten(
+            treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves]
+        )
+
+    return jax.eval_shape(lambda x_, a_: inputs.call(fn, x_, a_), struct(x_spec), struct(args_spec))
+
+
 def _output_shape(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple) -> tuple:
-    out = jax.eval_shape(lambda x_, a_: inputs.call(fn, x_, a_), x, args)
+    try:
+        out = _cached_eval_shape(fn, inputs, _spec(x), _spec(args))
+    except TypeError as err:
+        if "unhashable" not in str(err):
+            raise
+        out = jax.eval_shape(lambda x_, a_: inputs.call(fn, x_, a_), x, args)
     if not hasattr(out, "shape"):
         raise TypeError(
             f"fn must return one array (batch-first), got {type(out).__name__}; select the "
@@ -247,7 +268,8 @@ def normalize_target(target: Any, y_shape: tuple) -> Target:
                 f"use a tuple of {len(y_shape) - 1} indices"
             )
         _check_index((target,), y_shape, repr(int(target)))
-        return Target("int", int(target))
+        # the index is traced, not static: explaining another class does not recompile
+        return Target("int", None, jnp.asarray([int(target)], jnp.int32))
     if isinstance(target, tuple):
         if not all(isinstance(t, (int, np.integer)) for t in target):
             raise TypeError(f"a tuple target must hold ints, got {target!r}")
@@ -257,7 +279,7 @@ def normalize_target(target: Any, y_shape: tuple) -> Target:
                 f"{len(y_shape) - 1} indices for output shape {y_shape}, got {target!r}"
             )
         _check_index(target, y_shape, repr(target))
-        return Target("tuple", tuple(int(t) for t in target))
+        return Target("tuple", None, jnp.asarray([int(t) for t in target], jnp.int32))
     if isinstance(target, list):
         if len(target) != n:
             raise ValueError(
@@ -318,10 +340,8 @@ def target_score(y: Array, target: Target) -> Array:
     kind = target.kind
     if kind == "none":
         return jnp.reshape(y, (n,))
-    if kind == "int":
-        return y[:, target.static]
-    if kind == "tuple":
-        return y[(slice(None), *target.static)]
+    if kind in ("int", "tuple"):
+        return y[(slice(None), *[target.array[i] for i in range(target.array.shape[0])])]
     if kind == "index":
         idx = target.array
         if idx.shape[0] != n:  # expanded batch (e.g. an inner method on a bigger batch)
@@ -477,7 +497,13 @@ def baseline_distribution(baselines: Any, x: PyTree, name: str = "baselines") ->
         b = jnp.asarray(bl, dtype=xl.dtype)
         if b.ndim == 0:
             b = jnp.broadcast_to(b, (1, *xl.shape[1:]))
-        if b.ndim != xl.ndim or np.broadcast_shapes(b.shape[1:], xl.shape[1:]) != xl.shape[1:]:
+        try:
+            fits = b.ndim == xl.ndim and (
+                np.broadcast_shapes(b.shape[1:], xl.shape[1:]) == xl.shape[1:]
+            )
+        except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(
                 f"{name} is a distribution of baselines for {path}: expected shape "
                 f"(M, {', '.join(map(str, xl.shape[1:]))}), got {tuple(b.shape)}"

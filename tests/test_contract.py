@@ -1,0 +1,300 @@
+"""The method contract, checked on every public method with the same tests.
+
+Each entry of ``CASES`` says how to call a method, whether it is random (takes ``key``),
+how it chunks its expansion, and whether it has a completeness delta. Every method is
+then checked for: shape/dtype following x (array and tuple inputs), jit == eager,
+chunked == unchunked, vmap == loop, fixed key -> fixed result, every target form, no
+recompilation on a second call, and clear errors for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxattr
+
+W1 = jax.random.normal(jax.random.key(0), (4, 8))
+W2 = jax.random.normal(jax.random.key(1), (8, 3))
+V1 = jax.random.normal(jax.random.key(2), (2, 8))
+
+
+def mlp(x):
+    return jnp.tanh(x @ W1) @ W2
+
+
+def mlp2(x1, x2):
+    return jnp.tanh(x1 @ W1 + x2 @ V1) @ W2
+
+
+def mlp_cube(x):  # (N, 4) -> (N, 3, 2)
+    return jnp.stack([mlp(x), mlp(x) ** 2], axis=-1)
+
+
+def mlp_scalar(x):  # (N, 4) -> (N,)
+    return mlp(x)[:, 0]
+
+
+X = jax.random.normal(jax.random.key(3), (3, 4))
+X2 = (X, jax.random.normal(jax.random.key(4), (3, 2)))
+KEY = jax.random.key(7)
+
+
+@dataclasses.dataclass
+class Case:
+    call: Callable
+    random: bool = False
+    chunk: str | None = None  # keyword that chunks the expansion
+    baselines: str | None = None  # "point" (broadcast) or "distribution"
+    delta: bool = False
+
+    def __call__(self, fn, x, **kw):
+        if self.random:
+            kw.setdefault("key", KEY)
+        if self.baselines == "distribution" and "baselines" not in kw:
+            kw["baselines"] = jax.tree_util.tree_map(
+                lambda a: jnp.linspace(-1, 1, 5 * a[0].size).reshape(5, *a.shape[1:]), x
+            )
+        return self.call(fn, x, **kw)
+
+
+def _nt(method, **method_kw):
+    def call(fn, x, nt_samples_batch_size=None, **kw):
+        tunnel = jaxattr.noise_tunnel(
+            method, nt_samples=3, stdevs=0.1, nt_samples_batch_size=nt_samples_batch_size
+        )
+        return tunnel(fn, x, **method_kw, **kw)
+
+    return call
+
+
+CASES = {
+    "gradient": Case(jaxattr.gradient),
+    "saliency": Case(jaxattr.saliency),
+    "input_x_gradient": Case(jaxattr.input_x_gradient),
+    "sensitivity": Case(jaxattr.sensitivity),
+    "input_baseline_x_gradient": Case(
+        jaxattr.input_baseline_x_gradient, random=True, baselines="point", delta=True
+    ),
+    "integrated_gradients": Case(
+        lambda fn, x, **kw: jaxattr.integrated_gradients(fn, x, n_steps=7, **kw),
+        chunk="batch_size",
+        baselines="point",
+        delta=True,
+    ),
+    "noise_tunnel(saliency)": Case(_nt(jaxattr.saliency), random=True,
+                                   chunk="nt_samples_batch_size"),
+    "noise_tunnel(integrated_gradients)": Case(
+        _nt(jaxattr.integrated_gradients, n_steps=4),
+        random=True,
+        chunk="nt_samples_batch_size",
+        baselines="point",
+        delta=True,
+    ),
+    "smoothgrad": Case(
+        lambda fn, x, **kw: jaxattr.smoothgrad(fn, x, n_iter=5, **kw),
+        random=True,
+        chunk="batch_size",
+    ),
+    "gradient_shap": Case(
+        jaxattr.gradient_shap, random=True, baselines="distribution", delta=True
+    ),
+}
+ids = list(CASES)
+params = [CASES[k] for k in ids]
+
+
+def close(a, b, tol=1e-5):
+    for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(la, np.float32), np.asarray(lb, np.float32),
+                                   rtol=tol, atol=tol)
+
+
+def test_every_public_method_is_in_the_contract():
+    public = {
+        "gradient", "saliency", "input_x_gradient", "sensitivity",
+        "input_baseline_x_gradient", "integrated_gradients", "noise_tunnel", "smoothgrad",
+        "gradient_shap",
+    }
+    covered = {k.split("(")[0] for k in CASES}
+    assert public <= covered
+    assert public <= set(jaxattr.__all__)
+
+
+@pytest.mark.parametrize("case", params, ids=ids)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_shape_and_dtype_follow_x(case, dtype):
+    x = X.astype(dtype)
+    attr = case(mlp, x, target=1)
+    assert attr.shape == x.shape and attr.dtype == x.dtype
+
+
+@pytest.mark.parametrize("case", params, ids=ids)
+def test_tuple_input_gives_tuple_attribution(case):
+    attr = case(mlp2, X2, target=2)
+    assert isinstance(attr, tuple) and len(attr) == 2
+    for a, x in zip(attr, X2):
+        assert a.shape == x.shape and a.dtype == x.dtype
+
+
+@pytest.mark.parametrize("case", params, ids=ids)
+def test_jit_equals_eager(case):
+    eager = case(mlp, X, target=[0, 1, 2])
+    jitted = jax.jit(lambda x: case(mlp, x, target=[0, 1, 2]))(X)
+    close(jitted, eager)
+
+
+@pytest.mark.parametrize("case", [c for c in params if c.chunk],
+                         ids=[k for k, c in CASES.items() if c.chunk])
+def test_chunked_equals_unchunked(case):
+    whole = case(mlp, X, target=1)
+    for size in (1, 2):
+        close(case(mlp, X, target=1, **{case.chunk: size}), whole)
+
+
+@pytest.mark.parametrize("case", params, ids=ids)
+def test_vmap_equals_loop(case):
+    xs = jnp.stack([X, X * 0.5 + 1.0])  # two batches of three
+    vm = jax.vmap(lambda xb: case(mlp, xb, target=1))(xs)
+    loop = jnp.stack([case(mlp, xb, target=1) for xb in xs])
+    close(vm, loop)
+
+
+@pytest.mark.parametrize("case", [c for c in params if c.random],
+                         ids=[k for k, c in CASES.items() if c.random])
+def test_fixed_key_fixed_result(case):
+    a = case(mlp, X, target=1, key=jax.random.key(1))
+    b = case(mlp, X, target=1, key=jax.random.key(1))
+    c = case(mlp, X, target=1, key=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    with pytest.raises(ValueError, match="key"):
+        case.call(mlp, X, target=1, **({"baselines": jnp.zeros((2, 4))}
+                                      if case.baselines == "distribution" else {}))
+
+
+@pytest.mark.parametrize("case", params, ids=ids)
+def test_every_target_form(case):
+    ref = case(mlp, X, target=1)
+    one_hot = jnp.eye(3)[1]
+    forms = {
+        "list": [1, 1, 1],
+        "int array": jnp.array([1, 1, 1]),
+        "cotangent row": one_hot[None],
+        "cotangent full": jnp.tile(one_hot, (3, 1)),
+        "callable": lambda y: jnp.broadcast_to(one_hot, y.shape),
+    }
+    for name, target in forms.items():
+        close(case(mlp, X, target=target), ref), name
+    close(case(mlp_cube, X, target=(1, 0)), ref)
+    close(case(mlp_cube, X, target=[(1, 0)] * 3), ref)
+    close(case(mlp_scalar, X, target=None), case(mlp, X, target=0))
+    per_example = case(mlp, X, target=[0, 2, 1])
+    for i, t in enumerate([0, 2, 1]):
+        close(per_example[i], case(mlp, X, target=t)[i])
+
+
+def test_second_call_does_not_recompile():
+    traces = []
+
+    def counted(x):
+        traces.append(1)
+        return mlp(x)
+
+    for method in (jaxattr.saliency, jaxattr.integrated_gradients):
+        traces.clear()
+        method(counted, X, target=1)
+        first = len(traces)
+        assert first >= 1
+        method(counted, X, target=2)  # another class: the index is traced, not static
+        method(counted, X + 1.0, target=1)
+        assert len(traces) == first, method.__name__
+
+
+@pytest.mark.parametrize("case", params, ids=ids)
+def test_bad_inputs_are_named(case):
+    with pytest.raises(ValueError, match=r"target .*out of range"):
+        case(mlp, X, target=3)
+    with pytest.raises(ValueError, match="target=None needs one output"):
+        case(mlp, X, target=None)
+    with pytest.raises(ValueError, match="expected length N=3"):
+        case(mlp, X, target=[0, 1])
+    with pytest.raises(ValueError, match="broadcast to the output shape"):
+        case(mlp, X, target=jnp.ones((3, 4)))
+    with pytest.raises(ValueError, match="expected 2 indices"):
+        case(mlp_cube, X, target=(1,))
+    with pytest.raises(TypeError, match=r"x must be floating point.*int32"):
+        case(lambda x: mlp(x.astype(jnp.float32)), jnp.ones((3, 4), jnp.int32), target=0)
+    with pytest.raises(ValueError, match=r"same batch size N.*x\[1\]"):
+        case(mlp2, (X, jnp.ones((2, 2))), target=0)
+    if case.baselines == "point":
+        with pytest.raises(ValueError, match=r"baselines has shape \(5,\).*does not broadcast"):
+            case(mlp, X, target=0, baselines=jnp.zeros(5))
+        with pytest.raises(ValueError, match=r"baselines\[1\] has shape"):
+            case(mlp2, X2, target=0, baselines=(0.0, jnp.zeros(3)))
+    if case.baselines == "distribution":
+        with pytest.raises(ValueError, match=r"expected shape \(M, 4\)"):
+            case(mlp, X, target=0, baselines=jnp.zeros((5, 3)))
+
+
+def test_method_specific_errors():
+    with pytest.raises(ValueError, match=r"method must be one of .*'simpson'"):
+        jaxattr.integrated_gradients(mlp, X, target=0, method="simpson")
+    with pytest.raises(ValueError, match="n_steps must be >= 1, got 0"):
+        jaxattr.integrated_gradients(mlp, X, target=0, n_steps=0)
+    with pytest.raises(ValueError, match="n_steps must be >= 2"):
+        jaxattr.integrated_gradients(mlp, X, target=0, n_steps=1, method="riemann_trapezoid")
+    with pytest.raises(TypeError, match="n_steps must be an int"):
+        jaxattr.integrated_gradients(mlp, X, target=0, n_steps=2.5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        jaxattr.integrated_gradients(mlp, X, target=0, batch_size=0)
+    with pytest.raises(ValueError, match="nt_type must be one of"):
+        jaxattr.noise_tunnel(jaxattr.saliency, nt_type="smooth")
+    with pytest.raises(ValueError, match="stdevs gives one value per input: expected 2"):
+        jaxattr.noise_tunnel(jaxattr.saliency, stdevs=(0.1,))(mlp2, X2, key=KEY, target=0)
+    with pytest.raises(ValueError, match="noise_level must be"):
+        jaxattr.smoothgrad(mlp, X, key=KEY, target=0, noise_level=-1.0)
+    with pytest.raises(ValueError, match=r"alphas must have shape \(N,\)"):
+        jaxattr.input_baseline_x_gradient(mlp, X, alphas=jnp.ones(2), target=0)
+    with pytest.raises(ValueError, match="channel_axis"):
+        jaxattr.sensitivity(mlp, X, target=0, sum_channels=True, channel_axis=0)
+    with pytest.raises(TypeError, match="fn must return one array"):
+        jaxattr.gradient(lambda x: (mlp(x), mlp(x)), X, target=0)
+
+
+@pytest.mark.parametrize("case", [c for c in params if c.delta],
+                         ids=[k for k, c in CASES.items() if c.delta])
+def test_return_delta(case):
+    attr, delta = case(mlp, X, target=1, return_delta=True)
+    assert attr.shape == X.shape
+    assert delta.shape[0] == X.shape[0]
+    close(attr, case(mlp, X, target=1))
+
+
+def test_args_are_passed_after_x():
+    scale = jnp.array([2.0])
+    fn = lambda x, s: mlp(x) * s
+    close(jaxattr.saliency(fn, X, target=1, args=(scale,)), 2 * jaxattr.saliency(mlp, X, target=1))
+    close(
+        jaxattr.integrated_gradients(fn, X, target=1, args=(scale,)),
+        2 * jaxattr.integrated_gradients(mlp, X, target=1),
+    )
+
+
+def test_dict_input_is_passed_whole():
+    fn = lambda d: mlp2(d["a"], d["b"])
+    attr = jaxattr.integrated_gradients(fn, {"a": X2[0], "b": X2[1]}, target=0)
+    ref = jaxattr.integrated_gradients(mlp2, X2, target=0)
+    close(attr["a"], ref[0])
+    close(attr["b"], ref[1])
+
+
+def test_grad_through_a_method():
+    """Methods are differentiable (e.g. for attribution-regularised training)."""
+    g = jax.grad(lambda x: jaxattr.integrated_gradients(mlp, x, target=1, n_steps=4).sum())(X)
+    assert g.shape == X.shape and bool(jnp.all(jnp.isfinite(g)))
