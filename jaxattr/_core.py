@@ -269,7 +269,7 @@ def normalize_target(target: Any, y_shape: tuple) -> Target:
             )
         _check_index((target,), y_shape, repr(int(target)))
         # the index is traced, not static: explaining another class does not recompile
-        return Target("int", None, jnp.asarray([int(target)], jnp.int32))
+        return Target("int", None, np.asarray([int(target)], np.int32))
     if isinstance(target, tuple):
         if not all(isinstance(t, (int, np.integer)) for t in target):
             raise TypeError(f"a tuple target must hold ints, got {target!r}")
@@ -279,7 +279,7 @@ def normalize_target(target: Any, y_shape: tuple) -> Target:
                 f"{len(y_shape) - 1} indices for output shape {y_shape}, got {target!r}"
             )
         _check_index(target, y_shape, repr(target))
-        return Target("tuple", None, jnp.asarray([int(t) for t in target], jnp.int32))
+        return Target("tuple", None, np.asarray([int(t) for t in target], np.int32))
     if isinstance(target, list):
         if len(target) != n:
             raise ValueError(
@@ -304,7 +304,10 @@ def normalize_target(target: Any, y_shape: tuple) -> Target:
                     f"{' or '.join(map(str, expected))} for output shape {y_shape}, got "
                     f"{tuple(arr.shape)}"
                 )
-            arr2 = jnp.reshape(jnp.asarray(arr, jnp.int32), (n, k))
+            if isinstance(arr, np.ndarray):
+                arr2 = arr.astype(np.int32).reshape(n, k)
+            else:
+                arr2 = jnp.reshape(jnp.asarray(arr, jnp.int32), (n, k))
             if is_concrete(arr):
                 host = np.asarray(arr).reshape(n, k)
                 for row in host:
@@ -428,7 +431,7 @@ def input_gradient(
 
 
 def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "baselines"):
-    """Expand ``baselines`` to x's structure, each leaf broadcast to its input's shape.
+    """Validate ``baselines`` against x: one entry per input, each broadcastable to it.
 
     Args:
         baselines: ``None`` (zeros), a scalar, an array broadcastable to each input's shape
@@ -439,11 +442,12 @@ def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "
         name: The argument's name, for error messages.
 
     Returns:
-        A pytree of x's structure with every leaf of its input's shape and dtype.
+        A pytree of x's structure whose leaves broadcast to the inputs' shapes (scalars
+        stay numpy scalars); :func:`expand_baselines` broadcasts them inside a jitted core.
     """
     x_leaves, treedef = jax.tree_util.tree_flatten(x)
     if baselines is None:
-        return jax.tree_util.tree_map(jnp.zeros_like, x)
+        baselines = 0.0
     if _is_scalar_or_array(baselines):
         b_leaves = [baselines] * len(x_leaves)
     else:
@@ -457,7 +461,11 @@ def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "
     out = []
     paths = [p for p, _ in _leaf_paths(x)]
     for path, xl, bl in zip(paths, x_leaves, b_leaves):
-        b = jnp.asarray(0.0 if bl is None else bl, dtype=xl.dtype)
+        bl = 0.0 if bl is None else bl
+        if isinstance(bl, (int, float, np.number)):  # cheap: no device array per call
+            out.append(np.asarray(bl, dtype=np.dtype(xl.dtype)))
+            continue
+        b = jnp.asarray(bl, dtype=xl.dtype)
         try:
             shape = np.broadcast_shapes(tuple(b.shape), tuple(xl.shape))
         except ValueError:
@@ -468,8 +476,15 @@ def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "
                 f"{where} has shape {tuple(b.shape)}, which does not broadcast to the shape "
                 f"{tuple(xl.shape)} of {path}"
             )
-        out.append(jnp.broadcast_to(b, xl.shape))
+        out.append(b)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def expand_baselines(baselines: PyTree, x: PyTree) -> PyTree:
+    """Broadcast validated baselines (see :func:`broadcast_baselines`) to x's shapes."""
+    return jax.tree_util.tree_map(
+        lambda b, xl: jnp.broadcast_to(jnp.asarray(b, xl.dtype), xl.shape), baselines, x
+    )
 
 
 def _is_scalar_or_array(v: Any) -> bool:

@@ -175,6 +175,8 @@ def sensitivity(
 def _ibxg_core(
     *, fn, inputs, x, baselines, alphas, args, target, multiply_by_inputs, return_delta
 ):
+    baselines = _core.expand_baselines(baselines, x)
+
     def scale(xl, bl):
         a = alphas.reshape((-1,) + (1,) * (xl.ndim - 1)).astype(xl.dtype)
         return bl + a * (xl - bl)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,12 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """
     _core.check_choice(method, "method", QUADRATURES)
     n = _core.check_positive_int(n_steps, "n_steps", 2 if method == "riemann_trapezoid" else 1)
+    alphas, weights = _quadrature(method, n)
+    return alphas.copy(), weights.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     if method == "gausslegendre":
         nodes, w = np.polynomial.legendre.leggauss(n)
         return 0.5 * (nodes + 1.0), 0.5 * w
@@ -67,6 +74,11 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
 @_core.cached_jit(("fn", "inputs"))
 def _path_gradient_sum(*, fn, inputs, x, baselines, args, target, alphas, weights):
     """``sum_s weights[s] * grad f(b + alphas[s] (x - b))``, the steps one vmapped batch."""
+    return _path_sum(fn, inputs, x, _core.expand_baselines(baselines, x), args, target,
+                     alphas, weights)
+
+
+def _path_sum(fn, inputs, x, baselines, args, target, alphas, weights):
 
     def step(alpha):
         point = jax.tree_util.tree_map(
@@ -82,6 +94,23 @@ def _path_gradient_sum(*, fn, inputs, x, baselines, args, target, alphas, weight
 
 @_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
 def _finish(*, fn, inputs, x, baselines, args, target, total, multiply_by_inputs, return_delta):
+    baselines = _core.expand_baselines(baselines, x)
+    return _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs,
+                    return_delta)
+
+
+@_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
+def _integrated_gradients_core(
+    *, fn, inputs, x, baselines, args, target, alphas, weights, multiply_by_inputs, return_delta
+):
+    """Unchunked integrated gradients as one compiled program."""
+    baselines = _core.expand_baselines(baselines, x)
+    total = _path_sum(fn, inputs, x, baselines, args, target, alphas, weights)
+    return _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs,
+                    return_delta)
+
+
+def _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs, return_delta):
     if multiply_by_inputs:
         attr = jax.tree_util.tree_map(lambda g, xl, bl: g * (xl - bl), total, x, baselines)
     else:
@@ -145,7 +174,9 @@ def integrated_gradients(
         >>> attr.round(4), delta.round(4)
         (Array([[1., 4.]], dtype=float32), Array([0.], dtype=float32))
     """
-    alphas, weights = quadrature(method, n_steps)
+    _core.check_choice(method, "method", QUADRATURES)
+    n_min = 2 if method == "riemann_trapezoid" else 1
+    alphas, weights = _quadrature(method, _core.check_positive_int(n_steps, "n_steps", n_min))
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
     x = _core.to_arrays(x)
@@ -153,8 +184,22 @@ def integrated_gradients(
     inputs = _core.as_inputs(x)
     t = _core.prepare_target(target, fn, inputs, x, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
+    chunks = _core.batched_chunks(len(alphas), batch_size)
+    if len(chunks) == 1:
+        return _integrated_gradients_core(
+            fn=fn,
+            inputs=inputs,
+            x=x,
+            baselines=b,
+            args=args,
+            target=t,
+            alphas=alphas,
+            weights=weights,
+            multiply_by_inputs=multiply_by_inputs,
+            return_delta=return_delta,
+        )
     total = None
-    for start, stop in _core.batched_chunks(len(alphas), batch_size):
+    for start, stop in chunks:
         part = _path_gradient_sum(
             fn=fn,
             inputs=inputs,
@@ -162,8 +207,8 @@ def integrated_gradients(
             baselines=b,
             args=args,
             target=t,
-            alphas=jnp.asarray(alphas[start:stop]),
-            weights=jnp.asarray(weights[start:stop]),
+            alphas=alphas[start:stop],
+            weights=weights[start:stop],
         )
         total = _core.tree_add(total, part)
     return _finish(
