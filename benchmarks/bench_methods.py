@@ -47,8 +47,12 @@ def main(argv=None) -> list[harness.Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 only, 3 repeats")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/methods.json")
-    parser.add_argument("--model", choices=["bridge", "twin"], default="bridge",
-                        help="run jaxattr on the bridged model or the hand-written JAX twin")
+    parser.add_argument(
+        "--model",
+        choices=["bridge", "twin"],
+        default="bridge",
+        help="run jaxattr on the bridged model or the hand-written JAX twin",
+    )
     args = parser.parse_args(argv)
     batches = [1] if args.quick else [1, 16]
     repeat = 3 if args.quick else 7
@@ -59,8 +63,10 @@ def main(argv=None) -> list[harness.Row]:
     per_example = harness.forward_and_input_gradient_flops(
         twins.seed_cnn_jax(model), np.zeros((1, 3, 32, 32), np.float32), 3
     )
-    print(f"matmul throughput {throughput / 1e9:.1f} GFLOP/s; "
-          f"forward+input-gradient {per_example / 1e6:.1f} MFLOP per example; model via {path}")
+    print(
+        f"matmul throughput {throughput / 1e9:.1f} GFLOP/s; "
+        f"forward+input-gradient {per_example / 1e6:.1f} MFLOP per example; model via {path}"
+    )
     key = jax.random.key(0)
     sg = jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=20, stdevs=0.1)
     rows = []
@@ -68,27 +74,48 @@ def main(argv=None) -> list[harness.Row]:
         x = np.random.default_rng(n).normal(size=(n, 3, 32, 32)).astype(np.float32)
         xt = torch.from_numpy(x)
         cases = [
-            ("saliency", 1,
-             lambda: jaxattr.saliency(fn, x, target=3),
-             lambda: ca.Saliency(model).attribute(xt, target=3)),
-            ("integrated_gradients (50)", 50,
-             lambda: jaxattr.integrated_gradients(fn, x, target=3, n_steps=50),
-             lambda: ca.IntegratedGradients(model).attribute(xt, target=3, n_steps=50)),
-            ("smoothgrad (20)", 20,
-             lambda: sg(fn, x, key=key, target=3),
-             lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
-                 xt, nt_type="smoothgrad", nt_samples=20, stdevs=0.1, target=3)),
+            (
+                "saliency",
+                1,
+                lambda: jaxattr.saliency(fn, x, target=3),
+                lambda: ca.Saliency(model).attribute(xt, target=3),
+            ),
+            (
+                "integrated_gradients (50)",
+                50,
+                lambda: jaxattr.integrated_gradients(fn, x, target=3, n_steps=50),
+                lambda: ca.IntegratedGradients(model).attribute(xt, target=3, n_steps=50),
+            ),
+            (
+                "smoothgrad (20)",
+                20,
+                lambda: sg(fn, x, key=key, target=3),
+                lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
+                    xt, nt_type="smoothgrad", nt_samples=20, stdevs=0.1, target=3
+                ),
+            ),
         ]
         for name, passes, ours, ref in cases:
             first, t_ours = harness.time_call(ours, repeat=repeat)
             _, t_ref = harness.time_call(ref, repeat=repeat)
-            rows.append(harness.Row(
-                name=name, batch=n, jaxattr_s=t_ours, reference="Captum", reference_s=t_ref,
-                compile_s=first - t_ours, floor_s=passes * n * per_example / throughput,
-                peak_mb=harness.peak_rss_mb(),
-            ))
-    harness.report(rows, f"Gradient methods on the seed CNN ({path})", args.out,
-                   {"matmul_gflops": throughput / 1e9, "mflop_per_pass": per_example / 1e6})
+            rows.append(
+                harness.Row(
+                    name=name,
+                    batch=n,
+                    jaxattr_s=t_ours,
+                    reference="Captum",
+                    reference_s=t_ref,
+                    compile_s=first - t_ours,
+                    floor_s=passes * n * per_example / throughput,
+                    peak_mb=harness.peak_rss_mb(),
+                )
+            )
+    harness.report(
+        rows,
+        f"Gradient methods on the seed CNN ({path})",
+        args.out,
+        {"matmul_gflops": throughput / 1e9, "mflop_per_pass": per_example / 1e6},
+    )
     return rows
 
 

@@ -58,7 +58,9 @@ def _block(out: Any) -> Any:
     return out
 
 
-def time_call(f: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.0) -> tuple[float, float]:
+def time_call(
+    f: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.0
+) -> tuple[float, float]:
     """``(first_call_s, median_s)`` of ``f()``; the first call is not in the median."""
     t0 = time.perf_counter()
     _block(f())

@@ -460,7 +460,7 @@ def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "
             ) from err
     out = []
     paths = [p for p, _ in _leaf_paths(x)]
-    for path, xl, bl in zip(paths, x_leaves, b_leaves):
+    for path, xl, bl in zip(paths, x_leaves, b_leaves, strict=False):
         bl = 0.0 if bl is None else bl
         if isinstance(bl, (int, float, np.number)):  # cheap: no device array per call
             out.append(np.asarray(bl, dtype=np.dtype(xl.dtype)))
@@ -508,7 +508,7 @@ def baseline_distribution(baselines: Any, x: PyTree, name: str = "baselines") ->
             ) from err
     out = []
     m = None
-    for path, xl, bl in zip([p for p, _ in _leaf_paths(x)], x_leaves, b_leaves):
+    for path, xl, bl in zip([p for p, _ in _leaf_paths(x)], x_leaves, b_leaves, strict=False):
         b = jnp.asarray(bl, dtype=xl.dtype)
         if b.ndim == 0:
             b = jnp.broadcast_to(b, (1, *xl.shape[1:]))

@@ -38,9 +38,7 @@ def _run_gradient(fn, x, target, args, mode):
     return _gradient_core(fn=fn, inputs=inputs, x=x, args=args, target=t, mode=mode)
 
 
-def gradient(
-    fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()
-) -> PyTree:
+def gradient(fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
     """The plain gradient of the explained output with respect to the input.
 
     Zennit's ``Gradient`` attributor (and Captum's ``Saliency(abs=False)``). With a
@@ -172,9 +170,7 @@ def sensitivity(
 
 
 @_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
-def _ibxg_core(
-    *, fn, inputs, x, baselines, alphas, args, target, multiply_by_inputs, return_delta
-):
+def _ibxg_core(*, fn, inputs, x, baselines, alphas, args, target, multiply_by_inputs, return_delta):
     baselines = _core.expand_baselines(baselines, x)
 
     def scale(xl, bl):

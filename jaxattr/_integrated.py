@@ -74,8 +74,9 @@ def _quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 @_core.cached_jit(("fn", "inputs"))
 def _path_gradient_sum(*, fn, inputs, x, baselines, args, target, alphas, weights):
     """``sum_s weights[s] * grad f(b + alphas[s] (x - b))``, the steps one vmapped batch."""
-    return _path_sum(fn, inputs, x, _core.expand_baselines(baselines, x), args, target,
-                     alphas, weights)
+    return _path_sum(
+        fn, inputs, x, _core.expand_baselines(baselines, x), args, target, alphas, weights
+    )
 
 
 def _path_sum(fn, inputs, x, baselines, args, target, alphas, weights):
@@ -95,8 +96,7 @@ def _path_sum(fn, inputs, x, baselines, args, target, alphas, weights):
 @_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
 def _finish(*, fn, inputs, x, baselines, args, target, total, multiply_by_inputs, return_delta):
     baselines = _core.expand_baselines(baselines, x)
-    return _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs,
-                    return_delta)
+    return _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs, return_delta)
 
 
 @_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
@@ -106,8 +106,7 @@ def _integrated_gradients_core(
     """Unchunked integrated gradients as one compiled program."""
     baselines = _core.expand_baselines(baselines, x)
     total = _path_sum(fn, inputs, x, baselines, args, target, alphas, weights)
-    return _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs,
-                    return_delta)
+    return _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs, return_delta)
 
 
 def _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs, return_delta):

@@ -34,8 +34,7 @@ def _per_leaf(value: Any, x: PyTree, name: str) -> list:
     if isinstance(value, (tuple, list)):
         if len(value) != n_leaves:
             raise ValueError(
-                f"{name} gives one value per input: expected {n_leaves} values, got "
-                f"{len(value)}"
+                f"{name} gives one value per input: expected {n_leaves} values, got {len(value)}"
             )
         values = list(value)
     else:
@@ -59,7 +58,7 @@ def draw_noise(key: jax.Array, x: PyTree, stdevs: Any, n_samples: int) -> PyTree
     keys = jax.random.split(key, len(leaves))
     noise = [
         sd * jax.random.normal(k, (n_samples, *leaf.shape), leaf.dtype)
-        for k, leaf, sd in zip(keys, leaves, sds)
+        for k, leaf, sd in zip(keys, leaves, sds, strict=False)
     ]
     return jax.tree_util.tree_unflatten(treedef, noise)
 
@@ -87,9 +86,7 @@ def _join_static(dynamic: list, spec: tuple) -> dict:
 
 
 @_core.cached_jit(("fn", "method", "spec", "takes_key", "return_delta"))
-def _tunnel_chunk(
-    *, fn, method, x, noise, baselines, keys, dynamic, spec, takes_key, return_delta
-):
+def _tunnel_chunk(*, fn, method, x, noise, baselines, keys, dynamic, spec, takes_key, return_delta):
     """Run ``method`` on x + noise[s] for every sample s of the chunk (one vmap)."""
     kwargs = _join_static(dynamic, spec)
 
@@ -191,7 +188,7 @@ def noise_tunnel(
         total = total_sq = None
         deltas = []
         for start, stop in _core.batched_chunks(nt_samples, nt_samples_batch_size):
-            part = functools.partial(jax.tree_util.tree_map, lambda a: a[start:stop])
+            part = functools.partial(jax.tree_util.tree_map, lambda a, s=start, e=stop: a[s:e])
             t, t_sq, d = _tunnel_chunk(
                 fn=fn,
                 method=method,
@@ -239,7 +236,7 @@ def smoothgrad_draws(
     leaves, treedef = jax.tree_util.tree_flatten(x)
     keys = jax.random.split(key, len(leaves))
     normal, sigma = [], []
-    for k, leaf in zip(keys, leaves):
+    for k, leaf in zip(keys, leaves, strict=False):
         axes = tuple(range(1, leaf.ndim))
         sigma.append(noise_level * (leaf.max(axes, keepdims=True) - leaf.min(axes, keepdims=True)))
         normal.append(jax.random.normal(k, (n_iter - 1, *leaf.shape), leaf.dtype))
@@ -313,7 +310,7 @@ def smoothgrad(
     )
     total = None
     for start, stop in _core.batched_chunks(n_iter, batch_size):
-        part = jax.tree_util.tree_map(lambda a: a[start:stop], noise)
+        part = jax.tree_util.tree_map(lambda a, s=start, e=stop: a[s:e], noise)
         total = _core.tree_add(
             total,
             _smoothgrad_chunk(fn=fn, inputs=inputs, x=x, noise=part, args=args, target=t),

@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="explain generated shapes with the embedded model")
-    demo.add_argument("--out", type=Path, default=Path("jaxattr-demo"),
-                      help="output directory (default: ./jaxattr-demo)")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("jaxattr-demo"),
+        help="output directory (default: ./jaxattr-demo)",
+    )
     demo.add_argument("-n", type=int, default=4, help="number of images (default 4)")
     demo.add_argument("--seed", type=int, default=2026, help="seed of the generated images")
     sub.add_parser("list-methods", help="list the methods")

@@ -80,8 +80,7 @@ class Layer:
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
             raise ValueError(
-                f"Layer {self.name!r}: kind must be one of {sorted(LAYER_KINDS)}, "
-                f"got {self.kind!r}"
+                f"Layer {self.name!r}: kind must be one of {sorted(LAYER_KINDS)}, got {self.kind!r}"
             )
 
 

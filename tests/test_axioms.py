@@ -10,7 +10,6 @@ import pytest
 import jaxattr
 
 
-
 def test_quadrature_matches_captum_conventions():
     a, w = jaxattr.quadrature("riemann_trapezoid", 5)
     np.testing.assert_allclose(a, [0, 0.25, 0.5, 0.75, 1])
@@ -48,8 +47,11 @@ def test_completeness_delta_vanishes_as_steps_grow(method):
     fn = lambda x: jnp.sin(x).sum(1) + (x**3).sum(1) * 0.1
     x = jnp.array([[1.0, -2.0, 0.5], [0.3, 2.5, -1.0]])
     deltas = [
-        float(jnp.abs(jaxattr.integrated_gradients(
-            fn, x, n_steps=n, method=method, return_delta=True)[1]).max())
+        float(
+            jnp.abs(
+                jaxattr.integrated_gradients(fn, x, n_steps=n, method=method, return_delta=True)[1]
+            ).max()
+        )
         for n in (4, 16, 64)
     ]
     assert deltas[0] > deltas[1] > deltas[2] or deltas[2] < 1e-5, deltas
@@ -60,8 +62,13 @@ def test_completeness_delta_vanishes_as_steps_grow(method):
 def test_riemann_error_is_first_or_second_order():
     fn = lambda x: jnp.exp(x).sum(1)
     x = jnp.array([[1.0, 2.0]])
-    err = lambda n: float(jnp.abs(jaxattr.integrated_gradients(
-        fn, x, n_steps=n, method="riemann_middle", return_delta=True)[1])[0])
+    err = lambda n: float(
+        jnp.abs(
+            jaxattr.integrated_gradients(
+                fn, x, n_steps=n, method="riemann_middle", return_delta=True
+            )[1]
+        )[0]
+    )
     # the midpoint rule is second order: 4x the steps, ~16x smaller error
     assert err(40) < err(10) / 10
 
@@ -91,7 +98,8 @@ def test_implementation_invariance():
         np.testing.assert_allclose(method(g, x, target=1), a, rtol=1e-5, atol=1e-6)
     a = jaxattr.integrated_gradients(lambda x: f(2 * x), x, target=0)
     np.testing.assert_allclose(
-        jaxattr.integrated_gradients(h, x, target=0), a, rtol=1e-5, atol=1e-6)
+        jaxattr.integrated_gradients(h, x, target=0), a, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_gradient_shap_expectation_is_ig_average():
@@ -115,8 +123,6 @@ def test_vargrad_of_quadratic_has_known_variance():
     """Gradient 2(x + eps): its variance is 4 sigma^2."""
     fn = lambda x: (x**2).sum(1)
     x = jnp.ones((1, 3))
-    tunnel = jaxattr.noise_tunnel(
-        jaxattr.gradient, nt_type="vargrad", nt_samples=4000, stdevs=0.5
-    )
+    tunnel = jaxattr.noise_tunnel(jaxattr.gradient, nt_type="vargrad", nt_samples=4000, stdevs=0.5)
     attr = tunnel(fn, x, key=jax.random.key(0))
     np.testing.assert_allclose(attr, jnp.full((1, 3), 4 * 0.25), rtol=0.1)

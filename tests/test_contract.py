@@ -10,6 +10,7 @@ recompilation on a second call, and clear errors for bad input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -87,8 +88,9 @@ CASES = {
         baselines="point",
         delta=True,
     ),
-    "noise_tunnel(saliency)": Case(_nt(jaxattr.saliency), random=True,
-                                   chunk="nt_samples_batch_size"),
+    "noise_tunnel(saliency)": Case(
+        _nt(jaxattr.saliency), random=True, chunk="nt_samples_batch_size"
+    ),
     "noise_tunnel(integrated_gradients)": Case(
         _nt(jaxattr.integrated_gradients, n_steps=4),
         random=True,
@@ -101,25 +103,172 @@ CASES = {
         random=True,
         chunk="batch_size",
     ),
-    "gradient_shap": Case(
-        jaxattr.gradient_shap, random=True, baselines="distribution", delta=True
-    ),
+    "gradient_shap": Case(jaxattr.gradient_shap, random=True, baselines="distribution", delta=True),
 }
+
+
+@functools.cache
+def _with_params(fn):
+    """The contract's model as ``fn(params, *x)`` with a scalar params pytree."""
+    return lambda p, *xs: fn(*xs) * p
+
+
+def _fusion(fn, x, batch_size=None, **kw):
+    fused = jaxattr.fusion_grad(
+        jaxattr.saliency, n=2, m=2, sg_additive_noise=True, batch_size=batch_size
+    )
+    return fused(_with_params(fn), jnp.ones(()), x, **kw)
+
+
+CASES.update(
+    {
+        "occlusion": Case(
+            lambda fn, x, **kw: jaxattr.occlusion(fn, x, sliding_window_shapes=(2,), **kw),
+            chunk="batch_size",
+            baselines="point",
+        ),
+        "occlusion(zennit)": Case(
+            lambda fn, x, **kw: jaxattr.occlusion(
+                fn, x, window=2, stride=1, occlusion_fn=jaxattr.occlude_independent, **kw
+            ),
+            chunk="batch_size",
+        ),
+        "tiled_occlusion": Case(
+            lambda fn, x, **kw: jaxattr.tiled_occlusion(fn, x, k=2, window=2, **kw),
+            chunk="batch_size",
+            baselines="point",
+        ),
+        "feature_ablation": Case(jaxattr.feature_ablation, chunk="batch_size", baselines="point"),
+        "feature_permutation": Case(jaxattr.feature_permutation, random=True, chunk="batch_size"),
+        "shapley_value_sampling": Case(
+            lambda fn, x, **kw: jaxattr.shapley_value_sampling(fn, x, n_samples=3, **kw),
+            random=True,
+            chunk="batch_size",
+            baselines="point",
+        ),
+        "shapley_values": Case(jaxattr.shapley_values, chunk="batch_size", baselines="point"),
+        "kernel_shap": Case(
+            lambda fn, x, **kw: jaxattr.kernel_shap(fn, x, n_samples=12, **kw),
+            random=True,
+            chunk="batch_size",
+            baselines="point",
+        ),
+        "lime": Case(
+            lambda fn, x, **kw: jaxattr.lime(fn, x, n_samples=12, **kw),
+            random=True,
+            chunk="batch_size",
+            baselines="point",
+        ),
+        "rise": Case(
+            lambda fn, x, **kw: jaxattr.rise(fn, x, num_masks=8, num_cells=2, **kw),
+            random=True,
+            chunk="batch_size",
+        ),
+        "extremal_perturbation": Case(
+            lambda fn, x, **kw: jaxattr.extremal_perturbation(fn, x, max_iter=3, **kw),
+        ),
+        "fusion_grad(saliency)": Case(_fusion, random=True, chunk="batch_size"),
+        "fgsm": Case(lambda fn, x, **kw: jaxattr.fgsm(fn, x, epsilon=0.1, **kw)),
+        "pgd": Case(
+            lambda fn, x, **kw: jaxattr.pgd(
+                fn, x, radius=0.3, step_size=0.1, step_num=3, random_start=True, **kw
+            ),
+            random=True,
+        ),
+    }
+)
+
+
+@functools.cache
+def _as_model(fn):
+    """The contract's function as a one-layer structured model (for the rule methods)."""
+    from jaxattr.structure import Layer
+
+    class OneLayer:
+        params: dict = {}
+        layers = {"f": Layer("f", "linear", "fn")}
+
+        def apply(self, params, *xs, intercept=None):
+            intercept = intercept or jaxattr.structure.default_intercept
+            return intercept(self.layers["f"], lambda p, *a: fn(*a), params, *xs)
+
+    return OneLayer()
+
+
+def _structured(method, **method_kw):
+    def call(fn, x, **kw):
+        return method(_as_model(fn), x, **method_kw, **kw)
+
+    return call
+
+
+CASES.update(
+    {
+        "guided_backprop": Case(jaxattr.guided_backprop),
+        "deconvolution": Case(jaxattr.deconvolution),
+        "lrp": Case(_structured(jaxattr.lrp, composite=jaxattr.epsilon_plus()), delta=True),
+        "lrp(captum_normalize)": Case(
+            _structured(jaxattr.lrp, composite=jaxattr.epsilon_plus(), captum_normalize=True),
+            delta=True,
+        ),
+        "excitation_backprop": Case(_structured(jaxattr.excitation_backprop, sum_channels=False)),
+        "contrastive_excitation_backprop": Case(
+            _structured(
+                jaxattr.contrastive_excitation_backprop,
+                contrast_layer="f",
+                classifier_layer="f",
+                sum_channels=False,
+            )
+        ),
+        "deep_lift": Case(_structured(jaxattr.deep_lift), baselines="point", delta=True),
+        "deep_lift(fn)": Case(jaxattr.deep_lift, baselines="point", delta=True),
+        "deep_lift_shap": Case(
+            _structured(jaxattr.deep_lift_shap), baselines="distribution", delta=True
+        ),
+    }
+)
 ids = list(CASES)
 params = [CASES[k] for k in ids]
 
 
 def close(a, b, tol=1e-5):
     for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(la, np.float32), np.asarray(lb, np.float32),
-                                   rtol=tol, atol=tol)
+        np.testing.assert_allclose(
+            np.asarray(la, np.float32), np.asarray(lb, np.float32), rtol=tol, atol=tol
+        )
 
 
 def test_every_public_method_is_in_the_contract():
     public = {
-        "gradient", "saliency", "input_x_gradient", "sensitivity",
-        "input_baseline_x_gradient", "integrated_gradients", "noise_tunnel", "smoothgrad",
+        "gradient",
+        "saliency",
+        "input_x_gradient",
+        "sensitivity",
+        "input_baseline_x_gradient",
+        "integrated_gradients",
+        "noise_tunnel",
+        "smoothgrad",
         "gradient_shap",
+        "occlusion",
+        "tiled_occlusion",
+        "feature_ablation",
+        "feature_permutation",
+        "shapley_value_sampling",
+        "shapley_values",
+        "kernel_shap",
+        "lime",
+        "rise",
+        "extremal_perturbation",
+        "fusion_grad",
+        "fgsm",
+        "pgd",
+        "guided_backprop",
+        "deconvolution",
+        "lrp",
+        "excitation_backprop",
+        "contrastive_excitation_backprop",
+        "deep_lift",
+        "deep_lift_shap",
     }
     covered = {k.split("(")[0] for k in CASES}
     assert public <= covered
@@ -138,7 +287,7 @@ def test_shape_and_dtype_follow_x(case, dtype):
 def test_tuple_input_gives_tuple_attribution(case):
     attr = case(mlp2, X2, target=2)
     assert isinstance(attr, tuple) and len(attr) == 2
-    for a, x in zip(attr, X2):
+    for a, x in zip(attr, X2, strict=False):
         assert a.shape == x.shape and a.dtype == x.dtype
 
 
@@ -149,8 +298,9 @@ def test_jit_equals_eager(case):
     close(jitted, eager)
 
 
-@pytest.mark.parametrize("case", [c for c in params if c.chunk],
-                         ids=[k for k, c in CASES.items() if c.chunk])
+@pytest.mark.parametrize(
+    "case", [c for c in params if c.chunk], ids=[k for k, c in CASES.items() if c.chunk]
+)
 def test_chunked_equals_unchunked(case):
     whole = case(mlp, X, target=1)
     for size in (1, 2):
@@ -165,8 +315,9 @@ def test_vmap_equals_loop(case):
     close(vm, loop)
 
 
-@pytest.mark.parametrize("case", [c for c in params if c.random],
-                         ids=[k for k, c in CASES.items() if c.random])
+@pytest.mark.parametrize(
+    "case", [c for c in params if c.random], ids=[k for k, c in CASES.items() if c.random]
+)
 def test_fixed_key_fixed_result(case):
     a = case(mlp, X, target=1, key=jax.random.key(1))
     b = case(mlp, X, target=1, key=jax.random.key(1))
@@ -174,8 +325,12 @@ def test_fixed_key_fixed_result(case):
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     with pytest.raises(ValueError, match="key"):
-        case.call(mlp, X, target=1, **({"baselines": jnp.zeros((2, 4))}
-                                      if case.baselines == "distribution" else {}))
+        case.call(
+            mlp,
+            X,
+            target=1,
+            **({"baselines": jnp.zeros((2, 4))} if case.baselines == "distribution" else {}),
+        )
 
 
 @pytest.mark.parametrize("case", params, ids=ids)
@@ -267,8 +422,9 @@ def test_method_specific_errors():
         jaxattr.gradient(lambda x: (mlp(x), mlp(x)), X, target=0)
 
 
-@pytest.mark.parametrize("case", [c for c in params if c.delta],
-                         ids=[k for k, c in CASES.items() if c.delta])
+@pytest.mark.parametrize(
+    "case", [c for c in params if c.delta], ids=[k for k, c in CASES.items() if c.delta]
+)
 def test_return_delta(case):
     attr, delta = case(mlp, X, target=1, return_delta=True)
     assert attr.shape == X.shape

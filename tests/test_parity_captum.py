@@ -207,7 +207,13 @@ def test_gradient_shap(cnn, stdevs, monkeypatch):
     )
     monkeypatch.undo()
     ours, delta = jaxattr.gradient_shap(
-        fn, x, dist, key=key, n_samples=n_samples, stdevs=stdevs, target=[3, 8],
+        fn,
+        x,
+        dist,
+        key=key,
+        n_samples=n_samples,
+        stdevs=stdevs,
+        target=[3, 8],
         return_delta=True,
     )
     assert_close(ours, ref)

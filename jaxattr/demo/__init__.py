@@ -6,6 +6,6 @@ retrains the shipped weights from scratch.
 """
 
 from jaxattr.demo.data import CLASSES, make_shapes
-from jaxattr.demo.model import DemoCNN, load_model
+from jaxattr.demo.model import DemoCNN, demo_model, load_model
 
-__all__ = ["CLASSES", "DemoCNN", "load_model", "make_shapes"]
+__all__ = ["CLASSES", "DemoCNN", "demo_model", "load_model", "make_shapes"]

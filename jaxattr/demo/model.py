@@ -78,3 +78,21 @@ def load_model(path: Path = WEIGHTS) -> tuple[Callable[[jax.Array], jax.Array], 
     apply = jax.jit(module.apply)
     fn = lambda x: apply({"params": params}, x)  # noqa: E731
     return fn, module, params
+
+
+def demo_model(path: Path = WEIGHTS):
+    """The trained demo CNN as a structured model (named layers, for rules and taps).
+
+    Returns:
+        A :class:`jaxattr.flax.FlaxModel` with layers ``conv1``, ``conv2``, ``conv3`` and
+        ``fc``; calling it maps (N, 32, 32, 3) images to (N, 4) logits.
+
+    Example:
+        >>> from jaxattr.demo import demo_model
+        >>> list(demo_model().layers)
+        ['conv1', 'conv2', 'conv3', 'fc']
+    """
+    from jaxattr.flax import from_linen
+
+    params = load_params(path)
+    return from_linen(DemoCNN(), {"params": params}, jnp.zeros((1, 32, 32, 3)))

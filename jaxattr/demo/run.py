@@ -41,16 +41,24 @@ def _methods(key: jax.Array, model: dict) -> list[DemoMethod]:
     nt = jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=16, stdevs=0.2)
     return [
         DemoMethod("gradient", "saliency", lambda f, x, t: jaxattr.saliency(f, x, target=t)),
-        DemoMethod("gradient", "input_x_gradient",
-                   lambda f, x, t: jaxattr.input_x_gradient(f, x, target=t)),
-        DemoMethod("path", "integrated_gradients",
-                   lambda f, x, t: jaxattr.integrated_gradients(f, x, target=t, n_steps=32)),
-        DemoMethod("noise", "smoothgrad (noise_tunnel)",
-                   lambda f, x, t: nt(f, x, key=key, target=t)),
-        DemoMethod("noise", "gradient_shap",
-                   lambda f, x, t: jaxattr.gradient_shap(
-                       f, x, jnp.zeros((1, *x.shape[1:])), key=key, n_samples=16,
-                       stdevs=0.1, target=t)),
+        DemoMethod(
+            "gradient", "input_x_gradient", lambda f, x, t: jaxattr.input_x_gradient(f, x, target=t)
+        ),
+        DemoMethod(
+            "path",
+            "integrated_gradients",
+            lambda f, x, t: jaxattr.integrated_gradients(f, x, target=t, n_steps=32),
+        ),
+        DemoMethod(
+            "noise", "smoothgrad (noise_tunnel)", lambda f, x, t: nt(f, x, key=key, target=t)
+        ),
+        DemoMethod(
+            "noise",
+            "gradient_shap",
+            lambda f, x, t: jaxattr.gradient_shap(
+                f, x, jnp.zeros((1, *x.shape[1:])), key=key, n_samples=16, stdevs=0.1, target=t
+            ),
+        ),
     ]
 
 
@@ -105,10 +113,16 @@ def run_demo(
         run = time.perf_counter() - t0
         maps[m.name] = _maps(attr)
         hit, mass = localisation(maps[m.name], masks)
-        rows.append({
-            "family": m.family, "method": m.name, "compile_s": max(first - run, 0.0),
-            "run_s": run, "pointing_game": hit, "relevance_mass": mass,
-        })
+        rows.append(
+            {
+                "family": m.family,
+                "method": m.name,
+                "compile_s": max(first - run, 0.0),
+                "run_s": run,
+                "pointing_game": hit,
+                "relevance_mass": mass,
+            }
+        )
     report = {
         "images": n,
         "accuracy": float((pred == labels).mean()),
@@ -128,8 +142,9 @@ def run_demo(
         png = write_grid(out / "demo.png", images, masks, maps)
         report["png"] = str(png) if png else None
         if not quiet:
-            print(f"\nwrote {out / 'demo.md'}, {out / 'demo.json'}"
-                  + (f" and {png}" if png else ""))
+            print(
+                f"\nwrote {out / 'demo.md'}, {out / 'demo.json'}" + (f" and {png}" if png else "")
+            )
     return report
 
 

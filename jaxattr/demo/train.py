@@ -39,8 +39,9 @@ def train(steps: int = 1500, batch: int = 64, seed: int = 0, lr: float = 3e-3):
     t0 = time.perf_counter()
     for i in range(steps):
         lo = (i * batch) % n
-        params, opt_state, loss = step(params, opt_state, images[lo:lo + batch],
-                                       labels[lo:lo + batch])
+        params, opt_state, loss = step(
+            params, opt_state, images[lo : lo + batch], labels[lo : lo + batch]
+        )
         if i % 250 == 0 or i == steps - 1:
             print(f"step {i:5d}  loss {float(loss):.4f}  {time.perf_counter() - t0:.1f}s")
     x_test, y_test, _ = make_shapes(1000, seed=seed + 1000)

@@ -1,0 +1,37 @@
+"""jaxattr.bridge: PyTorch modules as pure JAX functions with named layers.
+
+``from_torch(module, example_input)`` exports the module with ``torch.export`` (dynamic
+batch dimension), decomposes it to core ATen (keeping fast ops such as ``linear`` whole),
+and interprets the graph with a table of ``jax.numpy``/``jax.lax`` lowerings. The result is
+a :class:`Converted`: ``params`` keyed by torch's ``state_dict`` names, a pure ``fn(params,
+*inputs)``, and ``apply``/``layers`` implementing :class:`jaxattr.structure.StructuredModel`.
+
+Example:
+    >>> import torch, jax, numpy as np
+    >>> from jaxattr import bridge
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    >>> conv = bridge.from_torch(model, torch.randn(2, 4))
+    >>> x = np.ones((5, 4), np.float32)
+    >>> y = conv(x)
+    >>> gx = jax.grad(lambda x: conv.fn(conv.params, x).sum())(x)
+"""
+
+from __future__ import annotations
+
+from .convert import Converted, from_exported, from_torch, load
+from .errors import BridgeError, ExportError, TrainModeError, UnsupportedOpsError
+from .lowerings import CONFIG, register_lowering, supported_ops
+
+__all__ = [
+    "CONFIG",
+    "BridgeError",
+    "Converted",
+    "ExportError",
+    "TrainModeError",
+    "UnsupportedOpsError",
+    "from_exported",
+    "from_torch",
+    "load",
+    "register_lowering",
+    "supported_ops",
+]

@@ -1,0 +1,1056 @@
+"""torch.nn.Module -> pure JAX: export, decompose, group into layers, interpret.
+
+The pipeline is ``torch.export.export`` (dynamic batch dimension) -> ``run_decompositions``
+to core ATen, keeping undecomposed every op the lowering table handles directly (linear,
+convolution, layer norm, gelu, scaled-dot-product attention, LSTM/GRU, ...) -> a list of
+instructions, each one lowering from :mod:`jaxattr.bridge.lowerings` with its arguments.
+The nodes are grouped into :class:`jaxattr.structure.Layer` records from their
+``nn_module_stack`` metadata.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import inspect
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxattr.structure import Layer
+
+from .errors import ExportError, TrainModeError, UnsupportedOpsError
+from .lowerings import LOWERINGS
+
+__all__ = ["Converted", "from_torch", "load", "from_exported"]
+
+
+# --------------------------------------------------------------------------- layer kinds
+#: torch module class name -> layer kind. A module of one of these classes is one layer even
+#: when it has children (MultiheadAttention owns out_proj).
+MODULE_KINDS: dict[str, str] = {}
+for _k, _names in {
+    "conv": "Conv1d Conv2d Conv3d LazyConv1d LazyConv2d LazyConv3d",
+    "conv_transpose": "ConvTranspose1d ConvTranspose2d ConvTranspose3d",
+    "linear": "Linear LazyLinear Bilinear NonDynamicallyQuantizableLinear Conv1D",
+    "batch_norm": "BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm",
+    "norm": "LayerNorm GroupNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d RMSNorm "
+    "LocalResponseNorm",
+    "activation": "ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Sigmoid Tanh Softplus Hardswish "
+    "Hardsigmoid Hardtanh Mish PReLU LogSigmoid Softsign Tanhshrink Threshold Hardshrink "
+    "Softshrink GLU",
+    "softmax": "Softmax LogSoftmax Softmin Softmax2d",
+    "max_pool": "MaxPool1d MaxPool2d MaxPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d "
+    "AdaptiveMaxPool3d",
+    "avg_pool": "AvgPool1d AvgPool2d AvgPool3d AdaptiveAvgPool1d AdaptiveAvgPool2d "
+    "AdaptiveAvgPool3d LPPool1d LPPool2d",
+    "embedding": "Embedding EmbeddingBag",
+    "recurrent": "LSTM GRU RNN",
+    "dropout": "Dropout Dropout1d Dropout2d Dropout3d AlphaDropout FeatureAlphaDropout",
+    "reshape": "Flatten Unflatten PixelShuffle PixelUnshuffle ChannelShuffle",
+    "upsample": "Upsample UpsamplingNearest2d UpsamplingBilinear2d",
+    "attention": "MultiheadAttention",
+    "other": "Identity ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d "
+    "ReflectionPad1d ReflectionPad2d ReflectionPad3d ReplicationPad1d ReplicationPad2d "
+    "ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d",
+}.items():
+    for _n in _names.split():
+        MODULE_KINDS[_n] = _k
+
+
+def _module_kind(class_name: str) -> str:
+    if class_name in MODULE_KINDS:
+        return MODULE_KINDS[class_name]
+    low = class_name.lower()
+    if "gelu" in low or "activation" in low or "swish" in low:
+        return "activation"
+    if low.endswith("layernorm") or low.endswith("rmsnorm") or low.endswith("groupnorm"):
+        return "norm"
+    if "batchnorm" in low:
+        return "batch_norm"
+    return "other"
+
+
+#: op name (``OpOverloadPacket`` name) -> kind, for ops outside any leaf module.
+OP_KINDS: dict[str, str] = {
+    "add": "add",
+    "mul": "mul",
+    "bmm": "mul",
+    "matmul": "mul",
+    "mm": "mul",
+    "linear": "linear",
+    "addmm": "linear",
+    "convolution": "conv",
+    "scaled_dot_product_attention": "attention",
+    "_softmax": "softmax",
+    "softmax": "softmax",
+    "_log_softmax": "softmax",
+    "log_softmax": "softmax",
+    "embedding": "embedding",
+    "native_layer_norm": "norm",
+    "layer_norm": "norm",
+    "native_group_norm": "norm",
+    "rms_norm": "norm",
+    "_native_batch_norm_legit_no_training": "batch_norm",
+    "lstm": "recurrent",
+    "gru": "recurrent",
+    "rnn_tanh": "recurrent",
+    "rnn_relu": "recurrent",
+    "max_pool2d_with_indices": "max_pool",
+    "max_pool1d_with_indices": "max_pool",
+    "max_pool3d_with_indices": "max_pool",
+    "max_pool2d": "max_pool",
+    "avg_pool2d": "avg_pool",
+    "avg_pool1d": "avg_pool",
+    "avg_pool3d": "avg_pool",
+    "_adaptive_avg_pool2d": "avg_pool",
+    "adaptive_avg_pool2d": "avg_pool",
+    "upsample_nearest2d": "upsample",
+    "upsample_bilinear2d": "upsample",
+}
+for _n in ("relu gelu silu sigmoid tanh leaky_relu elu selu celu hardtanh hardswish hardsigmoid "
+           "softplus mish prelu relu6 log_sigmoid").split():
+    OP_KINDS[_n] = "activation"
+
+_OP_SHORT = {
+    "_softmax": "softmax",
+    "_log_softmax": "log_softmax",
+    "_native_batch_norm_legit_no_training": "batch_norm",
+    "native_layer_norm": "layer_norm",
+    "native_group_norm": "group_norm",
+    "_adaptive_avg_pool2d": "adaptive_avg_pool2d",
+    "max_pool2d_with_indices": "max_pool2d",
+    "scaled_dot_product_attention": "scaled_dot_product_attention",
+}
+
+_TRIVIAL_FOR_ATTRS = {"operator.getitem", "aten.view.default", "aten.clone.default"}
+
+
+# --------------------------------------------------------------------------- small helpers
+class _Ref:
+    """A reference to a graph value by node name (resolved from the environment)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"%{self.name}"
+
+
+class _DType:
+    """A torch dtype, turned into a JAX dtype when the graph runs (x64 may change)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _jdtype(torch_dtype: Any):
+    name = str(torch_dtype).replace("torch.", "")
+    x64 = jax.config.jax_enable_x64
+    table = {
+        "float32": jnp.float32, "float": jnp.float32, "float64": jnp.float64 if x64 else
+        jnp.float32, "double": jnp.float64 if x64 else jnp.float32, "float16": jnp.float16,
+        "half": jnp.float16, "bfloat16": jnp.bfloat16, "int64": jnp.int64 if x64 else
+        jnp.int32, "long": jnp.int64 if x64 else jnp.int32, "int32": jnp.int32,
+        "int": jnp.int32, "int16": jnp.int16, "int8": jnp.int8, "uint8": jnp.uint8,
+        "bool": jnp.bool_,
+    }
+    if name not in table:
+        raise NotImplementedError(f"dtype: torch dtype {torch_dtype} has no JAX equivalent here")
+    return table[name]
+
+
+def _op_key(target: Any) -> str:
+    if hasattr(target, "_schema") or type(target).__name__ == "OpOverload":
+        return str(target)
+    mod = getattr(target, "__module__", None) or ""
+    if mod in ("_operator", "operator"):
+        mod = "operator"
+    return f"{mod}.{getattr(target, '__name__', str(target))}"
+
+
+def _op_packet(target: Any) -> str:
+    name = getattr(target, "_opname", None)
+    if name is None:
+        name = getattr(target, "__name__", str(target))
+    return name
+
+
+def _is_tensor_val(val: Any) -> bool:
+    import torch
+
+    if isinstance(val, torch.Tensor):
+        return True
+    if isinstance(val, (list, tuple)) and val:
+        return all(isinstance(v, torch.Tensor) or v is None for v in val) and any(
+            isinstance(v, torch.Tensor) for v in val)
+    return False
+
+
+def _template(arg: Any) -> Any:
+    """Graph argument -> template of _Ref/_DType/static values."""
+    import torch
+    import torch.fx
+
+    if isinstance(arg, torch.fx.Node):
+        return _Ref(arg.name)
+    if isinstance(arg, list):
+        return [_template(a) for a in arg]
+    if isinstance(arg, tuple):
+        return tuple(_template(a) for a in arg)
+    if isinstance(arg, dict):
+        return {k: _template(v) for k, v in arg.items()}
+    if isinstance(arg, torch.dtype):
+        return _DType(str(arg))
+    if isinstance(arg, (torch.device, torch.layout, torch.memory_format)):
+        return None
+    if isinstance(arg, torch.Tensor):
+        return _to_jax(arg)
+    return arg
+
+
+def _has_ref(t: Any) -> bool:
+    if isinstance(t, _Ref):
+        return True
+    if isinstance(t, (list, tuple)):
+        return any(_has_ref(a) for a in t)
+    if isinstance(t, dict):
+        return any(_has_ref(a) for a in t.values())
+    return False
+
+
+def _resolve(t: Any, env: Mapping[str, Any]) -> Any:
+    tt = type(t)
+    if tt is _Ref:
+        return env[t.name]
+    if tt is list or tt is tuple:
+        return tt(_resolve(a, env) for a in t)
+    if tt is _DType:
+        return _jdtype(t.name)
+    if tt is dict:
+        return {k: _resolve(v, env) for k, v in t.items()}
+    return t
+
+
+def _to_jax(t: Any) -> jax.Array:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return jnp.asarray(t.float().numpy()).astype(jnp.bfloat16)
+    arr = t.numpy()
+    if arr.dtype == np.int64 and not jax.config.jax_enable_x64:
+        arr = _check_int32(arr, "constant")
+    if arr.dtype == np.float64 and not jax.config.jax_enable_x64:
+        arr = arr.astype(np.float32)
+    return jnp.asarray(arr)
+
+
+def _check_int32(arr: np.ndarray, what: str) -> np.ndarray:
+    info = np.iinfo(np.int32)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise OverflowError(
+            f"{what}: int64 values must fit in int32 (range [{info.min}, {info.max}]) while "
+            f"JAX 64-bit mode is off, got values in [{arr.min()}, {arr.max()}]; call "
+            "jax.config.update('jax_enable_x64', True) before converting, or remap the ids")
+    return arr.astype(np.int32)
+
+
+@dataclasses.dataclass
+class _Instr:
+    name: str
+    key: str
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    index: int
+
+
+@dataclasses.dataclass
+class _Group:
+    layer: Layer
+    instrs: list[_Instr]
+    inputs: list[str]
+    param_nodes: dict[str, str]  # placeholder name -> local param name
+    outputs: list[str]
+    index: int
+
+
+def _run(instrs: Sequence[_Instr], env: dict[str, Any]) -> None:
+    for ins in instrs:
+        env[ins.name] = ins.fn(*_resolve(ins.args, env), **_resolve(ins.kwargs, env))
+
+
+# --------------------------------------------------------------------------- Converted
+class Converted:
+    """A torch module converted to a pure JAX function, with its layers.
+
+    Implements :class:`jaxattr.structure.StructuredModel`.
+
+    Attributes:
+        params: Flat dict ``state_dict name -> jnp array`` of the float parameters and float
+            buffers (BatchNorm running statistics included): everything ``jax.grad`` may see.
+        constants: Integer/bool buffers and lifted tensor constants; never differentiated.
+        layers: ``name -> Layer`` for every layer invocation, in execution order.
+        layer_nodes: ``name -> tuple of graph node names`` grouped into that layer.
+        exported: The decomposed ``torch.export.ExportedProgram`` that was interpreted.
+        input_names: Names of the positional inputs; ``kwarg_names`` of the keyword inputs.
+        conversion_time: Seconds spent exporting and building.
+
+    Example:
+        >>> conv = from_torch(torch_model.eval(), torch.randn(2, 3, 32, 32))
+        >>> y = conv(np.random.rand(4, 3, 32, 32).astype("float32"))
+        >>> g = jax.grad(lambda p, x: conv.fn(p, x).sum())(conv.params, x)
+    """
+
+    def __init__(self, ep: Any, *, dynamic_batch: bool = True, conversion_time: float = 0.0):
+        self.exported = ep
+        self.conversion_time = conversion_time
+        self._build(ep)
+        self._jit_fn = jax.jit(self.fn)
+
+    # ----------------------------------------------------------------- building
+    def _build(self, ep: Any) -> None:
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        sig = ep.graph_signature
+        state = dict(ep.state_dict)
+        consts_src = dict(ep.constants)
+        self.params: dict[str, jax.Array] = {}
+        self.constants: dict[str, jax.Array] = {}
+        self._param_ph: list[tuple[str, str]] = []  # placeholder -> params key
+        self._const_ph: list[tuple[str, str]] = []
+        self._user_ph: list[str] = []
+        self._user_meta: list[Any] = []
+        param_ph_key: dict[str, str] = {}
+        #: tied parameters: alias state_dict key -> the key kept in params
+        self.aliases: dict[str, str] = {}
+        self._ph_target: dict[str, str] = {}
+        seen: dict[Any, str] = {}
+        nodes = {n.name: n for n in ep.graph.nodes}
+        for spec in sig.input_specs:
+            ph = spec.arg.name
+            if spec.kind == InputKind.USER_INPUT:
+                self._user_ph.append(ph)
+                self._user_meta.append(nodes[ph].meta.get("val"))
+                continue
+            if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                key = spec.target
+                t = state[key] if key in state else consts_src[key]
+                if spec.kind != InputKind.CONSTANT_TENSOR and t.is_floating_point():
+                    ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+                    if ident in seen and t.numel():  # tied weights: one entry, summed grads
+                        self.aliases[key] = seen[ident]
+                        self._param_ph.append((ph, seen[ident]))
+                        param_ph_key[ph] = seen[ident]
+                        self._ph_target[ph] = key
+                        continue
+                    seen[ident] = key
+                    self.params[key] = _to_jax(t)
+                    self._param_ph.append((ph, key))
+                    param_ph_key[ph] = key
+                    self._ph_target[ph] = key
+                else:
+                    self.constants[key] = _to_jax(t)
+                    self._const_ph.append((ph, key))
+                continue
+            raise NotImplementedError(
+                f"exported program: input {ph!r} has kind {spec.kind}; only parameters, "
+                "buffers, tensor constants and tensor user inputs are supported")
+        self._n_args, self.kwarg_names = self._input_layout(ep)
+        self.input_names = tuple(self._user_ph[: self._n_args])
+        out_node = next(n for n in ep.graph.nodes if n.op == "output")
+        out_args = out_node.args[0]
+        user_out = [i for i, s in enumerate(sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
+        self._outputs = [_template(out_args[i]) for i in user_out]
+        self._out_spec = ep.call_spec.out_spec
+
+        # unsupported ops first, all of them at once
+        missing: dict[str, list[str]] = collections.defaultdict(list)
+        call_nodes = [n for n in ep.graph.nodes if n.op == "call_function"]
+        for n in ep.graph.nodes:
+            if n.op == "get_attr":
+                missing[f"get_attr ({n.target})"].append(_innermost_path(n))
+        for n in call_nodes:
+            key = _op_key(n.target)
+            if key not in LOWERINGS:
+                path = _innermost_path(n)
+                if path not in missing[key]:
+                    missing[key].append(path)
+        if missing:
+            raise UnsupportedOpsError(missing)
+
+        self._instrs: list[_Instr] = []
+        by_name: dict[str, _Instr] = {}
+        for i, n in enumerate(call_nodes):
+            key = _op_key(n.target)
+            ins = _Instr(n.name, key, LOWERINGS[key], _template(tuple(n.args)),
+                         _template(dict(n.kwargs)), i)
+            self._instrs.append(ins)
+            by_name[n.name] = ins
+        self._build_layers(ep, call_nodes, by_name, param_ph_key)
+
+    @staticmethod
+    def _input_layout(ep: Any) -> tuple[int, tuple[str, ...]]:
+        spec = ep.call_spec.in_spec
+        try:
+            args_spec, kw_spec = _children(spec)
+            n_args = args_spec.num_leaves
+            kw = tuple(kw_spec.context) if kw_spec.context else ()
+        except (AttributeError, ValueError):
+            n_args, kw = spec.num_leaves, ()
+        return n_args, kw
+
+    def _build_layers(self, ep, call_nodes, by_name, param_ph_key) -> None:
+        # which module paths are leaves of the traced module tree
+        paths: set[str] = set()
+        for n in call_nodes:
+            for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items():
+                paths.add(p)
+        parents = set()
+        for p in paths:
+            parts = p.split(".")
+            parents.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        graph_leaves = {p for p in paths if p and p not in parents}
+
+        def owner(n) -> tuple[str, str, str] | None:
+            for key, (p, t) in (n.meta.get("nn_module_stack") or {}).items():
+                cls = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+                cls = cls.rsplit(".", 1)[-1]
+                if p and (cls in MODULE_KINDS or p in graph_leaves):
+                    return key, p, cls
+            return None
+
+        node_of = {n.name: n for n in call_nodes}
+        group_of: dict[str, int] = {}
+        groups_nodes: list[list[str]] = []
+        groups_info: list[dict[str, Any]] = []
+        counts: collections.Counter[str] = collections.Counter()
+        last_key = None
+
+        def new_group(info):
+            groups_nodes.append([])
+            groups_info.append(info)
+            return len(groups_nodes) - 1
+
+        current = -1
+        for n in call_nodes:
+            val = n.meta.get("val")
+            if not _is_tensor_val(val):
+                continue  # symbolic sizes and asserts stay outside layers
+            key = _op_key(n.target)
+            if key == "operator.getitem" and n.args[0].name in group_of:
+                g = group_of[n.args[0].name]
+                groups_nodes[g].append(n.name)
+                group_of[n.name] = g
+                continue
+            own = owner(n)
+            if own is not None:
+                skey, path, cls = own
+                if skey == last_key and current >= 0:
+                    g = current
+                else:
+                    name = path if counts[path] == 0 else f"{path}:{counts[path]}"
+                    counts[path] += 1
+                    g = current = new_group({"name": name, "path": path, "kind":
+                                             _module_kind(cls), "op": cls})
+                    last_key = skey
+                groups_nodes[g].append(n.name)
+                group_of[n.name] = g
+                continue
+            last_key = None
+            packet = _op_packet(n.target)
+            kind = OP_KINDS.get(packet)
+            if kind is None:
+                continue
+            tensor_args = [a for a in n.args if hasattr(a, "op")]
+            if kind in ("add", "mul"):
+                acts = [a for a in tensor_args if a.name not in param_ph_key]
+                if len(tensor_args) < 2 or not all(_is_tensor_val(a.meta.get("val"))
+                                                   for a in tensor_args):
+                    continue
+                if kind == "mul" and packet in ("bmm", "matmul", "mm") and len(acts) < 2:
+                    kind = "linear"
+            if packet == "convolution" and len(n.args) > 6 and n.args[6]:
+                kind = "conv_transpose"
+            parent = _innermost_path(n)
+            short = _OP_SHORT.get(packet, packet.lstrip("_"))
+            base = f"{parent}.{short}" if parent else short
+            name = base if counts[base] == 0 else f"{base}:{counts[base]}"
+            counts[base] += 1
+            g = new_group({"name": name, "path": parent, "kind": kind, "op": key})
+            groups_nodes[g].append(n.name)
+            group_of[n.name] = g
+
+        # users of every node, to find each group's inputs and outputs
+        users: dict[str, set[str]] = collections.defaultdict(set)
+        for n in ep.graph.nodes:
+            for a in n.all_input_nodes:
+                users[a.name].add(n.name)
+        const_names = {ph for ph, _ in self._const_ph}
+        self._users = users
+        self._node_order = [n.name for n in call_nodes]
+        self._node_paths = {
+            n.name: {p for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items()}
+            for n in call_nodes}
+        self._layer_paths: dict[str, set[str]] = {}
+        self._groups: list[_Group] = []
+        self.layers: dict[str, Layer] = {}
+        self.layer_nodes: dict[str, tuple[str, ...]] = {}
+        for names, info in zip(groups_nodes, groups_info, strict=True):
+            members = set(names)
+            inputs: list[str] = []
+            pnodes: dict[str, str] = {}
+            attrs: dict[str, Any] = {}
+            for nm in names:
+                n = node_of[nm]
+                for a in n.all_input_nodes:
+                    if a.name in members:
+                        continue
+                    if a.name in param_ph_key:
+                        gkey = param_ph_key[a.name]
+                        prefix = info["path"] + "." if info["path"] else ""
+                        local = gkey
+                        for cand in (self._ph_target.get(a.name, gkey), gkey):
+                            if prefix and cand.startswith(prefix):
+                                local = cand[len(prefix):]
+                                break
+                        if local in pnodes.values():
+                            local = gkey
+                        pnodes[a.name] = local
+                    elif a.name in const_names or not _is_tensor_val(a.meta.get("val")):
+                        continue
+                    elif a.name not in inputs:
+                        inputs.append(a.name)
+                ins = by_name[nm]
+                if ins.key not in _TRIVIAL_FOR_ATTRS:
+                    for k, v in _static_attrs(ins).items():
+                        attrs.setdefault(k, v)
+            outputs = [nm for nm in names if users[nm] - members]
+            layer = Layer(name=info["name"], kind=info["kind"], op=info["op"],
+                          param_names={v: param_ph_key[k] for k, v in pnodes.items()},
+                          attrs=attrs)
+            grp = _Group(layer, [by_name[nm] for nm in names], inputs, pnodes, outputs,
+                         min(by_name[nm].index for nm in names))
+            self._groups.append(grp)
+            self.layers[layer.name] = layer
+            self.layer_nodes[layer.name] = tuple(names)
+            self._layer_paths[layer.name] = set.union(*(self._node_paths[nm] for nm in names))
+        self._schedule = self._make_schedule(group_of, by_name)
+
+    def _make_schedule(self, group_of, by_name) -> list[Any]:
+        """Topological order of units (groups and loose instructions), stable by position."""
+        units: list[Any] = list(self._groups)
+        unit_of: dict[str, int] = {}
+        for u, grp in enumerate(self._groups):
+            for ins in grp.instrs:
+                unit_of[ins.name] = u
+        for ins in self._instrs:
+            if ins.name not in group_of:
+                unit_of[ins.name] = len(units)
+                units.append(ins)
+        deps: list[set[int]] = [set() for _ in units]
+        rdeps: list[set[int]] = [set() for _ in units]
+        node_inputs = {n.name: [a.name for a in n.all_input_nodes]
+                       for n in self.exported.graph.nodes}
+        for ins in self._instrs:
+            u = unit_of[ins.name]
+            for a in node_inputs[ins.name]:
+                v = unit_of.get(a)
+                if v is not None and v != u:
+                    deps[u].add(v)
+                    rdeps[v].add(u)
+
+        def pos(u):
+            x = units[u]
+            return x.index
+
+        ready = [(pos(u), u) for u in range(len(units)) if not deps[u]]
+        heapq.heapify(ready)
+        order = []
+        remaining = [len(d) for d in deps]
+        while ready:
+            _, u = heapq.heappop(ready)
+            order.append(units[u])
+            for v in rdeps[u]:
+                remaining[v] -= 1
+                if remaining[v] == 0:
+                    heapq.heappush(ready, (pos(v), v))
+        if len(order) != len(units):
+            raise RuntimeError(
+                "bridge: could not order the layers of the graph (a symbolic size computed "
+                "inside a layer is used by the same layer); please report this model")
+        return order
+
+    # ----------------------------------------------------------------- running
+    def _env(self, params: Mapping[str, Any], inputs: Sequence[Any],
+             kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        env: dict[str, Any] = {}
+        for ph, key in self._param_ph:
+            env[ph] = params[key]
+        for ph, key in self._const_ph:
+            env[ph] = self.constants[key]
+        flat = self._flatten_inputs(inputs, kwargs)
+        for ph, x in zip(self._user_ph, flat, strict=False):
+            env[ph] = x
+        return env
+
+    def _flatten_inputs(self, inputs: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        if len(inputs) != self._n_args:
+            raise TypeError(
+                f"converted model: expected {self._n_args} positional input(s) "
+                f"{self.input_names}, got {len(inputs)}")
+        unknown = set(kwargs) - set(self.kwarg_names)
+        missing = set(self.kwarg_names) - set(kwargs)
+        if unknown or missing:
+            raise TypeError(
+                f"converted model: keyword inputs must be exactly {sorted(self.kwarg_names)} "
+                f"(as exported), got {sorted(kwargs)}")
+        flat = list(inputs) + [kwargs[k] for k in self.kwarg_names]
+        return [self._prep(x, i) for i, x in enumerate(flat)]
+
+    def _prep(self, x: Any, i: int) -> Any:
+        name = self._user_ph[i]
+        meta = self._user_meta[i]
+        if type(x).__module__.startswith("torch"):
+            x = x.detach().cpu().numpy()
+        if isinstance(x, (np.ndarray, np.generic, list, int, float)):
+            x = np.asarray(x)
+            if x.dtype == np.int64 and not jax.config.jax_enable_x64:
+                x = _check_int32(x, f"input {name!r}")
+            if x.dtype == np.float64 and not jax.config.jax_enable_x64:
+                x = x.astype(np.float32)
+            x = jnp.asarray(x)
+        if meta is not None and hasattr(meta, "dtype"):
+            want_float = meta.dtype.is_floating_point
+            got_float = jnp.issubdtype(x.dtype, jnp.floating)
+            if want_float != got_float and not (meta.dtype.__str__() == "torch.bool"
+                                                and x.dtype == jnp.bool_):
+                if want_float:
+                    x = x.astype(_jdtype(meta.dtype))
+                else:
+                    raise TypeError(
+                        f"input {name!r}: expected an array of dtype {meta.dtype} (as "
+                        f"exported), got {x.dtype}")
+            if len(meta.shape) != x.ndim:
+                raise ValueError(
+                    f"input {name!r}: expected {len(meta.shape)} dimensions (exported shape "
+                    f"{tuple(meta.shape)}), got shape {tuple(x.shape)}")
+        return x
+
+    def _finish(self, env: Mapping[str, Any]) -> Any:
+        flat = [_resolve(o, env) for o in self._outputs]
+        return _unflatten(self._out_spec, iter(flat))
+
+    def fn(self, params: Mapping[str, Any], *inputs: Any, **kwargs: Any) -> Any:
+        """The model as a pure function of its parameters and inputs.
+
+        Args:
+            params: Dict shaped like :attr:`params` (any values with the same shapes).
+            *inputs: Positional inputs, batch first (jax/numpy arrays or torch tensors).
+            **kwargs: Keyword inputs given at conversion (e.g. ``attention_mask``).
+
+        Returns:
+            The model's output(s): an array, or a tuple/dict of arrays mirroring torch.
+
+        Example:
+            >>> y = conv.fn(conv.params, x)
+            >>> gx = jax.grad(lambda x: conv.fn(conv.params, x)[:, 3].sum())(x)
+        """
+        env = self._env(params, inputs, kwargs)
+        _run(self._instrs, env)
+        return self._finish(env)
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Run with the converted parameters (jit-compiled and cached).
+
+        Example:
+            >>> logits = conv(x)
+        """
+        flat = self._flatten_inputs(inputs, kwargs)
+        args = flat[: self._n_args]
+        kw = dict(zip(self.kwarg_names, flat[self._n_args:], strict=False))
+        return self._jit_fn(self.params, *args, **kw)
+
+    def apply(self, params: Mapping[str, Any], *inputs: Any, intercept: Callable[..., Any] |
+              None = None, **kwargs: Any) -> Any:
+        """Run the model, routing every layer through ``intercept``.
+
+        Each layer's nodes run as ``layer_fn(layer_params, *layer_inputs)`` where
+        ``layer_params`` is keyed by local names (``"weight"``, ``"bias"``,
+        ``"running_mean"``) and ``layer_inputs`` are the tensors flowing into the layer.
+        The call goes through ``intercept(layer, layer_fn, layer_params, *layer_inputs)``;
+        with ``intercept=None`` this is exactly :meth:`fn`.
+
+        Args:
+            params: Dict shaped like :attr:`params`.
+            *inputs: Positional inputs.
+            intercept: ``(layer, layer_fn, layer_params, *layer_inputs) -> outputs`` or None.
+            **kwargs: Keyword inputs.
+
+        Returns:
+            The model's output(s).
+
+        Example:
+            >>> def tap(layer, f, p, *xs):
+            ...     out = f(p, *xs)
+            ...     return out + eps if layer.name == "layer4" else out
+            >>> y = conv.apply(conv.params, x, intercept=tap)
+        """
+        if intercept is None:
+            return self.fn(params, *inputs, **kwargs)
+        env = self._env(params, inputs, kwargs)
+        for unit in self._schedule:
+            if type(unit) is _Instr:
+                env[unit.name] = unit.fn(*_resolve(unit.args, env), **_resolve(unit.kwargs, env))
+                continue
+            grp = unit
+            layer_params = {loc: env[ph] for ph, loc in grp.param_nodes.items()}
+            xs = [env[nm] for nm in grp.inputs]
+            out = intercept(grp.layer, self._layer_fn(grp, env), layer_params, *xs)
+            if len(grp.outputs) == 1:
+                env[grp.outputs[0]] = out
+            else:
+                for nm, o in zip(grp.outputs, out, strict=False):
+                    env[nm] = o
+        return self._finish(env)
+
+    @staticmethod
+    def _layer_fn(grp: _Group, outer: Mapping[str, Any]) -> Callable[..., Any]:
+        def layer_fn(layer_params: Mapping[str, Any], *xs: Any) -> Any:
+            local: dict[str, Any] = {}
+            for ph, loc in grp.param_nodes.items():
+                local[ph] = layer_params[loc]
+            for nm, x in zip(grp.inputs, xs, strict=False):
+                local[nm] = x
+            env = collections.ChainMap(local, outer)
+            _run(grp.instrs, env)  # type: ignore[arg-type]
+            outs = [local[nm] for nm in grp.outputs]
+            return outs[0] if len(outs) == 1 else tuple(outs)
+
+        return layer_fn
+
+    def module_layers(self, path: str) -> list[str]:
+        """Names of the layers run inside the torch module at ``path``, in order.
+
+        Args:
+            path: A module path such as ``"layer4"`` (containers included).
+
+        Returns:
+            Layer names, e.g. ``["layer4.0.conv1", ..., "layer4.1.relu:1"]``.
+
+        Example:
+            >>> conv.module_layers("layer1.0")[:2]
+            ['layer1.0.conv1', 'layer1.0.bn1']
+        """
+        out = [name for name, info in self._layer_paths.items()
+               if any(p == path for p in info)]
+        if not out:
+            top = {p.split(".")[0] for ps in self._layer_paths.values() for p in ps if p}
+            raise KeyError(
+                f"path: no layer runs inside a module named {path!r}; known top-level "
+                f"modules: {sorted(top)}")
+        return out
+
+    def output_layer(self, path: str) -> str:
+        """The layer whose output is the output of the torch module at ``path``.
+
+        Use it to tap a container such as ResNet's ``layer4``: perturbing or reading that
+        layer's output is perturbing or reading ``layer4``'s output.
+
+        Args:
+            path: A module path such as ``"layer4"``.
+
+        Returns:
+            A key of :attr:`layers` (for ``"layer4"`` of a ResNet: ``"layer4.1.relu:1"``).
+
+        Raises:
+            ValueError: The module's output is made by an op outside any layer (a reshape).
+
+        Example:
+            >>> conv.output_layer("layer4")
+            'layer4.1.relu:1'
+        """
+        names = self.module_layers(path)
+        inside = set()
+        for nm in names:
+            inside.update(self.layer_nodes[nm])
+        # the module's output: the last node within it that is used outside it
+        members = {n for n, ps in self._node_paths.items() if path in ps}
+        outs = [n for n in self._node_order if n in members and self._users[n] - members]
+        if not outs:
+            raise ValueError(f"path: module {path!r} has no output in the graph")
+        last = outs[-1]
+        for nm in reversed(names):
+            if last in self.layer_nodes[nm]:
+                return nm
+        raise ValueError(
+            f"path: the output of module {path!r} is made by node {last!r}, which belongs to "
+            "no layer (a reshape or view); tap the layer before it instead: "
+            f"{names[-1]!r}")
+
+    def __repr__(self) -> str:
+        return (f"Converted({len(self.params)} params, {len(self.layers)} layers, "
+                f"inputs={self.input_names}, kwargs={self.kwarg_names})")
+
+
+def _static_attrs(ins: _Instr) -> dict[str, Any]:
+    try:
+        sig = inspect.signature(ins.fn)
+        bound = sig.bind(*ins.args, **ins.kwargs)
+        bound.apply_defaults()
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for k, v in bound.arguments.items():
+        if isinstance(v, (_Ref, dict)) or _has_ref(v) or isinstance(v, _DType):
+            continue
+        if k in ("self", "input", "args", "kwargs") or isinstance(v, jax.Array):
+            continue
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _innermost_path(n: Any) -> str:
+    stack = n.meta.get("nn_module_stack") or {}
+    path = ""
+    for _, (p, _t) in stack.items():
+        if isinstance(p, str) and not p.startswith("_empty"):
+            path = p
+    return path
+
+
+def _children(spec: Any) -> list[Any]:
+    ch = getattr(spec, "children", None)
+    return list(ch()) if callable(ch) else list(spec.children_specs)
+
+
+def _unflatten(spec: Any, it: Any) -> Any:
+    if spec is None or spec.is_leaf():
+        return next(it)
+    kids = [_unflatten(c, it) for c in _children(spec)]
+    if spec.type is tuple:
+        return tuple(kids)
+    if spec.type is list:
+        return list(kids)
+    ctx = spec.context
+    if isinstance(ctx, (list, tuple)) and len(ctx) == len(kids) and all(
+            isinstance(k, str) for k in ctx):
+        return dict(zip(ctx, kids, strict=False))
+    return tuple(kids)
+
+
+# --------------------------------------------------------------------------- export
+def _check_eval(module: Any) -> None:
+    import torch.nn as nn
+
+    bad = []
+    for path, m in module.named_modules():
+        cls = type(m).__name__
+        is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in cls
+        is_do = isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in cls
+        if m.training and (is_bn or is_do):
+            bad.append(f"{path or '<root>'} ({cls})")
+    if bad:
+        raise TrainModeError(
+            f"module: BatchNorm/Dropout layers must be in eval mode for conversion, got "
+            f"training mode in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; call "
+            "module.eval() first")
+
+
+def _decompose(ep: Any) -> Any:
+    import torch
+
+    table = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if str(op) in LOWERINGS:
+            del table[op]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
+        return ep.run_decompositions(table)
+
+
+def _export(module: Any, args: tuple, kwargs: dict, dynamic_batch: bool) -> Any:
+    import torch
+    from torch.export import Dim
+
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+    batch = tensors[0].shape[0] if tensors and tensors[0].ndim else None
+    if dynamic_batch and batch == 1:
+        # batch 1 would be baked into the graph: export with two copies instead
+        def two(a):
+            return torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim and \
+                a.shape[0] == 1 else a
+        args = tuple(two(a) for a in args)
+        kwargs = {k: two(v) for k, v in kwargs.items()}
+        batch = 2
+    dyn_named = dyn_auto = None
+    if dynamic_batch and batch is not None:
+        dyn_named = _dynamic_spec(module, args, kwargs, batch, Dim("batch"))
+        dyn_auto = _dynamic_spec(module, args, kwargs, batch, Dim.AUTO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ep = torch.export.export(module, args, kwargs, dynamic_shapes=dyn_named)
+            except Exception:  # noqa: BLE001 - retry letting torch specialise what it must
+                if dyn_named is None:
+                    raise
+                ep = torch.export.export(module, args, kwargs, dynamic_shapes=dyn_auto)
+    except Exception as e:  # noqa: BLE001 - re-raised with advice
+        msg = str(e)
+        first = "\n".join(msg.strip().splitlines()[:6])
+        data_dep = any(s in msg for s in ("data-dependent", "data dependent",
+                                          "GuardOnDataDependent", "Could not guard",
+                                          "Could not extract specialized integer",
+                                          "dynamic control flow"))
+        if data_dep or "DataDependent" in type(e).__name__:
+            raise ExportError(
+                f"module: torch.export could not trace {type(module).__name__} because its "
+                "forward branches on tensor values (data-dependent control flow), which one "
+                "traced graph cannot express. Make the branch depend on shapes or Python "
+                "flags, write it with torch.where or torch.cond, or convert the sub-modules "
+                f"around it. torch said:\n{first}") from e
+        raise ExportError(
+            f"module: torch.export.export failed on {type(module).__name__} "
+            f"({type(e).__name__}); the bridge needs an exportable module. torch said:\n"
+            f"{first}") from e
+    return ep
+
+
+def _dynamic_spec(module: Any, args: tuple, kwargs: dict, batch: int, dim: Any) -> Any:
+    import torch
+
+    def spec(a):
+        if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == batch:
+            return {0: dim}
+        return None
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= len(args):
+        dyn = {p.name: spec(a) for p, a in zip(positional, args, strict=False)}
+        dyn.update({k: spec(v) for k, v in kwargs.items()})
+        return dyn
+    return tuple(spec(a) for a in args) if not kwargs else None
+
+
+def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | None = None,
+               dynamic_batch: bool = True) -> Converted:
+    """Convert a ``torch.nn.Module`` into a pure JAX function with named layers.
+
+    Args:
+        module: The torch module, in eval mode if it has BatchNorm or Dropout.
+        example_input: A tensor or a tuple of tensors (several positional inputs), batch
+            first. A batch of 1 is duplicated for export so that the batch stays dynamic.
+        kwargs: Keyword inputs (e.g. ``{"attention_mask": mask}``), batch first.
+        dynamic_batch: Export with a dynamic batch dimension (default). With False the
+            example's shapes are fixed.
+
+    Returns:
+        A :class:`Converted` with ``params``, ``fn``, ``apply`` and ``layers``.
+
+    Raises:
+        TrainModeError: A BatchNorm/Dropout is in training mode.
+        ExportError: ``torch.export`` failed (e.g. data-dependent control flow).
+        UnsupportedOpsError: Some ops have no lowering (all are listed).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+        >>> conv = from_torch(model, torch.randn(2, 4))
+        >>> conv(np.ones((5, 4), np.float32)).shape
+        (5, 3)
+        >>> list(conv.layers)
+        ['0', '1']
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    _check_eval(module)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(
+                f"example_input[{i}]: expected a torch.Tensor, got {type(a).__name__}; "
+                "close over non-tensor arguments with a wrapper module")
+    kwargs = dict(kwargs or {})
+    t0 = time.perf_counter()
+    ep = _export(module, args, kwargs, dynamic_batch)
+    return from_exported(ep, _t0=t0, dynamic_batch=dynamic_batch)
+
+
+def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = None) -> Converted:
+    """Convert a ``torch.export.ExportedProgram`` (already exported by the caller).
+
+    Args:
+        ep: The exported program (any IR level: it is decomposed to core ATen here).
+        dynamic_batch: Only checked, for a warning when the batch size is baked in.
+
+    Returns:
+        A :class:`Converted`.
+
+    Example:
+        >>> ep = torch.export.export(model, (x,))
+        >>> conv = from_exported(ep)
+    """
+    t0 = time.perf_counter() if _t0 is None else _t0
+    for n in ep.graph.nodes:
+        if n.op != "call_function":
+            continue
+        key = _op_key(n.target)
+        train_bn = key == "aten._native_batch_norm_legit_functional.default" or (
+            key in ("aten._native_batch_norm_legit.default", "aten.batch_norm.default")
+            and len(n.args) > 5 and n.args[5] is True)
+        train_do = key in ("aten.dropout.default", "aten.native_dropout.default",
+                           "aten.feature_dropout.default", "aten.alpha_dropout.default") and \
+            len(n.args) > 2 and n.args[2] is True
+        if train_bn or train_do:
+            raise TrainModeError(
+                f"exported program: node {n.name!r} ({key}) runs in training mode (in module "
+                f"{_innermost_path(n) or '<root>'!r}); export the module after calling "
+                "module.eval()")
+    ep = _decompose(ep)
+    conv = Converted(ep, dynamic_batch=dynamic_batch)
+    conv.conversion_time = time.perf_counter() - t0
+    if dynamic_batch:
+        import torch
+
+        metas = [m for m in conv._user_meta if m is not None and getattr(m, "ndim", 0)]
+        if metas and not any(isinstance(m.shape[0], torch.SymInt) for m in metas):
+            warnings.warn("the batch dimension was specialised during export: the converted "
+                          "function only accepts the example's batch size", stacklevel=3)
+    return conv
+
+
+def load(path: Any) -> Converted:
+    """Load a saved ``torch.export`` program (``.pt2``) and convert it.
+
+    Args:
+        path: File written by ``torch.export.save``.
+
+    Returns:
+        A :class:`Converted`; no Python class of the model is needed.
+
+    Example:
+        >>> torch.export.save(torch.export.export(model, (x,)), "model.pt2")
+        >>> conv = load("model.pt2")
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    ep = torch.export.load(path)
+    return from_exported(ep, _t0=t0)

@@ -1,0 +1,51 @@
+"""Errors raised by :mod:`jaxattr.bridge`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["BridgeError", "ExportError", "TrainModeError", "UnsupportedOpsError"]
+
+
+class BridgeError(RuntimeError):
+    """Base class of every error the bridge raises on purpose."""
+
+
+class UnsupportedOpsError(BridgeError, NotImplementedError):
+    """The exported graph uses ops that have no JAX lowering.
+
+    Raised once, before anything runs, listing every unsupported op with the layers (torch
+    module paths) it appears in.
+
+    Attributes:
+        ops: Maps each unsupported op name (e.g. ``"aten._fft_r2c.default"``) to the module
+            paths that use it.
+
+    Example:
+        >>> try:
+        ...     bridge.from_torch(model_with_fft, x)
+        ... except bridge.UnsupportedOpsError as e:
+        ...     print(sorted(e.ops))
+        ['aten._fft_r2c.default']
+    """
+
+    def __init__(self, ops: dict[str, Sequence[str]]):
+        self.ops = {k: list(v) for k, v in ops.items()}
+        lines = [
+            f"  {op}  (used in: {', '.join(p or '<root module>' for p in paths)})"
+            for op, paths in sorted(self.ops.items())
+        ]
+        super().__init__(
+            f"{len(self.ops)} op(s) in the exported graph have no JAX lowering:\n"
+            + "\n".join(lines)
+            + "\nSee jaxattr.bridge.supported_ops() for what is supported; rewrite the module "
+            "with supported ops or add a lowering with jaxattr.bridge.register_lowering()."
+        )
+
+
+class ExportError(BridgeError):
+    """``torch.export`` could not capture the module (e.g. data-dependent control flow)."""
+
+
+class TrainModeError(BridgeError, ValueError):
+    """The module (or a BatchNorm/Dropout inside it) is in training mode."""

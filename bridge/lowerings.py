@@ -1,0 +1,1420 @@
+"""The lowering table: one JAX function per ATen op (and per Python/sym op) of a graph.
+
+Every lowering takes the op's arguments in ATen schema order, with tensors already turned
+into JAX arrays, symbolic sizes into Python ints and torch dtypes into JAX dtypes. Argument
+names follow the ATen schema (``stride``, ``eps``, ``negative_slope`` ...) because the bridge
+reads a layer's static hyper-parameters (:attr:`jaxattr.structure.Layer.attrs`) from them.
+
+The table is keyed by the op's printed name, e.g. ``"aten.convolution.default"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["LOWERINGS", "CONFIG", "register_lowering", "supported_ops"]
+
+#: Lowering choices that change speed, never results (read when a function is traced, so
+#: set them before the first ``jax.jit`` call). ``conv_layout``: ``"NCHW"`` keeps torch's
+#: layout in XLA's convolution; ``"NHWC"`` transposes around each 2-d convolution (XLA
+#: cancels back-to-back transposes between layers). ``conv_impl``: ``"xla"`` (XLA's
+#: convolution) or ``"patches"`` (2-d, ungrouped: image patches + one ``dot_general``).
+CONFIG: dict[str, Any] = {"conv_layout": "NHWC", "conv_impl": "xla"}
+
+LOWERINGS: dict[str, Callable[..., Any]] = {}
+
+
+def register_lowering(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the JAX lowering of one or more ops.
+
+    Args:
+        *names: Printed op names, e.g. ``"aten.special_bessel_j0.default"``.
+
+    Returns:
+        A decorator that stores the function and returns it unchanged.
+
+    Example:
+        >>> @register_lowering("aten.special_bessel_j0.default")
+        ... def bessel_j0(self):
+        ...     return jax.scipy.special.bessel_jn(self, v=0)[0]
+    """
+
+    if not names:
+        raise ValueError("register_lowering: names must name at least one op, got none")
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for n in names:
+            LOWERINGS[n] = fn
+        return fn
+
+    return deco
+
+
+def supported_ops() -> list[str]:
+    """Names of every op the bridge can lower, sorted.
+
+    Returns:
+        The keys of the lowering table.
+
+    Example:
+        >>> "aten.convolution.default" in supported_ops()
+        True
+    """
+    return sorted(LOWERINGS)
+
+
+reg = register_lowering
+
+
+def _axis(d: int, nd: int) -> int:
+    return d + nd if d < 0 else d
+
+
+def _dims(dim: Any, nd: int) -> tuple[int, ...] | None:
+    if dim is None:
+        return None
+    if isinstance(dim, int):
+        return (_axis(dim, nd),)
+    dim = tuple(_axis(d, nd) for d in dim)
+    return dim if dim else None
+
+
+def _int_dtype():
+    return jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+
+
+def _float_dtype():
+    return jnp.float32
+
+
+def _default_dtype(value: Any):
+    if isinstance(value, bool):
+        return jnp.bool_
+    if isinstance(value, int):
+        return _int_dtype()
+    return _float_dtype()
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- no-ops / python
+for _n in (
+    "aten._assert_tensor_metadata.default",
+    "aten._assert_scalar.default",
+    "aten._assert_async.msg",
+    "aten.sym_constrain_range.default",
+    "aten.sym_constrain_range_for_size.default",
+    "aten._functional_assert_async.msg",
+    "aten.check_tensor.default",
+):
+    LOWERINGS[_n] = _nothing
+
+reg("aten.sym_size.int")(lambda self, dim: self.shape[dim])
+reg("aten.sym_numel.default")(lambda self: int(np.prod(self.shape)))
+reg("aten.sym_stride.int")(lambda self, dim: int(np.prod(self.shape[dim + 1 :])))
+reg("operator.getitem")(lambda obj, index: obj[index])
+for _name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "neg", "pos", "eq", "ne",
+              "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs"):
+    LOWERINGS[f"operator.{_name}"] = getattr(operator, _name)
+reg("math.ceil")(math.ceil)
+reg("math.floor")(math.floor)
+reg("math.sqrt")(math.sqrt)
+reg("math.trunc")(math.trunc)
+reg("torch.sym_max")(max)
+reg("torch.sym_min")(min)
+reg("torch.sym_float")(float)
+reg("torch.sym_int")(int)
+reg("torch.sym_not")(operator.not_)
+reg("torch.sym_sum")(sum)
+
+
+@reg("torch.sym_ite")
+def _sym_ite(b, t, f):
+    return t if b else f
+
+
+# --------------------------------------------------------------------------- identity & dtype
+@reg("aten.clone.default", "aten.alias.default", "aten.detach.default",
+     "aten.lift_fresh_copy.default", "aten.contiguous.default", "aten.lift_fresh.default",
+     "aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_dropout.default")
+def identity(self, *args, **kwargs):
+    """Ops that return their input in eval mode (clone, detach, dropout with train=False)."""
+    return self
+
+
+@reg("aten.native_dropout.default")
+def native_dropout(input, p, train):
+    return input, jnp.ones(input.shape, jnp.bool_)
+
+
+@reg("aten._to_copy.default", "aten.to.dtype_layout")
+def to_copy(self, *, dtype=None, **kwargs):
+    return self if dtype is None else self.astype(dtype)
+
+
+@reg("aten.to.dtype")
+def to_dtype(self, dtype, non_blocking=False, copy=False, memory_format=None):
+    return self.astype(dtype)
+
+
+@reg("aten.to.device")
+def to_device(self, device, dtype, non_blocking=False, copy=False, memory_format=None):
+    return self.astype(dtype)
+
+
+@reg("aten.type_as.default")
+def type_as(self, other):
+    return self.astype(other.dtype)
+
+
+# --------------------------------------------------------------------------- creation
+@reg("aten.full.default")
+def full(size, fill_value, *, dtype=None, **kwargs):
+    return jnp.full(tuple(size), fill_value, dtype or _default_dtype(fill_value))
+
+
+@reg("aten.full_like.default")
+def full_like(self, fill_value, *, dtype=None, **kwargs):
+    return jnp.full(self.shape, fill_value, dtype or self.dtype)
+
+
+@reg("aten.zeros.default", "aten.empty.memory_format")
+def zeros(size, *, dtype=None, **kwargs):
+    return jnp.zeros(tuple(size), dtype or _float_dtype())
+
+
+@reg("aten.ones.default")
+def ones(size, *, dtype=None, **kwargs):
+    return jnp.ones(tuple(size), dtype or _float_dtype())
+
+
+@reg("aten.zeros_like.default", "aten.empty_like.default")
+def zeros_like(self, *, dtype=None, **kwargs):
+    return jnp.zeros(self.shape, dtype or self.dtype)
+
+
+@reg("aten.ones_like.default")
+def ones_like(self, *, dtype=None, **kwargs):
+    return jnp.ones(self.shape, dtype or self.dtype)
+
+
+@reg("aten.new_zeros.default", "aten.new_empty.default")
+def new_zeros(self, size, *, dtype=None, **kwargs):
+    return jnp.zeros(tuple(size), dtype or self.dtype)
+
+
+@reg("aten.new_ones.default")
+def new_ones(self, size, *, dtype=None, **kwargs):
+    return jnp.ones(tuple(size), dtype or self.dtype)
+
+
+@reg("aten.new_full.default")
+def new_full(self, size, fill_value, *, dtype=None, **kwargs):
+    return jnp.full(tuple(size), fill_value, dtype or self.dtype)
+
+
+@reg("aten.fill.Scalar")
+def fill(self, value):
+    return jnp.full(self.shape, value, self.dtype)
+
+
+@reg("aten.scalar_tensor.default")
+def scalar_tensor(s, *, dtype=None, **kwargs):
+    return jnp.asarray(s, dtype or _float_dtype())
+
+
+@reg("aten.arange.start_step", "aten.arange.start", "aten.arange.default")
+def arange(start, end=None, step=1, *, dtype=None, **kwargs):
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        dtype = _default_dtype(start + end + step if all(
+            isinstance(v, int) for v in (start, end, step)) else 0.5)
+    return jnp.arange(start, end, step, dtype=dtype)
+
+
+@reg("aten.tril.default")
+def tril(self, diagonal=0):
+    return jnp.tril(self, diagonal)
+
+
+@reg("aten.triu.default")
+def triu(self, diagonal=0):
+    return jnp.triu(self, diagonal)
+
+
+# --------------------------------------------------------------------------- elementwise
+def _unary(name: str, fn: Callable[[Any], Any]) -> None:
+    LOWERINGS[f"aten.{name}.default"] = lambda self: fn(self)
+
+
+for _name, _fn in {
+    "neg": jnp.negative, "abs": jnp.abs, "exp": jnp.exp, "exp2": jnp.exp2, "log": jnp.log,
+    "log2": jnp.log2, "log10": jnp.log10, "log1p": jnp.log1p, "expm1": jnp.expm1,
+    "sqrt": jnp.sqrt, "rsqrt": lax.rsqrt, "reciprocal": jnp.reciprocal, "sin": jnp.sin,
+    "cos": jnp.cos, "tan": jnp.tan, "asin": jnp.arcsin, "acos": jnp.arccos,
+    "atan": jnp.arctan, "sinh": jnp.sinh, "cosh": jnp.cosh, "asinh": jnp.arcsinh,
+    "acosh": jnp.arccosh, "atanh": jnp.arctanh, "erf": lax.erf, "erfc": lax.erfc,
+    "erfinv": lax.erf_inv, "floor": jnp.floor, "ceil": jnp.ceil, "round": jnp.round,
+    "trunc": jnp.trunc, "sign": jnp.sign, "sgn": jnp.sign, "isnan": jnp.isnan,
+    "isinf": jnp.isinf, "isfinite": jnp.isfinite, "logical_not": jnp.logical_not,
+    "bitwise_not": jnp.invert, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+    "relu": jax.nn.relu, "silu": jax.nn.silu, "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "log_sigmoid": jax.nn.log_sigmoid, "frac": lambda x: x - jnp.trunc(x),
+    "square": jnp.square, "lgamma": lax.lgamma, "digamma": lax.digamma,
+    "positive": lambda x: x, "signbit": jnp.signbit, "logit": lambda x: jnp.log(x / (1 - x)),
+}.items():
+    _unary(_name, _fn)
+
+
+@reg("aten.add.Tensor", "aten.add.Scalar")
+def add(self, other, alpha=1):
+    return self + other if alpha == 1 else self + alpha * other
+
+
+@reg("aten.sub.Tensor", "aten.sub.Scalar")
+def sub(self, other, alpha=1):
+    return self - other if alpha == 1 else self - alpha * other
+
+
+@reg("aten.rsub.Scalar", "aten.rsub.Tensor")
+def rsub(self, other, alpha=1):
+    return other - (self if alpha == 1 else alpha * self)
+
+
+@reg("aten.mul.Tensor", "aten.mul.Scalar")
+def mul(self, other):
+    return self * other
+
+
+@reg("aten.div.Tensor", "aten.div.Scalar")
+def div(self, other):
+    return jnp.true_divide(self, other)
+
+
+@reg("aten.div.Tensor_mode", "aten.div.Scalar_mode")
+def div_mode(self, other, *, rounding_mode=None):
+    if rounding_mode is None:
+        return jnp.true_divide(self, other)
+    if rounding_mode == "floor":
+        return jnp.floor_divide(self, other)
+    q = jnp.true_divide(self, other)
+    if jnp.issubdtype(jnp.result_type(self, other), jnp.integer):
+        return lax.div(*jnp.broadcast_arrays(jnp.asarray(self), jnp.asarray(other)))
+    return jnp.trunc(q)
+
+
+@reg("aten.floor_divide.default")
+def floor_divide(self, other):
+    return jnp.floor_divide(self, other)
+
+
+@reg("aten.remainder.Tensor", "aten.remainder.Scalar")
+def remainder(self, other):
+    return jnp.remainder(self, other)
+
+
+@reg("aten.fmod.Tensor", "aten.fmod.Scalar")
+def fmod(self, other):
+    return jnp.fmod(self, other)
+
+
+@reg("aten.pow.Tensor_Scalar")
+def pow_tensor_scalar(self, exponent):
+    if isinstance(exponent, int) and not isinstance(exponent, bool):
+        return lax.integer_pow(self, exponent) if exponent >= 0 else jnp.power(self, exponent)
+    if exponent == 0.5:
+        return jnp.sqrt(self)
+    return jnp.power(self, exponent)
+
+
+@reg("aten.pow.Tensor_Tensor")
+def pow_tensor_tensor(self, exponent):
+    return jnp.power(self, exponent)
+
+
+@reg("aten.pow.Scalar")
+def pow_scalar(self, exponent):
+    return jnp.power(self, exponent)
+
+
+for _name, _fn in {
+    "eq": jnp.equal, "ne": jnp.not_equal, "lt": jnp.less, "le": jnp.less_equal,
+    "gt": jnp.greater, "ge": jnp.greater_equal, "maximum": jnp.maximum,
+    "minimum": jnp.minimum, "fmax": jnp.fmax, "fmin": jnp.fmin, "atan2": jnp.arctan2,
+    "logical_and": jnp.logical_and, "logical_or": jnp.logical_or,
+    "logical_xor": jnp.logical_xor, "bitwise_and": jnp.bitwise_and,
+    "bitwise_or": jnp.bitwise_or, "bitwise_xor": jnp.bitwise_xor, "hypot": jnp.hypot,
+    "copysign": jnp.copysign, "xlogy": jax.scipy.special.xlogy,
+}.items():
+    for _ov in ("Tensor", "Scalar", "default"):
+        LOWERINGS[f"aten.{_name}.{_ov}"] = (lambda f: lambda self, other: f(self, other))(_fn)
+
+
+@reg("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar")
+def where(condition, self, other):
+    return jnp.where(condition, self, other)
+
+
+@reg("aten.masked_fill.Scalar", "aten.masked_fill.Tensor")
+def masked_fill(self, mask, value):
+    return jnp.where(mask, jnp.asarray(value, self.dtype), self)
+
+
+@reg("aten.clamp.default", "aten.clamp.Tensor")
+def clamp(self, min=None, max=None):
+    # torch passes the gradient where min <= x <= max (both ends included)
+    out = self
+    if min is not None:
+        out = jnp.where(self < min, jnp.asarray(min, self.dtype), out)
+    if max is not None:
+        out = jnp.where(self > max, jnp.asarray(max, self.dtype), out)
+    return out
+
+
+@reg("aten.clamp_min.default", "aten.clamp_min.Tensor")
+def clamp_min(self, min):
+    return clamp(self, min=min)
+
+
+@reg("aten.clamp_max.default", "aten.clamp_max.Tensor")
+def clamp_max(self, max):
+    return clamp(self, max=max)
+
+
+@reg("aten.nan_to_num.default")
+def nan_to_num(self, nan=None, posinf=None, neginf=None):
+    return jnp.nan_to_num(self, nan=0.0 if nan is None else nan, posinf=posinf, neginf=neginf)
+
+
+@reg("aten.lerp.Scalar", "aten.lerp.Tensor")
+def lerp(self, end, weight):
+    return self + weight * (end - self)
+
+
+# --------------------------------------------------------------------------- activations
+@reg("aten.leaky_relu.default")
+def leaky_relu(self, negative_slope=0.01):
+    return jnp.where(self > 0, self, self * negative_slope)
+
+
+@reg("aten.elu.default")
+def elu(self, alpha=1.0, scale=1.0, input_scale=1.0):
+    neg = (alpha * scale) * jnp.expm1(jnp.minimum(self, 0.0) * input_scale)
+    return jnp.where(self > 0, self * scale, neg)
+
+
+@reg("aten.selu.default")
+def selu(self):
+    return elu(self, 1.6732632423543772, 1.0507009873554805)
+
+
+@reg("aten.celu.default")
+def celu(self, alpha=1.0):
+    return elu(self, alpha, 1.0, 1.0 / alpha)
+
+
+@reg("aten.gelu.default")
+def gelu(self, *, approximate="none"):
+    return jax.nn.gelu(self, approximate=(approximate == "tanh"))
+
+
+@reg("aten.softplus.default")
+def softplus(self, beta=1.0, threshold=20.0):
+    bx = self * beta
+    soft = jax.nn.softplus(jnp.minimum(bx, threshold)) / beta
+    return jnp.where(bx > threshold, self, soft)
+
+
+@reg("aten.hardtanh.default")
+def hardtanh(self, min_val=-1.0, max_val=1.0):
+    # torch's gradient is zero at both ends (x <= min or x >= max)
+    lo = jnp.asarray(min_val, self.dtype)
+    hi = jnp.asarray(max_val, self.dtype)
+    return jnp.where(self <= min_val, lo, jnp.where(self >= max_val, hi, self))
+
+
+@reg("aten.relu6.default")
+def relu6(self):
+    return hardtanh(self, 0.0, 6.0)
+
+
+@reg("aten.hardsigmoid.default")
+def hardsigmoid(self):
+    return jnp.where(self <= -3.0, 0.0, jnp.where(self >= 3.0, 1.0, self / 6.0 + 0.5)).astype(
+        self.dtype)
+
+
+@reg("aten.hardswish.default")
+def hardswish(self):
+    return jnp.where(self <= -3.0, 0.0, jnp.where(self >= 3.0, self, self * (self + 3.0) / 6.0)
+                     ).astype(self.dtype)
+
+
+@reg("aten.threshold.default")
+def threshold(self, threshold, value):
+    return jnp.where(self > threshold, self, jnp.asarray(value, self.dtype))
+
+
+@reg("aten.prelu.default", "aten._prelu_kernel.default")
+def prelu(self, weight):
+    w = weight.reshape((-1,) + (1,) * (self.ndim - 2)) if self.ndim >= 2 and weight.size > 1 \
+        else weight
+    return jnp.where(self > 0, self, w * self)
+
+
+@reg("aten._softmax.default")
+def softmax(self, dim, half_to_float=False):
+    return jax.nn.softmax(self, axis=dim)
+
+
+@reg("aten.softmax.int")
+def softmax_int(self, dim, dtype=None):
+    return jax.nn.softmax(self if dtype is None else self.astype(dtype), axis=dim)
+
+
+@reg("aten._log_softmax.default")
+def log_softmax(self, dim, half_to_float=False):
+    return jax.nn.log_softmax(self, axis=dim)
+
+
+@reg("aten.log_softmax.int")
+def log_softmax_int(self, dim, dtype=None):
+    return jax.nn.log_softmax(self if dtype is None else self.astype(dtype), axis=dim)
+
+
+# --------------------------------------------------------------------------- reductions
+@reg("aten.sum.dim_IntList", "aten.sum.default")
+def sum_(self, dim=None, keepdim=False, *, dtype=None):
+    return jnp.sum(self, axis=_dims(dim, self.ndim), keepdims=keepdim, dtype=dtype)
+
+
+@reg("aten.mean.dim", "aten.mean.default")
+def mean(self, dim=None, keepdim=False, *, dtype=None):
+    return jnp.mean(self, axis=_dims(dim, self.ndim), keepdims=keepdim, dtype=dtype)
+
+
+@reg("aten.prod.dim_int", "aten.prod.default")
+def prod(self, dim=None, keepdim=False, *, dtype=None):
+    return jnp.prod(self, axis=_dims(dim, self.ndim), keepdims=keepdim, dtype=dtype)
+
+
+@reg("aten.amax.default")
+def amax(self, dim=(), keepdim=False):
+    return jnp.max(self, axis=_dims(dim, self.ndim), keepdims=keepdim)
+
+
+@reg("aten.amin.default")
+def amin(self, dim=(), keepdim=False):
+    return jnp.min(self, axis=_dims(dim, self.ndim), keepdims=keepdim)
+
+
+@reg("aten.max.default")
+def max_(self):
+    return jnp.max(self)
+
+
+@reg("aten.min.default")
+def min_(self):
+    return jnp.min(self)
+
+
+@reg("aten.max.dim")
+def max_dim(self, dim, keepdim=False):
+    return (jnp.max(self, axis=dim, keepdims=keepdim),
+            jnp.argmax(self, axis=dim, keepdims=keepdim).astype(_int_dtype()))
+
+
+@reg("aten.min.dim")
+def min_dim(self, dim, keepdim=False):
+    return (jnp.min(self, axis=dim, keepdims=keepdim),
+            jnp.argmin(self, axis=dim, keepdims=keepdim).astype(_int_dtype()))
+
+
+@reg("aten.argmax.default")
+def argmax(self, dim=None, keepdim=False):
+    if dim is None:
+        return jnp.argmax(self).astype(_int_dtype())
+    return jnp.argmax(self, axis=dim, keepdims=keepdim).astype(_int_dtype())
+
+
+@reg("aten.argmin.default")
+def argmin(self, dim=None, keepdim=False):
+    if dim is None:
+        return jnp.argmin(self).astype(_int_dtype())
+    return jnp.argmin(self, axis=dim, keepdims=keepdim).astype(_int_dtype())
+
+
+@reg("aten.var.correction", "aten.var.dim")
+def var(self, dim=None, *args, correction=None, keepdim=False):
+    unbiased = args[0] if args else True
+    ddof = (1 if unbiased else 0) if correction is None else correction
+    return jnp.var(self, axis=_dims(dim, self.ndim), ddof=ddof, keepdims=keepdim)
+
+
+@reg("aten.std.correction", "aten.std.dim")
+def std(self, dim=None, *args, correction=None, keepdim=False):
+    return jnp.sqrt(var(self, dim, *args, correction=correction, keepdim=keepdim))
+
+
+@reg("aten.var_mean.correction")
+def var_mean(self, dim=None, *, correction=None, keepdim=False):
+    return var(self, dim, correction=correction, keepdim=keepdim), mean(self, dim, keepdim)
+
+
+@reg("aten.any.dim", "aten.any.dims", "aten.any.default")
+def any_(self, dim=None, keepdim=False):
+    return jnp.any(self, axis=_dims(dim, self.ndim), keepdims=keepdim)
+
+
+@reg("aten.all.dim", "aten.all.dims", "aten.all.default")
+def all_(self, dim=None, keepdim=False):
+    return jnp.all(self, axis=_dims(dim, self.ndim), keepdims=keepdim)
+
+
+@reg("aten.logsumexp.default")
+def logsumexp(self, dim, keepdim=False):
+    return jax.nn.logsumexp(self, axis=_dims(dim, self.ndim), keepdims=keepdim)
+
+
+@reg("aten.cumsum.default")
+def cumsum(self, dim, *, dtype=None):
+    return jnp.cumsum(self, axis=dim, dtype=dtype)
+
+
+@reg("aten.cumprod.default")
+def cumprod(self, dim, *, dtype=None):
+    return jnp.cumprod(self, axis=dim, dtype=dtype)
+
+
+@reg("aten.linalg_vector_norm.default")
+def linalg_vector_norm(self, ord=2, dim=None, keepdim=False, *, dtype=None):
+    x = self if dtype is None else self.astype(dtype)
+    axis = _dims(dim, x.ndim)
+    if ord == 2:
+        return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdim))
+    if ord == 1:
+        return jnp.sum(jnp.abs(x), axis=axis, keepdims=keepdim)
+    if ord == math.inf:
+        return jnp.max(jnp.abs(x), axis=axis, keepdims=keepdim)
+    return jnp.sum(jnp.abs(x) ** ord, axis=axis, keepdims=keepdim) ** (1.0 / ord)
+
+
+@reg("aten.topk.default")
+def topk(self, k, dim=-1, largest=True, sorted=True):
+    x = jnp.moveaxis(self, dim, -1)
+    v, i = lax.top_k(x if largest else -x, k)
+    v = v if largest else -v
+    return jnp.moveaxis(v, -1, dim), jnp.moveaxis(i, -1, dim).astype(_int_dtype())
+
+
+@reg("aten.sort.default", "aten.sort.stable")
+def sort(self, dim=-1, descending=False, *, stable=None):
+    i = jnp.argsort(-self if descending else self, axis=dim, stable=True)
+    return jnp.take_along_axis(self, i, axis=dim), i.astype(_int_dtype())
+
+
+@reg("aten.argsort.default", "aten.argsort.stable")
+def argsort(self, dim=-1, descending=False, *, stable=None):
+    return jnp.argsort(-self if descending else self, axis=dim, stable=True).astype(
+        _int_dtype())
+
+
+# --------------------------------------------------------------------------- shape & view
+@reg("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
+def view(self, size):
+    return jnp.reshape(self, tuple(size))
+
+
+@reg("aten.permute.default")
+def permute(self, dims):
+    return jnp.transpose(self, tuple(dims))
+
+
+@reg("aten.transpose.int")
+def transpose(self, dim0, dim1):
+    return jnp.swapaxes(self, dim0, dim1)
+
+
+@reg("aten.t.default", "aten.numpy_T.default")
+def t(self):
+    return self.T
+
+
+@reg("aten.expand.default")
+def expand(self, size, *, implicit=False):
+    size = tuple(size)
+    shape = (1,) * (len(size) - self.ndim) + tuple(self.shape)
+    target = tuple(s if t == -1 else t for s, t in zip(shape, size, strict=False))
+    return jnp.broadcast_to(jnp.reshape(self, shape), target)
+
+
+@reg("aten.expand_as.default")
+def expand_as(self, other):
+    return jnp.broadcast_to(self, other.shape)
+
+
+@reg("aten.unsqueeze.default")
+def unsqueeze(self, dim):
+    return jnp.expand_dims(self, _axis(dim, self.ndim + 1))
+
+
+@reg("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
+def squeeze(self, dim=None):
+    dims = range(self.ndim) if dim is None else _dims(dim, self.ndim) or ()
+    dims = tuple(d for d in dims if self.shape[d] == 1)
+    return jnp.squeeze(self, dims) if dims else self
+
+
+@reg("aten.flatten.using_ints")
+def flatten(self, start_dim=0, end_dim=-1):
+    s, e = _axis(start_dim, self.ndim), _axis(end_dim, self.ndim)
+    return jnp.reshape(self, self.shape[:s] + (-1,) + self.shape[e + 1:])
+
+
+@reg("aten.unflatten.int")
+def unflatten(self, dim, sizes):
+    d = _axis(dim, self.ndim)
+    return jnp.reshape(self, self.shape[:d] + tuple(sizes) + self.shape[d + 1:])
+
+
+@reg("aten.slice.Tensor")
+def slice_(self, dim=0, start=None, end=None, step=1):
+    idx = [slice(None)] * self.ndim
+    idx[dim] = slice(start, end, step)
+    return self[tuple(idx)]
+
+
+@reg("aten.select.int")
+def select(self, dim, index):
+    return lax.index_in_dim(self, index if index >= 0 else index + self.shape[dim], dim,
+                            keepdims=False)
+
+
+@reg("aten.narrow.default")
+def narrow(self, dim, start, length):
+    return lax.slice_in_dim(self, start, start + length, axis=_axis(dim, self.ndim))
+
+
+@reg("aten.cat.default", "aten.concat.default")
+def cat(tensors, dim=0):
+    tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or tensors
+    return jnp.concatenate(tensors, axis=dim)
+
+
+@reg("aten.stack.default")
+def stack(tensors, dim=0):
+    return jnp.stack(tensors, axis=dim)
+
+
+@reg("aten.split.Tensor")
+def split(self, split_size, dim=0):
+    n = self.shape[dim]
+    sizes = [min(split_size, n - i) for i in range(0, n, split_size)]
+    return split_with_sizes(self, sizes, dim)
+
+
+@reg("aten.split_with_sizes.default")
+def split_with_sizes(self, split_sizes, dim=0):
+    out, start = [], 0
+    for s in split_sizes:
+        out.append(lax.slice_in_dim(self, start, start + s, axis=_axis(dim, self.ndim)))
+        start += s
+    return out
+
+
+@reg("aten.unbind.int")
+def unbind(self, dim=0):
+    return [lax.index_in_dim(self, i, dim, keepdims=False) for i in range(self.shape[dim])]
+
+
+@reg("aten.chunk.default")
+def chunk(self, chunks, dim=0):
+    n = self.shape[dim]
+    return split(self, -(-n // chunks), dim)
+
+
+@reg("aten.flip.default")
+def flip(self, dims):
+    return jnp.flip(self, tuple(dims))
+
+
+@reg("aten.roll.default")
+def roll(self, shifts, dims=()):
+    return jnp.roll(self, tuple(shifts), tuple(dims) if dims else None)
+
+
+@reg("aten.repeat.default")
+def repeat(self, repeats):
+    repeats = tuple(repeats)
+    x = jnp.reshape(self, (1,) * (len(repeats) - self.ndim) + tuple(self.shape))
+    return jnp.tile(x, repeats)
+
+
+@reg("aten.repeat_interleave.self_int")
+def repeat_interleave(self, repeats, dim=None, *, output_size=None):
+    return jnp.repeat(self, repeats, axis=dim)
+
+
+@reg("aten.index.Tensor")
+def index(self, indices):
+    idx = []
+    for i in indices:
+        if i is None:
+            idx.append(slice(None))
+        elif i.dtype == jnp.bool_:
+            raise ValueError(
+                "aten.index.Tensor: boolean-mask indexing gives a data-dependent shape, which "
+                "JAX cannot trace; use torch.where in the model instead")
+        else:
+            idx.append(i)
+    return self[tuple(idx)]
+
+
+@reg("aten.index_select.default")
+def index_select(self, dim, index):
+    return jnp.take(self, index, axis=dim)
+
+
+@reg("aten.gather.default")
+def gather(self, dim, index, *, sparse_grad=False):
+    d = _axis(dim, self.ndim)
+    sl = tuple(slice(None) if i == d else slice(0, index.shape[i]) for i in range(self.ndim))
+    return jnp.take_along_axis(self[sl], index, axis=d)
+
+
+@reg("aten.scatter.src", "aten.scatter.value")
+def scatter(self, dim, index, src):
+    d = _axis(dim, self.ndim)
+    if not isinstance(src, jax.Array):
+        src = jnp.full(index.shape, src, self.dtype)
+    grids = jnp.meshgrid(*[jnp.arange(s) for s in index.shape], indexing="ij")
+    grids[d] = index
+    return self.at[tuple(grids)].set(src[tuple(slice(0, s) for s in index.shape)])
+
+
+@reg("aten.scatter_add.default")
+def scatter_add(self, dim, index, src):
+    d = _axis(dim, self.ndim)
+    grids = jnp.meshgrid(*[jnp.arange(s) for s in index.shape], indexing="ij")
+    grids[d] = index
+    return self.at[tuple(grids)].add(src[tuple(slice(0, s) for s in index.shape)])
+
+
+@reg("aten.index_put.default")
+def index_put(self, indices, values, accumulate=False):
+    idx = tuple(slice(None) if i is None else i for i in indices)
+    return self.at[idx].add(values) if accumulate else self.at[idx].set(values)
+
+
+@reg("aten.slice_scatter.default")
+def slice_scatter(self, src, dim=0, start=None, end=None, step=1):
+    idx = [slice(None)] * self.ndim
+    idx[dim] = slice(start, end, step)
+    return self.at[tuple(idx)].set(src)
+
+
+@reg("aten.select_scatter.default")
+def select_scatter(self, src, dim, index):
+    idx = [slice(None)] * self.ndim
+    idx[dim] = index
+    return self.at[tuple(idx)].set(src)
+
+
+@reg("aten.copy.default")
+def copy(self, src, non_blocking=False):
+    return jnp.broadcast_to(src.astype(self.dtype), self.shape)
+
+
+@reg("aten.diagonal.default")
+def diagonal(self, offset=0, dim1=0, dim2=1):
+    return jnp.diagonal(self, offset, dim1, dim2)
+
+
+@reg("aten.constant_pad_nd.default")
+def constant_pad_nd(self, pad, value=0):
+    cfg = [(0, 0, 0)] * self.ndim
+    for i in range(len(pad) // 2):
+        cfg[self.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1], 0)
+    return lax.pad(self, jnp.asarray(value, self.dtype), cfg)
+
+
+def _mode_pad(mode: str) -> Callable[..., Any]:
+    def lowering(self, padding):
+        cfg = [(0, 0)] * self.ndim
+        for i in range(len(padding) // 2):
+            cfg[self.ndim - 1 - i] = (padding[2 * i], padding[2 * i + 1])
+        return jnp.pad(self, cfg, mode=mode)
+
+    return lowering
+
+
+for _d in (1, 2, 3):
+    LOWERINGS[f"aten.reflection_pad{_d}d.default"] = _mode_pad("reflect")
+    LOWERINGS[f"aten.replication_pad{_d}d.default"] = _mode_pad("edge")
+    LOWERINGS[f"aten.circular_pad{_d}d.default"] = _mode_pad("wrap")
+
+
+# --------------------------------------------------------------------------- matmul & linear
+@reg("aten.linear.default")
+def linear(input, weight, bias=None):
+    """``x @ weight.T + bias`` contracting weight's second axis (no transposed copy)."""
+    out = lax.dot_general(input, weight, (((input.ndim - 1,), (1,)), ((), ())))
+    return out if bias is None else out + bias
+
+
+@reg("aten.mm.default", "aten.bmm.default", "aten.matmul.default", "aten.mv.default",
+     "aten.dot.default")
+def matmul(self, other):
+    return jnp.matmul(self, other)
+
+
+@reg("aten.addmm.default")
+def addmm(self, mat1, mat2, *, beta=1, alpha=1):
+    prod_ = jnp.matmul(mat1, mat2)
+    prod_ = prod_ if alpha == 1 else alpha * prod_
+    return prod_ + (self if beta == 1 else beta * self)
+
+
+@reg("aten.baddbmm.default")
+def baddbmm(self, batch1, batch2, *, beta=1, alpha=1):
+    return addmm(self, batch1, batch2, beta=beta, alpha=alpha)
+
+
+@reg("aten.einsum.default")
+def einsum(equation, tensors, *, path=None):
+    return jnp.einsum(equation, *tensors)
+
+
+@reg("aten.embedding.default")
+def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    out = jnp.take(weight, indices, axis=0)
+    if padding_idx is not None and padding_idx >= 0:
+        # torch gives the padding row no gradient
+        out = jnp.where((indices == padding_idx)[..., None], lax.stop_gradient(out), out)
+    return out
+
+
+# --------------------------------------------------------------------------- convolution
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def _conv_patches(x, w, stride, pads, dilation):
+    """2-d convolution as image patches + one matmul (``CONFIG["conv_impl"] == "patches"``)."""
+    o = w.shape[0]
+    kh, kw = w.shape[2:]
+    if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(a or b for a, b in pads):
+        return jnp.einsum("nchw,oc->nohw", x, w[:, :, 0, 0])
+    p = lax.conv_general_dilated_patches(
+        x, (kh, kw), tuple(stride), pads, rhs_dilation=tuple(dilation),
+        dimension_numbers=("NCHW", "OIHW", "NHWC"))
+    out = lax.dot_general(p, w.reshape(o, -1), (((3,), (1,)), ((), ())))
+    return jnp.transpose(out, (0, 3, 1, 2))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_patches_fwd(x, w, stride, pads, dilation):
+    """Patches + matmul for the value; XLA's convolution for derivatives (their transposes
+    are what reverse mode runs, and XLA's are faster than the patches' transposes)."""
+    return _conv_patches(x, w, stride, [tuple(p) for p in pads], dilation)
+
+
+@_conv_patches_fwd.defjvp
+def _conv_patches_jvp(stride, pads, dilation, primals, tangents):
+    x, w = primals
+    dx, dw = tangents
+    out = _conv_patches_fwd(x, w, stride, pads, dilation)
+
+    def xla(a, b):
+        return _conv_xla(a, b, stride, [tuple(p) for p in pads], dilation, 1, None, 2)
+
+    return out, xla(dx, w) + xla(x, dw)
+
+
+def _conv(x, w, stride, padding, dilation, groups, lhs_dilation=None):
+    nsp = w.ndim - 2
+    pads = [p if isinstance(p, tuple) else (p, p) for p in padding]
+    impl = CONFIG.get("conv_impl")
+    if impl in ("patches", "auto") and nsp == 2 and groups == 1 and lhs_dilation is None:
+        kh, kw = w.shape[2:]
+        ho = (x.shape[2] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        patch_bytes = x.shape[0] * ho * wo * x.shape[1] * kh * kw * x.dtype.itemsize
+        if impl == "patches" or patch_bytes <= CONFIG.get("patches_max_bytes", 16 << 20):
+            return _conv_patches_fwd(x, w, tuple(stride), tuple(tuple(p) for p in pads),
+                                     tuple(dilation))
+    return _conv_xla(x, w, stride, pads, dilation, groups, lhs_dilation, nsp)
+
+
+def _conv_xla(x, w, stride, pads, dilation, groups, lhs_dilation, nsp):
+    sp = _SPATIAL[nsp]
+    if CONFIG["conv_layout"] == "NHWC" and nsp == 2:
+        xt = jnp.transpose(x, (0, 2, 3, 1))
+        wt = jnp.transpose(w, (2, 3, 1, 0))
+        out = lax.conv_general_dilated(
+            xt, wt, tuple(stride), pads, lhs_dilation=lhs_dilation,
+            rhs_dilation=tuple(dilation), feature_group_count=groups,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.transpose(out, (0, 3, 1, 2))
+    return lax.conv_general_dilated(
+        x, w, tuple(stride), pads, lhs_dilation=lhs_dilation, rhs_dilation=tuple(dilation),
+        feature_group_count=groups,
+        dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp))
+
+
+@reg("aten.convolution.default")
+def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+                groups):
+    """N-d (transposed) convolution in torch's layout; grouped and depthwise included."""
+    nsp = weight.ndim - 2
+    unbatched = input.ndim == nsp + 1
+    x = input[None] if unbatched else input
+    k = weight.shape[2:]
+    if not transposed:
+        out = _conv(x, weight, stride, padding, dilation, groups)
+    else:
+        cin, cout_g = weight.shape[0], weight.shape[1]
+        w = weight.reshape((groups, cin // groups, cout_g) + k)
+        w = jnp.swapaxes(w, 1, 2).reshape((groups * cout_g, cin // groups) + k)
+        w = jnp.flip(w, tuple(range(2, 2 + nsp)))
+        pads = [
+            (dilation[i] * (k[i] - 1) - padding[i],
+             dilation[i] * (k[i] - 1) - padding[i] + output_padding[i])
+            for i in range(nsp)
+        ]
+        out = _conv(x, w, (1,) * nsp, pads, dilation, groups, lhs_dilation=tuple(stride))
+    if bias is not None:
+        out = out + bias.reshape((1, -1) + (1,) * nsp)
+    return out[0] if unbatched else out
+
+
+# --------------------------------------------------------------------------- pooling
+def _pool_pads(size, kernel, stride, padding, dilation, ceil_mode):
+    pads = []
+    for n, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=False):
+        eff = d * (k - 1) + 1
+        if ceil_mode:
+            out = -(-(n + 2 * p - eff) // s) + 1
+            if (out - 1) * s >= n + p:
+                out -= 1
+        else:
+            out = (n + 2 * p - eff) // s + 1
+        extra = max(0, (out - 1) * s + eff - (n + 2 * p))
+        pads.append((p, p + extra))
+    return pads
+
+
+def _expand(v, n):
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(v)
+    return v * n if len(v) == 1 else v
+
+
+def _max_pool(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    n = len(kernel_size) if not isinstance(kernel_size, int) else 1
+    k = _expand(kernel_size, n)
+    s = _expand(stride, n) if stride else k
+    p, d = _expand(padding, n), _expand(dilation, n)
+    lead = self.ndim - n
+    pads = _pool_pads(self.shape[lead:], k, s, p, d, ceil_mode)
+    # a Python scalar init lets JAX pick its differentiable max-window primitive
+    init = -math.inf if jnp.issubdtype(self.dtype, jnp.floating) else int(
+        jnp.iinfo(self.dtype).min)
+    return lax.reduce_window(
+        self, init, lax.max, (1,) * lead + k, (1,) * lead + s,
+        [(0, 0)] * lead + pads, window_dilation=(1,) * lead + d)
+
+
+for _d in (1, 2, 3):
+    LOWERINGS[f"aten.max_pool{_d}d_with_indices.default"] = (
+        lambda self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False:
+        (_max_pool(self, kernel_size, stride, padding, dilation, ceil_mode), None))
+    LOWERINGS[f"aten.max_pool{_d}d.default"] = _max_pool
+
+
+def _avg_pool(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+              divisor_override=None):
+    n = len(kernel_size)
+    k = _expand(kernel_size, n)
+    s = _expand(stride, n) if stride else k
+    p = _expand(padding, n)
+    lead = self.ndim - n
+    pads = _pool_pads(self.shape[lead:], k, s, p, (1,) * n, ceil_mode)
+    total = lax.reduce_window(self, 0.0, lax.add, (1,) * lead + k,
+                              (1,) * lead + s, [(0, 0)] * lead + pads)
+    if divisor_override:
+        return total / divisor_override
+    if not any(p) and not ceil_mode:
+        return total / float(np.prod(k))
+    # window sizes: padding counts when count_include_pad, the ceil-mode overhang never does
+    ones = np.ones(self.shape[lead:], np.float32)
+    if count_include_pad:
+        ones = np.pad(ones, [(pi, pi) for pi in p], constant_values=1.0)
+        extra = [(0, hi - lo) for lo, hi in pads]
+    else:
+        extra = pads
+    ones = np.pad(ones, extra)
+    cnt = np.lib.stride_tricks.sliding_window_view(ones, k)[tuple(slice(None, None, si)
+                                                                  for si in s)]
+    cnt = cnt.sum(axis=tuple(range(n, 2 * n)))
+    if count_include_pad:  # torch clips the divisor window at the padded border
+        cnt = np.maximum(cnt, 1.0)
+    return total / jnp.asarray(cnt, self.dtype)
+
+
+for _d in (1, 2, 3):
+    LOWERINGS[f"aten.avg_pool{_d}d.default"] = _avg_pool
+
+
+def _adaptive_bounds(n_in, n_out):
+    return [((i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+def _adaptive_avg(self, output_size):
+    n = len(output_size)
+    x = self
+    for i, o in enumerate(output_size):
+        ax = x.ndim - n + i
+        size = x.shape[ax]
+        if o is None or o == size:
+            continue
+        if o == 1:
+            x = jnp.mean(x, axis=ax, keepdims=True)
+        elif size % o == 0:
+            x = jnp.mean(x.reshape(x.shape[:ax] + (o, size // o) + x.shape[ax + 1:]), ax + 1)
+        else:
+            m = np.zeros((size, o), np.float32)
+            for j, (a, b) in enumerate(_adaptive_bounds(size, o)):
+                m[a:b, j] = 1.0 / (b - a)
+            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1,
+                             ax)
+    return x
+
+
+def _adaptive_max(self, output_size):
+    n = len(output_size)
+    x = self
+    for i, o in enumerate(output_size):
+        ax = x.ndim - n + i
+        size = x.shape[ax]
+        if o is None or o == size:
+            continue
+        parts = [jnp.max(lax.slice_in_dim(x, a, b, axis=ax), axis=ax, keepdims=True)
+                 for a, b in _adaptive_bounds(size, o)]
+        x = jnp.concatenate(parts, axis=ax)
+    return x, None
+
+
+for _d in (1, 2, 3):
+    LOWERINGS[f"aten._adaptive_avg_pool{_d}d.default"] = _adaptive_avg
+    LOWERINGS[f"aten.adaptive_avg_pool{_d}d.default"] = _adaptive_avg
+    LOWERINGS[f"aten.adaptive_max_pool{_d}d.default"] = _adaptive_max
+
+
+# --------------------------------------------------------------------------- upsampling
+def _scales(in_sizes, output_size, scale_factors):
+    if output_size is not None:
+        out = tuple(output_size)
+        return out, [i / o for i, o in zip(in_sizes, out, strict=False)]
+    out = tuple(int(math.floor(i * s)) for i, s in zip(in_sizes, scale_factors, strict=False))
+    return out, [1.0 / s for s in scale_factors]
+
+
+def _nearest(self, output_size, scale_factors, exact=False):
+    n = len(output_size) if output_size is not None else len(scale_factors)
+    lead = self.ndim - n
+    out, sc = _scales(self.shape[lead:], output_size, scale_factors)
+    x = self
+    for i in range(n):
+        size = self.shape[lead + i]
+        dst = np.arange(out[i], dtype=np.float64)
+        src = np.floor((dst + 0.5) * sc[i]) if exact else np.floor(dst * sc[i])
+        src = np.minimum(src.astype(np.int64), size - 1)
+        x = jnp.take(x, jnp.asarray(src, jnp.int32), axis=lead + i)
+    return x
+
+
+def _linear_weights(n_in, n_out, scale, align_corners):
+    m = np.zeros((n_in, n_out), np.float64)
+    for j in range(n_out):
+        if align_corners:
+            src = j * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            src = max((j + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        lam = src - i0
+        m[i0, j] += 1.0 - lam
+        m[i1, j] += lam
+    return m
+
+
+def _interp(self, output_size, align_corners, scale_factors):
+    n = len(output_size) if output_size is not None else len(scale_factors)
+    lead = self.ndim - n
+    out, sc = _scales(self.shape[lead:], output_size, scale_factors)
+    x = self
+    for i in range(n):
+        ax = lead + i
+        if align_corners:
+            scale = 0.0
+        else:
+            scale = sc[i]
+        m = _linear_weights(self.shape[ax], out[i], scale, align_corners)
+        x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1, ax)
+    return x
+
+
+for _d, _nm in ((1, "linear1d"), (2, "bilinear2d"), (3, "trilinear3d")):
+    LOWERINGS[f"aten.upsample_nearest{_d}d.vec"] = (
+        lambda self, output_size, scale_factors: _nearest(self, output_size, scale_factors))
+    LOWERINGS[f"aten._upsample_nearest_exact{_d}d.vec"] = (
+        lambda self, output_size, scale_factors: _nearest(self, output_size, scale_factors,
+                                                          exact=True))
+    LOWERINGS[f"aten.upsample_{_nm}.vec"] = _interp
+
+
+@reg("aten.upsample_nearest2d.default")
+def upsample_nearest2d(self, output_size, scales_h=None, scales_w=None):
+    return _nearest(self, output_size, None)
+
+
+@reg("aten.upsample_bilinear2d.default")
+def upsample_bilinear2d(self, output_size, align_corners, scales_h=None, scales_w=None):
+    return _interp(self, output_size, align_corners, None)
+
+
+@reg("aten.pixel_shuffle.default")
+def pixel_shuffle(self, upscale_factor):
+    r = upscale_factor
+    *lead, c, h, w = self.shape
+    x = self.reshape(tuple(lead) + (c // (r * r), r, r, h, w))
+    nl = len(lead)
+    x = jnp.transpose(x, tuple(range(nl)) + (nl, nl + 3, nl + 1, nl + 4, nl + 2))
+    return x.reshape(tuple(lead) + (c // (r * r), h * r, w * r))
+
+
+# --------------------------------------------------------------------------- normalisation
+def _bshape(x, v):
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2)) if x.ndim > 1 else v
+
+
+@reg("aten._native_batch_norm_legit_no_training.default")
+def batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, eps):
+    """Eval-mode batch norm: ``x * scale + shift`` with per-channel scale and shift."""
+    scale = lax.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    out = input * _bshape(input, scale) + _bshape(input, shift)
+    empty = jnp.zeros((0,), input.dtype)
+    return out, empty, empty
+
+
+def _batch_stats_norm(input, weight, bias, eps):
+    axes = (0,) + tuple(range(2, input.ndim))
+    m = jnp.mean(input, axis=axes, keepdims=True)
+    v = jnp.mean(jnp.square(input - m), axis=axes, keepdims=True)
+    rstd = lax.rsqrt(v + eps)
+    out = (input - m) * rstd
+    if weight is not None:
+        out = out * _bshape(input, weight)
+    if bias is not None:
+        out = out + _bshape(input, bias)
+    return out, m.reshape(-1), rstd.reshape(-1)
+
+
+@reg("aten._native_batch_norm_legit.no_stats")
+def batch_norm_no_stats(input, weight, bias, training, momentum, eps):
+    return _batch_stats_norm(input, weight, bias, eps)
+
+
+@reg("aten._native_batch_norm_legit.default", "aten.native_batch_norm.default",
+     "aten._native_batch_norm_legit_functional.default")
+def batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    if training:
+        return _batch_stats_norm(input, weight, bias, eps)
+    return batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, eps)
+
+
+@reg("aten.native_layer_norm.default")
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    axes = tuple(range(input.ndim - len(normalized_shape), input.ndim))
+    m = jnp.mean(input, axis=axes, keepdims=True)
+    xc = input - m
+    v = jnp.mean(jnp.square(xc), axis=axes, keepdims=True)
+    rstd = lax.rsqrt(v + eps)
+    out = xc * rstd
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out, m, rstd
+
+
+@reg("aten.layer_norm.default")
+def layer_norm_single(input, normalized_shape, weight=None, bias=None, eps=1e-5,
+                      cudnn_enable=True):
+    return layer_norm(input, normalized_shape, weight, bias, eps)[0]
+
+
+@reg("aten.native_group_norm.default")
+def group_norm(input, weight, bias, N, C, HxW, group, eps):
+    n = input.shape[0]
+    x = input.reshape((n, group, -1))
+    m = jnp.mean(x, axis=-1, keepdims=True)
+    xc = x - m
+    v = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
+    rstd = lax.rsqrt(v + eps)
+    out = (xc * rstd).reshape(input.shape)
+    if weight is not None:
+        out = out * _bshape(input, weight)
+    if bias is not None:
+        out = out + _bshape(input, bias)
+    return out, m.reshape(n, group), rstd.reshape(n, group)
+
+
+@reg("aten.rms_norm.default", "aten._fused_rms_norm.default")
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    axes = tuple(range(input.ndim - len(normalized_shape), input.ndim))
+    eps = jnp.finfo(input.dtype).eps if eps is None else eps
+    rstd = lax.rsqrt(jnp.mean(jnp.square(input), axis=axes, keepdims=True) + eps)
+    out = input * rstd
+    if weight is not None:
+        out = out * weight
+    return out
+
+
+# --------------------------------------------------------------------------- attention
+@reg("aten.scaled_dot_product_attention.default")
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, *, scale=None, enable_gqa=False):
+    """softmax(q k^T * scale + mask) v; a boolean mask keeps entries where it is True."""
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key = jnp.repeat(key, rep, axis=-3)
+        value = jnp.repeat(value, rep, axis=-3)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    s = jnp.matmul(query, jnp.swapaxes(key, -1, -2)) * scale
+    neg = jnp.asarray(-jnp.inf, s.dtype)
+    if is_causal:
+        L, S = query.shape[-2], key.shape[-2]
+        s = jnp.where(jnp.tril(jnp.ones((L, S), jnp.bool_)), s, neg)
+    if attn_mask is not None:
+        if attn_mask.dtype == jnp.bool_:
+            s = jnp.where(attn_mask, s, neg)
+        else:
+            s = s + attn_mask
+    return jnp.matmul(jax.nn.softmax(s, axis=-1), value)
+
+
+# --------------------------------------------------------------------------- recurrent
+def _dense(x, w):
+    return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+
+
+def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_first):
+    per = 4 if has_biases else 2
+    dirs = 2 if bidirectional else 1
+    if len(params) != num_layers * dirs * per:
+        raise NotImplementedError(
+            f"aten.{kind}: expected {num_layers * dirs * per} weight tensors "
+            f"(num_layers={num_layers}, bidirectional={bidirectional}, "
+            f"has_biases={has_biases}), got {len(params)}; LSTM proj_size is not supported")
+    unbatched = input.ndim == 2
+    x = input[:, None] if unbatched else (jnp.swapaxes(input, 0, 1) if batch_first else input)
+    hx = [h[:, None] if unbatched else h for h in hx]
+    finals: list[list[Any]] = [[] for _ in hx]
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w = params[k * per: (k + 1) * per]
+            w_ih, w_hh = w[0], w[1]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            xs = x if d == 0 else jnp.flip(x, 0)
+            xw = _dense(xs, w_ih)  # all time steps in one matmul
+            if b_ih is not None:
+                xw = xw + (b_ih + b_hh if kind == "lstm" else b_ih)
+            init = tuple(h[k] for h in hx)
+            if kind == "lstm":
+                def step(carry, xt, w_hh=w_hh):
+                    h, c = carry
+                    g = xt + _dense(h, w_hh)
+                    i, f, gg, o = jnp.split(g, 4, axis=-1)
+                    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+                    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+                    return (h, c), h
+            elif kind == "gru":
+                def step(carry, xt, w_hh=w_hh, b_hh=b_hh):
+                    (h,) = carry
+                    hw = _dense(h, w_hh)
+                    if b_hh is not None:
+                        hw = hw + b_hh
+                    xr, xz, xn = jnp.split(xt, 3, axis=-1)
+                    hr, hz, hn = jnp.split(hw, 3, axis=-1)
+                    r = jax.nn.sigmoid(xr + hr)
+                    z = jax.nn.sigmoid(xz + hz)
+                    n = jnp.tanh(xn + r * hn)
+                    h = (1.0 - z) * n + z * h
+                    return (h,), h
+            else:
+                act = jnp.tanh if kind == "rnn_tanh" else jax.nn.relu
+
+                def step(carry, xt, w_hh=w_hh, act=act):
+                    (h,) = carry
+                    h = act(xt + _dense(h, w_hh))
+                    return (h,), h
+            carry, ys = lax.scan(step, init, xw)
+            if d == 1:
+                ys = jnp.flip(ys, 0)
+            outs.append(ys)
+            for j, c in enumerate(carry):
+                finals[j].append(c)
+        x = outs[0] if dirs == 1 else jnp.concatenate(outs, axis=-1)
+    out = x[:, 0] if unbatched else (jnp.swapaxes(x, 0, 1) if batch_first else x)
+    states = [jnp.stack(f) for f in finals]
+    if unbatched:
+        states = [s[:, 0] for s in states]
+    return (out, *states)
+
+
+@reg("aten.lstm.input")
+def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+         batch_first):
+    """Multi-layer (bi)LSTM as one ``lax.scan`` per layer and direction (gates i, f, g, o)."""
+    return _rnn("lstm", input, hx, params, has_biases, num_layers, bidirectional, batch_first)
+
+
+@reg("aten.gru.input")
+def gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """Multi-layer (bi)GRU as one ``lax.scan`` per layer and direction (gates r, z, n)."""
+    return _rnn("gru", input, [hx], params, has_biases, num_layers, bidirectional, batch_first)
+
+
+@reg("aten.rnn_tanh.input")
+def rnn_tanh(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+             batch_first):
+    return _rnn("rnn_tanh", input, [hx], params, has_biases, num_layers, bidirectional,
+                batch_first)
+
+
+@reg("aten.rnn_relu.input")
+def rnn_relu(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+             batch_first):
+    return _rnn("rnn_relu", input, [hx], params, has_biases, num_layers, bidirectional,
+                batch_first)

@@ -1,0 +1,75 @@
+"""Print (or write into docs/bridge.md) the list of ops the bridge can lower.
+
+Usage:
+    python -m jaxattr.bridge.oplist              # markdown to stdout
+    python -m jaxattr.bridge.oplist --write docs/bridge.md
+
+With ``--write`` the text between the markers ``<!-- oplist:start -->`` and
+``<!-- oplist:end -->`` in the given file is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+
+from .lowerings import supported_ops
+
+START, END = "<!-- oplist:start -->", "<!-- oplist:end -->"
+
+
+def render() -> str:
+    """The supported-op list as markdown, generated from the lowering table.
+
+    Returns:
+        A markdown string: ATen ops grouped by op name (overloads joined), then the Python
+        and symbolic-size ops.
+
+    Example:
+        >>> "convolution" in render()
+        True
+    """
+    aten: dict[str, list[str]] = collections.OrderedDict()
+    other: list[str] = []
+    for name in supported_ops():
+        m = re.fullmatch(r"aten\.(\w+)\.(\w+)", name)
+        if m:
+            aten.setdefault(m.group(1), []).append(m.group(2))
+        else:
+            other.append(name)
+    lines = [f"{len(supported_ops())} lowerings ({len(aten)} ATen ops, overloads in brackets).",
+             ""]
+    items = [f"`{op}` [{', '.join(ovs)}]" for op, ovs in aten.items()]
+    lines.append(", ".join(items))
+    lines += ["", "Python / symbolic-size ops: " + ", ".join(f"`{o}`" for o in other)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring).
+
+    Example:
+        >>> main([])  # prints the list
+        0
+    """
+    ap = argparse.ArgumentParser(description="List the ops jaxattr.bridge can lower.")
+    ap.add_argument("--write", metavar="FILE", help="replace the oplist section of FILE")
+    args = ap.parse_args(argv)
+    text = render()
+    if not args.write:
+        print(text)
+        return 0
+    with open(args.write) as f:
+        doc = f.read()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"--write: {args.write} has no {START} ... {END} markers")
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    with open(args.write, "w") as f:
+        f.write(f"{head}{START}\n{text}\n{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

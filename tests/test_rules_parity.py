@@ -1,0 +1,315 @@
+"""Parity of the rule-based methods with Zennit and Captum on the same weights.
+
+Models are converted with the torch bridge. Tolerances: float32 on both sides; relevance
+maps agree to ``rtol=1e-4`` with an absolute floor of ``1e-4 * max|reference|``. Observed
+``max|ours - ref| / max|ref|``: VGG-11 composites and ResNet-18 with merged batch norms
+~1.5e-6; Captum guided backprop, deconvolution, LRP, DeepLift, DeepLiftShap ~2e-7 to
+4e-7; DeepLift through ELU/sigmoid/tanh/softplus/LeakyReLU ~1.3e-5; softmax ~3e-6.
+
+Zennit's ResNet canonizer finds blocks by ``isinstance(torchvision...BasicBlock)``; the
+reference ResNet of ``tests/torch_models.py`` does not subclass the stub's placeholder,
+so the test applies Zennit's own ``ResNetBasicBlockCanonizer.forward`` through an
+``AttributeCanonizer`` keyed on ``tests.torch_models.BasicBlock``.
+"""
+
+from __future__ import annotations
+
+import captum.attr as ca
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import jaxattr
+from jaxattr import bridge
+from tests import torch_models as tm
+from tests.test_parity_captum import assert_close
+
+zennit = pytest.importorskip("zennit")
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm  # noqa: E402
+from zennit.composites import (  # noqa: E402
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    ExcitationBackprop,
+    GuidedBackprop,
+)
+from zennit.layer import Sum  # noqa: E402
+from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
+
+
+def _x(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def zennit_relevance(model, composite, x, target, n_classes):
+    with Gradient(model=model, composite=composite) as attributor:
+        _, rel = attributor(torch.from_numpy(x).requires_grad_(), torch.eye(n_classes)[target])
+    return rel.detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    torch.manual_seed(0)
+    model = tm.vgg11(num_classes=10, width_div=8).eval()
+    return model, bridge.from_torch(model, torch.randn(2, 3, 32, 32)), _x((2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["epsilon_gamma_box", "epsilon_plus_flat", "guided_backprop"])
+def test_vgg11_composites_match_zennit(vgg, name):
+    model, conv, x = vgg
+    ours_comp, ref_comp = {
+        "epsilon_gamma_box": (
+            jaxattr.epsilon_gamma_box(-3.0, 3.0),
+            EpsilonGammaBox(low=-3.0, high=3.0),
+        ),
+        "epsilon_plus_flat": (jaxattr.epsilon_plus_flat(), EpsilonPlusFlat()),
+        "epsilon_alpha2_beta1_flat": (
+            jaxattr.epsilon_alpha2_beta1_flat(),
+            EpsilonAlpha2Beta1Flat(),
+        ),
+        "guided_backprop": (jaxattr.guided_backprop_composite(), GuidedBackprop()),
+    }[name]
+    ref = zennit_relevance(model, ref_comp, x, [3, 7], 10)
+    ours = jaxattr.lrp(conv, x, composite=ours_comp, target=[3, 7])
+    assert_close(ours, ref)
+
+
+def _basic_block_map(name, module):
+    if isinstance(module, tm.BasicBlock):
+        return {
+            "forward": ResNetBasicBlockCanonizer.forward.__get__(module),
+            "canonizer_sum": Sum(),
+        }
+    return None
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(1)
+    model = tm.randomize_norm_stats(tm.resnet18(num_classes=10).eval())
+    return model, bridge.from_torch(model, torch.randn(2, 3, 32, 32)), _x((2, 3, 32, 32), 1)
+
+
+@pytest.mark.parametrize("name", ["epsilon_plus_flat"])
+def test_resnet18_with_canonizers_matches_zennit(resnet, name):
+    model, conv, x = resnet
+    cans = [SequentialMergeBatchNorm(), AttributeCanonizer(_basic_block_map)]
+    ref_comp = {"epsilon_plus_flat": EpsilonPlusFlat, "epsilon_plus": EpsilonPlus}[name]
+    ref = zennit_relevance(model, ref_comp(canonizers=cans), x, [2, 5], 10)
+    ours = jaxattr.lrp(
+        conv,
+        x,
+        composite=getattr(jaxattr, name)(),
+        target=[2, 5],
+        canonizers=[jaxattr.merge_batch_norm, jaxattr.residual_sums],
+    )
+    assert_close(ours, ref, rtol=2e-4)
+    # the residual sums are layers that got the norm rule
+    rules = jaxattr.epsilon_plus().rules_for(conv.layers)
+    assert rules["layer1.0.add"].name == "norm"
+
+
+def test_zennit_excitation_backprop_composite(vgg):
+    model, conv, x = vgg
+    ref = zennit_relevance(model, ExcitationBackprop(), x, [1, 1], 10)
+    ours = jaxattr.lrp(conv, x, composite=jaxattr.excitation_backprop_composite(), target=1)
+    assert_close(ours, ref)
+
+
+# --------------------------------------------------------------------------------------
+# Captum
+# --------------------------------------------------------------------------------------
+
+
+class SmallNet(nn.Module):
+    """Every nonlinearity its own module, used once (as Captum's DeepLift/LRP require)."""
+
+    def __init__(self, softmax: bool = False, max_pool: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2) if max_pool else nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(6, 8, 3)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AdaptiveAvgPool2d((2, 2))
+        self.fc1 = nn.Linear(32, 16)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(16, 10)
+        self.softmax = nn.Softmax(dim=1) if softmax else None
+
+    def forward(self, x):
+        h = self.pool2(self.relu2(self.conv2(self.pool1(self.relu1(self.conv1(x))))))
+        y = self.fc2(self.relu3(self.fc1(torch.flatten(h, 1))))
+        return self.softmax(y) if self.softmax is not None else y
+
+
+class Activations(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.a1 = nn.Linear(6, 8), nn.ELU()
+        self.fc2, self.a2 = nn.Linear(8, 8), nn.Sigmoid()
+        self.fc3, self.a3 = nn.Linear(8, 8), nn.Tanh()
+        self.fc4, self.a4 = nn.Linear(8, 8), nn.Softplus()
+        self.fc5, self.a5 = nn.Linear(8, 8), nn.LeakyReLU(0.1)
+        self.fc6 = nn.Linear(8, 4)
+
+    def forward(self, x):
+        for i in range(1, 6):
+            x = getattr(self, f"a{i}")(getattr(self, f"fc{i}")(x))
+        return self.fc6(x)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(2)
+    model = SmallNet().eval()
+    return model, bridge.from_torch(model, torch.randn(2, 3, 16, 16)), _x((3, 3, 16, 16), 2)
+
+
+@pytest.fixture(scope="module")
+def small_avg():
+    """SmallNet with an average pool: Captum's max-pool DeepLift rule does not take effect
+    with torch 2.13 (see test_deep_lift_max_pool_is_complete), so DeepLift parity is
+    checked without max pools."""
+    torch.manual_seed(2)
+    model = SmallNet(max_pool=False).eval()
+    return model, bridge.from_torch(model, torch.randn(2, 3, 16, 16)), _x((3, 3, 16, 16), 2)
+
+
+def test_guided_backprop_and_deconvolution_match_captum(small):
+    model, conv, x = small
+    ref = ca.GuidedBackprop(model).attribute(torch.from_numpy(x), target=[1, 4, 7])
+    assert_close(jaxattr.guided_backprop(conv, x, target=[1, 4, 7]), ref)
+    ref = ca.Deconvolution(model).attribute(torch.from_numpy(x), target=3)
+    assert_close(jaxattr.deconvolution(conv, x, target=3), ref)
+
+
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_deep_lift_matches_captum(small_avg, multiply_by_inputs):
+    model, conv, x = small_avg
+    base = _x((1, 3, 16, 16), 3) * 0.1
+    dl = ca.DeepLift(model, multiply_by_inputs=multiply_by_inputs)
+    ref, ref_delta = dl.attribute(
+        torch.from_numpy(x), torch.from_numpy(base), target=[0, 5, 9], return_convergence_delta=True
+    )
+    ours, delta = jaxattr.deep_lift(
+        conv, x, base, target=[0, 5, 9], multiply_by_inputs=multiply_by_inputs, return_delta=True
+    )
+    assert_close(ours, ref)
+    if multiply_by_inputs:
+        np.testing.assert_allclose(delta, ref_delta.detach().numpy(), atol=1e-4)
+
+
+def test_deep_lift_activations_and_custom_func():
+    torch.manual_seed(3)
+    model = Activations().eval()
+    conv = bridge.from_torch(model, torch.randn(2, 6))
+    x, base = _x((4, 6), 4), _x((4, 6), 5)
+    ref = ca.DeepLift(model).attribute(torch.from_numpy(x), torch.from_numpy(base), target=2)
+    assert_close(jaxattr.deep_lift(conv, x, base, target=2), ref)
+    func = lambda m, i, b: (m[0] * (i[0] - b[0]) ** 2,)  # noqa: E731
+    ref = ca.DeepLift(model).attribute(
+        torch.from_numpy(x), torch.from_numpy(base), target=1, custom_attribution_func=func
+    )
+    ours = jaxattr.deep_lift(
+        conv, x, base, target=1, custom_attribution_func=lambda m, i, b: m * (i - b) ** 2
+    )
+    assert_close(ours, ref)
+
+
+def test_deep_lift_softmax_matches_captum_for_one_example():
+    torch.manual_seed(4)
+    model = SmallNet(softmax=True, max_pool=False).eval()
+    conv = bridge.from_torch(model, torch.randn(2, 3, 16, 16))
+    x = _x((1, 3, 16, 16), 6)
+    ref = ca.DeepLift(model).attribute(torch.from_numpy(x), target=4)
+    assert_close(jaxattr.deep_lift(conv, x, target=4), ref, rtol=5e-4)
+
+
+def test_deep_lift_max_pool_is_complete(small):
+    """Captum's max-pool rule (its ``maxpool`` multipliers), here taking effect.
+
+    With torch 2.13 Captum computes these multipliers but its result equals the plain
+    max-pool gradient, and its own convergence delta is far from 0. jaxattr's result
+    sums to ``f(x) - f(b)`` exactly, as DeepLIFT's rescale rule promises.
+    """
+    model, conv, x = small
+    base = _x((1, 3, 16, 16), 3) * 0.1
+    _, ref_delta = ca.DeepLift(model).attribute(
+        torch.from_numpy(x), torch.from_numpy(base), target=2, return_convergence_delta=True
+    )
+    _, delta = jaxattr.deep_lift(conv, x, base, target=2, return_delta=True)
+    scale = float(np.abs(model(torch.from_numpy(x)).detach().numpy()).max())
+    np.testing.assert_allclose(delta, 0.0, atol=1e-4 * scale)
+    assert np.abs(ref_delta.detach().numpy()).max() > 1e-3 * scale
+
+
+def test_deep_lift_shap_matches_captum(small_avg):
+    model, conv, x = small_avg
+    dist = _x((4, 3, 16, 16), 7)
+    ref, ref_delta = ca.DeepLiftShap(model).attribute(
+        torch.from_numpy(x), torch.from_numpy(dist), target=[2, 2, 6], return_convergence_delta=True
+    )
+    ours, delta = jaxattr.deep_lift_shap(conv, x, dist, target=[2, 2, 6], return_delta=True)
+    assert_close(ours, ref)
+    assert delta.shape == (3, 4)
+    np.testing.assert_allclose(np.asarray(delta).reshape(-1), ref_delta.detach().numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="more than one baseline"):
+        jaxattr.deep_lift_shap(conv, x, dist[:1], target=0)
+
+
+def test_lrp_matches_captum(small):
+    model, conv, x = small
+    ref, ref_delta = ca.LRP(model).attribute(
+        torch.from_numpy(x), target=[3, 1, 8], return_convergence_delta=True
+    )
+    captum_rules = jaxattr.Composite(
+        layer_map=(
+            ("activation", jaxattr.pass_rule()),
+            (("conv", "linear", "max_pool", "avg_pool", "batch_norm"), jaxattr.epsilon(1e-9)),
+        )
+    )
+    ours, delta = jaxattr.lrp(
+        conv, x, composite=captum_rules, target=[3, 1, 8], captum_normalize=True, return_delta=True
+    )
+    assert_close(ours, ref)
+    scale = float(np.abs(model(torch.from_numpy(x)).detach().numpy()).max())
+    np.testing.assert_allclose(delta, ref_delta.detach().numpy(), atol=1e-4 * scale)
+
+
+def test_deep_lift_on_a_plain_jax_function_matches_captum():
+    """No structure needed: jax.nn.relu calls and tanh/sigmoid are found in the jaxpr."""
+    import jax
+    import jax.numpy as jnp
+
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Linear(6, 8),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.Tanh(),
+        nn.Linear(8, 8),
+        nn.Sigmoid(),
+        nn.Linear(8, 3),
+    ).eval()
+    ws = [
+        (jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy()))
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
+
+    def fn(x):
+        h = jax.nn.relu(x @ ws[0][0].T + ws[0][1])
+        h = jnp.tanh(h @ ws[1][0].T + ws[1][1])
+        h = jax.nn.sigmoid(h @ ws[2][0].T + ws[2][1])
+        return h @ ws[3][0].T + ws[3][1]
+
+    x, base = _x((4, 6), 8), _x((1, 6), 9)
+    ref = ca.DeepLift(model).attribute(torch.from_numpy(x), torch.from_numpy(base), target=1)
+    assert_close(jaxattr.deep_lift(fn, x, base, target=1), ref)
+    dist = _x((3, 6), 10)
+    ref = ca.DeepLiftShap(model).attribute(torch.from_numpy(x), torch.from_numpy(dist), target=2)
+    assert_close(jaxattr.deep_lift_shap(fn, x, dist, target=2), ref)

@@ -1,0 +1,286 @@
+"""jaxattr.viz against Zennit's image/cmap and Captum's visualization on the same arrays."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from jaxattr import viz  # noqa: E402
+
+zimage = pytest.importorskip("zennit.image")
+zcmap = pytest.importorskip("zennit.cmap")
+cviz = pytest.importorskip("captum.attr._utils.visualization")
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _pillow_takes_array_palettes(monkeypatch):
+    """Zennit passes its palette as a numpy array, which recent Pillow cannot load."""
+    put = Image.Image.putpalette
+
+    def putpalette(self, data, rawmode="RGB"):
+        if isinstance(data, np.ndarray):
+            data = np.asarray(data, np.uint8).tobytes()
+        return put(self, data, rawmode)
+
+    monkeypatch.setattr(Image.Image, "putpalette", putpalette)
+
+
+ZENNIT_NAMES = list(zimage.CMAPS)
+
+
+def test_all_zennit_colormaps_are_built_in():
+    assert set(ZENNIT_NAMES) <= set(viz.CMAPS)
+    for name in ZENNIT_NAMES:
+        assert viz.CMAPS[name] == zimage.CMAPS._sources[name]
+
+
+@pytest.mark.parametrize("name", ZENNIT_NAMES + ["1:f00,0055a4,c0:fff", "8:123,456,789,e:abcdef"])
+@pytest.mark.parametrize("level", [1.0, 0.5, 2.0])
+def test_palette_and_colormap_match_zennit(name, level):
+    ref = zimage.get_cmap(name)
+    ours = viz.get_cmap(name)
+    np.testing.assert_array_equal(viz.palette(name, level), zimage.palette(name, level))
+    x = np.linspace(-0.1, 1.1, 301)
+    np.testing.assert_allclose(ours(x), ref(x), atol=1e-12)
+    np.testing.assert_allclose(ours._indices, ref._indices)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"symmetric": True},
+        {"cmap": "coldnhot", "symmetric": True, "level": 1.5},
+        {"vmin": -0.5, "vmax": 2.0, "cmap": "hot"},
+        {"cmap": "france", "level": 0.7},
+    ],
+)
+def test_imgify_matches_zennit(kwargs):
+    a = RNG.normal(size=(7, 9)).astype(np.float32)
+    ref = np.asarray(zimage.imgify(a, **kwargs).convert("RGB"))
+    np.testing.assert_array_equal(viz.imgify(a, **kwargs), ref)
+
+
+@pytest.mark.parametrize(
+    "shape,kwargs",
+    [
+        ((3, 6, 5), {}),  # channel-first RGB
+        ((6, 5, 3), {"symmetric": True}),
+        ((6, 5, 1), {"cmap": "coleus"}),
+        ((5, 6, 4), {"grid": True}),
+        ((5, 1, 6, 4), {"grid": True, "symmetric": True, "cmap": "seismic"}),
+        ((5, 3, 6, 4), {"grid": (2, 3)}),
+        ((3, 6, 4), {"grid": (1, 4), "gridfill": 200}),
+    ],
+)
+def test_imgify_layouts_and_grids_match_zennit(shape, kwargs):
+    a = RNG.normal(size=shape)
+    ref = np.asarray(zimage.imgify(a, **kwargs).convert("RGB"))
+    np.testing.assert_array_equal(viz.imgify(a, **kwargs), ref)
+
+
+def test_imgify_uint8_is_used_as_is():
+    a = RNG.integers(0, 256, size=(4, 5)).astype(np.uint8)
+    ref = np.asarray(zimage.imgify(a, cmap="wred").convert("RGB"))
+    np.testing.assert_array_equal(viz.imgify(a, cmap="wred"), ref)
+    rgb = RNG.integers(0, 256, size=(4, 5, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(viz.imgify(rgb), rgb)
+
+
+def test_grid_matches_zennit_gridify():
+    a = RNG.normal(size=(7, 3, 4, 5))
+    np.testing.assert_allclose(viz.grid(a), zimage.gridify(a))
+    np.testing.assert_allclose(
+        viz.grid(a, shape=(3, 3), fill_value=0.5), zimage.gridify(a, shape=(3, 3), fill_value=0.5)
+    )
+
+
+@pytest.mark.parametrize("sign", viz.SIGNS)
+@pytest.mark.parametrize("outlier_perc", [2, 10, 0.5])
+def test_normalize_attr_matches_captum(sign, outlier_perc):
+    a = RNG.normal(size=(12, 10)).astype(np.float32)
+    ref = cviz._normalize_attr(a, sign, outlier_perc)
+    ours = viz.normalize_attr(a, sign, outlier_perc)
+    assert ours.dtype == ref.dtype
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_normalize_attr_edge_cases():
+    np.testing.assert_array_equal(viz.normalize_attr(np.zeros((2, 2))), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="sign must be one of"):
+        viz.normalize_attr(np.ones(3), "both")
+    with pytest.raises(ValueError, match="outlier_perc must be in"):
+        viz.normalize_attr(np.ones(3), outlier_perc=120)
+
+
+@pytest.mark.parametrize(
+    "sign,mpl_name",
+    [("all", None), ("positive", "Greens"), ("negative", "Reds"), ("absolute_value", "Blues")],
+)
+def test_heatmap_matches_captums_matplotlib_colors(sign, mpl_name):
+    a = RNG.normal(size=(10, 12, 3))
+    norm = cviz._normalize_attr(a.sum(2), sign, 2)
+    default, vmin, vmax = cviz._initialize_cmap_and_vmin_vmax(sign)
+    cmap = matplotlib.colormaps[mpl_name] if mpl_name else default
+    ref = cmap(matplotlib.colors.Normalize(vmin, vmax)(norm), bytes=True)[..., :3]
+    ours = viz.heatmap(a, sign=sign)
+    assert ours.shape == (10, 12, 3) and ours.dtype == np.uint8
+    # the defaults are spec-string copies of matplotlib's maps: within a few levels
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 4
+    # with a matplotlib colormap passed through, equal
+    exact = viz.heatmap(a, sign=sign, cmap=cmap)
+    assert np.abs(exact.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_heatmap_channel_first_equals_channel_last():
+    a = RNG.normal(size=(3, 6, 7))
+    np.testing.assert_array_equal(viz.heatmap(a), viz.heatmap(np.moveaxis(a, 0, -1)))
+
+
+@pytest.mark.parametrize("sign", ["positive", "negative", "absolute_value"])
+def test_masked_image_and_alpha_scaling_match_captum(sign):
+    a = RNG.normal(size=(8, 9, 3))
+    img = RNG.uniform(size=(8, 9, 3))
+    norm = cviz._normalize_attr(a.sum(2), sign, 2)
+    img255 = cviz._prepare_image(img * 255)
+    ref_masked = cviz._prepare_image(img255 * np.expand_dims(norm, 2))
+    np.testing.assert_array_equal(viz.masked_image(a, img, sign=sign), ref_masked)
+    ref_alpha = np.concatenate([img255, cviz._prepare_image(np.expand_dims(norm, 2) * 255)], 2)
+    np.testing.assert_array_equal(viz.alpha_scaling(a, img, sign=sign), ref_alpha)
+
+
+def test_blended_heat_map_blends():
+    a = RNG.normal(size=(8, 9))
+    img = RNG.uniform(size=(8, 9, 3))
+    heat = viz.heatmap(a).astype(float)
+    for alpha in (0.0, 1.0):
+        out = viz.blended_heat_map(a, img, alpha_overlay=alpha)
+        if alpha == 1.0:
+            np.testing.assert_array_equal(out, heat.astype(np.uint8))
+        else:
+            gray = (img * 255).astype(int).mean(2)  # Captum's image preparation
+            expected = np.round((gray - gray.min()) / (gray.max() - gray.min()) * 255)
+            np.testing.assert_array_equal(out[..., 0], expected.astype(np.uint8))
+
+
+def test_image_method_errors():
+    a, img = np.ones((4, 4)), np.ones((4, 4, 3))
+    with pytest.raises(ValueError, match="sign must be 'positive'"):
+        viz.masked_image(a, img, sign="all")
+    with pytest.raises(ValueError, match="height and width"):
+        viz.alpha_scaling(a, np.ones((5, 4, 3)))
+    with pytest.raises(ValueError, match="attr must have shape"):
+        viz.heatmap(np.ones((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="cmap must be one of"):
+        viz.heatmap(a, cmap="nope")
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 2), (5, 7, 3), (5, 7, 4)])
+def test_png_round_trip(tmp_path, shape):
+    img = RNG.integers(0, 256, size=shape).astype(np.uint8)
+    path = viz.save_png(tmp_path / "x.png", img)
+    back = np.asarray(Image.open(path))
+    np.testing.assert_array_equal(back.reshape(img.shape), img)
+
+
+def test_png_errors(tmp_path):
+    with pytest.raises(TypeError, match="image must be uint8"):
+        viz.save_png(tmp_path / "x.png", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="image must have shape"):
+        viz.save_png(tmp_path / "x.png", np.zeros((2, 2, 5), np.uint8))
+
+
+def _rendered(fig) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return np.asarray(Image.open(buf))
+
+
+@pytest.mark.parametrize(
+    "method,sign",
+    [
+        ("heat_map", "all"),
+        ("blended_heat_map", "absolute_value"),
+        ("masked_image", "positive"),
+        ("alpha_scaling", "negative"),
+        ("original_image", "all"),
+    ],
+)
+def test_visualize_image_attr_draws(method, sign):
+    a = RNG.normal(size=(16, 16, 3))
+    img = RNG.uniform(size=(16, 16, 3))
+    fig, ax = viz.visualize_image_attr(
+        a, img, method=method, sign=sign, show_colorbar=True, title="t", fig_size=(2, 2)
+    )
+    assert len(ax.images) >= 1
+    px = _rendered(fig)
+    assert px.shape[0] == 200 and px[..., :3].std() > 5
+
+
+def test_visualize_image_attr_needs_image():
+    with pytest.raises(ValueError, match="image is required"):
+        viz.visualize_image_attr(np.ones((4, 4)), method="masked_image")
+
+
+@pytest.mark.parametrize("method", ["overlay_individual", "overlay_combined", "colored_graph"])
+def test_visualize_timeseries_attr_draws(method):
+    a, d = RNG.normal(size=(30, 3)), RNG.normal(size=(30, 3))
+    fig, axes = viz.visualize_timeseries_attr(
+        a,
+        d,
+        method=method,
+        sign="all",
+        channel_labels=["a", "b", "c"],
+        show_colorbar=True,
+        title="t",
+        fig_size=(3, 3),
+    )
+    n_axes = 1 if method == "overlay_combined" else 3
+    assert len(np.atleast_1d(axes)) == n_axes
+    assert _rendered(fig)[..., :3].std() > 5
+
+
+def test_visualize_text_colors_and_escaping():
+    out = viz.visualize_text(["<s>", "good", "bad"], np.array([0.0, 0.8, -0.5]), labels=["pos"])
+    assert "&lt;s&gt;" in out and "<s>" not in out
+    for v in (0.8, -0.5, 0.0):
+        assert cviz._get_color(v) in out
+    rows = viz.visualize_text(
+        [["a", "b"], ["c"]], [np.array([2.0, -1.0]), np.array([3.0])], normalize=True, legend=False
+    )
+    assert cviz._get_color(1.0) in rows and cviz._get_color(-0.5) in rows
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        viz.visualize_text(["a", "b"], np.ones(3))
+
+
+def test_jaxattr_imports_without_matplotlib():
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import numpy as np, jaxattr\n"
+        "from jaxattr import viz\n"
+        "assert viz.heatmap(np.ones((2, 2))).shape == (2, 2, 3)\n"
+        "try:\n"
+        "    viz.visualize_image_attr(np.ones((2, 2)))\n"
+        "except ImportError as e:\n"
+        "    assert 'pip install jaxattr[viz]' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no ImportError')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"JAX_PLATFORMS": "cpu", "PATH": ""},
+    )
+    assert res.returncode == 0, res.stderr
