@@ -191,12 +191,14 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     head = ("| model | batch | torch fwd ms | jax fwd ms | fwd torch/jax | torch grad ms | "
             "jax grad ms | grad torch/jax | compile fwd+grad s |")
-    print(head)
-    print("|" + "---|" * 9)
+    lines = ["### Bridge: converted model vs torch (forward, input gradient)", "", head,
+             "|" + "---|" * 9]
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['torch_fwd_ms']:.1f} | {r['jax_fwd_ms']:.1f} | "
-              f"{r['fwd_ratio']:.2f} | {r['torch_grad_ms']:.1f} | {r['jax_grad_ms']:.1f} | "
-              f"{r['grad_ratio']:.2f} | {r['compile_fwd_s'] + r['compile_grad_s']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['torch_fwd_ms']:.1f} | {r['jax_fwd_ms']:.1f} | "
+            f"{r['fwd_ratio']:.2f} | {r['torch_grad_ms']:.1f} | {r['jax_grad_ms']:.1f} | "
+            f"{r['grad_ratio']:.2f} | {r['compile_fwd_s'] + r['compile_grad_s']:.1f} |")
+    print("\n".join(lines))
     meta = {
         "conv_layout": bridge.CONFIG["conv_layout"], "conv_impl": bridge.CONFIG["conv_impl"],
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "runs": runs, "quick": args.quick,
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 

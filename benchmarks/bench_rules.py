@@ -29,24 +29,13 @@ import captum.attr as ca  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm  # noqa: E402
 from zennit.composites import EpsilonPlusFlat  # noqa: E402
-from zennit.layer import Sum  # noqa: E402
-from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
+from zennit.torchvision import ResNetCanonizer  # noqa: E402
 
 import jaxattr  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from jaxattr import bridge  # noqa: E402
 from tests import torch_models as tm  # noqa: E402
-
-
-def _basic_block_map(name, module):
-    if isinstance(module, tm.BasicBlock):
-        return {
-            "forward": ResNetBasicBlockCanonizer.forward.__get__(module),
-            "canonizer_sum": Sum(),
-        }
-    return None
 
 
 def main(argv=None) -> list[harness.Row]:
@@ -84,7 +73,7 @@ def main(argv=None) -> list[harness.Row]:
 
             return run
 
-        cans = [SequentialMergeBatchNorm(), AttributeCanonizer(_basic_block_map)]
+        cans = [ResNetCanonizer()]
         cases = [
             (
                 "lrp epsilon_plus_flat (VGG-11)",

@@ -1004,7 +1004,7 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = No
         A :class:`Converted`.
 
     Example:
-        >>> ep = torch.export.export(model, (x,))
+        >>> ep = torch.export.export(model, (torch.from_numpy(x),))
         >>> conv = from_exported(ep)
     """
     t0 = time.perf_counter() if _t0 is None else _t0
@@ -1046,7 +1046,7 @@ def load(path: Any) -> Converted:
         A :class:`Converted`; no Python class of the model is needed.
 
     Example:
-        >>> torch.export.save(torch.export.export(model, (x,)), "model.pt2")
+        >>> torch.export.save(torch.export.export(model, (torch.from_numpy(x),)), "model.pt2")
         >>> conv = load("model.pt2")
     """
     import torch

@@ -23,7 +23,7 @@ class UnsupportedOpsError(BridgeError, NotImplementedError):
 
     Example:
         >>> try:
-        ...     bridge.from_torch(model_with_fft, x)
+        ...     bridge.from_torch(model_with_fft, torch.randn(2, 8))
         ... except bridge.UnsupportedOpsError as e:
         ...     print(sorted(e.ops))
         ['aten._fft_r2c.default']

@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring).
 
     Example:
-        >>> main([])  # prints the list
-        0
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     status = main([])
+        >>> status, "`convolution`" in out.getvalue()
+        (0, True)
     """
     ap = argparse.ArgumentParser(description="List the ops jaxattr.bridge can lower.")
     ap.add_argument("--write", metavar="FILE", help="replace the oplist section of FILE")

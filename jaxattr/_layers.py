@@ -23,6 +23,13 @@ from jaxattr._integrated import QUADRATURES, _quadrature, integrated_gradients
 from jaxattr._noise import gradient_shap, gradient_shap_draws
 
 __all__ = [
+    "NeuronModel",
+    "neuron_guided_backprop",
+    "neuron_feature_ablation",
+    "neuron_deep_lift",
+    "layer_lrp",
+    "layer_deep_lift",
+    "guided_grad_cam",
     "for_each_neuron",
     "for_each_target",
     "grad_cam",
@@ -1875,3 +1882,453 @@ def for_each_neuron(
         rows.append(np.asarray(index))
     arr = np.stack(rows)
     return jax.vmap(lambda i: method(model, s.x, layer, i, **kwargs))(arr)
+
+
+# --------------------------------------------------------------------------------------
+# Compositions with the rule family (LRP, DeepLift, guided backprop) and perturbations
+# --------------------------------------------------------------------------------------
+
+
+@_core.cached_jit(("model", "inputs", "taps", "intercept", "captum_normalize"))
+def _layer_lrp_core(
+    *, model, inputs, taps, params, x, args, kwargs, target, intercept, captum_normalize
+):
+    grads, _, y = _taps.layer_gradients(
+        model, params, inputs, x, args, kwargs, taps, target, intercept=intercept
+    )
+    out = [grads[t.key] for t in taps]
+    if captum_normalize:
+        s = _core.target_score(y, target)
+        out = [g * s.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype) for g in out]
+    return out
+
+
+def layer_lrp(
+    model: Model,
+    x: PyTree,
+    layer: str | Sequence[str],
+    *,
+    composite: Any,
+    canonizers: Any = None,
+    target: Any = None,
+    attribute_to_layer_input: bool = False,
+    captum_normalize: bool = False,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """The LRP relevance at one or several layers, Captum's ``LayerLRP``.
+
+    Under a composite's rules the gradient arriving at a layer *is* the relevance flowing
+    through it (each rule's reducer multiplies by its input), so this is a tap on the
+    rewritten model: no second implementation of LRP.
+
+    Args:
+        model: A structured model.
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: A layer name or a list of names.
+        composite: The rules (e.g. :func:`jaxattr.epsilon_plus`).
+        canonizers: Canonizers applied first (e.g. ``[jaxattr.merge_batch_norm]``).
+        target: What to explain (see :func:`jaxattr.select_target`).
+        attribute_to_layer_input: The relevance at the layer's input instead of its output.
+        captum_normalize: Multiply by the explained output (Captum's convention, as in
+            :func:`jaxattr.lrp`).
+        args: Extra positional model inputs.
+        kwargs: Keyword model inputs.
+
+    Returns:
+        Relevance shaped like the layer's activation (a list for a list of layers).
+
+    Example:
+        >>> import jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> r = jaxattr.layer_lrp(demo_model(), make_shapes(1)[0], "conv3",
+        ...                       composite=jaxattr.epsilon_plus(), target=0)
+        >>> r.shape
+        (1, 8, 8, 32)
+    """
+    from jaxattr._lrp import _attach
+
+    canon = (
+        None
+        if canonizers is None
+        else (tuple(canonizers) if isinstance(canonizers, (list, tuple)) else (canonizers,))
+    )
+    attached = _attach(_taps.as_structured(model), composite, canon)
+    x_arr = _core.to_arrays(x)
+    discover = getattr(attached.model, "discover", None)
+    if discover is not None:
+        discover(*(x_arr if isinstance(x_arr, tuple) else (x_arr,)), *args)
+    s = _Setup(
+        attached.model,
+        x_arr,
+        layer,
+        target=target,
+        args=args,
+        kwargs=kwargs,
+        params=None,
+        to_input=attribute_to_layer_input,
+    )
+    _check_float_x(s.x)
+    intercept = _cached_intercept(attached)
+    return s.out(
+        _layer_lrp_core(
+            **s.common(), target=s.target, intercept=intercept, captum_normalize=captum_normalize
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_intercept(attached):
+    return attached.composite.intercept(attached.model.layers)
+
+
+@_core.cached_jit(("model", "inputs", "taps", "eps", "multiply_by_inputs"))
+def _layer_deep_lift_core(
+    *, model, inputs, taps, params, x, baselines, args, kwargs, target, eps, multiply_by_inputs
+):
+    from jaxattr._lrp import _deeplift_intercept, _halves
+
+    baselines = _core.expand_baselines(baselines, x)
+    n2 = 2 * inputs.n
+    both = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), x, baselines)
+    args2 = tuple(jnp.concatenate([a, a]) if hasattr(a, "ndim") and a.ndim else a for a in args)
+    kw2 = {k: jnp.concatenate([v, v]) for k, v in kwargs.items()}
+    layout = _core.Inputs(inputs.is_tuple, n2)
+    intercept = _deeplift_intercept(eps, n2)
+    shapes = _taps.tap_shapes(model, params, layout, both, args2, kw2, taps)
+    (tap,) = taps
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+
+    def score(delta):
+        y, acts = _taps.run_tapped(
+            model, params, layout, both, args2, kw2, taps, perturb=delta, intercept=intercept
+        )
+        y1, y0 = _halves(y)
+        total = jnp.sum(_core.target_score(y1, target)) + jnp.sum(_core.target_score(y0, target))
+        return total, acts
+
+    grads, acts = jax.grad(score, has_aux=True)(zeros)
+    g, _ = _halves(grads[tap.key])
+    a1, a0 = _halves(acts[tap.key])
+    return g * (a1 - a0) if multiply_by_inputs else g
+
+
+def layer_deep_lift(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    baselines: Any = None,
+    *,
+    target: Any = None,
+    eps: float = 1e-10,
+    multiply_by_inputs: bool = True,
+    attribute_to_layer_input: bool = False,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> jax.Array:
+    """DeepLIFT multipliers at a layer times its activation difference, Captum's ``LayerDeepLift``.
+
+    The input and the baseline run side by side under :func:`jaxattr.deep_lift`'s rescale
+    rules; the tap at ``layer`` reads the multipliers arriving there and the activations of
+    both halves.
+
+    Args:
+        model: A structured model whose nonlinearities are layers (e.g. a bridged model).
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        baselines: Baseline inputs broadcastable to x (default zeros).
+        target: What to explain (see :func:`jaxattr.select_target`).
+        eps: Below this ``|x - b|`` a nonlinearity keeps its gradient.
+        multiply_by_inputs: Multiply by the layer's activation difference.
+        attribute_to_layer_input: Use the layer's input instead of its output.
+        args: Extra positional model inputs.
+        kwargs: Keyword model inputs.
+
+    Returns:
+        Shaped like the layer's activation.
+
+    Example:
+        >>> import jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> jaxattr.layer_deep_lift(demo_model(), make_shapes(1)[0], "conv3", target=0).shape
+        (1, 8, 8, 32)
+    """
+    s = _Setup(
+        model,
+        x,
+        layer,
+        target=target,
+        args=args,
+        kwargs=kwargs,
+        params=None,
+        to_input=attribute_to_layer_input,
+    )
+    _check_float_x(s.x)
+    b = _core.broadcast_baselines(baselines, s.x, s.inputs)
+    return _layer_deep_lift_core(
+        **s.common(),
+        baselines=b,
+        target=s.target,
+        eps=float(eps),
+        multiply_by_inputs=multiply_by_inputs,
+    )
+
+
+def guided_grad_cam(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    *,
+    target: Any = None,
+    interpolate_mode: str = "nearest",
+    attribute_to_layer_input: bool = False,
+    channel_axis: int = 1,
+    args: tuple = (),
+) -> PyTree:
+    """Guided Grad-CAM (Selvaraju et al., 2017), Captum's ``GuidedGradCam``.
+
+    Guided backpropagation times the ReLU'd Grad-CAM map upsampled to the input
+    (``interpolate_mode``), element by element.
+
+    Args:
+        model: A structured model.
+        x: Floating model input of shape (N, C, ...) (channels last with
+            ``channel_axis=-1``), or a tuple (each input is multiplied by the map).
+        layer: The Grad-CAM layer.
+        target: What to explain (see :func:`jaxattr.select_target`).
+        interpolate_mode: See :func:`interpolate`.
+        attribute_to_layer_input: Grad-CAM on the layer's input.
+        channel_axis: 1 (NCHW) or -1 (NHWC), for the layer and the input.
+        args: Extra positional model inputs.
+
+    Returns:
+        The attribution, with x's structure.
+
+    Example:
+        >>> import jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> jaxattr.guided_grad_cam(demo_model(), make_shapes(1)[0], "conv3", target=0,
+        ...                         channel_axis=-1).shape
+        (1, 32, 32, 3)
+    """
+    from jaxattr._lrp import guided_backprop
+
+    cam = grad_cam(
+        model,
+        x,
+        layer,
+        target=target,
+        relu_attributions=True,
+        attribute_to_layer_input=attribute_to_layer_input,
+        channel_axis=channel_axis,
+        args=args,
+    )
+    gb = guided_backprop(model, x, target=target, args=args)
+
+    def times_cam(g):
+        axis = channel_axis % g.ndim
+        size = [g.shape[i] for i in range(1, g.ndim) if i != axis]
+        return g * interpolate(cam, size, mode=interpolate_mode, channel_axis=channel_axis)
+
+    return jax.tree_util.tree_map(times_cam, gb)
+
+
+class NeuronModel:
+    """One neuron of a structured model as a structured model with a (N,) output.
+
+    Rule-based methods (guided backprop, DeepLift) run on it unchanged: its layers are the
+    model's, and ``apply`` routes them through the given interceptor before selecting the
+    neuron.
+    """
+
+    def __init__(self, model: Model, layer: str, neuron_selector: Any, to_input: bool = False):
+        self.model = _taps.as_structured(model)
+        self.tap = _taps.resolve_layer(self.model, layer, to_input)
+        self.selector = neuron_selector
+        self.params = self.model.params
+        self.layers = self.model.layers
+
+    def apply(
+        self, params: Any, *inputs: Any, intercept: Callable[..., Any] | None = None, **kwargs: Any
+    ) -> jax.Array:
+        _, acts = _taps.run_tapped(
+            self.model,
+            params,
+            _core.Inputs(True, 0),
+            inputs,
+            (),
+            kwargs,
+            (self.tap,),
+            intercept=intercept,
+        )
+        act = acts[self.tap.key]
+        mode, static, index = _selector_spec(self.selector, tuple(act.shape))
+        return _select(act, mode, static, index)
+
+    def __call__(self, *inputs: Any) -> jax.Array:
+        return self.apply(self.params, *inputs)
+
+
+@functools.lru_cache(maxsize=64)
+def _neuron_structured(model, layer, key, to_input, selector):
+    return NeuronModel(model, layer, selector, to_input)
+
+
+def _neuron_as_model(model, layer, selector, to_input):
+    key = selector
+    if isinstance(selector, tuple):
+        key = tuple(
+            ("slice", s.start, s.stop, s.step) if isinstance(s, slice) else s for s in selector
+        )
+    try:
+        return _neuron_structured(model, layer, key, to_input, selector)
+    except TypeError:  # unhashable selector
+        return NeuronModel(model, layer, selector, to_input)
+
+
+def neuron_guided_backprop(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    neuron_selector: Any,
+    *,
+    attribute_to_neuron_input: bool = False,
+    args: tuple = (),
+) -> PyTree:
+    """Guided backpropagation of one neuron, Captum's ``NeuronGuidedBackprop``.
+
+    Args:
+        model: A structured model.
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        neuron_selector: See :func:`neuron_model`.
+        attribute_to_neuron_input: Select the neuron from the layer's input.
+        args: Extra positional model inputs.
+
+    Returns:
+        The attribution, with x's structure.
+
+    Example:
+        >>> import jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> jaxattr.neuron_guided_backprop(demo_model(), make_shapes(1)[0], "fc", 1).shape
+        (1, 32, 32, 3)
+    """
+    from jaxattr._lrp import guided_backprop
+
+    nm = _neuron_as_model(model, layer, neuron_selector, attribute_to_neuron_input)
+    return guided_backprop(nm, x, target=None, args=args)
+
+
+def neuron_deep_lift(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    neuron_selector: Any,
+    baselines: Any = None,
+    *,
+    eps: float = 1e-10,
+    multiply_by_inputs: bool = True,
+    custom_attribution_func: Callable[..., Any] | None = None,
+    attribute_to_neuron_input: bool = False,
+    args: tuple = (),
+) -> PyTree:
+    """DeepLIFT of one neuron, Captum's ``NeuronDeepLift``.
+
+    Args:
+        model: A structured model whose nonlinearities are layers.
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        neuron_selector: See :func:`neuron_model`.
+        baselines: Baseline inputs broadcastable to x (default zeros).
+        eps: See :func:`jaxattr.deep_lift`.
+        multiply_by_inputs: Multiply by ``x - baselines``.
+        custom_attribution_func: See :func:`jaxattr.deep_lift`.
+        attribute_to_neuron_input: Select the neuron from the layer's input.
+        args: Extra positional model inputs.
+
+    Returns:
+        The attribution, with x's structure.
+
+    Example:
+        >>> import jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> jaxattr.neuron_deep_lift(demo_model(), make_shapes(1)[0], "conv3", (3, 3, 0)).shape
+        (1, 32, 32, 3)
+    """
+    from jaxattr._lrp import deep_lift
+
+    nm = _neuron_as_model(model, layer, neuron_selector, attribute_to_neuron_input)
+    return deep_lift(
+        nm,
+        x,
+        baselines,
+        target=None,
+        eps=eps,
+        multiply_by_inputs=multiply_by_inputs,
+        custom_attribution_func=custom_attribution_func,
+        args=args,
+    )
+
+
+def neuron_feature_ablation(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    neuron_selector: Any,
+    *,
+    baselines: Any = None,
+    feature_mask: Any = None,
+    batch_size: int | None = None,
+    attribute_to_neuron_input: bool = False,
+    show_progress: bool = False,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> PyTree:
+    """Feature ablation of one neuron, Captum's ``NeuronFeatureAblation``.
+
+    Args:
+        model: A structured model.
+        x: Model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        neuron_selector: See :func:`neuron_model`.
+        baselines: Replacement values (see :func:`jaxattr.feature_ablation`).
+        feature_mask: Feature ids (see :func:`jaxattr.feature_ablation`).
+        batch_size: At most this many ablations per compiled call.
+        attribute_to_neuron_input: Select the neuron from the layer's input.
+        show_progress: Show a progress bar.
+        args: Extra positional model inputs.
+        kwargs: Keyword model inputs.
+
+    Returns:
+        The attribution, with x's structure.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> mask = jnp.arange(64).reshape(8, 8).repeat(4, 0).repeat(4, 1)[None, :, :, None]
+        >>> jaxattr.neuron_feature_ablation(demo_model(), make_shapes(1)[0], "fc", 0,
+        ...                                 feature_mask=mask).shape
+        (1, 32, 32, 3)
+    """
+    from jaxattr._perturbation import feature_ablation
+
+    nm = _Neuron(
+        model,
+        x,
+        layer,
+        neuron_selector,
+        to_input=attribute_to_neuron_input,
+        args=args,
+        kwargs=kwargs,
+        params=None,
+    )
+    return feature_ablation(
+        nm.fn,
+        nm.x,
+        baselines=baselines,
+        feature_mask=feature_mask,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        args=nm.extra,
+    )

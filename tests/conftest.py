@@ -44,6 +44,8 @@ def _install_torchvision_stub() -> None:
     resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
     tv.models, models.resnet = models, resnet
     tv.__path__, models.__path__ = [], []
+    # No __spec__: transformers would then believe torchvision is installed and import its
+    # transforms; tests/torch_models.py hides the stub while it builds transformers models.
     sys.modules.update(
         {"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet}
     )

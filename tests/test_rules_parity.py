@@ -7,9 +7,8 @@ maps agree to ``rtol=1e-4`` with an absolute floor of ``1e-4 * max|reference|``.
 4e-7; DeepLift through ELU/sigmoid/tanh/softplus/LeakyReLU ~1.3e-5; softmax ~3e-6.
 
 Zennit's ResNet canonizer finds blocks by ``isinstance(torchvision...BasicBlock)``; the
-reference ResNet of ``tests/torch_models.py`` does not subclass the stub's placeholder,
-so the test applies Zennit's own ``ResNetBasicBlockCanonizer.forward`` through an
-``AttributeCanonizer`` keyed on ``tests.torch_models.BasicBlock``.
+reference ResNet's blocks subclass the tests' torchvision stub, so Zennit's own
+``ResNetCanonizer`` (batch-norm merge and explicit residual sums) is the reference.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from tests import torch_models as tm
 from tests.test_parity_captum import assert_close
 
 zennit = pytest.importorskip("zennit")
+from torchvision.models.resnet import BasicBlock as ResNetBasicBlock  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm  # noqa: E402
 from zennit.composites import (  # noqa: E402
     EpsilonAlpha2Beta1Flat,
     EpsilonGammaBox,
@@ -36,8 +35,7 @@ from zennit.composites import (  # noqa: E402
     ExcitationBackprop,
     GuidedBackprop,
 )
-from zennit.layer import Sum  # noqa: E402
-from zennit.torchvision import ResNetBasicBlockCanonizer  # noqa: E402
+from zennit.torchvision import ResNetCanonizer  # noqa: E402
 
 
 def _x(shape, seed=0):
@@ -77,15 +75,6 @@ def test_vgg11_composites_match_zennit(vgg, name):
     assert_close(ours, ref)
 
 
-def _basic_block_map(name, module):
-    if isinstance(module, tm.BasicBlock):
-        return {
-            "forward": ResNetBasicBlockCanonizer.forward.__get__(module),
-            "canonizer_sum": Sum(),
-        }
-    return None
-
-
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(1)
@@ -96,7 +85,8 @@ def resnet():
 @pytest.mark.parametrize("name", ["epsilon_plus_flat"])
 def test_resnet18_with_canonizers_matches_zennit(resnet, name):
     model, conv, x = resnet
-    cans = [SequentialMergeBatchNorm(), AttributeCanonizer(_basic_block_map)]
+    cans = [ResNetCanonizer()]
+    assert isinstance(model.layer1[0], ResNetBasicBlock)  # Zennit will canonize the blocks
     ref_comp = {"epsilon_plus_flat": EpsilonPlusFlat, "epsilon_plus": EpsilonPlus}[name]
     ref = zennit_relevance(model, ref_comp(canonizers=cans), x, [2, 5], 10)
     ours = jaxattr.lrp(

@@ -45,7 +45,18 @@ def seed_cnn(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-class BasicBlock(nn.Module):
+def _block_base() -> type:
+    """torchvision's BasicBlock when importable (the tests' stub), so that Zennit's ResNet
+    canonizer, which isinstance-checks it, recognises these blocks; else nn.Module."""
+    try:
+        from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
+
+        return TorchvisionBasicBlock
+    except Exception:  # noqa: BLE001 - no torchvision at all
+        return nn.Module
+
+
+class BasicBlock(_block_base()):
     """torchvision's ResNet BasicBlock (same attribute names, one shared ReLU)."""
 
     expansion = 1

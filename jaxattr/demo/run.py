@@ -24,7 +24,7 @@ import numpy as np
 
 import jaxattr
 from jaxattr.demo.data import CLASSES, make_shapes
-from jaxattr.demo.model import load_model
+from jaxattr.demo.model import demo_model, load_model
 
 
 @dataclasses.dataclass
@@ -37,8 +37,9 @@ class DemoMethod:
     requires: str = ""  # the jaxattr name it needs; skipped (and reported) when missing
 
 
-def _methods(key: jax.Array, model: dict) -> list[DemoMethod]:
+def _methods(key: jax.Array, structured: Any) -> list[DemoMethod]:
     nt = jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=16, stdevs=0.2)
+    composite = jaxattr.epsilon_plus_flat()
     return [
         DemoMethod("gradient", "saliency", lambda f, x, t: jaxattr.saliency(f, x, target=t)),
         DemoMethod(
@@ -59,12 +60,38 @@ def _methods(key: jax.Array, model: dict) -> list[DemoMethod]:
                 f, x, jnp.zeros((1, *x.shape[1:])), key=key, n_samples=16, stdevs=0.1, target=t
             ),
         ),
+        DemoMethod(
+            "perturbation",
+            "occlusion (6x6, stride 2)",
+            lambda f, x, t: jaxattr.occlusion(
+                f, x, target=t, sliding_window_shapes=(6, 6, 3), strides=(2, 2, 3)
+            ),
+        ),
+        DemoMethod(
+            "rules",
+            "lrp (epsilon_plus_flat)",
+            lambda f, x, t: jaxattr.lrp(structured, x, composite=composite, target=t),
+        ),
+        DemoMethod(
+            "rules",
+            "guided_backprop",
+            lambda f, x, t: jaxattr.guided_backprop(structured, x, target=t),
+        ),
+        DemoMethod(
+            "layers",
+            "grad_cam (conv3)",
+            lambda f, x, t: jaxattr.grad_cam(
+                structured,
+                x,
+                "conv3",
+                target=t,
+                channel_axis=-1,
+                relu_attributions=True,
+                interpolate_to="input",
+                interpolate_mode="bilinear",
+            ),
+        ),
     ]
-
-
-def _maps(attr: Any) -> np.ndarray:
-    """``|attr|`` summed over the channel axis: (N, H, W)."""
-    return np.abs(np.asarray(attr, np.float32)).sum(-1)
 
 
 def localisation(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
@@ -93,7 +120,8 @@ def run_demo(
         name, compile and run time, pointing game, relevance mass), the chance level and
         the skipped methods.
     """
-    fn, _, params = load_model()
+    fn, _, _ = load_model()
+    structured = demo_model()
     images, labels, masks = make_shapes(n, seed=seed)
     x = jnp.asarray(images)
     logits = np.asarray(fn(x))
@@ -101,7 +129,7 @@ def run_demo(
     target = [int(t) for t in labels]
     rows, skipped, maps = [], [], {}
     key = jax.random.key(seed)
-    for m in _methods(key, params):
+    for m in _methods(key, structured):
         if m.requires and not hasattr(jaxattr, m.requires):
             skipped.append(m.name)
             continue
@@ -111,8 +139,8 @@ def run_demo(
         t0 = time.perf_counter()
         attr = jax.block_until_ready(m.call(fn, x, target))
         run = time.perf_counter() - t0
-        maps[m.name] = _maps(attr)
-        hit, mass = localisation(maps[m.name], masks)
+        maps[m.name] = np.asarray(attr, np.float32).sum(-1)  # signed, channels summed
+        hit, mass = localisation(np.abs(maps[m.name]), masks)
         rows.append(
             {
                 "family": m.family,
@@ -140,7 +168,7 @@ def run_demo(
         (out / "demo.md").write_text(table + "\n")
         (out / "demo.json").write_text(json.dumps(report, indent=2))
         png = write_grid(out / "demo.png", images, masks, maps)
-        report["png"] = str(png) if png else None
+        report["png"] = str(png)
         if not quiet:
             print(
                 f"\nwrote {out / 'demo.md'}, {out / 'demo.json'}" + (f" and {png}" if png else "")
@@ -169,16 +197,26 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_grid(path: Path, images: np.ndarray, masks: np.ndarray, maps: dict) -> Path | None:
-    """Write the heatmap grid: one row per image, the input then one column per method."""
-    try:
-        from jaxattr import viz
-    except ImportError:  # pragma: no cover - viz is part of the package once it lands
-        return None
+def write_grid(
+    path: Path, images: np.ndarray, masks: np.ndarray, maps: dict, scale: int = 3
+) -> Path:
+    """Write the heatmap grid: one row per image, the input then one column per method.
+
+    Signed maps use Zennit's ``coldnhot`` colormap, symmetric around zero (hot colours
+    positive, cold negative); the true shape's outline is drawn in green on the input.
+    """
+    from jaxattr import viz
+
     tiles = []
     for i in range(images.shape[0]):
-        row = [viz.imgify(np.clip(images[i], 0.0, 1.0))]
-        row += [viz.imgify(maps[name][i], cmap="hot", symmetric=False) for name in maps]
-        tiles.append(row)
-    viz.save_png(path, viz.grid(tiles, pad=2))
+        img = np.clip(images[i], 0.0, 1.0)
+        edge = (masks[i] ^ np.roll(masks[i], 1, 0)) | (masks[i] ^ np.roll(masks[i], 1, 1))
+        img = np.where(edge[..., None], np.array([0.0, 1.0, 0.0], np.float32), img)
+        tiles.append(viz.imgify(img, vmin=0.0, vmax=1.0))
+        for name in maps:
+            tiles.append(viz.imgify(maps[name][i], cmap="coldnhot", symmetric=True))
+    tiles = [t.repeat(scale, 0).repeat(scale, 1) for t in tiles]
+    tiles = [np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles]
+    sheet = viz.grid(np.stack(tiles), shape=(images.shape[0], 1 + len(maps)))
+    viz.save_png(path, sheet)
     return path

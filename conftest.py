@@ -1,0 +1,45 @@
+"""Doctest set-up for the bridge's docstrings.
+
+The examples in ``bridge/*.py`` share a context, as the module docs do: ``torch``, ``np``,
+``jax``, ``bridge``, a torchvision-style ResNet-18 ``torch_model`` (also ``model``), an
+input ``x`` for it, its conversion ``conv``, and ``model_with_fft`` (an op the bridge does
+not lower). They run in a temporary directory, so saved files do not land in the repo.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+_NAMESPACE: dict = {}
+
+
+def _bridge_namespace() -> dict:
+    if not _NAMESPACE:
+        import jax
+        import numpy as np
+        import torch
+
+        from jaxattr import bridge
+        from tests import torch_models as tm
+
+        class WithFFT(torch.nn.Module):
+            def forward(self, x):
+                return torch.fft.rfft(x, dim=-1).abs()
+
+        torch.manual_seed(0)
+        resnet = tm.resnet18(num_classes=10).eval()
+        x = torch.randn(2, 3, 32, 32)
+        _NAMESPACE.update(
+            torch=torch, np=np, jax=jax, bridge=bridge, torch_model=resnet, model=resnet,
+            x=x.numpy(), conv=bridge.from_torch(resnet, x), model_with_fft=WithFFT(), eps=0.0,
+        )
+    return _NAMESPACE
+
+
+@pytest.fixture(autouse=True)
+def _bridge_doctests(request, doctest_namespace, tmp_path, monkeypatch):
+    if "bridge" in str(getattr(request.node, "fspath", "")) and request.node.name.startswith(
+        "bridge."
+    ):
+        doctest_namespace.update(_bridge_namespace())
+        monkeypatch.chdir(tmp_path)
