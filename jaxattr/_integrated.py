@@ -52,6 +52,13 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     return alphas.copy(), weights.copy()
 
 
+def checked_quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``method`` and ``n_steps`` and return the cached ``(alphas, weights)``."""
+    _core.check_choice(method, "method", QUADRATURES)
+    n_min = 2 if method == "riemann_trapezoid" else 1
+    return _quadrature(method, _core.check_positive_int(n_steps, "n_steps", n_min))
+
+
 @functools.lru_cache(maxsize=64)
 def _quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     if method == "gausslegendre":
@@ -173,9 +180,7 @@ def integrated_gradients(
         >>> attr.round(4), delta.round(4)
         (Array([[1., 4.]], dtype=float32), Array([0.], dtype=float32))
     """
-    _core.check_choice(method, "method", QUADRATURES)
-    n_min = 2 if method == "riemann_trapezoid" else 1
-    alphas, weights = _quadrature(method, _core.check_positive_int(n_steps, "n_steps", n_min))
+    alphas, weights = checked_quadrature(method, n_steps)
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
     x = _core.to_arrays(x)

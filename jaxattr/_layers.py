@@ -19,7 +19,7 @@ import numpy as np
 from jaxattr import _core, _taps
 from jaxattr._core import PyTree
 from jaxattr._gradient import gradient
-from jaxattr._integrated import QUADRATURES, _quadrature, integrated_gradients
+from jaxattr._integrated import QUADRATURES, _quadrature, checked_quadrature, integrated_gradients
 from jaxattr._noise import gradient_shap, gradient_shap_draws
 
 __all__ = [
@@ -406,9 +406,7 @@ def layer_integrated_gradients(
         >>> attr.shape, bool(abs(delta).max() < 0.05)
         ((2, 8, 8, 32), True)
     """
-    _core.check_choice(method, "method", QUADRATURES)
-    n_min = 2 if method == "riemann_trapezoid" else 1
-    alphas, weights = _quadrature(method, _core.check_positive_int(n_steps, "n_steps", n_min))
+    alphas, weights = checked_quadrature(method, n_steps)
     if not isinstance(layer, str):
         raise TypeError(f"layer must be one layer name (str), got {type(layer).__name__}")
     s = _Setup(
@@ -513,9 +511,7 @@ def internal_influence(
         >>> jaxattr.internal_influence(model, make_shapes(1)[0], "conv2", target=2).shape
         (1, 16, 16, 32)
     """
-    _core.check_choice(method, "method", QUADRATURES)
-    n_min = 2 if method == "riemann_trapezoid" else 1
-    alphas, weights = _quadrature(method, _core.check_positive_int(n_steps, "n_steps", n_min))
+    alphas, weights = checked_quadrature(method, n_steps)
     s = _Setup(
         model,
         x,
@@ -1740,9 +1736,7 @@ def neuron_conductance(
         ...                            target=0, n_steps=8).shape
         (1, 32, 32, 3)
     """
-    _core.check_choice(method, "method", QUADRATURES)
-    n_min = 2 if method == "riemann_trapezoid" else 1
-    alphas, weights = _quadrature(method, _core.check_positive_int(n_steps, "n_steps", n_min))
+    alphas, weights = checked_quadrature(method, n_steps)
     s = _Setup(
         model,
         x,

@@ -25,39 +25,12 @@ from captum._utils.models.model import Model
 
 import jaxattr
 from tests import twins
-
-
-def assert_close(ours, ref, rtol=1e-4):
-    ours, ref = np.asarray(ours, np.float32), twins.to_np(ref)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    atol = rtol * max(float(np.abs(ref).max()), 1e-12)
-    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol)
-
-
-class _Replay:
-    """Returns prepared values, one per call, in order (replacing a random generator)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-
-    def __call__(self, *args, **kwargs):
-        return self.values.pop(0)
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    model = twins.seed_cnn(0)
-    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    return model, twins.seed_cnn_jax(model), x
-
-
-@pytest.fixture(scope="module")
-def two_input():
-    model = twins.TwoInput(1)
-    rng = np.random.default_rng(1)
-    x1 = rng.normal(size=(3, 4)).astype(np.float32)
-    x2 = rng.normal(size=(3, 3)).astype(np.float32)
-    return model, twins.two_input_jax(model), (x1, x2)
+from tests.test_parity_captum import (  # noqa: F401 - shared helpers and fixtures
+    _Replay,
+    assert_close,
+    cnn,
+    two_input,
+)
 
 
 def _superpixels(h=32, w=32, size=8):
