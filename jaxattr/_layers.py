@@ -107,10 +107,6 @@ def _check_float_x(x, name="x"):
     _core.as_inputs(x, need_float=True, name=name)
 
 
-def _score(setup_like, y, target):
-    return _core.target_score(y, target)
-
-
 # --------------------------------------------------------------------------------------
 # Activations and gradient x activation
 # --------------------------------------------------------------------------------------
@@ -1429,8 +1425,9 @@ def neuron_model(
 ) -> Callable[..., jax.Array]:
     """One neuron of a layer as a plain function ``f(x) -> (N,)``.
 
-    Any input method explains it with ``target=None``; this is how every neuron method is
-    built (Captum's ``neuron_selector`` conventions).
+    Any input method explains it with ``target=None``; the neuron methods are built the
+    same way (Captum's ``neuron_selector`` conventions). Build it once and reuse it: each
+    new function is a new static argument, so methods compile again for it.
 
     Args:
         model: A structured model.
