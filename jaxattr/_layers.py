@@ -327,6 +327,13 @@ def _lig_chunk(*, model, inputs, taps, params, x, baselines, args, kwargs, targe
     return total, ax - ab
 
 
+@_core.cached_jit(("model", "inputs"))
+def _layer_delta(*, model, inputs, params, x, baselines, args, kwargs, target, attr):
+    """``sum(attr) - (f(x) - f(baselines))`` for a layer attribution, shape (N,)."""
+    baselines = _core.expand_baselines(baselines, x)
+    return _completeness(model, inputs, params, x, baselines, args, kwargs, target, [attr])
+
+
 @_core.cached_jit(("model", "inputs", "multiply_by_inputs", "return_delta"))
 def _layer_finish(
     *,
@@ -623,7 +630,7 @@ def layer_conductance(
         total = part if total is None else total + part
     if not return_delta:
         return total
-    return total, _layer_finish(
+    return total, _layer_delta(
         model=s.model,
         inputs=s.inputs,
         params=s.params,
@@ -632,11 +639,8 @@ def layer_conductance(
         args=s.args,
         kwargs=s.kwargs,
         target=s.target,
-        total=total,
-        diff=jnp.ones_like(total),
-        multiply_by_inputs=True,
-        return_delta=True,
-    )[1]
+        attr=total,
+    )
 
 
 @_core.cached_jit(("model", "inputs", "taps", "multiply_by_inputs", "return_delta"))
