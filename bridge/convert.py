@@ -291,19 +291,252 @@ def _run(instrs: Sequence[_Instr], env: dict[str, Any]) -> None:
         env[ins.name] = ins.fn(*_resolve(ins.args, env), **_resolve(ins.kwargs, env))
 
 
+# --------------------------------------------------------------------------- neutral graph
+@dataclasses.dataclass
+class _Input:
+    """One user input of a graph: its value name and what the graph expects of it."""
+
+    value: str
+    dtype: str | None  # "float32", "int64", "bool", ... (None: anything)
+    shape: tuple[int | None, ...] | None  # None entries are dynamic (the batch)
+
+
+@dataclasses.dataclass
+class _Graph:
+    """What a front end (``torch.export``, ONNX) hands to :class:`Converted`.
+
+    Values are named; every instruction computes one value (multi-output ops are followed
+    by ``getitem``-style instructions). ``groups`` are the layers: lists of instruction
+    names with ``{"name", "path", "kind", "op"}``.
+    """
+
+    source: Any
+    params: dict[str, Any]
+    constants: dict[str, Any]
+    param_ph: list[tuple[str, str]]  # value -> params key
+    const_ph: list[tuple[str, str]]  # value -> constants key
+    ph_target: dict[str, str]  # value -> the parameter's own name (tied weights differ)
+    aliases: dict[str, str]
+    inputs: list[_Input]
+    n_args: int
+    kwarg_names: tuple[str, ...]
+    instrs: list[_Instr]
+    node_inputs: dict[str, list[str]]  # value names read by each instruction (and outputs)
+    non_tensor: set[str]  # values that are not tensors (symbolic sizes): never layer inputs
+    outputs: list[Any]  # templates of the user outputs
+    unflatten: Callable[[list[Any]], Any]
+    groups: list[tuple[list[str], dict[str, Any]]]
+    node_paths: dict[str, set[str]]  # instruction -> module paths it runs inside
+    param_roles: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    layer_attrs: Callable[[list[_Instr]], dict[str, Any]] | None = None
+
+
+def _torch_graph(ep: Any) -> _Graph:
+    """Read a decomposed ``ExportedProgram`` into a :class:`_Graph`."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    sig = ep.graph_signature
+    state = dict(ep.state_dict)
+    consts_src = dict(ep.constants)
+    params: dict[str, jax.Array] = {}
+    constants: dict[str, jax.Array] = {}
+    param_ph: list[tuple[str, str]] = []
+    const_ph: list[tuple[str, str]] = []
+    user_ph: list[str] = []
+    inputs: list[_Input] = []
+    aliases: dict[str, str] = {}
+    ph_target: dict[str, str] = {}
+    seen: dict[Any, str] = {}
+    nodes = {n.name: n for n in ep.graph.nodes}
+    for spec in sig.input_specs:
+        ph = spec.arg.name
+        if spec.kind == InputKind.USER_INPUT:
+            user_ph.append(ph)
+            inputs.append(_torch_input(ph, nodes[ph].meta.get("val")))
+            continue
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            key = spec.target
+            t = state[key] if key in state else consts_src[key]
+            if spec.kind != InputKind.CONSTANT_TENSOR and t.is_floating_point():
+                ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+                if ident in seen and t.numel():  # tied weights: one entry, summed grads
+                    aliases[key] = seen[ident]
+                    param_ph.append((ph, seen[ident]))
+                    ph_target[ph] = key
+                    continue
+                seen[ident] = key
+                params[key] = _to_jax(t)
+                param_ph.append((ph, key))
+                ph_target[ph] = key
+            else:
+                constants[key] = _to_jax(t)
+                const_ph.append((ph, key))
+            continue
+        raise NotImplementedError(
+            f"exported program: input {ph!r} has kind {spec.kind}; only parameters, "
+            "buffers, tensor constants and tensor user inputs are supported")
+    n_args, kwarg_names = _input_layout(ep)
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    out_args = out_node.args[0]
+    user_out = [i for i, s in enumerate(sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
+    out_spec = ep.call_spec.out_spec
+
+    # unsupported ops first, all of them at once
+    missing: dict[str, list[str]] = collections.defaultdict(list)
+    call_nodes = [n for n in ep.graph.nodes if n.op == "call_function"]
+    for n in ep.graph.nodes:
+        if n.op == "get_attr":
+            missing[f"get_attr ({n.target})"].append(_innermost_path(n))
+    for n in call_nodes:
+        key = _op_key(n.target)
+        if key not in LOWERINGS:
+            path = _innermost_path(n)
+            if path not in missing[key]:
+                missing[key].append(path)
+    if missing:
+        raise UnsupportedOpsError(missing)
+
+    instrs: list[_Instr] = []
+    for i, n in enumerate(call_nodes):
+        key = _op_key(n.target)
+        instrs.append(_Instr(n.name, key, LOWERINGS[key], _template(tuple(n.args)),
+                             _template(dict(n.kwargs)), i))
+    param_ph_key = dict(param_ph)
+    groups = _torch_groups(call_nodes, param_ph_key)
+    return _Graph(
+        source=ep, params=params, constants=constants, param_ph=param_ph, const_ph=const_ph,
+        ph_target=ph_target, aliases=aliases, inputs=inputs, n_args=n_args,
+        kwarg_names=kwarg_names, instrs=instrs,
+        node_inputs={n.name: [a.name for a in n.all_input_nodes] for n in ep.graph.nodes},
+        non_tensor={n.name for n in ep.graph.nodes
+                    if n.op != "placeholder" and not _is_tensor_val(n.meta.get("val"))},
+        outputs=[_template(out_args[i]) for i in user_out],
+        unflatten=lambda flat: _unflatten(out_spec, iter(flat)),
+        groups=groups,
+        node_paths={n.name: {p for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items()}
+                    for n in call_nodes},
+    )
+
+
+def _torch_input(name: str, meta: Any) -> _Input:
+    if meta is None or not hasattr(meta, "dtype"):
+        return _Input(name, None, None)
+    import torch
+
+    shape = tuple(None if isinstance(s, torch.SymInt) else int(s) for s in meta.shape)
+    return _Input(name, str(meta.dtype).replace("torch.", ""), shape)
+
+
+def _input_layout(ep: Any) -> tuple[int, tuple[str, ...]]:
+    spec = ep.call_spec.in_spec
+    try:
+        args_spec, kw_spec = _children(spec)
+        n_args = args_spec.num_leaves
+        kw = tuple(kw_spec.context) if kw_spec.context else ()
+    except (AttributeError, ValueError):
+        n_args, kw = spec.num_leaves, ()
+    return n_args, kw
+
+
+def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
+                  ) -> list[tuple[list[str], dict[str, Any]]]:
+    """Group call nodes into layers from their ``nn_module_stack`` metadata."""
+    # which module paths are leaves of the traced module tree
+    paths: set[str] = set()
+    for n in call_nodes:
+        for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items():
+            paths.add(p)
+    parents = set()
+    for p in paths:
+        parts = p.split(".")
+        parents.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    graph_leaves = {p for p in paths if p and p not in parents}
+
+    def owner(n) -> tuple[str, str, str] | None:
+        for key, (p, t) in (n.meta.get("nn_module_stack") or {}).items():
+            cls = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+            cls = cls.rsplit(".", 1)[-1]
+            if p and (cls in MODULE_KINDS or p in graph_leaves):
+                return key, p, cls
+        return None
+
+    group_of: dict[str, int] = {}
+    groups: list[tuple[list[str], dict[str, Any]]] = []
+    counts: collections.Counter[str] = collections.Counter()
+    last_key = None
+
+    def new_group(info):
+        groups.append(([], info))
+        return len(groups) - 1
+
+    current = -1
+    for n in call_nodes:
+        val = n.meta.get("val")
+        if not _is_tensor_val(val):
+            continue  # symbolic sizes and asserts stay outside layers
+        key = _op_key(n.target)
+        if key == "operator.getitem" and n.args[0].name in group_of:
+            g = group_of[n.args[0].name]
+            groups[g][0].append(n.name)
+            group_of[n.name] = g
+            continue
+        own = owner(n)
+        if own is not None:
+            skey, path, cls = own
+            if skey == last_key and current >= 0:
+                g = current
+            else:
+                name = path if counts[path] == 0 else f"{path}:{counts[path]}"
+                counts[path] += 1
+                g = current = new_group({"name": name, "path": path, "kind":
+                                         _module_kind(cls), "op": cls})
+                last_key = skey
+            groups[g][0].append(n.name)
+            group_of[n.name] = g
+            continue
+        last_key = None
+        packet = _op_packet(n.target)
+        kind = OP_KINDS.get(packet)
+        if kind is None:
+            continue
+        tensor_args = [a for a in n.args if hasattr(a, "op")]
+        if kind in ("add", "mul"):
+            acts = [a for a in tensor_args if a.name not in param_ph_key]
+            if len(tensor_args) < 2 or not all(_is_tensor_val(a.meta.get("val"))
+                                               for a in tensor_args):
+                continue
+            if kind == "mul" and packet in ("bmm", "matmul", "mm") and len(acts) < 2:
+                kind = "linear"
+        if packet == "convolution" and len(n.args) > 6 and n.args[6]:
+            kind = "conv_transpose"
+        parent = _innermost_path(n)
+        short = _OP_SHORT.get(packet, packet.lstrip("_"))
+        base = f"{parent}.{short}" if parent else short
+        name = base if counts[base] == 0 else f"{base}:{counts[base]}"
+        counts[base] += 1
+        g = new_group({"name": name, "path": parent, "kind": kind, "op": key})
+        groups[g][0].append(n.name)
+        group_of[n.name] = g
+    return groups
+
+
 # --------------------------------------------------------------------------- Converted
 class Converted:
-    """A torch module converted to a pure JAX function, with its layers.
+    """A model converted to a pure JAX function, with its layers.
 
+    Made by :func:`from_torch` (a ``torch.nn.Module``), :func:`from_exported`, :func:`load`
+    and :func:`jaxattr.bridge.from_onnx` (an ONNX model); all four give the same structure.
     Implements :class:`jaxattr.structure.StructuredModel`.
 
     Attributes:
-        params: Flat dict ``state_dict name -> jnp array`` of the float parameters and float
-            buffers (BatchNorm running statistics included): everything ``jax.grad`` may see.
+        params: Flat dict ``name -> jnp array`` of the float parameters and float buffers
+            (BatchNorm running statistics included): everything ``jax.grad`` may see. Keys
+            are torch's ``state_dict`` names, or the ONNX initializer names.
         constants: Integer/bool buffers and lifted tensor constants; never differentiated.
         layers: ``name -> Layer`` for every layer invocation, in execution order.
         layer_nodes: ``name -> tuple of graph node names`` grouped into that layer.
-        exported: The decomposed ``torch.export.ExportedProgram`` that was interpreted.
+        exported: The decomposed ``torch.export.ExportedProgram`` that was interpreted, or
+            the ``onnx.ModelProto`` for an ONNX model.
         input_names: Names of the positional inputs; ``kwarg_names`` of the keyword inputs.
         conversion_time: Seconds spent exporting and building.
 
@@ -314,241 +547,87 @@ class Converted:
     """
 
     def __init__(self, ep: Any, *, dynamic_batch: bool = True, conversion_time: float = 0.0):
-        self.exported = ep
+        graph = ep if isinstance(ep, _Graph) else _torch_graph(ep)
+        self.exported = graph.source
         self.conversion_time = conversion_time
-        self._build(ep)
+        self._assemble(graph)
         self._jit_fn = jax.jit(self.fn)
 
     # ----------------------------------------------------------------- building
-    def _build(self, ep: Any) -> None:
-        from torch.export.graph_signature import InputKind, OutputKind
-
-        sig = ep.graph_signature
-        state = dict(ep.state_dict)
-        consts_src = dict(ep.constants)
-        self.params: dict[str, jax.Array] = {}
-        self.constants: dict[str, jax.Array] = {}
-        self._param_ph: list[tuple[str, str]] = []  # placeholder -> params key
-        self._const_ph: list[tuple[str, str]] = []
-        self._user_ph: list[str] = []
-        self._user_meta: list[Any] = []
-        param_ph_key: dict[str, str] = {}
-        #: tied parameters: alias state_dict key -> the key kept in params
-        self.aliases: dict[str, str] = {}
-        self._ph_target: dict[str, str] = {}
-        seen: dict[Any, str] = {}
-        nodes = {n.name: n for n in ep.graph.nodes}
-        for spec in sig.input_specs:
-            ph = spec.arg.name
-            if spec.kind == InputKind.USER_INPUT:
-                self._user_ph.append(ph)
-                self._user_meta.append(nodes[ph].meta.get("val"))
-                continue
-            if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-                key = spec.target
-                t = state[key] if key in state else consts_src[key]
-                if spec.kind != InputKind.CONSTANT_TENSOR and t.is_floating_point():
-                    ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-                    if ident in seen and t.numel():  # tied weights: one entry, summed grads
-                        self.aliases[key] = seen[ident]
-                        self._param_ph.append((ph, seen[ident]))
-                        param_ph_key[ph] = seen[ident]
-                        self._ph_target[ph] = key
-                        continue
-                    seen[ident] = key
-                    self.params[key] = _to_jax(t)
-                    self._param_ph.append((ph, key))
-                    param_ph_key[ph] = key
-                    self._ph_target[ph] = key
-                else:
-                    self.constants[key] = _to_jax(t)
-                    self._const_ph.append((ph, key))
-                continue
-            raise NotImplementedError(
-                f"exported program: input {ph!r} has kind {spec.kind}; only parameters, "
-                "buffers, tensor constants and tensor user inputs are supported")
-        self._n_args, self.kwarg_names = self._input_layout(ep)
+    def _assemble(self, g: _Graph) -> None:
+        self.params = g.params
+        self.constants = g.constants
+        self.aliases = g.aliases
+        self._param_ph = g.param_ph
+        self._const_ph = g.const_ph
+        self._inputs = g.inputs
+        self._user_ph = [i.value for i in g.inputs]
+        self._n_args, self.kwarg_names = g.n_args, g.kwarg_names
         self.input_names = tuple(self._user_ph[: self._n_args])
-        out_node = next(n for n in ep.graph.nodes if n.op == "output")
-        out_args = out_node.args[0]
-        user_out = [i for i, s in enumerate(sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
-        self._outputs = [_template(out_args[i]) for i in user_out]
-        self._out_spec = ep.call_spec.out_spec
+        self._outputs = g.outputs
+        self._unflatten_out = g.unflatten
+        self._instrs = g.instrs
+        by_name = {ins.name: ins for ins in g.instrs}
+        param_ph_key = dict(g.param_ph)
+        const_names = {ph for ph, _ in g.const_ph}
+        attrs_of = g.layer_attrs or _group_static_attrs
 
-        # unsupported ops first, all of them at once
-        missing: dict[str, list[str]] = collections.defaultdict(list)
-        call_nodes = [n for n in ep.graph.nodes if n.op == "call_function"]
-        for n in ep.graph.nodes:
-            if n.op == "get_attr":
-                missing[f"get_attr ({n.target})"].append(_innermost_path(n))
-        for n in call_nodes:
-            key = _op_key(n.target)
-            if key not in LOWERINGS:
-                path = _innermost_path(n)
-                if path not in missing[key]:
-                    missing[key].append(path)
-        if missing:
-            raise UnsupportedOpsError(missing)
-
-        self._instrs: list[_Instr] = []
-        by_name: dict[str, _Instr] = {}
-        for i, n in enumerate(call_nodes):
-            key = _op_key(n.target)
-            ins = _Instr(n.name, key, LOWERINGS[key], _template(tuple(n.args)),
-                         _template(dict(n.kwargs)), i)
-            self._instrs.append(ins)
-            by_name[n.name] = ins
-        self._build_layers(ep, call_nodes, by_name, param_ph_key)
-
-    @staticmethod
-    def _input_layout(ep: Any) -> tuple[int, tuple[str, ...]]:
-        spec = ep.call_spec.in_spec
-        try:
-            args_spec, kw_spec = _children(spec)
-            n_args = args_spec.num_leaves
-            kw = tuple(kw_spec.context) if kw_spec.context else ()
-        except (AttributeError, ValueError):
-            n_args, kw = spec.num_leaves, ()
-        return n_args, kw
-
-    def _build_layers(self, ep, call_nodes, by_name, param_ph_key) -> None:
-        # which module paths are leaves of the traced module tree
-        paths: set[str] = set()
-        for n in call_nodes:
-            for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items():
-                paths.add(p)
-        parents = set()
-        for p in paths:
-            parts = p.split(".")
-            parents.update(".".join(parts[:i]) for i in range(1, len(parts)))
-        graph_leaves = {p for p in paths if p and p not in parents}
-
-        def owner(n) -> tuple[str, str, str] | None:
-            for key, (p, t) in (n.meta.get("nn_module_stack") or {}).items():
-                cls = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-                cls = cls.rsplit(".", 1)[-1]
-                if p and (cls in MODULE_KINDS or p in graph_leaves):
-                    return key, p, cls
-            return None
-
-        node_of = {n.name: n for n in call_nodes}
-        group_of: dict[str, int] = {}
-        groups_nodes: list[list[str]] = []
-        groups_info: list[dict[str, Any]] = []
-        counts: collections.Counter[str] = collections.Counter()
-        last_key = None
-
-        def new_group(info):
-            groups_nodes.append([])
-            groups_info.append(info)
-            return len(groups_nodes) - 1
-
-        current = -1
-        for n in call_nodes:
-            val = n.meta.get("val")
-            if not _is_tensor_val(val):
-                continue  # symbolic sizes and asserts stay outside layers
-            key = _op_key(n.target)
-            if key == "operator.getitem" and n.args[0].name in group_of:
-                g = group_of[n.args[0].name]
-                groups_nodes[g].append(n.name)
-                group_of[n.name] = g
-                continue
-            own = owner(n)
-            if own is not None:
-                skey, path, cls = own
-                if skey == last_key and current >= 0:
-                    g = current
-                else:
-                    name = path if counts[path] == 0 else f"{path}:{counts[path]}"
-                    counts[path] += 1
-                    g = current = new_group({"name": name, "path": path, "kind":
-                                             _module_kind(cls), "op": cls})
-                    last_key = skey
-                groups_nodes[g].append(n.name)
-                group_of[n.name] = g
-                continue
-            last_key = None
-            packet = _op_packet(n.target)
-            kind = OP_KINDS.get(packet)
-            if kind is None:
-                continue
-            tensor_args = [a for a in n.args if hasattr(a, "op")]
-            if kind in ("add", "mul"):
-                acts = [a for a in tensor_args if a.name not in param_ph_key]
-                if len(tensor_args) < 2 or not all(_is_tensor_val(a.meta.get("val"))
-                                                   for a in tensor_args):
-                    continue
-                if kind == "mul" and packet in ("bmm", "matmul", "mm") and len(acts) < 2:
-                    kind = "linear"
-            if packet == "convolution" and len(n.args) > 6 and n.args[6]:
-                kind = "conv_transpose"
-            parent = _innermost_path(n)
-            short = _OP_SHORT.get(packet, packet.lstrip("_"))
-            base = f"{parent}.{short}" if parent else short
-            name = base if counts[base] == 0 else f"{base}:{counts[base]}"
-            counts[base] += 1
-            g = new_group({"name": name, "path": parent, "kind": kind, "op": key})
-            groups_nodes[g].append(n.name)
-            group_of[n.name] = g
-
-        # users of every node, to find each group's inputs and outputs
         users: dict[str, set[str]] = collections.defaultdict(set)
-        for n in ep.graph.nodes:
-            for a in n.all_input_nodes:
-                users[a.name].add(n.name)
-        const_names = {ph for ph, _ in self._const_ph}
+        for name, ins in g.node_inputs.items():
+            for a in ins:
+                users[a].add(name)
         self._users = users
-        self._node_order = [n.name for n in call_nodes]
-        self._node_paths = {
-            n.name: {p for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items()}
-            for n in call_nodes}
+        self._node_inputs = g.node_inputs
+        self._node_order = [ins.name for ins in g.instrs]
+        self._node_paths = g.node_paths
         self._layer_paths: dict[str, set[str]] = {}
         self._groups: list[_Group] = []
         self.layers: dict[str, Layer] = {}
         self.layer_nodes: dict[str, tuple[str, ...]] = {}
-        for names, info in zip(groups_nodes, groups_info, strict=True):
+        group_of: dict[str, int] = {}
+        for names, info in g.groups:
             members = set(names)
             inputs: list[str] = []
             pnodes: dict[str, str] = {}
-            attrs: dict[str, Any] = {}
             for nm in names:
-                n = node_of[nm]
-                for a in n.all_input_nodes:
-                    if a.name in members:
+                group_of[nm] = len(self._groups)
+                for a in g.node_inputs[nm]:
+                    if a in members:
                         continue
-                    if a.name in param_ph_key:
-                        gkey = param_ph_key[a.name]
-                        prefix = info["path"] + "." if info["path"] else ""
-                        local = gkey
-                        for cand in (self._ph_target.get(a.name, gkey), gkey):
-                            if prefix and cand.startswith(prefix):
-                                local = cand[len(prefix):]
-                                break
+                    if a in param_ph_key:
+                        if a in pnodes:
+                            continue
+                        gkey = param_ph_key[a]
+                        local = g.param_roles.get((nm, a))
+                        if local is None:
+                            prefix = info["path"] + "." if info["path"] else ""
+                            local = gkey
+                            for cand in (g.ph_target.get(a, gkey), gkey):
+                                if prefix and cand.startswith(prefix):
+                                    local = cand[len(prefix):]
+                                    break
                         if local in pnodes.values():
                             local = gkey
-                        pnodes[a.name] = local
-                    elif a.name in const_names or not _is_tensor_val(a.meta.get("val")):
+                        pnodes[a] = local
+                    elif a in const_names or a in g.non_tensor:
                         continue
-                    elif a.name not in inputs:
-                        inputs.append(a.name)
-                ins = by_name[nm]
-                if ins.key not in _TRIVIAL_FOR_ATTRS:
-                    for k, v in _static_attrs(ins).items():
-                        attrs.setdefault(k, v)
+                    elif a not in inputs:
+                        inputs.append(a)
             outputs = [nm for nm in names if users[nm] - members]
+            instrs = [by_name[nm] for nm in names]
             layer = Layer(name=info["name"], kind=info["kind"], op=info["op"],
                           param_names={v: param_ph_key[k] for k, v in pnodes.items()},
-                          attrs=attrs)
-            grp = _Group(layer, [by_name[nm] for nm in names], inputs, pnodes, outputs,
-                         min(by_name[nm].index for nm in names))
+                          attrs=attrs_of(instrs))
+            grp = _Group(layer, instrs, inputs, pnodes, outputs,
+                         min(ins.index for ins in instrs))
             self._groups.append(grp)
             self.layers[layer.name] = layer
             self.layer_nodes[layer.name] = tuple(names)
-            self._layer_paths[layer.name] = set.union(*(self._node_paths[nm] for nm in names))
-        self._schedule = self._make_schedule(group_of, by_name)
+            self._layer_paths[layer.name] = set.union(*(g.node_paths.get(nm, set())
+                                                        for nm in names))
+        self._schedule = self._make_schedule(group_of)
 
-    def _make_schedule(self, group_of, by_name) -> list[Any]:
+    def _make_schedule(self, group_of: Mapping[str, int]) -> list[Any]:
         """Topological order of units (groups and loose instructions), stable by position."""
         units: list[Any] = list(self._groups)
         unit_of: dict[str, int] = {}
@@ -561,11 +640,9 @@ class Converted:
                 units.append(ins)
         deps: list[set[int]] = [set() for _ in units]
         rdeps: list[set[int]] = [set() for _ in units]
-        node_inputs = {n.name: [a.name for a in n.all_input_nodes]
-                       for n in self.exported.graph.nodes}
         for ins in self._instrs:
             u = unit_of[ins.name]
-            for a in node_inputs[ins.name]:
+            for a in self._node_inputs[ins.name]:
                 v = unit_of.get(a)
                 if v is not None and v != u:
                     deps[u].add(v)
@@ -620,8 +697,8 @@ class Converted:
         return [self._prep(x, i) for i, x in enumerate(flat)]
 
     def _prep(self, x: Any, i: int) -> Any:
-        name = self._user_ph[i]
-        meta = self._user_meta[i]
+        spec = self._inputs[i]
+        name = spec.value
         if type(x).__module__.startswith("torch"):
             x = x.detach().cpu().numpy()
         if isinstance(x, (np.ndarray, np.generic, list, int, float)):
@@ -631,26 +708,27 @@ class Converted:
             if x.dtype == np.float64 and not jax.config.jax_enable_x64:
                 x = x.astype(np.float32)
             x = jnp.asarray(x)
-        if meta is not None and hasattr(meta, "dtype"):
-            want_float = meta.dtype.is_floating_point
+        if spec.dtype is not None:
+            want_float = spec.dtype.startswith(("float", "bfloat"))
             got_float = jnp.issubdtype(x.dtype, jnp.floating)
-            if want_float != got_float and not (meta.dtype.__str__() == "torch.bool"
-                                                and x.dtype == jnp.bool_):
+            if want_float != got_float and not (spec.dtype == "bool" and x.dtype == jnp.bool_):
                 if want_float:
-                    x = x.astype(_jdtype(meta.dtype))
+                    x = x.astype(_jdtype(spec.dtype))
                 else:
                     raise TypeError(
-                        f"input {name!r}: expected an array of dtype {meta.dtype} (as "
+                        f"input {name!r}: expected an array of dtype {spec.dtype} (as "
                         f"exported), got {x.dtype}")
-            if len(meta.shape) != x.ndim:
+        if spec.shape is not None:
+            shown = tuple("batch" if s is None else s for s in spec.shape)
+            if len(spec.shape) != x.ndim:
                 raise ValueError(
-                    f"input {name!r}: expected {len(meta.shape)} dimensions (exported shape "
-                    f"{tuple(meta.shape)}), got shape {tuple(x.shape)}")
+                    f"input {name!r}: expected {len(spec.shape)} dimensions (exported shape "
+                    f"{shown}), got shape {tuple(x.shape)}")
         return x
 
     def _finish(self, env: Mapping[str, Any]) -> Any:
         flat = [_resolve(o, env) for o in self._outputs]
-        return _unflatten(self._out_spec, iter(flat))
+        return self._unflatten_out(flat)
 
     def fn(self, params: Mapping[str, Any], *inputs: Any, **kwargs: Any) -> Any:
         """The model as a pure function of its parameters and inputs.
@@ -802,6 +880,15 @@ class Converted:
     def __repr__(self) -> str:
         return (f"Converted({len(self.params)} params, {len(self.layers)} layers, "
                 f"inputs={self.input_names}, kwargs={self.kwarg_names})")
+
+
+def _group_static_attrs(instrs: Sequence[_Instr]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for ins in instrs:
+        if ins.key not in _TRIVIAL_FOR_ATTRS:
+            for k, v in _static_attrs(ins).items():
+                attrs.setdefault(k, v)
+    return attrs
 
 
 def _static_attrs(ins: _Instr) -> dict[str, Any]:
@@ -1027,10 +1114,8 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = No
     conv = Converted(ep, dynamic_batch=dynamic_batch)
     conv.conversion_time = time.perf_counter() - t0
     if dynamic_batch:
-        import torch
-
-        metas = [m for m in conv._user_meta if m is not None and getattr(m, "ndim", 0)]
-        if metas and not any(isinstance(m.shape[0], torch.SymInt) for m in metas):
+        shapes = [s.shape for s in conv._inputs if s.shape]
+        if shapes and not any(s[0] is None for s in shapes):
             warnings.warn("the batch dimension was specialised during export: the converted "
                           "function only accepts the example's batch size", stacklevel=3)
     return conv
