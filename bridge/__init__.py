@@ -1,5 +1,8 @@
 """jaxattr.bridge: PyTorch modules as pure JAX functions with named layers.
 
+``from_onnx(path_or_model_proto)`` reads an ONNX model into the same structure (see
+:mod:`jaxattr.bridge.onnx_import`).
+
 ``from_torch(module, example_input)`` exports the module with ``torch.export`` (dynamic
 batch dimension), decomposes it to core ATen (keeping fast ops such as ``linear`` whole),
 and interprets the graph with a table of ``jax.numpy``/``jax.lax`` lowerings. The result is
@@ -21,17 +24,23 @@ from __future__ import annotations
 from .convert import Converted, from_exported, from_torch, load
 from .errors import BridgeError, ExportError, TrainModeError, UnsupportedOpsError
 from .lowerings import CONFIG, register_lowering, supported_ops
+from .onnx_import import OnnxFormatError, from_onnx, supported_onnx_ops
+from .onnx_ops import register_onnx_lowering
 
 __all__ = [
     "CONFIG",
     "BridgeError",
     "Converted",
     "ExportError",
+    "OnnxFormatError",
     "TrainModeError",
     "UnsupportedOpsError",
     "from_exported",
+    "from_onnx",
     "from_torch",
     "load",
     "register_lowering",
+    "register_onnx_lowering",
+    "supported_onnx_ops",
     "supported_ops",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["BridgeError", "ExportError", "TrainModeError", "UnsupportedOpsError"]
 
@@ -15,11 +15,12 @@ class UnsupportedOpsError(BridgeError, NotImplementedError):
     """The exported graph uses ops that have no JAX lowering.
 
     Raised once, before anything runs, listing every unsupported op with the layers (torch
-    module paths) it appears in.
+    module paths) it appears in, or for an ONNX model with the node names and opset.
 
     Attributes:
-        ops: Maps each unsupported op name (e.g. ``"aten._fft_r2c.default"``) to the module
-            paths that use it.
+        ops: Maps each unsupported op name (e.g. ``"aten._fft_r2c.default"``, ONNX
+            ``"LpPool"`` or ``"com.microsoft::FusedGemm"``) to the module paths (torch) or
+            node names (ONNX) that use it.
 
     Example:
         >>> try:
@@ -29,17 +30,22 @@ class UnsupportedOpsError(BridgeError, NotImplementedError):
         ['aten._fft_r2c.default']
     """
 
-    def __init__(self, ops: dict[str, Sequence[str]]):
+    def __init__(self, ops: dict[str, Sequence[str]], *, where: str = "the exported graph",
+                 detail: Mapping[str, str] | None = None, hint: str | None = None):
         self.ops = {k: list(v) for k, v in ops.items()}
+        detail = detail or {}
+        label = "nodes" if detail else "used in"
         lines = [
-            f"  {op}  (used in: {', '.join(p or '<root module>' for p in paths)})"
+            f"  {op}  ({detail[op] + '; ' if op in detail else ''}{label}: "
+            f"{', '.join(p or '<root module>' for p in paths)})"
             for op, paths in sorted(self.ops.items())
         ]
         super().__init__(
-            f"{len(self.ops)} op(s) in the exported graph have no JAX lowering:\n"
-            + "\n".join(lines)
-            + "\nSee jaxattr.bridge.supported_ops() for what is supported; rewrite the module "
-            "with supported ops or add a lowering with jaxattr.bridge.register_lowering()."
+            f"{len(self.ops)} op(s) in {where} have no JAX lowering:\n"
+            + "\n".join(lines) + "\n"
+            + (hint or "See jaxattr.bridge.supported_ops() for what is supported; rewrite the "
+               "module with supported ops or add a lowering with "
+               "jaxattr.bridge.register_lowering().")
         )
 
 

@@ -978,22 +978,36 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
                 groups):
     """N-d (transposed) convolution in torch's layout; grouped and depthwise included."""
     nsp = weight.ndim - 2
+    pads = [(p, p) for p in _expand(padding, nsp)]
+    return conv_nd(input, weight, bias, _expand(stride, nsp), pads, _expand(dilation, nsp),
+                   groups, transposed, _expand(output_padding, nsp) if transposed else None)
+
+
+def conv_nd(input, weight, bias, stride, pads, dilation, groups, transposed=False,
+            output_padding=None):
+    """N-d (transposed) convolution with per-side padding ``pads = [(lo, hi), ...]``.
+
+    Weights in torch/ONNX layout: ``(O, I/groups, *k)``, transposed ``(I, O/groups, *k)``.
+    Shared by the torch and the ONNX front ends.
+    """
+    nsp = weight.ndim - 2
     unbatched = input.ndim == nsp + 1
     x = input[None] if unbatched else input
     k = weight.shape[2:]
     if not transposed:
-        out = _conv(x, weight, stride, padding, dilation, groups)
+        out = _conv(x, weight, stride, pads, dilation, groups)
     else:
         cin, cout_g = weight.shape[0], weight.shape[1]
         w = weight.reshape((groups, cin // groups, cout_g) + k)
         w = jnp.swapaxes(w, 1, 2).reshape((groups * cout_g, cin // groups) + k)
         w = jnp.flip(w, tuple(range(2, 2 + nsp)))
-        pads = [
-            (dilation[i] * (k[i] - 1) - padding[i],
-             dilation[i] * (k[i] - 1) - padding[i] + output_padding[i])
+        extra = output_padding or (0,) * nsp
+        tpads = [
+            (dilation[i] * (k[i] - 1) - pads[i][0],
+             dilation[i] * (k[i] - 1) - pads[i][1] + extra[i])
             for i in range(nsp)
         ]
-        out = _conv(x, w, (1,) * nsp, pads, dilation, groups, lhs_dilation=tuple(stride))
+        out = _conv(x, w, (1,) * nsp, tpads, dilation, groups, lhs_dilation=tuple(stride))
     if bias is not None:
         out = out + bias.reshape((1, -1) + (1,) * nsp)
     return out[0] if unbatched else out
@@ -1001,17 +1015,19 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
 
 # --------------------------------------------------------------------------- pooling
 def _pool_pads(size, kernel, stride, padding, dilation, ceil_mode):
+    """Per-side pads of a pool; ``padding`` entries are ints or ``(lo, hi)`` pairs."""
     pads = []
     for n, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=False):
+        lo, hi = p if isinstance(p, tuple) else (p, p)
         eff = d * (k - 1) + 1
         if ceil_mode:
-            out = -(-(n + 2 * p - eff) // s) + 1
-            if (out - 1) * s >= n + p:
+            out = -(-(n + lo + hi - eff) // s) + 1
+            if (out - 1) * s >= n + lo:
                 out -= 1
         else:
-            out = (n + 2 * p - eff) // s + 1
-        extra = max(0, (out - 1) * s + eff - (n + 2 * p))
-        pads.append((p, p + extra))
+            out = (n + lo + hi - eff) // s + 1
+        extra = max(0, (out - 1) * s + eff - (n + lo + hi))
+        pads.append((lo, hi + extra))
     return pads
 
 
@@ -1049,20 +1065,20 @@ def _avg_pool(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_in
     n = len(kernel_size)
     k = _expand(kernel_size, n)
     s = _expand(stride, n) if stride else k
-    p = _expand(padding, n)
+    p = [pi if isinstance(pi, tuple) else (pi, pi) for pi in _expand(padding, n)]
     lead = self.ndim - n
     pads = _pool_pads(self.shape[lead:], k, s, p, (1,) * n, ceil_mode)
     total = lax.reduce_window(self, 0.0, lax.add, (1,) * lead + k,
                               (1,) * lead + s, [(0, 0)] * lead + pads)
     if divisor_override:
         return total / divisor_override
-    if not any(p) and not ceil_mode:
+    if not any(lo or hi for lo, hi in p) and not ceil_mode:
         return total / float(np.prod(k))
     # window sizes: padding counts when count_include_pad, the ceil-mode overhang never does
     ones = np.ones(self.shape[lead:], np.float32)
     if count_include_pad:
-        ones = np.pad(ones, [(pi, pi) for pi in p], constant_values=1.0)
-        extra = [(0, hi - lo) for lo, hi in pads]
+        ones = np.pad(ones, p, constant_values=1.0)
+        extra = [(0, hi - ph) for (_, hi), (_, ph) in zip(pads, p, strict=True)]
     else:
         extra = pads
     ones = np.pad(ones, extra)

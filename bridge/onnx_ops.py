@@ -1,0 +1,1043 @@
+"""The ONNX lowering table: one JAX function per ONNX operator (default domain, opset 13+).
+
+Every lowering is called as ``fn(*inputs, **attributes)``: the node's inputs in ONNX order
+(``None`` for an omitted optional input) and its attributes as Python values (tensors as
+NumPy arrays). Shapes are static under ``jax.jit``, so shape arithmetic stays in NumPy: an
+operator whose inputs are all NumPy arrays (constants, ``Shape`` outputs) computes with
+NumPy, which keeps ``Reshape``/``Slice``/``Expand`` targets concrete while the batch
+dimension stays dynamic. Anything that touches a traced array computes with ``jax.numpy``.
+
+Convolution, pooling, interpolation helpers and the recurrent ``lax.scan`` are shared with
+the torch front end (:mod:`jaxattr.bridge.lowerings`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import lowerings as L
+
+__all__ = ["ONNX_LOWERINGS", "STATIC_INPUTS", "register_onnx_lowering", "onnx_dtype"]
+
+#: ONNX op type -> lowering ``fn(*inputs, **attributes)``.
+ONNX_LOWERINGS: dict[str, Callable[..., Any]] = {}
+
+#: op type -> input positions that must be known when the graph is traced (shapes, axes,
+#: pads, scales). An initializer used only there is a constant, not a parameter.
+STATIC_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 3),
+    "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "CumSum": (1,),
+    "OneHot": (1,), "Trilu": (1,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,),
+    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
+    "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "ReduceLogSum": (1,),
+}
+
+
+def register_onnx_lowering(*op_types: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(*inputs, **attributes)`` as the JAX lowering of ONNX operators.
+
+    Args:
+        *op_types: ONNX operator names in the default domain, e.g. ``"Celu"``; for another
+            domain write ``"domain::Op"`` (``"com.microsoft::FusedGemm"``).
+
+    Returns:
+        A decorator that stores the function and returns it unchanged.
+
+    Example:
+        >>> from jaxattr import bridge
+        >>> @bridge.register_onnx_lowering("Shrink")
+        ... def shrink(x, *, bias=0.0, lambd=0.5):
+        ...     return jnp.where(x < -lambd, x + bias, jnp.where(x > lambd, x - bias, 0.0))
+    """
+    if not op_types:
+        raise ValueError("register_onnx_lowering: op_types must name at least one op, got none")
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for n in op_types:
+            ONNX_LOWERINGS[n] = fn
+        return fn
+
+    return deco
+
+
+reg = register_onnx_lowering
+
+# --------------------------------------------------------------------------- helpers
+#: TensorProto element type -> NumPy dtype
+_NP_DTYPES = {
+    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+    7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
+}
+
+
+def onnx_dtype(elem_type: int, *, traced: bool = True) -> Any:
+    """The dtype for an ONNX element type (JAX's for traced values, NumPy's for static).
+
+    Args:
+        elem_type: ``onnx.TensorProto`` data type number (1 float, 7 int64, 16 bfloat16).
+        traced: JAX dtype (int64 -> int32 and float64 -> float32 unless x64 is on).
+
+    Returns:
+        A dtype.
+
+    Example:
+        >>> onnx_dtype(7, traced=False)
+        <class 'numpy.int64'>
+    """
+    if elem_type == 16:
+        return jnp.bfloat16
+    if elem_type not in _NP_DTYPES:
+        raise NotImplementedError(f"ONNX element type {elem_type} has no JAX equivalent here")
+    dt = _NP_DTYPES[elem_type]
+    if traced and not jax.config.jax_enable_x64:
+        dt = {np.int64: np.int32, np.float64: np.float32, np.uint64: np.uint32}.get(dt, dt)
+    return dt
+
+
+def _traced(*xs: Any) -> bool:
+    return any(isinstance(x, jax.Array) for x in xs if x is not None)
+
+
+def _xp(*xs: Any) -> Any:
+    return jnp if _traced(*xs) else np
+
+
+def _ints(v: Any) -> list[int]:
+    """A static int vector (NumPy array, list or scalar) as a list of Python ints."""
+    if v is None:
+        return []
+    if isinstance(v, jax.Array):
+        if isinstance(v, jax.core.Tracer):
+            raise NotImplementedError(
+                "a shape, axes or pads input is computed from traced values; only shapes "
+                "derived from Shape() and constants are supported")
+        v = np.asarray(v)
+    return [int(a) for a in np.asarray(v).reshape(-1)]
+
+
+def _axis(a: int, nd: int) -> int:
+    return a + nd if a < 0 else a
+
+
+def _np_result(x: Any) -> Any:
+    return np.asarray(x) if not isinstance(x, jax.Array) else x
+
+
+# --------------------------------------------------------------------------- elementwise
+def _binary(np_fn: Callable[..., Any], jnp_fn: Callable[..., Any]) -> Callable[..., Any]:
+    def fn(a, b):
+        return _np_result(np_fn(a, b)) if not _traced(a, b) else jnp_fn(a, b)
+
+    return fn
+
+
+def _int_div(a, b):
+    if np.issubdtype(np.asarray(a).dtype, np.integer):
+        q = np.abs(a) // np.abs(b)
+        return (q * np.sign(a) * np.sign(b)).astype(np.asarray(a).dtype)
+    return np.divide(a, b)
+
+
+def _jdiv(a, b):
+    if jnp.issubdtype(jnp.result_type(a), jnp.integer) and jnp.issubdtype(
+            jnp.result_type(b), jnp.integer):
+        return lax.div(*jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b)))
+    return jnp.divide(a, b)
+
+
+for _name, _np_fn, _j_fn in (
+    ("Add", np.add, jnp.add), ("Sub", np.subtract, jnp.subtract),
+    ("Mul", np.multiply, jnp.multiply), ("Div", _int_div, _jdiv),
+    ("Pow", np.power, jnp.power), ("Equal", np.equal, jnp.equal),
+    ("Less", np.less, jnp.less), ("LessOrEqual", np.less_equal, jnp.less_equal),
+    ("Greater", np.greater, jnp.greater), ("GreaterOrEqual", np.greater_equal, jnp.greater_equal),
+    ("And", np.logical_and, jnp.logical_and), ("Or", np.logical_or, jnp.logical_or),
+    ("Xor", np.logical_xor, jnp.logical_xor),
+):
+    ONNX_LOWERINGS[_name] = _binary(_np_fn, _j_fn)
+
+
+@reg("Mod")
+def mod(a, b, *, fmod=0):
+    xp = _xp(a, b)
+    return _np_result((xp.fmod if fmod else xp.mod)(a, b))
+
+
+def _unary(np_fn: Callable[..., Any] | None, jnp_fn: Callable[..., Any]) -> Callable[..., Any]:
+    def fn(x):
+        if np_fn is not None and not _traced(x):
+            return _np_result(np_fn(x))
+        return jnp_fn(x)
+
+    return fn
+
+
+for _name, _np_fn, _j_fn in (
+    ("Neg", np.negative, jnp.negative), ("Abs", np.abs, jnp.abs),
+    ("Sqrt", np.sqrt, jnp.sqrt), ("Exp", np.exp, jnp.exp), ("Log", np.log, jnp.log),
+    ("Reciprocal", np.reciprocal, jnp.reciprocal), ("Floor", np.floor, jnp.floor),
+    ("Ceil", np.ceil, jnp.ceil), ("Round", np.round, jnp.round), ("Sign", np.sign, jnp.sign),
+    ("Sin", np.sin, jnp.sin), ("Cos", np.cos, jnp.cos), ("Tan", np.tan, jnp.tan),
+    ("Asin", np.arcsin, jnp.arcsin), ("Acos", np.arccos, jnp.arccos),
+    ("Atan", np.arctan, jnp.arctan), ("Sinh", np.sinh, jnp.sinh), ("Cosh", np.cosh, jnp.cosh),
+    ("Not", np.logical_not, jnp.logical_not), ("IsNaN", np.isnan, jnp.isnan),
+    ("Tanh", np.tanh, jnp.tanh),
+    ("Erf", None, jax.scipy.special.erf), ("Sigmoid", None, jax.nn.sigmoid),
+    ("Relu", None, jax.nn.relu), ("Softsign", None, jax.nn.soft_sign),
+    ("Mish", None, lambda x: x * jnp.tanh(jax.nn.softplus(x))),
+    ("HardSwish", None, L.hardswish),
+):
+    ONNX_LOWERINGS[_name] = _unary(_np_fn, _j_fn)
+
+
+@reg("Identity")
+def identity(x):
+    return x
+
+
+@reg("IsInf")
+def isinf(x, *, detect_negative=1, detect_positive=1):
+    xp = _xp(x)
+    pos = xp.isposinf(x) if detect_positive else xp.zeros(xp.shape(x), bool)
+    neg = xp.isneginf(x) if detect_negative else xp.zeros(xp.shape(x), bool)
+    return xp.logical_or(pos, neg)
+
+
+@reg("LeakyRelu")
+def leaky_relu(x, *, alpha=0.01):
+    return jax.nn.leaky_relu(x, alpha)
+
+
+@reg("Elu")
+def elu(x, *, alpha=1.0):
+    return jax.nn.elu(x, alpha)
+
+
+@reg("Celu")
+def celu(x, *, alpha=1.0):
+    return jax.nn.celu(x, alpha)
+
+
+@reg("Selu")
+def selu(x, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    return gamma * jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0.0)))
+
+
+@reg("ThresholdedRelu")
+def thresholded_relu(x, *, alpha=1.0):
+    return jnp.where(x > alpha, x, 0.0)
+
+
+@reg("Gelu")
+def gelu(x, *, approximate="none"):
+    return jax.nn.gelu(x, approximate=approximate == "tanh")
+
+
+@reg("Softplus")
+def softplus(x):
+    return jax.nn.softplus(x)
+
+
+@reg("HardSigmoid")
+def hard_sigmoid(x, *, alpha=0.2, beta=0.5):
+    return jnp.clip(alpha * x + beta, 0.0, 1.0)
+
+
+@reg("PRelu")
+def prelu(x, slope):
+    return jnp.where(x >= 0, x, slope * x)
+
+
+@reg("Clip")
+def clip(x, min=None, max=None):  # noqa: A002 - ONNX input names
+    xp = _xp(x, min, max)
+    return _np_result(xp.clip(x, min, max)) if (min is not None or max is not None) else x
+
+
+@reg("Where")
+def where(cond, a, b):
+    xp = _xp(cond, a, b)
+    return _np_result(xp.where(cond, a, b))
+
+
+def _variadic(np_fn, jnp_fn):
+    def fn(*xs):
+        xp_fn = jnp_fn if _traced(*xs) else np_fn
+        out = xs[0]
+        for x in xs[1:]:
+            out = xp_fn(out, x)
+        return _np_result(out)
+
+    return fn
+
+
+ONNX_LOWERINGS["Max"] = _variadic(np.maximum, jnp.maximum)
+ONNX_LOWERINGS["Min"] = _variadic(np.minimum, jnp.minimum)
+ONNX_LOWERINGS["Sum"] = _variadic(np.add, jnp.add)
+
+
+@reg("Mean")
+def mean_(*xs):
+    return ONNX_LOWERINGS["Sum"](*xs) / len(xs)
+
+
+@reg("Cast")
+def cast(x, *, to, saturate=1):
+    if _traced(x):
+        return x.astype(onnx_dtype(to))
+    return np.asarray(x).astype(onnx_dtype(to, traced=False))
+
+
+@reg("CastLike")
+def cast_like(x, like, *, saturate=1):
+    if _traced(x) or _traced(like):
+        return jnp.asarray(x).astype(jnp.asarray(like).dtype if not _traced(like)
+                                     else like.dtype)
+    return np.asarray(x).astype(np.asarray(like).dtype)
+
+
+@reg("Dropout")
+def dropout(x, ratio=None, training_mode=None, *, seed=None):
+    if training_mode is not None and bool(np.asarray(training_mode)):
+        raise NotImplementedError("Dropout: training_mode=True is not supported (export in "
+                                  "eval mode)")
+    return x, jnp.ones(jnp.shape(x), bool)
+
+
+# --------------------------------------------------------------------------- constants
+@reg("Constant")
+def constant(*, value=None, value_float=None, value_floats=None, value_int=None,
+             value_ints=None, value_string=None, value_strings=None, sparse_value=None):
+    if value is not None:
+        return np.asarray(value)
+    if value_float is not None:
+        return np.asarray(value_float, np.float32)
+    if value_floats is not None:
+        return np.asarray(value_floats, np.float32)
+    if value_int is not None:
+        return np.asarray(value_int, np.int64)
+    if value_ints is not None:
+        return np.asarray(value_ints, np.int64)
+    raise NotImplementedError("Constant: only tensor, float(s) and int(s) values are supported")
+
+
+@reg("ConstantOfShape")
+def constant_of_shape(shape, *, value=None):
+    v = np.asarray(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return np.full(_ints(shape), v[0], v.dtype)
+
+
+@reg("Shape")
+def shape_(x, *, start=0, end=None):
+    s = np.asarray(np.shape(x), np.int64)
+    return s[start:end]
+
+
+@reg("Size")
+def size(x):
+    return np.asarray(int(np.prod(np.shape(x))), np.int64)
+
+
+@reg("Range")
+def range_(start, limit, delta):
+    a, b, d = (np.asarray(v).item() for v in (start, limit, delta))
+    dtype = np.asarray(start).dtype
+    return np.arange(a, b, d, dtype=dtype)
+
+
+@reg("EyeLike")
+def eye_like(x, *, dtype=None, k=0):
+    dt = onnx_dtype(dtype, traced=False) if dtype is not None else np.asarray(x).dtype
+    return np.eye(np.shape(x)[0], np.shape(x)[1], k, dtype=dt)
+
+
+# --------------------------------------------------------------------------- shape ops
+@reg("Reshape")
+def reshape(x, shape, *, allowzero=0):
+    target = _ints(shape)
+    if not allowzero:
+        target = [np.shape(x)[i] if d == 0 else d for i, d in enumerate(target)]
+    return _xp(x).reshape(x, target)
+
+
+@reg("Flatten")
+def flatten(x, *, axis=1):
+    shp = np.shape(x)
+    axis = _axis(axis, len(shp))
+    return _xp(x).reshape(x, (int(np.prod(shp[:axis])), -1))
+
+
+@reg("Transpose")
+def transpose(x, *, perm=None):
+    return _xp(x).transpose(x, perm)
+
+
+@reg("Squeeze")
+def squeeze(x, axes=None):
+    ax = _ints(axes) if axes is not None else None
+    nd = np.ndim(x)
+    if ax is None:
+        return _xp(x).squeeze(x)
+    return _xp(x).squeeze(x, tuple(_axis(a, nd) for a in ax))
+
+
+@reg("Unsqueeze")
+def unsqueeze(x, axes):
+    ax = _ints(axes)
+    nd = np.ndim(x) + len(ax)
+    out = x
+    for a in sorted(_axis(a, nd) for a in ax):
+        out = _xp(x).expand_dims(out, a)
+    return out
+
+
+@reg("Concat")
+def concat(*xs, axis):
+    xs = [x for x in xs if x is not None]
+    return _np_result(_xp(*xs).concatenate(xs, axis=axis))
+
+
+@reg("Expand")
+def expand(x, shape):
+    target = np.broadcast_shapes(tuple(np.shape(x)), tuple(_ints(shape)))
+    return _xp(x).broadcast_to(x, target)
+
+
+@reg("Tile")
+def tile(x, repeats):
+    return _xp(x).tile(x, _ints(repeats))
+
+
+@reg("Slice")
+def slice_(x, starts, ends, axes=None, steps=None):
+    nd = np.ndim(x)
+    st, en = _ints(starts), _ints(ends)
+    ax = _ints(axes) if axes is not None else list(range(len(st)))
+    sp = _ints(steps) if steps is not None else [1] * len(st)
+    index = [slice(None)] * nd
+    for s, e, a, k in zip(st, en, ax, sp, strict=True):
+        a = _axis(a, nd)
+        n = np.shape(x)[a]
+        # clamp the INT64 sentinels ONNX uses for "to the end"
+        s = max(-n - 1, min(s, n))
+        e = max(-n - 1, min(e, n))
+        if k < 0 and e < -n:
+            e = None
+        index[a] = slice(s, e, k)
+    return x[tuple(index)]
+
+
+@reg("Split")
+def split(x, split=None, *, axis=0, num_outputs=None, _n_outputs=1):
+    n = np.shape(x)[_axis(axis, np.ndim(x))]
+    if split is not None:
+        sizes = _ints(split)
+    else:
+        parts = num_outputs or _n_outputs
+        chunk = -(-n // parts)
+        sizes = [chunk] * (parts - 1) + [n - chunk * (parts - 1)]
+    idx = np.cumsum(sizes)[:-1].tolist()
+    return tuple(_xp(x).split(x, idx, axis=axis))
+
+
+@reg("Gather")
+def gather(data, indices, *, axis=0):
+    nd = np.ndim(data)
+    axis = _axis(axis, nd)
+    n = np.shape(data)[axis]
+    xp = _xp(data, indices)
+    if xp is np:
+        idx = np.asarray(indices)
+        return np.take(data, np.where(idx < 0, idx + n, idx), axis=axis)
+    idx = jnp.asarray(indices)
+    idx = jnp.where(idx < 0, idx + n, idx)
+    return jnp.take(data, idx, axis=axis, mode="clip")
+
+
+@reg("GatherElements")
+def gather_elements(data, indices, *, axis=0):
+    axis = _axis(axis, np.ndim(data))
+    n = np.shape(data)[axis]
+    idx = jnp.where(jnp.asarray(indices) < 0, jnp.asarray(indices) + n, jnp.asarray(indices))
+    return jnp.take_along_axis(jnp.asarray(data), idx, axis=axis)
+
+
+@reg("GatherND")
+def gather_nd(data, indices, *, batch_dims=0):
+    if batch_dims:
+        raise NotImplementedError("GatherND: batch_dims > 0 is not supported")
+    idx = jnp.asarray(indices)
+    return jnp.asarray(data)[tuple(jnp.moveaxis(idx, -1, 0))]
+
+
+@reg("ScatterElements")
+def scatter_elements(data, indices, updates, *, axis=0, reduction="none"):
+    data = jnp.asarray(data)
+    axis = _axis(axis, data.ndim)
+    idx = jnp.asarray(indices)
+    idx = jnp.where(idx < 0, idx + data.shape[axis], idx)
+    grid = list(jnp.indices(idx.shape, sparse=True))
+    grid[axis] = idx
+    at = data.at[tuple(grid)]
+    ops = {"none": at.set, "add": at.add, "mul": at.multiply, "max": at.max, "min": at.min}
+    return ops[reduction](updates)
+
+
+@reg("ScatterND")
+def scatter_nd(data, indices, updates, *, reduction="none"):
+    data = jnp.asarray(data)
+    idx = jnp.asarray(indices)
+    at = data.at[tuple(jnp.moveaxis(idx, -1, 0))]
+    ops = {"none": at.set, "add": at.add, "mul": at.multiply, "max": at.max, "min": at.min}
+    return ops[reduction](updates)
+
+
+@reg("Trilu")
+def trilu(x, k=None, *, upper=1):
+    kk = _ints(k)[0] if k is not None else 0
+    xp = _xp(x)
+    return xp.triu(x, kk) if upper else xp.tril(x, kk)
+
+
+@reg("DepthToSpace")
+def depth_to_space(x, *, blocksize, mode="DCR"):
+    n, c, h, w = x.shape
+    b = blocksize
+    if mode == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+@reg("SpaceToDepth")
+def space_to_depth(x, *, blocksize):
+    n, c, h, w = x.shape
+    b = blocksize
+    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+@reg("OneHot")
+def one_hot(indices, depth, values, *, axis=-1):
+    d = _ints(depth)[0]
+    idx = jnp.asarray(indices)
+    idx = jnp.where(idx < 0, idx + d, idx)
+    hot = jax.nn.one_hot(idx, d, axis=axis, dtype=bool)
+    off, on = values[0], values[1]
+    return jnp.where(hot, on, off)
+
+
+@reg("CumSum")
+def cumsum(x, axis, *, exclusive=0, reverse=0):
+    a = _axis(_ints(axis)[0], np.ndim(x))
+    xp = _xp(x)
+    y = xp.flip(x, a) if reverse else x
+    out = xp.cumsum(y, axis=a)
+    if exclusive:
+        out = out - y
+    return xp.flip(out, a) if reverse else out
+
+
+@reg("TopK")
+def topk(x, k, *, axis=-1, largest=1, sorted=1):  # noqa: A002 - ONNX attribute name
+    kk = _ints(k)[0]
+    a = _axis(axis, np.ndim(x))
+    xm = jnp.moveaxis(jnp.asarray(x), a, -1)
+    vals, idx = lax.top_k(xm if largest else -xm, kk)
+    if not largest:
+        vals = -vals
+    return jnp.moveaxis(vals, -1, a), jnp.moveaxis(idx, -1, a)
+
+
+def _arg(fn_name):
+    def fn(x, *, axis=0, keepdims=1, select_last_index=0):
+        xp = _xp(x)
+        a = _axis(axis, np.ndim(x))
+        y = xp.flip(x, a) if select_last_index else x
+        out = getattr(xp, fn_name)(y, axis=a)
+        if select_last_index:
+            out = np.shape(x)[a] - 1 - out
+        return xp.expand_dims(out, a) if keepdims else out
+
+    return fn
+
+
+ONNX_LOWERINGS["ArgMax"] = _arg("argmax")
+ONNX_LOWERINGS["ArgMin"] = _arg("argmin")
+
+
+# --------------------------------------------------------------------------- reductions
+def _reduction(kind: str) -> Callable[..., Any]:
+    def fn(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+        ax = _ints(axes)
+        if not ax:
+            if noop_with_empty_axes:
+                return x
+            ax = list(range(np.ndim(x)))
+        ax = tuple(_axis(a, np.ndim(x)) for a in ax)
+        xp = _xp(x)
+        kd = bool(keepdims)
+        if kind == "sum":
+            out = xp.sum(x, axis=ax, keepdims=kd)
+        elif kind == "mean":
+            out = xp.mean(x, axis=ax, keepdims=kd)
+        elif kind == "max":
+            out = xp.max(x, axis=ax, keepdims=kd)
+        elif kind == "min":
+            out = xp.min(x, axis=ax, keepdims=kd)
+        elif kind == "prod":
+            out = xp.prod(x, axis=ax, keepdims=kd)
+        elif kind == "l1":
+            out = xp.sum(xp.abs(x), axis=ax, keepdims=kd)
+        elif kind == "l2":
+            out = xp.sqrt(xp.sum(x * x, axis=ax, keepdims=kd))
+        elif kind == "sumsquare":
+            out = xp.sum(x * x, axis=ax, keepdims=kd)
+        elif kind == "logsum":
+            out = xp.log(xp.sum(x, axis=ax, keepdims=kd))
+        else:  # logsumexp
+            out = jax.scipy.special.logsumexp(x, axis=ax, keepdims=kd)
+        return _np_result(out)
+
+    return fn
+
+
+for _name, _kind in (
+    ("ReduceSum", "sum"), ("ReduceMean", "mean"), ("ReduceMax", "max"), ("ReduceMin", "min"),
+    ("ReduceProd", "prod"), ("ReduceL1", "l1"), ("ReduceL2", "l2"),
+    ("ReduceSumSquare", "sumsquare"), ("ReduceLogSum", "logsum"),
+    ("ReduceLogSumExp", "logsumexp"),
+):
+    ONNX_LOWERINGS[_name] = _reduction(_kind)
+
+
+@reg("Softmax")
+def softmax(x, *, axis=-1):
+    return jax.nn.softmax(x, axis=axis)
+
+
+@reg("LogSoftmax")
+def log_softmax(x, *, axis=-1):
+    return jax.nn.log_softmax(x, axis=axis)
+
+
+@reg("Hardmax")
+def hardmax(x, *, axis=-1):
+    a = _axis(axis, x.ndim)
+    return jax.nn.one_hot(jnp.argmax(x, axis=a), x.shape[a], axis=a, dtype=x.dtype)
+
+
+# --------------------------------------------------------------------------- matmul
+@reg("MatMul")
+def matmul(a, b):
+    return jnp.matmul(a, b)
+
+
+@reg("Gemm")
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803
+    a = a.T if transA else a
+    if transB:
+        out = lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+    else:
+        out = a @ b
+    if alpha != 1.0:
+        out = alpha * out
+    if c is not None:
+        out = out + (c if beta == 1.0 else beta * c)
+    return out
+
+
+@reg("Einsum")
+def einsum(*xs, equation):
+    return jnp.einsum(equation, *xs)
+
+
+# --------------------------------------------------------------------------- conv / pool
+def _pads(x_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+          dilations: Sequence[int], pads: Sequence[int] | None, auto_pad: str
+          ) -> list[tuple[int, int]]:
+    nsp = len(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = []
+        for n, k, s, d in zip(x_spatial, kernel, strides, dilations, strict=True):
+            total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+            small, big = total // 2, total - total // 2
+            out.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        return out
+    if auto_pad == "VALID" or not pads:
+        return [(0, 0)] * nsp
+    return [(int(pads[i]), int(pads[i + nsp])) for i in range(nsp)]
+
+
+@reg("Conv")
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+         pads=None, strides=None):
+    nsp = w.ndim - 2
+    k = tuple(w.shape[2:])
+    st = tuple(strides or (1,) * nsp)
+    dl = tuple(dilations or (1,) * nsp)
+    pp = _pads(x.shape[2:], k, st, dl, pads, auto_pad)
+    return L.conv_nd(x, w, b, st, pp, dl, group)
+
+
+@reg("ConvTranspose")
+def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                   kernel_shape=None, output_padding=None, output_shape=None, pads=None,
+                   strides=None):
+    nsp = w.ndim - 2
+    k = tuple(w.shape[2:])
+    st = tuple(strides or (1,) * nsp)
+    dl = tuple(dilations or (1,) * nsp)
+    op = list(output_padding or (0,) * nsp)
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape)[-nsp:] if output_shape is not None else [
+            n * s for n, s in zip(x.shape[2:], st, strict=True)]
+        pp = []
+        for i in range(nsp):
+            total = st[i] * (x.shape[2 + i] - 1) + op[i] + ((k[i] - 1) * dl[i] + 1) - target[i]
+            total = max(total, 0)
+            lo, hi = (total // 2, total - total // 2)
+            if auto_pad == "SAME_LOWER":
+                lo, hi = hi, lo
+            pp.append((lo, hi))
+    elif auto_pad == "VALID" or not pads:
+        pp = [(0, 0)] * nsp
+    else:
+        pp = [(int(pads[i]), int(pads[i + nsp])) for i in range(nsp)]
+    return L.conv_nd(x, w, b, st, pp, dl, group, transposed=True, output_padding=op)
+
+
+@reg("MaxPool")
+def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape,
+             pads=None, storage_order=0, strides=None):
+    nsp = len(kernel_shape)
+    st = tuple(strides or (1,) * nsp)
+    dl = tuple(dilations or (1,) * nsp)
+    pp = _pads(x.shape[2:], kernel_shape, st, dl, pads, auto_pad)
+    out = L._max_pool(x, tuple(kernel_shape), st, pp, dl, bool(ceil_mode))
+    return out, None  # Indices: only as an unused output
+
+
+@reg("AveragePool")
+def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
+                 kernel_shape, pads=None, strides=None):
+    nsp = len(kernel_shape)
+    st = tuple(strides or (1,) * nsp)
+    if dilations and any(d != 1 for d in dilations):
+        raise NotImplementedError("AveragePool: dilations other than 1 are not supported")
+    pp = _pads(x.shape[2:], kernel_shape, st, (1,) * nsp, pads, auto_pad)
+    return L._avg_pool(x, tuple(kernel_shape), st, pp, bool(ceil_mode), bool(count_include_pad))
+
+
+@reg("GlobalAveragePool")
+def global_average_pool(x):
+    return jnp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@reg("GlobalMaxPool")
+def global_max_pool(x):
+    return jnp.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@reg("LpPool")
+def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, p=2,
+            pads=None, strides=None):
+    nsp = len(kernel_shape)
+    st = tuple(strides or (1,) * nsp)
+    pp = _pads(x.shape[2:], kernel_shape, st, (1,) * nsp, pads, auto_pad)
+    k = tuple(kernel_shape)
+    total = lax.reduce_window(jnp.abs(x) ** p, 0.0, lax.add, (1, 1) + k, (1, 1) + st,
+                              [(0, 0), (0, 0)] + L._pool_pads(x.shape[2:], k, st, pp,
+                                                             (1,) * nsp, bool(ceil_mode)))
+    return total ** (1.0 / p)
+
+
+# --------------------------------------------------------------------------- normalization
+def _chan(v: Any, nd: int) -> Any:
+    return v.reshape((1, -1) + (1,) * (nd - 2))
+
+
+@reg("BatchNormalization")
+def batch_norm(x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0,
+               spatial=1):
+    if training_mode:
+        raise NotImplementedError("BatchNormalization: training_mode=1 is not supported "
+                                  "(export the model in eval mode)")
+    nd = x.ndim
+    inv = lax.rsqrt(_chan(var, nd) + epsilon)
+    return (x - _chan(mean, nd)) * inv * _chan(scale, nd) + _chan(b, nd)
+
+
+@reg("LayerNormalization")
+def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1):
+    a = _axis(axis, x.ndim)
+    ax = tuple(range(a, x.ndim))
+    mu = jnp.mean(x, axis=ax, keepdims=True)
+    var = jnp.mean(jnp.square(x - mu), axis=ax, keepdims=True)
+    inv = lax.rsqrt(var + epsilon)
+    y = (x - mu) * inv * scale
+    if b is not None:
+        y = y + b
+    return y, mu, inv
+
+
+@reg("GroupNormalization")
+def group_norm(x, scale, b, *, epsilon=1e-5, num_groups, stash_type=1):
+    n, c = x.shape[:2]
+    g = x.reshape((n, num_groups, -1))
+    mu = jnp.mean(g, axis=-1, keepdims=True)
+    var = jnp.var(g, axis=-1, keepdims=True)
+    y = ((g - mu) * lax.rsqrt(var + epsilon)).reshape(x.shape)
+    if scale.shape[0] != c:  # opset 18: one scale/bias per group
+        scale = jnp.repeat(scale, c // num_groups)
+        b = jnp.repeat(b, c // num_groups)
+    return y * _chan(scale, x.ndim) + _chan(b, x.ndim)
+
+
+@reg("InstanceNormalization")
+def instance_norm(x, scale, b, *, epsilon=1e-5):
+    ax = tuple(range(2, x.ndim))
+    mu = jnp.mean(x, axis=ax, keepdims=True)
+    var = jnp.var(x, axis=ax, keepdims=True)
+    return (x - mu) * lax.rsqrt(var + epsilon) * _chan(scale, x.ndim) + _chan(b, x.ndim)
+
+
+@reg("LpNormalization")
+def lp_normalization(x, *, axis=-1, p=2):
+    norm = jnp.sum(jnp.abs(x) ** p, axis=axis, keepdims=True) ** (1.0 / p)
+    return x / norm
+
+
+@reg("LRN")
+def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size):
+    sq = jnp.square(x)
+    lo, hi = (size - 1) // 2, size // 2
+    s = lax.reduce_window(sq, 0.0, lax.add, (1, size) + (1,) * (x.ndim - 2),
+                          (1,) * x.ndim, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
+    return x / (bias + alpha / size * s) ** beta
+
+
+# --------------------------------------------------------------------------- pad / resize
+@reg("Pad")
+def pad(x, pads, constant_value=None, axes=None, *, mode="constant"):
+    nd = np.ndim(x)
+    pv = _ints(pads)
+    ax = [_axis(a, nd) for a in _ints(axes)] if axes is not None else list(range(nd))
+    k = len(ax)
+    width = [(0, 0)] * nd
+    for i, a in enumerate(ax):
+        width[a] = (pv[i], pv[i + k])
+    crop = [slice(None)] * nd
+    for a, (lo, hi) in enumerate(width):  # negative pads crop
+        if lo < 0 or hi < 0:
+            crop[a] = slice(-lo if lo < 0 else None, hi if hi < 0 else None)
+    width = [(max(lo, 0), max(hi, 0)) for lo, hi in width]
+    xp = _xp(x)
+    if mode == "constant":
+        cv = 0 if constant_value is None else np.asarray(constant_value).reshape(-1)[0] \
+            if not _traced(constant_value) else constant_value.reshape(())
+        out = xp.pad(x, width, constant_values=cv)
+    else:
+        out = xp.pad(x, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+    return out[tuple(crop)]
+
+
+def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
+                   nearest_mode: str, cubic_a: float, exclude_outside: int,
+                   roi: tuple[float, float] | None) -> np.ndarray:
+    """``(n_out, n_in)`` interpolation matrix of one axis (ONNX Resize semantics)."""
+    o = np.arange(n_out, dtype=np.float64)
+    if coord == "half_pixel":
+        xs = (o + 0.5) / scale - 0.5
+    elif coord == "pytorch_half_pixel":
+        xs = (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(o)
+    elif coord == "align_corners":
+        xs = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(o)
+    elif coord == "asymmetric":
+        xs = o / scale
+    elif coord == "half_pixel_symmetric":
+        adj = n_out / (scale * n_in)
+        center = n_in / 2
+        off = center * (1 - adj)
+        xs = off + (o + 0.5) / scale - 0.5
+    elif coord == "tf_crop_and_resize":
+        lo, hi = roi if roi is not None else (0.0, 1.0)
+        xs = (lo * (n_in - 1) + o * (hi - lo) * (n_in - 1) / (n_out - 1) if n_out > 1
+              else 0.5 * (lo + hi) * (n_in - 1) + np.zeros_like(o))
+    else:
+        raise NotImplementedError(f"Resize: coordinate_transformation_mode={coord!r}")
+    m = np.zeros((n_out, n_in), np.float64)
+    if mode == "nearest":
+        if nearest_mode == "floor":
+            idx = np.floor(xs)
+        elif nearest_mode == "ceil":
+            idx = np.ceil(xs)
+        elif nearest_mode == "round_prefer_ceil":
+            idx = np.floor(xs + 0.5)
+        else:  # round_prefer_floor
+            idx = np.ceil(xs - 0.5)
+        idx = np.clip(idx, 0, n_in - 1).astype(int)
+        m[np.arange(n_out), idx] = 1.0
+    elif mode == "linear":
+        xs = np.clip(xs, 0, n_in - 1) if coord != "tf_crop_and_resize" else xs
+        lo = np.floor(xs).astype(int)
+        frac = xs - lo
+        for j in range(n_out):
+            a, b = int(np.clip(lo[j], 0, n_in - 1)), int(np.clip(lo[j] + 1, 0, n_in - 1))
+            m[j, a] += 1 - frac[j]
+            m[j, b] += frac[j]
+    elif mode == "cubic":
+        lo = np.floor(xs).astype(int)
+        frac = xs - lo
+        for j in range(n_out):
+            t = frac[j]
+            ws = []
+            for off in (-1, 0, 1, 2):
+                d = abs(t - off)
+                if d <= 1:
+                    w = (cubic_a + 2) * d ** 3 - (cubic_a + 3) * d ** 2 + 1
+                elif d < 2:
+                    w = cubic_a * d ** 3 - 5 * cubic_a * d ** 2 + 8 * cubic_a * d - 4 * cubic_a
+                else:
+                    w = 0.0
+                ws.append((lo[j] + off, w))
+            if exclude_outside:
+                tot = sum(w for i, w in ws if 0 <= i < n_in)
+                ws = [(i, w / tot) for i, w in ws if 0 <= i < n_in]
+            for i, w in ws:
+                m[j, int(np.clip(i, 0, n_in - 1))] += w
+    else:
+        raise NotImplementedError(f"Resize: mode={mode!r}")
+    return m
+
+
+@reg("Resize")
+def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
+           coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75,
+           exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy="stretch",
+           mode="nearest", nearest_mode="round_prefer_floor"):
+    if antialias:
+        raise NotImplementedError("Resize: antialias=1 is not supported")
+    nd = x.ndim
+    ax = [_axis(a, nd) for a in axes] if axes else list(range(nd))
+    in_sizes = [x.shape[a] for a in ax]
+    sz = _ints(sizes) if sizes is not None and np.size(sizes) else None
+    if sz is not None:
+        sc = [o / i for o, i in zip(sz, in_sizes, strict=True)]
+        if keep_aspect_ratio_policy != "stretch":
+            pick = min if keep_aspect_ratio_policy == "not_larger" else max
+            s = pick(sc)
+            sc = [s] * len(sc)
+            sz = [int(round(i * s)) for i in in_sizes]
+    else:
+        sc = [float(v) for v in np.asarray(scales).reshape(-1)]
+        sz = [int(math.floor(i * s)) for i, s in zip(in_sizes, sc, strict=True)]
+    roi_v = np.asarray(roi, np.float64).reshape(-1) if roi is not None and np.size(roi) else None
+    out = x
+    for j, a in enumerate(ax):
+        if sz[j] == in_sizes[j] and sc[j] == 1.0 and coordinate_transformation_mode != \
+                "tf_crop_and_resize":
+            continue
+        r = None if roi_v is None else (roi_v[j], roi_v[j + len(ax)])
+        m = _resize_matrix(in_sizes[j], sz[j], sc[j], mode, coordinate_transformation_mode,
+                           nearest_mode, cubic_coeff_a, exclude_outside, r)
+        if mode == "nearest":
+            idx = jnp.asarray(np.argmax(m, axis=1))
+            out = jnp.take(out, idx, axis=a)
+        else:
+            out = jnp.moveaxis(jnp.tensordot(out, jnp.asarray(m, out.dtype), axes=([a], [1])),
+                               -1, a)
+    return out
+
+
+# --------------------------------------------------------------------------- recurrent
+def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, direction,
+              hidden_size, layout, linear_before_reset=1):
+    if seq_lens is not None:
+        lens = np.asarray(seq_lens) if not _traced(seq_lens) else None
+        if lens is None or np.any(lens != (x.shape[1] if not layout else x.shape[0])):
+            raise NotImplementedError(f"{kind.upper()}: per-example sequence_lens shorter than "
+                                      "the sequence are not supported")
+    if clip is not None:
+        raise NotImplementedError(f"{kind.upper()}: the clip attribute is not supported")
+    default_acts = {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"],
+                    "rnn": ["Tanh"]}[kind]
+    ndir = 2 if direction == "bidirectional" else 1
+    if activations and [a.decode() if isinstance(a, bytes) else a for a in activations] != \
+            default_acts * ndir and not (kind == "rnn" and activations[0] in ("Relu", b"Relu")):
+        raise NotImplementedError(f"{kind.upper()}: activations {activations} are not "
+                                  "supported (only the defaults)")
+    if kind == "gru" and not linear_before_reset:
+        raise NotImplementedError("GRU: linear_before_reset=0 is not supported (torch exports "
+                                  "linear_before_reset=1)")
+    if layout:
+        x = jnp.swapaxes(x, 0, 1)
+    hsz = hidden_size
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    batch = x.shape[1]
+    zeros = jnp.zeros((ndir, batch, hsz), x.dtype)
+    h0 = zeros if h0 is None else (jnp.swapaxes(h0, 0, 1) if layout else h0)
+    if kind == "lstm":
+        c0 = zeros if c0 is None else (jnp.swapaxes(c0, 0, 1) if layout else c0)
+    params: list[Any] = []
+    for d in range(ndir):
+        wd, rd = w[d], r[d]
+        bd = b[d] if b is not None else jnp.zeros((2 * gates * hsz,), x.dtype)
+        wb, rb = bd[: gates * hsz], bd[gates * hsz:]
+        if kind == "lstm":  # ONNX gates i, o, f, c -> torch i, f, g(c), o
+            perm = np.concatenate([np.arange(k * hsz, (k + 1) * hsz) for k in (0, 2, 3, 1)])
+        elif kind == "gru":  # ONNX z, r, h -> torch r, z, n
+            perm = np.concatenate([np.arange(k * hsz, (k + 1) * hsz) for k in (1, 0, 2)])
+        else:
+            perm = np.arange(hsz)
+        params += [wd[perm], rd[perm], wb[perm], rb[perm]]
+    rnn_kind = kind if kind != "rnn" else (
+        "rnn_relu" if activations and activations[0] in ("Relu", b"Relu") else "rnn_tanh")
+    hx = [h0, c0] if kind == "lstm" else [h0]
+    if direction == "reverse":
+        x = jnp.flip(x, 0)
+    y, *states = L._rnn(rnn_kind, x, hx, params, True, 1, ndir == 2, False)
+    if direction == "reverse":
+        y = jnp.flip(y, 0)
+    seq = y.shape[0]
+    y = y.reshape(seq, batch, ndir, hsz).transpose(0, 2, 1, 3)  # (seq, dir, batch, hidden)
+    if layout:
+        y = y.transpose(2, 0, 1, 3)
+        states = [jnp.swapaxes(s, 0, 1) for s in states]
+    return (y, *states)
+
+
+@reg("LSTM")
+def lstm(x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None, *, activation_alpha=None,
+         activation_beta=None, activations=None, clip=None, direction="forward",
+         hidden_size, input_forget=0, layout=0):
+    if p is not None or input_forget:
+        raise NotImplementedError("LSTM: peepholes and input_forget are not supported")
+    return _onnx_rnn("lstm", x, w, r, b, seq_lens, h0, c0, activations=activations, clip=clip,
+                     direction=direction, hidden_size=hidden_size, layout=layout)
+
+
+@reg("GRU")
+def gru(x, w, r, b=None, seq_lens=None, h0=None, *, activation_alpha=None,
+        activation_beta=None, activations=None, clip=None, direction="forward", hidden_size,
+        layout=0, linear_before_reset=0):
+    return _onnx_rnn("gru", x, w, r, b, seq_lens, h0, None, activations=activations, clip=clip,
+                     direction=direction, hidden_size=hidden_size, layout=layout,
+                     linear_before_reset=linear_before_reset)
+
+
+@reg("RNN")
+def rnn(x, w, r, b=None, seq_lens=None, h0=None, *, activation_alpha=None,
+        activation_beta=None, activations=None, clip=None, direction="forward", hidden_size,
+        layout=0):
+    return _onnx_rnn("rnn", x, w, r, b, seq_lens, h0, None, activations=activations, clip=clip,
+                     direction=direction, hidden_size=hidden_size, layout=layout)
