@@ -284,6 +284,9 @@ class _Group:
     param_nodes: dict[str, str]  # placeholder name -> local param name
     outputs: list[str]
     index: int
+    #: static (shape) values computed inside the layer and read after it; the layer function
+    #: hands them to the outer environment, they are never layer outputs
+    static_outputs: list[str] = dataclasses.field(default_factory=list)
 
 
 def _run(instrs: Sequence[_Instr], env: dict[str, Any]) -> None:
@@ -613,13 +616,15 @@ class Converted:
                         continue
                     elif a not in inputs:
                         inputs.append(a)
-            outputs = [nm for nm in names if users[nm] - members]
+            leaving = [nm for nm in names if users[nm] - members]
+            outputs = [nm for nm in leaving if nm not in g.non_tensor]
             instrs = [by_name[nm] for nm in names]
             layer = Layer(name=info["name"], kind=info["kind"], op=info["op"],
                           param_names={v: param_ph_key[k] for k, v in pnodes.items()},
                           attrs=attrs_of(instrs))
             grp = _Group(layer, instrs, inputs, pnodes, outputs,
-                         min(ins.index for ins in instrs))
+                         min(ins.index for ins in instrs),
+                         [nm for nm in leaving if nm in g.non_tensor])
             self._groups.append(grp)
             self.layers[layer.name] = layer
             self.layer_nodes[layer.name] = tuple(names)
@@ -796,6 +801,12 @@ class Converted:
             layer_params = {loc: env[ph] for ph, loc in grp.param_nodes.items()}
             xs = [env[nm] for nm in grp.inputs]
             out = intercept(grp.layer, self._layer_fn(grp, env), layer_params, *xs)
+            for nm in grp.static_outputs:
+                if nm not in env:
+                    raise RuntimeError(
+                        f"apply: the interceptor never ran layer {grp.layer.name!r}'s "
+                        f"layer_fn, but later layers read the shape value {nm!r} computed "
+                        "inside it; call layer_fn (at least once) in the interceptor")
             if len(grp.outputs) == 1:
                 env[grp.outputs[0]] = out
             else:
@@ -813,6 +824,8 @@ class Converted:
                 local[nm] = x
             env = collections.ChainMap(local, outer)
             _run(grp.instrs, env)  # type: ignore[arg-type]
+            for nm in grp.static_outputs:  # NumPy shape values: safe to hand out
+                outer[nm] = local[nm]  # type: ignore[index]
             outs = [local[nm] for nm in grp.outputs]
             return outs[0] if len(outs) == 1 else tuple(outs)
 

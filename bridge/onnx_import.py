@@ -233,10 +233,10 @@ def _node_scopes(nodes: Sequence[Any], init_names: set[str]) -> list[_Scope]:
             raw.append((paths, cls, True))
         elif n.name.startswith("/"):  # TorchScript exporter: /layer1/layer1.0/conv1/Conv
             segs = [s for s in n.name.split("/")[1:-1] if s]
-            paths, path = [], ""
+            paths, parts = [], []
             for s in segs:
-                path = s if not path or s.startswith(path + ".") else f"{path}.{s}"
-                paths.append(path)
+                parts = _join_scope(parts, s.split("."))
+                paths.append(".".join(parts))
             raw.append((paths, {}, True))
         else:
             raw.append(([], {}, False))
@@ -260,6 +260,19 @@ def _node_scopes(nodes: Sequence[Any], init_names: set[str]) -> list[_Scope]:
         cls2 = {canon[i]: cls[p] for i, p in enumerate(paths) if p in cls}
         out.append(_Scope(canon, calls, cls2, scoped))
     return out
+
+
+def _join_scope(parts: list[str], seg: list[str]) -> list[str]:
+    """Append a TorchScript scope segment to a module path.
+
+    A segment repeats the tail of its parent's path when the parent is a container:
+    ``layer1`` + ``layer1.0`` -> ``layer1.0``; ``layer2.0.downsample`` + ``downsample.1``
+    -> ``layer2.0.downsample.1``; ``layer1.0`` + ``conv1`` -> ``layer1.0.conv1``.
+    """
+    for k in range(min(len(parts), len(seg) - 1), 0, -1):
+        if parts[-k:] == seg[:k]:
+            return parts + seg[k:]
+    return parts + seg
 
 
 # --------------------------------------------------------------------------- building
@@ -459,13 +472,23 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
                 return p, c
         return None
 
-    # pass 1: which nodes form each layer
+    # pass 1: which nodes form each layer. Shape arithmetic (static nodes) inside a module
+    # call joins that layer, so that a shape read from a tensor inside the layer and used
+    # inside it again does not cross the layer boundary twice (Converted.apply hands such
+    # values to later layers that read them).
     members: list[list[int]] = []
     info: list[dict[str, Any]] = []
     last_key = None
-    for i in live:
-        n, sc = nodes[i], scopes[i]
+    live_set = set(live)
+    for i, n in enumerate(nodes):
+        if main_instr[i] is None:
+            continue
+        sc = scopes[i]
         own = owner(i) if sc.scoped else None
+        if i not in live_set:
+            if own is not None and own == last_key:
+                members[-1].append(i)
+            continue
         if own is not None:
             if own == last_key:
                 members[-1].append(i)
@@ -478,8 +501,9 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
         kind = _op_kind(n, params)
         if kind is None or kind == "reshape":
             continue
-        if kind in ("add", "mul") and len([a for a in n.input if a and a not in static]) < 2:
-            continue
+        if kind in ("add", "mul") and len([a for a in n.input if a and a not in static
+                                           and a not in params]) < 2:
+            continue  # a sum or product of activations (residual, gate) is a layer
         members.append([i])
         info.append({"path": sc.paths[-1] if sc.paths else "", "module": False, "cls": None})
 
@@ -491,20 +515,22 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
     for ins in instrs:
         instr_names_of[node_of_instr[ins.name]].append(ins.name)
     for idx, inf in zip(members, info, strict=True):
-        kinds = [_op_kind(nodes[i], params) for i in idx]
+        kinds = [_op_kind(nodes[i], params) if i in live_set else None for i in idx]
         kind = next((k for k in _PRIORITY if k in kinds), None)
         cls = inf["cls"]
         if kind not in _WEIGHTED and cls is not None and (
                 cls in MODULE_KINDS or _module_kind(cls) != "other"):
             kind = _module_kind(cls)
         if kind is None:
-            if len(idx) == 1:
-                kind = kinds[0] if kinds[0] not in (None, "reshape") else "other"
-            elif all(nodes[i].op_type in _ELEMENTWISE for i in idx):
+            live_kinds = [k for i, k in zip(idx, kinds, strict=True) if i in live_set]
+            if len(live_kinds) == 1:
+                kind = live_kinds[0] if live_kinds[0] not in (None, "reshape") else "other"
+            elif all(nodes[i].op_type in _ELEMENTWISE for i in idx if i in live_set):
                 kind = "activation"
             else:
                 kind = "other"
-        main = next((i for i, k in zip(idx, kinds, strict=True) if k == kind), idx[0])
+        main = next((i for i, k in zip(idx, kinds, strict=True) if k == kind),
+                    next(i for i in idx if i in live_set))
         node = nodes[main]
         op = cls or node.op_type
         weighted = [nodes[i] for i, k in zip(idx, kinds, strict=True) if k in _WEIGHTED]
@@ -514,7 +540,10 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
             if w and w[0].endswith(".weight"):
                 wname = w[0][: -len(".weight")]
         if inf["module"]:
-            base = wname if kind in _WEIGHTED and wname else inf["path"]
+            # a weight of a sibling module (a BatchNorm scope holding the convolution it was
+            # folded into) names the layer; a weight inside the module does not
+            sibling = wname and not wname.startswith(inf["path"] + ".")
+            base = wname if kind in _WEIGHTED and sibling else inf["path"]
         elif scopes[main].scoped:
             parent = inf["path"]
             short = _snake(node.op_type)

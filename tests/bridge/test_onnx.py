@@ -1,0 +1,363 @@
+"""ONNX front end: zoo models exported with both torch exporters, a model built with
+``onnx.helper``, errors, layer names, and attribution methods on ONNX vs torch models.
+
+Oracles: onnxruntime for outputs (test-only dependency), torch autograd for gradients.
+Tolerance (bridge_harness): ``|jax - ref| <= 1e-5 * |ref| + 1e-5 * max|ref|`` per element.
+Exporters: ``torch.onnx.export(dynamo=False, do_constant_folding=False)`` ("torchscript")
+and ``torch.onnx.export(dynamo=True)`` ("dynamo", whose optimizer folds BatchNorm into the
+convolutions). The TorchScript exporter cannot export three zoo models, an exporter
+limitation, so those run with the dynamo exporter only: VGG-11 and the pools case
+(adaptive pooling to a size that does not divide the input), BERT (its forward signature)
+and GPT-2 (``aten::diff``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch_models as tm
+from bridge_harness import assert_close
+
+from jaxattr import bridge
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+logging.getLogger("torch.onnx").setLevel(logging.CRITICAL)
+
+TS_CANNOT_EXPORT = {"vgg11", "op_pools", "hf_bert", "hf_gpt2"}
+
+
+def _zoo():
+    torch.manual_seed(0)
+    from test_bridge_ops import CASES
+
+    ops = {f"op_{k}": (m, (x,)) for k, (m, x) in CASES.items()
+           if k in ("pools", "norms", "upsample", "pads", "activations", "mha_masks",
+                    "conv_transpose2d_groups", "indexing_shapes", "elementwise_reductions")}
+    return {
+        "seed_cnn": (tm.seed_cnn(), (torch.randn(3, 3, 32, 32),)),
+        "resnet18": (tm.randomize_norm_stats(tm.resnet18(10)), (torch.randn(3, 3, 32, 32),)),
+        "vgg11": (tm.vgg11(10, width_div=8), (torch.randn(3, 3, 32, 32),)),
+        "mobilenet": (tm.randomize_norm_stats(tm.mobilenet_small()),
+                      (torch.randn(3, 3, 32, 32),)),
+        "lstm": (tm.LSTMClassifier(), (torch.randint(1, 50, (3, 7)),)),
+        "gru": (tm.GRUClassifier(), (torch.randn(3, 7, 8),)),
+        "hf_bert": (tm.hf_bert(), (torch.randint(1, 100, (3, 9)),)),
+        "hf_gpt2": (tm.hf_gpt2(), (torch.randint(1, 100, (3, 9)),)),
+        "hf_vit": (tm.hf_vit(), (torch.randn(3, 3, 32, 32),)),
+        "hf_resnet": (tm.hf_resnet(), (torch.randn(3, 3, 32, 32),)),
+        "hf_convnext": (tm.hf_convnext(), (torch.randn(3, 3, 32, 32),)),
+        **ops,
+    }
+
+
+def _jitter(zoo):
+    """Perturb every parameter: the dynamo exporter merges initializers with equal values
+    (all LayerNorm biases start at zero), which would tie parameters torch keeps apart."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for model, _ in zoo.values():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return zoo
+
+
+ZOO = _jitter(_zoo())
+CASES = [(name, exp) for name in ZOO for exp in ("torchscript", "dynamo")
+         if not (exp == "torchscript" and name in TS_CANNOT_EXPORT)]
+
+
+def export(model, inputs, path, exporter):
+    """Export with a dynamic batch dimension; quiet (the exporters print progress)."""
+    names = [f"in{i}" for i in range(len(inputs))]
+    with tm._no_torchvision_stub(), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(model, inputs, str(path), dynamo=False, do_constant_folding=False,
+                              opset_version=17, input_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in names})
+        else:
+            torch.onnx.export(model, inputs, str(path), dynamo=True, input_names=names,
+                              dynamic_shapes=tuple({0: torch.export.Dim("batch")}
+                                                   for _ in inputs))
+    return str(path)
+
+
+def first_output(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    return out["logits"] if "logits" in out else out[0]
+
+
+@pytest.mark.parametrize("name,exporter", CASES, ids=[f"{n}-{e}" for n, e in CASES])
+def test_zoo_matches_onnxruntime_and_torch_autograd(name, exporter, tmp_path):
+    model, xs = ZOO[name]
+    model = model.eval()
+    path = export(model, xs, tmp_path / "m.onnx", exporter)
+    conv = bridge.from_onnx(path)
+
+    sess = ort.InferenceSession(path)
+    ref = sess.run(None, {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs,
+                                                            strict=True)})
+    jin = [jnp.asarray(x.numpy()) for x in xs]
+    out = jax.jit(conv.fn)(conv.params, *jin)
+    outs = out if isinstance(out, tuple) else (out,)
+    assert len(outs) == len(ref)
+    for i, (a, b) in enumerate(zip(outs, ref, strict=True)):
+        assert_close(a, b, what=f"{name}/{exporter} output {i}")
+
+    # gradients against torch autograd: the input's for float inputs, else the parameters'
+    tin = [x.clone().requires_grad_(x.is_floating_point()) for x in xs]
+    model.zero_grad(set_to_none=True)
+    tout = first_output(model(*tin))
+    cot = np.random.default_rng(0).standard_normal(tout.shape).astype(np.float32)
+    (tout * torch.from_numpy(cot)).sum().backward()
+
+    def loss(params, *x):
+        o = conv.fn(params, *x)
+        return (jnp.asarray(o[0] if isinstance(o, tuple) else o) * cot).sum()
+
+    if xs[0].is_floating_point():
+        g = jax.jit(jax.grad(loss, argnums=1))(conv.params, *jin)
+        want = tin[0].grad.numpy()
+        finite = np.isfinite(want)  # rsqrt of negatives etc.: NaN on both sides
+        np.testing.assert_array_equal(np.isfinite(np.asarray(g)), finite)
+        assert_close(np.where(finite, g, 0), np.where(finite, want, 0),
+                     what=f"{name}/{exporter} input grad")
+    else:
+        gp = jax.jit(jax.grad(loss))(conv.params, *jin)
+        torch_grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+        shared = [k for k in gp if k in torch_grads and gp[k].shape == torch_grads[k].shape]
+        # the dynamo exporter folds some weights into new initializers (val_111: an LSTM's
+        # stacked gates; a position-embedding lookup) whose gradients have no torch name
+        assert len(shared) >= 3, (sorted(gp), sorted(torch_grads))
+        floor = 1e-3 * max(float(g.abs().max()) for g in torch_grads.values())
+        for k in shared:
+            assert_close(gp[k], torch_grads[k], what=f"{name}/{exporter} grad {k}",
+                         scale_floor=floor)
+
+
+@pytest.fixture(scope="module")
+def resnets(tmp_path_factory):
+    """Torch ResNet-18, bridged, and exported with both exporters (BN kept and folded)."""
+    torch.manual_seed(1)
+    model = tm.randomize_norm_stats(tm.resnet18(num_classes=10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    d = tmp_path_factory.mktemp("onnx")
+    return (model, bridge.from_torch(model, x),
+            bridge.from_onnx(export(model, (x,), d / "ts.onnx", "torchscript")),
+            bridge.from_onnx(export(model, (x,), d / "dy.onnx", "dynamo")),
+            np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32))
+
+
+def test_layer_names_follow_the_torch_module_tree(resnets):
+    _, conv, ts, dy, _ = resnets
+    # BatchNorm kept (TorchScript exporter): the very layers of the torch bridge
+    assert list(ts.layers) == list(conv.layers)
+    assert [layer.kind for layer in ts.layers.values()] == [
+        layer.kind for layer in conv.layers.values()]
+    assert ts.layers["layer1.0.bn1"].param_names == {
+        "weight": "layer1.0.bn1.weight", "bias": "layer1.0.bn1.bias",
+        "running_mean": "layer1.0.bn1.running_mean", "running_var": "layer1.0.bn1.running_var"}
+    assert ts.output_layer("layer4") == conv.output_layer("layer4") == "layer4.1.relu:1"
+    assert ts.module_layers("layer2.0.downsample") == conv.module_layers("layer2.0.downsample")
+    # BatchNorm folded by the dynamo exporter's optimizer: convolutions keep their names
+    no_bn = [n for n, layer in conv.layers.items() if layer.kind != "batch_norm"]
+    assert list(dy.layers) == no_bn
+    assert dy.layers["layer1.0.conv1"].kind == "conv"
+    assert set(dy.layers["layer1.0.conv1"].param_names) == {"weight", "bias"}
+    assert not any(layer.kind == "batch_norm" for layer in dy.layers.values())
+
+
+def test_lrp_composite_and_grad_cam_agree_with_the_torch_model(resnets):
+    import jaxattr
+
+    _, conv, ts, dy, x = resnets
+    kwargs = dict(composite=jaxattr.epsilon_plus_flat(), target=[2, 5],
+                  canonizers=[jaxattr.merge_batch_norm, jaxattr.residual_sums])
+    ref = jaxattr.lrp(conv, x, **kwargs)
+    assert_close(jaxattr.lrp(ts, x, **kwargs), ref, what="LRP, BatchNorm kept")
+    # folded by the exporter instead of by merge_batch_norm: the merged BatchNorm still
+    # divides by sqrt(1 + eps) (Zennit's convention), hence the looser tolerance
+    assert_close(jaxattr.lrp(dy, x, **kwargs), ref, rtol=1e-4, atol=1e-4, what="LRP, folded")
+    cam = jaxattr.grad_cam(conv, x, "layer4", target=[3, 4])
+    for m in (ts, dy):
+        assert_close(jaxattr.grad_cam(m, x, "layer4", target=[3, 4]), cam, what="Grad-CAM")
+    tap = jaxattr.layer_gradient_x_activation(conv, x, "layer4.1.conv2", target=1)
+    assert_close(jaxattr.layer_gradient_x_activation(ts, x, "layer4.1.conv2", target=1), tap)
+
+
+def test_dynamic_batch_jit_and_vmap(resnets):
+    _, _, _, dy, x = resnets
+    f = jax.jit(dy.fn)
+    batched = f(dy.params, np.concatenate([x, x[:1]]))
+    for b in (1, 2, 3):  # one conversion, any batch size
+        assert f(dy.params, np.concatenate([x, x[:1]])[:b]).shape == (b, 10)
+
+    def one(xi):
+        return dy.fn(dy.params, xi[None])[0]
+
+    assert_close(jax.jit(jax.vmap(one))(np.concatenate([x, x[:1]])), batched, what="vmap")
+    # initializers are params: gradients reach them, weight noise changes the output
+    g = jax.grad(lambda p: dy.fn(p, x).sum())(dy.params)
+    assert set(g) == set(dy.params) and float(jnp.abs(g["fc.weight"]).sum()) > 0
+
+
+# --------------------------------------------------------------------------- onnx.helper
+def _init(name, arr):
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def helper_model(opset=17):
+    """A small CNN written directly with onnx.helper: no torch involved."""
+    rng = np.random.default_rng(0)
+    f32 = lambda *s: rng.normal(size=s).astype(np.float32) * 0.5  # noqa: E731
+    inits = [
+        _init("conv.weight", f32(6, 3, 3, 3)), _init("conv.bias", f32(6)),
+        _init("bn.scale", 1 + f32(6) * 0.2), _init("bn.bias", f32(6)),
+        _init("bn.mean", f32(6) * 0.2), _init("bn.var", 1 + np.abs(f32(6))),
+        _init("up.scales", np.array([1, 1, 2, 2], np.float32)),
+        _init("pads", np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64)),
+        _init("split", np.array([2, 4], np.int64)),
+        _init("fc.weight", f32(12, 5)), _init("fc.bias", f32(5)),
+        _init("shape", np.array([0, -1], np.int64)), _init("half", np.array(0.5, np.float32)),
+    ] + ([_init("axes", np.array([2, 3], np.int64))] if opset >= 18 else [])
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["c"], name="conv",
+                         auto_pad="SAME_UPPER", strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean",
+                                                "bn.var"], ["b"], name="bn", epsilon=1e-3),
+        helper.make_node("LeakyRelu", ["b"], ["a"], name="act", alpha=0.1),
+        helper.make_node("Resize", ["a", "", "up.scales"], ["u"], name="up", mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("Pad", ["u", "pads"], ["p"], name="pad", mode="reflect"),
+        helper.make_node("MaxPool", ["p"], ["m"], name="pool", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Split", ["m", "split"], ["s0", "s1"], name="split", axis=1),
+        helper.make_node("Sigmoid", ["s0"], ["g0"], name="gate"),
+        helper.make_node("Mul", ["s0", "g0"], ["swish"], name="swish"),
+        helper.make_node("Tanh", ["s1"], ["t1"], name="tanh"),
+        helper.make_node("Concat", ["swish", "t1"], ["cat"], name="cat", axis=1),
+        helper.make_node("AveragePool", ["cat"], ["ap"], name="avg", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Mul", ["ap", "half"], ["aph"], name="scale"),
+        *[helper.make_node(op, [src], [dst], name=dst, axes=[2, 3], keepdims=1)
+          if opset < 18 else helper.make_node(op, [src, "axes"], [dst], name=dst, keepdims=1)
+          for op, src, dst in (("ReduceMean", "ap", "gap"), ("ReduceMax", "aph", "gmp"))],
+        helper.make_node("Concat", ["gap", "gmp"], ["feat"], name="feat", axis=1),
+        helper.make_node("Reshape", ["feat", "shape"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "helper_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_helper_built_model_matches_onnxruntime(opset):
+    model = helper_model(opset)
+    onnx.checker.check_model(model)
+    conv = bridge.from_onnx(model)
+    x = np.random.default_rng(1).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert_close(jax.jit(conv.fn)(conv.params, x), ref, what="helper model")
+    assert [(n, layer.kind) for n, layer in conv.layers.items()] == [
+        ("conv", "conv"), ("bn", "batch_norm"), ("act", "activation"), ("up", "upsample"),
+        ("pool", "max_pool"), ("gate", "activation"), ("swish", "mul"),
+        ("tanh", "activation"), ("avg", "avg_pool"), ("fc", "linear"),
+        ("softmax", "softmax")]
+    assert conv.layers["bn"].attrs["eps"] == pytest.approx(1e-3)
+    assert conv.layers["fc"].param_names == {"kernel": "fc.weight", "bias": "fc.bias"}
+    assert "up.scales" in conv.constants and "up.scales" not in conv.params
+    # input gradient: a directional derivative against onnxruntime's finite differences
+    v = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString())
+    w = np.random.default_rng(3).normal(size=ref.shape).astype(np.float32)
+    h = 1e-2
+    fd = ((sess.run(None, {"x": x + h * v})[0] - sess.run(None, {"x": x - h * v})[0])
+          * w).sum() / (2 * h)
+    g = jax.grad(lambda x: (conv.fn(conv.params, x) * w).sum())(x)
+    assert float((np.asarray(g) * v).sum()) == pytest.approx(float(fd), rel=2e-2, abs=1e-4)
+
+
+def test_old_opset_is_upgraded_and_external_data_is_loaded(tmp_path):
+    nodes = [  # opset 11 spellings: split sizes and squeeze axes are attributes
+        helper.make_node("Split", ["x"], ["a", "b"], axis=1, split=[1, 2]),
+        helper.make_node("Relu", ["a"], ["ra"]),
+        helper.make_node("Concat", ["b", "ra"], ["c"], axis=1),
+        helper.make_node("Unsqueeze", ["c"], ["u"], axes=[1]),
+        helper.make_node("Squeeze", ["u"], ["y"], axes=[1]),
+    ]
+    old = helper.make_model(helper.make_graph(
+        nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])]),
+        opset_imports=[helper.make_opsetid("", 11)])
+    with pytest.warns(UserWarning, match="opset 11 upgraded to 13"):
+        conv = bridge.from_onnx(old)
+    v = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0]], np.float32)
+    assert_close(conv(v), ort.InferenceSession(old.SerializeToString()).run(None, {"x": v})[0])
+
+    x = np.ones((1, 3, 16, 16), np.float32)
+    path = tmp_path / "ext.onnx"
+    onnx.save(helper_model(17), str(path), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    assert (tmp_path / "ext.data").exists()
+    ext = bridge.from_onnx(path)
+    assert_close(ext(x), bridge.from_onnx(helper_model(17))(x), what="external data")
+
+
+# --------------------------------------------------------------------------- errors
+def test_unsupported_operators_are_listed_before_anything_runs():
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"], name="where_nonzero"),
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("MyOp", ["r"], ["y"], name="custom", domain="my.domain"),
+        helper.make_node("NonZero", ["r"], ["nz2"], name="second_nonzero"),
+    ]
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("nz", TensorProto.INT64, [2, "k"]),
+         helper.make_tensor_value_info("nz2", TensorProto.INT64, [2, "k2"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("my.domain", 1)])
+    with pytest.raises(bridge.UnsupportedOpsError) as e:
+        bridge.from_onnx(model)
+    assert e.value.ops == {"NonZero": ["where_nonzero", "second_nonzero"],
+                           "my.domain::MyOp": ["custom"]}
+    msg = str(e.value)
+    assert "ai.onnx opset 17; nodes: where_nonzero, second_nonzero" in msg
+    assert "my.domain opset 1; nodes: custom" in msg and "register_onnx_lowering" in msg
+
+
+def test_a_file_that_is_not_onnx_or_is_truncated_is_refused_clearly(tmp_path):
+    good = helper_model(17).SerializeToString()
+    cases = {"truncated.onnx": good[: len(good) // 2], "text.onnx": b"hello, not a model\n",
+             "empty.onnx": b"", "tail.onnx": good[: 40]}
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(bridge.OnnxFormatError, match="model: .*" + name):
+            bridge.from_onnx(p)
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        bridge.from_onnx(tmp_path / "missing.onnx")
+    with pytest.raises(TypeError, match="model: expected a path"):
+        bridge.from_onnx(42)
+    broken = helper_model(17)
+    broken.graph.node[1].input[0] = "undefined_value"
+    with pytest.raises(bridge.OnnxFormatError, match="not a valid ONNX model"):
+        bridge.from_onnx(broken)
