@@ -1365,7 +1365,8 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
             xs = x if d == 0 else jnp.flip(x, 0)
             xw = _dense(xs, w_ih)  # all time steps in one matmul
             if b_ih is not None:
-                xw = xw + (b_ih + b_hh if kind == "lstm" else b_ih)
+                # GRU adds b_hh inside the reset gate; LSTM and plain RNNs add both here
+                xw = xw + (b_ih if kind == "gru" else b_ih + b_hh)
             init = tuple(h[k] for h in hx)
             if kind == "lstm":
                 def step(carry, xt, w_hh=w_hh):

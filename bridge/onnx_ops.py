@@ -704,11 +704,11 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
         pp = []
         for i in range(nsp):
             total = st[i] * (x.shape[2 + i] - 1) + op[i] + ((k[i] - 1) * dl[i] + 1) - target[i]
-            total = max(total, 0)
-            lo, hi = (total // 2, total - total // 2)
-            if auto_pad == "SAME_LOWER":
-                lo, hi = hi, lo
-            pp.append((lo, hi))
+            if total < 0:  # a larger output than the natural one: extra zeros at the end
+                op[i] -= total
+                total = 0
+            small, big = total // 2, total - total // 2
+            pp.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
     elif auto_pad == "VALID" or not pads:
         pp = [(0, 0)] * nsp
     else:

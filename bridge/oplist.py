@@ -3,6 +3,7 @@
 Usage:
     python -m jaxattr.bridge.oplist              # markdown to stdout
     python -m jaxattr.bridge.oplist --write docs/bridge.md
+    python -m jaxattr.bridge.oplist --onnx --write docs/onnx.md
 
 With ``--write`` the text between the markers ``<!-- oplist:start -->`` and
 ``<!-- oplist:end -->`` in the given file is replaced.
@@ -15,6 +16,7 @@ import collections
 import re
 
 from .lowerings import supported_ops
+from .onnx_import import MIN_OPSET, supported_onnx_ops
 
 START, END = "<!-- oplist:start -->", "<!-- oplist:end -->"
 
@@ -46,6 +48,21 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def render_onnx() -> str:
+    """The supported ONNX operators as markdown, generated from the ONNX lowering table.
+
+    Returns:
+        A markdown string.
+
+    Example:
+        >>> "`LSTM`" in render_onnx()
+        True
+    """
+    ops = supported_onnx_ops()
+    return (f"{len(ops)} operators (default domain, opset {MIN_OPSET} and newer): "
+            + ", ".join(f"`{o}`" for o in ops))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring).
 
@@ -58,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = argparse.ArgumentParser(description="List the ops jaxattr.bridge can lower.")
     ap.add_argument("--write", metavar="FILE", help="replace the oplist section of FILE")
+    ap.add_argument("--onnx", action="store_true", help="list the ONNX operators instead")
     args = ap.parse_args(argv)
-    text = render()
+    text = render_onnx() if args.onnx else render()
     if not args.write:
         print(text)
         return 0

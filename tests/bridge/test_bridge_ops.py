@@ -39,6 +39,11 @@ CASES = {
         4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)), img(4, 5, 5)),
     "conv_transpose1d": (Fn(lambda m, x: m.c(x), c=nn.ConvTranspose1d(3, 2, 4, stride=3)),
                          torch.randn(3, 3, 6)),
+    "rnn_relu_bidirectional": (Fn(lambda m, x: m.rnn(x)[0] * m.rnn(x)[1].mean((0, 2))[:, None,
+                                                                                   None],
+                                  rnn=nn.RNN(3, 4, num_layers=2, nonlinearity="relu",
+                                             bidirectional=True, batch_first=True)),
+                               torch.randn(3, 5, 3)),
     "pools": (Fn(lambda m, x: torch.cat([
         F.max_pool2d(x, 3, 2, 1, ceil_mode=True).flatten(1),
         F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False).flatten(1),
