@@ -481,3 +481,28 @@ def test_single_operators_match_onnxruntime(case):
             np.testing.assert_array_equal(np.asarray(a), b, err_msg=f"{op} output {i}")
         else:
             assert_close(a, b, what=f"{op} output {i}")
+
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3)])
+def test_batch_first_recurrent_layout_equals_the_sequence_first_one(op, gates):
+    """onnxruntime has no ``layout=1``: compare it with ``layout=0`` on transposed data."""
+    arrays = {"x": _f(5, 2, 3), "W": _f(2, gates * 4, 3), "R": _f(2, gates * 4, 4),
+              "B": _f(2, gates * 8)}
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}
+    outs = {}
+    for layout in (0, 1):
+        inits = [numpy_helper.from_array(v, k) for k, v in arrays.items() if k != "x"]
+        shape = [5, 2, 3] if layout == 0 else [2, 5, 3]
+        node = helper.make_node(op, ["x", "W", "R", "B"], ["y", "h"], hidden_size=4,
+                                direction="bidirectional", layout=layout, **extra)
+        graph = helper.make_graph(
+            [node], "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+             helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], inits)
+        model = onnx.shape_inference.infer_shapes(helper.make_model(graph))
+        x = arrays["x"] if layout == 0 else arrays["x"].swapaxes(0, 1)
+        outs[layout] = bridge.from_onnx(model)(x)
+    y0, h0 = outs[0]
+    y1, h1 = outs[1]
+    assert_close(np.transpose(y1, (1, 2, 0, 3)), y0, what=f"{op} Y")  # (b, s, d, h)
+    assert_close(np.swapaxes(h1, 0, 1), h0, what=f"{op} Y_h")
