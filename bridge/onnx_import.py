@@ -25,6 +25,7 @@ that still says which module it was.
 
 from __future__ import annotations
 
+import ast
 import collections
 import os
 import re
@@ -221,9 +222,9 @@ def _node_scopes(nodes: Sequence[Any], init_names: set[str]) -> list[_Scope]:
         scopes = md.get("pkg.torch.onnx.name_scopes")
         if scopes is not None:  # dynamo exporter: full module paths, last entry the op
             try:
-                names = [str(s) for s in eval(scopes, {"__builtins__": {}})]  # noqa: S307
-                classes = [str(s) for s in eval(md.get("pkg.torch.onnx.class_hierarchy", "[]"),
-                                                {"__builtins__": {}})]  # noqa: S307
+                names = [str(s) for s in ast.literal_eval(scopes)]
+                classes = [str(s) for s in ast.literal_eval(
+                    md.get("pkg.torch.onnx.class_hierarchy", "[]"))]
             except Exception:  # noqa: BLE001 - malformed metadata: no scope
                 names, classes = [], []
             paths = [s for s in names[1:-1] if s and not s.startswith("_empty")]
