@@ -38,7 +38,7 @@ from jaxattr._composites import (
     layer_map_base,
 )
 from jaxattr._core import one_hot_max, select_target
-from jaxattr._dataset import AttributionStore, attribute_dataset
+from jaxattr._dataset import AttributionStore, ResumeMismatchError, attribute_dataset
 from jaxattr._extremal import (
     extremal_perturbation,
     smooth_mask,
@@ -163,6 +163,7 @@ __all__ = [
     "Attached",
     "attribute_dataset",
     "AttributionStore",
+    "ResumeMismatchError",
     "beta_smooth",
     "canonize",
     "Canonized",

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import jaxattr
+from jaxattr.structure import Layer, default_intercept
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,6 +68,24 @@ SHARDED_SCRIPT = textwrap.dedent(
     np.testing.assert_allclose(a1, r1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a2, r2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(delta, rdelta, rtol=1e-4, atol=1e-5)
+
+    # a random method resumed on a mesh whose size divides the recorded padding multiple
+    # pads as the uninterrupted run did, so its draws are the same; another mesh size raises
+    sg = dict(key=jax.random.key(5), n_iter=3, show_progress=False)
+    xb = [(x[0:8], t[0:8]), (x[8:16], t[8:16]), (x[16:19], t[16:19])]  # 8, 8, 3 rows
+    full = jaxattr.attribute_dataset(jaxattr.smoothgrad, fn, xb, out=sys.argv[1] + "_a", **sg)
+    jaxattr.attribute_dataset(jaxattr.smoothgrad, fn, xb[:2], out=sys.argv[1] + "_b", **sg)
+    four = Mesh(np.asarray(jax.devices()[:4]), ("batch",))
+    resumed = jaxattr.attribute_dataset(jaxattr.smoothgrad, fn, xb, out=sys.argv[1] + "_b",
+                                        mesh=four, **sg)
+    np.testing.assert_allclose(resumed.load(), full.load(), rtol=1e-5, atol=1e-6)
+    three = Mesh(np.asarray(jax.devices()[:3]), ("batch",))
+    try:
+        jaxattr.attribute_dataset(jaxattr.smoothgrad, fn, xb, out=sys.argv[1] + "_b",
+                                  mesh=three, **sg)
+        raise AssertionError("a 3-device resume of 8-row padded draws did not raise")
+    except jaxattr.ResumeMismatchError as e:
+        assert e.fields == {"padding": (8, 24)}, e.fields
     print("OK")
     """
 )
@@ -205,3 +224,279 @@ def test_processes_take_strided_batches_and_store_merges_indexes(tmp_path, monke
         assert (out / f"index-p0000{p}.json").exists()
     assert store.batch_indices == [0, 1, 2]
     np.testing.assert_allclose(store.load(), jaxattr.saliency(fn, x, target=0), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Resumable runs that cannot mix
+# --------------------------------------------------------------------------------------
+
+
+class Dense:
+    """A one-layer structured model (``params`` and ``layers``)."""
+
+    def __init__(self, w):
+        self.params = {"w": w}
+        self.layers = {"fc": Layer("fc", "linear", param_names={"weight": "w"})}
+
+    def apply(self, params, x, intercept=None):
+        intercept = intercept or default_intercept
+        return intercept(
+            self.layers["fc"], lambda q, v: jnp.tanh(v) @ q["weight"], {"weight": params["w"]}, x
+        )
+
+    def __call__(self, x):
+        return self.apply(self.params, x)
+
+
+def _counting(method):
+    calls = []
+
+    def counting(fn, x, **kw):
+        calls.append(x.shape[0])
+        return method(fn, x, **kw)
+
+    return counting, calls
+
+
+FIELDS = {"method", "target", "model.structure", "model.weights", "inputs", "key"}
+
+
+def test_index_stores_the_fingerprint_and_shard_shapes(tmp_path):
+    x, batches = _batches()
+    out = tmp_path / "fp"
+    store = jaxattr.attribute_dataset(
+        jaxattr.integrated_gradients,
+        fn,
+        batches,
+        out=out,
+        target=2,
+        n_steps=4,
+        multiply_by_inputs=False,
+        show_progress=False,
+    )
+    index = json.loads((out / "index.json").read_text())
+    assert index["format"] == "jaxattr-dataset/2"
+    fp = index["fingerprint"]
+    assert set(fp) == FIELDS | {"options.n_steps", "options.multiply_by_inputs"}
+    assert all(len(d) == 64 and int(d, 16) >= 0 for d in fp.values())
+    assert store.fingerprint == fp
+    assert index["fingerprint_summary"]["options.n_steps"] == '["int", "4"]'
+    assert index["padding"] == {"size": 4, "multiple": 1}
+    assert index["batches"]["2"] == {
+        "n": 2,
+        "files": ["b0000002_0.npy"],
+        "leaves": [{"shape": [2, 4], "dtype": "float32"}],
+    }
+    assert not [n for n in os.listdir(out) if ".tmp" in n]  # temporary files renamed
+
+
+def _make_fn(w):
+    return lambda x: jnp.tanh(x) @ w
+
+
+SG = jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=2, stdevs=0.1)
+CHANGES = {
+    # name: (first run's (method, fn, kwargs), the resume's, the fields that differ)
+    "target": (
+        (jaxattr.integrated_gradients, fn, {"target": 2, "n_steps": 4}),
+        (jaxattr.integrated_gradients, fn, {"target": 1, "n_steps": 4}),
+        {"target"},
+    ),
+    "option": (
+        (jaxattr.integrated_gradients, fn, {"target": 2, "n_steps": 4}),
+        (
+            jaxattr.integrated_gradients,
+            fn,
+            {"target": 2, "n_steps": 4, "multiply_by_inputs": False},
+        ),
+        {"options.multiply_by_inputs"},
+    ),
+    "option value": (
+        (jaxattr.integrated_gradients, fn, {"target": 2, "n_steps": 4}),
+        (jaxattr.integrated_gradients, fn, {"target": 2, "n_steps": 8}),
+        {"options.n_steps"},
+    ),
+    "array option": (
+        (jaxattr.integrated_gradients, fn, {"target": 2, "baselines": np.zeros((1, 4))}),
+        (jaxattr.integrated_gradients, fn, {"target": 2, "baselines": np.ones((1, 4))}),
+        {"options.baselines"},
+    ),
+    "model weights": (
+        (jaxattr.saliency, Dense(W), {"target": 0}),
+        (jaxattr.saliency, Dense(W * 2), {"target": 0}),
+        {"model.weights"},
+    ),
+    "closure weights": (
+        (jaxattr.saliency, _make_fn(W), {"target": 0}),
+        (jaxattr.saliency, _make_fn(W + 1e-3), {"target": 0}),
+        {"model.weights"},
+    ),
+    "model structure": (
+        (jaxattr.saliency, Dense(W), {"target": 0}),
+        (jaxattr.saliency, fn, {"target": 0}),
+        {"model.structure"},
+    ),
+    "method": (
+        (jaxattr.saliency, fn, {"target": 0}),
+        (jaxattr.gradient, fn, {"target": 0}),
+        {"method"},
+    ),
+    "wrapper option": (
+        (SG, fn, {"target": 0, "key": jax.random.key(0)}),
+        (
+            jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=3, stdevs=0.1),
+            fn,
+            {"target": 0, "key": jax.random.key(0)},
+        ),
+        {"method"},
+    ),
+    "key": (
+        (SG, fn, {"target": 0, "key": jax.random.key(0)}),
+        (SG, fn, {"target": 0, "key": jax.random.key(1)}),
+        {"key"},
+    ),
+}
+
+
+def _written(out):
+    """Every file of ``out`` with its inode and mtime: a rewrite changes both."""
+    return {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in os.listdir(out)}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_resume_with_a_difference_raises_naming_the_fields(tmp_path, change):
+    (m1, f1, kw1), (m2, f2, kw2), fields = CHANGES[change]
+    x, batches = _batches()
+    out = tmp_path / "attr"
+    jaxattr.attribute_dataset(m1, f1, batches, out=out, show_progress=False, **kw1)
+    stored = json.loads((out / "index.json").read_text())["fingerprint"]
+    before = _written(out)
+    with pytest.raises(jaxattr.ResumeMismatchError) as info:
+        jaxattr.attribute_dataset(m2, f2, batches, out=out, show_progress=False, **kw2)
+    e = info.value
+    assert isinstance(e, ValueError)
+    assert set(e.fields) == fields, e.fields
+    msg = str(e)
+    assert msg.endswith("pass resume=False to overwrite, or another out")
+    for field in fields:
+        old, new = e.fields[field]
+        assert old == stored.get(field) and new is not None and new != old
+        assert f"  {field}: {old[:16] if old else 'absent'}" in msg and new[:16] in msg
+    if change == "method":
+        assert "holds results of method 'saliency', not 'gradient'" in msg
+    assert _written(out) == before  # nothing computed, written or appended
+    # resume=False starts over with the new settings
+    store = jaxattr.attribute_dataset(
+        m2, f2, batches, out=out, resume=False, show_progress=False, **kw2
+    )
+    assert len(store) == 10 and store.fingerprint != stored
+
+
+def test_resume_with_the_same_settings_skips(tmp_path):
+    x, batches = _batches()
+    out = tmp_path / "attr"
+    jaxattr.attribute_dataset(
+        SG, Dense(W), batches, out=out, target=0, key=jax.random.key(3), show_progress=False
+    )
+    stored = json.loads((out / "index.json").read_text())["fingerprint"]
+    before = _written(out)
+    # equal but new objects: another wrapper, a model with equal (numpy) weights, a new key
+    store = jaxattr.attribute_dataset(
+        jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=2, stdevs=0.1),
+        Dense(np.asarray(W)),
+        [np.asarray(b) for b in batches],
+        out=out,
+        target=0,
+        key=jax.random.key(3),
+        show_progress=False,
+    )
+    assert _written(out) == before  # every batch skipped, nothing rewritten
+    assert store.fingerprint == stored and len(store) == 10
+
+
+@pytest.mark.parametrize(
+    "method, kw",
+    [
+        (jaxattr.smoothgrad, {"n_iter": 4, "noise_level": 0.5}),
+        (jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=3, stdevs=0.5), {}),
+    ],
+    ids=["smoothgrad", "noise_tunnel"],
+)
+def test_resumed_random_method_is_bit_identical(tmp_path, method, kw):
+    x, batches = _batches()  # 4, 4, 2 rows
+    seen = []
+
+    def spy(fn, x, key, **k):  # records the padded batch size
+        seen.append(x.shape[0])
+        return method(fn, x, key=key, **k)
+
+    kw = dict(kw, target=1, key=jax.random.key(7), show_progress=False)
+    whole = jaxattr.attribute_dataset(spy, fn, batches, **kw)
+    assert seen == [4, 4, 4]
+
+    def interrupted():
+        yield from batches
+        raise RuntimeError("interrupted")  # batches 0 and 1 are written, batch 2 is not
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        jaxattr.attribute_dataset(spy, fn, interrupted(), out=tmp_path / "cut", **kw)
+    assert jaxattr.AttributionStore(tmp_path / "cut").batch_indices == [0, 1]
+    index = json.loads((tmp_path / "cut" / "index.json").read_text())
+    assert index["padding"] == {"size": 4, "multiple": 1}
+    seen.clear()
+    resumed = jaxattr.attribute_dataset(spy, fn, batches, out=tmp_path / "cut", **kw)
+    assert seen == [4]  # only batch 2, padded to the first batch's 4 rows as before
+    assert resumed.batch_indices == [0, 1, 2]
+    np.testing.assert_array_equal(resumed.load(), whole)  # bit-identical
+    # resumed from batch 1 too (batch 1's entry dropped, as if never written)
+    del index["batches"]["1"]
+    (tmp_path / "cut" / "index.json").write_text(json.dumps(index))
+    again = jaxattr.attribute_dataset(spy, fn, batches, out=tmp_path / "cut", **kw)
+    np.testing.assert_array_equal(again.load(), whole)
+
+
+def test_missing_or_truncated_shard_is_recomputed(tmp_path):
+    x, batches = _batches()
+    ref = jaxattr.integrated_gradients(fn, x, target=2, n_steps=4)
+    out = tmp_path / "attr"
+    counting, calls = _counting(jaxattr.integrated_gradients)
+    jaxattr.attribute_dataset(
+        counting, fn, batches, out=out, target=2, n_steps=4, show_progress=False
+    )
+    calls.clear()
+    os.remove(out / "b0000000_0.npy")  # deleted
+    path = out / "b0000001_0.npy"
+    path.write_bytes(path.read_bytes()[:-8])  # truncated
+    np.save(out / "b0000002_0.npy", np.zeros((2, 5), np.float32))  # another shape
+    with pytest.warns(UserWarning, match="computing batch"):
+        store = jaxattr.attribute_dataset(
+            counting, fn, batches, out=out, target=2, n_steps=4, show_progress=False
+        )
+    assert calls == [4, 4, 4]
+    np.testing.assert_allclose(store.load(), ref, rtol=1e-6)
+    calls.clear()
+    jaxattr.attribute_dataset(
+        counting, fn, batches, out=out, target=2, n_steps=4, show_progress=False
+    )
+    assert calls == []  # now intact
+
+
+def test_index_without_fingerprint_is_not_resumed(tmp_path):
+    x, batches = _batches()
+    out = tmp_path / "old"
+    jaxattr.attribute_dataset(jaxattr.saliency, fn, batches, out=out, target=0, show_progress=False)
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text())
+    for k in ("fingerprint", "fingerprint_summary", "padding"):
+        del index[k]
+    index["format"] = "jaxattr-dataset/1"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(jaxattr.ResumeMismatchError, match="without a fingerprint") as info:
+        jaxattr.attribute_dataset(
+            jaxattr.saliency, fn, batches, out=out, target=0, show_progress=False
+        )
+    assert "pass resume=False to overwrite, or another out" in str(info.value)
+    store = jaxattr.attribute_dataset(
+        jaxattr.saliency, fn, batches, out=out, target=0, resume=False, show_progress=False
+    )
+    assert set(store.fingerprint) == FIELDS
