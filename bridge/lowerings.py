@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .errors import TrainModeError
+
 __all__ = ["LOWERINGS", "CONFIG", "register_lowering", "supported_ops"]
 
 #: Lowering choices that change speed, never results (read when a function is traced, so
@@ -272,10 +274,36 @@ for _name, _fn in {
     "bitwise_not": jnp.invert, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
     "relu": jax.nn.relu, "silu": jax.nn.silu, "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
     "log_sigmoid": jax.nn.log_sigmoid, "frac": lambda x: x - jnp.trunc(x),
-    "square": jnp.square, "lgamma": lax.lgamma, "digamma": lax.digamma,
+    "square": jnp.square, "lgamma": lax.lgamma,
     "positive": lambda x: x, "signbit": jnp.signbit, "logit": lambda x: jnp.log(x / (1 - x)),
 }.items():
     _unary(_name, _fn)
+
+
+def _trigamma(x):
+    # JAX's polygamma(1, x) is wrong for x < -5 or so; torch reflects x < 0.5 as here:
+    # trigamma(x) = pi^2 / sin^2(pi x) - trigamma(1 - x), sin taken of x's distance to the
+    # nearest integer (exact) rather than of pi * x
+    poly = jax.scipy.special.polygamma
+    low = x < 0.5
+    r = x - jnp.round(x)
+    reflected = (math.pi ** 2) / jnp.square(jnp.sin(math.pi * r)) - poly(
+        1, 1.0 - jnp.where(low, x, 0.0))
+    return jnp.where(low, reflected, poly(1, jnp.where(low, 1.0, x)))
+
+
+@jax.custom_jvp
+def digamma(x):
+    return lax.digamma(x)
+
+
+@digamma.defjvp
+def _digamma_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return lax.digamma(x), _trigamma(x) * t
+
+
+LOWERINGS["aten.digamma.default"] = digamma
 
 
 @reg("aten.add.Tensor", "aten.add.Scalar")
@@ -374,12 +402,16 @@ def masked_fill(self, mask, value):
 
 @reg("aten.clamp.default", "aten.clamp.Tensor")
 def clamp(self, min=None, max=None):
-    # torch passes the gradient where min <= x <= max (both ends included)
+    # torch passes the gradient where min <= x <= max (both ends included); min > max gives
+    # max everywhere (torch computes min(max(x, min), max))
     out = self
+    if isinstance(min, jax.Array) and max is not None:  # torch: min's gradient needs min < max
+        min = jnp.where(min < max, min, lax.stop_gradient(min))
     if min is not None:
         out = jnp.where(self < min, jnp.asarray(min, self.dtype), out)
     if max is not None:
-        out = jnp.where(self > max, jnp.asarray(max, self.dtype), out)
+        over = self > max if min is None else (self > max) | (min > max)
+        out = jnp.where(over, jnp.asarray(max, self.dtype), out)
     return out
 
 
@@ -484,6 +516,18 @@ def softmax_int(self, dim, dtype=None):
     return jax.nn.softmax(self if dtype is None else self.astype(dtype), axis=dim)
 
 
+def _safe_softmax(x, axis):
+    """Softmax whose rows of all ``-inf`` (fully masked) are 0 with a zero gradient."""
+    dead = jnp.all(x == -jnp.inf, axis=axis, keepdims=True)
+    return jnp.where(dead, 0.0, jax.nn.softmax(jnp.where(dead, 0.0, x), axis=axis)).astype(
+        x.dtype)
+
+
+@reg("aten._safe_softmax.default")
+def safe_softmax(self, dim, dtype=None):
+    return _safe_softmax(self if dtype is None else self.astype(dtype), dim)
+
+
 @reg("aten._log_softmax.default")
 def log_softmax(self, dim, half_to_float=False):
     return jax.nn.log_softmax(self, axis=dim)
@@ -557,15 +601,15 @@ def argmin(self, dim=None, keepdim=False):
 
 
 @reg("aten.var.correction", "aten.var.dim")
-def var(self, dim=None, *args, correction=None, keepdim=False):
-    unbiased = args[0] if args else True
+def var(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    """``var.dim`` passes ``unbiased, keepdim`` positionally, ``var.correction`` by keyword."""
     ddof = (1 if unbiased else 0) if correction is None else correction
     return jnp.var(self, axis=_dims(dim, self.ndim), ddof=ddof, keepdims=keepdim)
 
 
 @reg("aten.std.correction", "aten.std.dim")
-def std(self, dim=None, *args, correction=None, keepdim=False):
-    return jnp.sqrt(var(self, dim, *args, correction=correction, keepdim=keepdim))
+def std(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
+    return jnp.sqrt(var(self, dim, unbiased, keepdim, correction=correction))
 
 
 @reg("aten.var_mean.correction")
@@ -602,13 +646,26 @@ def cumprod(self, dim, *, dtype=None):
 def linalg_vector_norm(self, ord=2, dim=None, keepdim=False, *, dtype=None):
     x = self if dtype is None else self.astype(dtype)
     axis = _dims(dim, x.ndim)
+    if ord == 0:  # the number of nonzero entries
+        return jnp.sum(x != 0, axis=axis, keepdims=keepdim).astype(x.dtype)
     if ord == 2:
-        return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdim))
-    if ord == 1:
-        return jnp.sum(jnp.abs(x), axis=axis, keepdims=keepdim)
-    if ord == math.inf:
-        return jnp.max(jnp.abs(x), axis=axis, keepdims=keepdim)
-    return jnp.sum(jnp.abs(x) ** ord, axis=axis, keepdims=keepdim) ** (1.0 / ord)
+        s = jnp.sum(x * x, axis=axis, keepdims=keepdim)
+    else:
+        a = x * jnp.sign(x)  # |x| with torch's slope sgn(x), 0 at 0 (jnp.abs has 1)
+        if ord == 1:
+            return jnp.sum(a, axis=axis, keepdims=keepdim)
+        if ord == math.inf:
+            return jnp.max(a, axis=axis, keepdims=keepdim)
+        if ord == -math.inf:
+            return jnp.min(a, axis=axis, keepdims=keepdim)
+        # |x|^p for p < 1 has an infinite slope at 0, where torch's gradient is 0
+        pos = a > 0
+        s = jnp.sum(jnp.where(pos, jnp.where(pos, a, 1.0) ** ord, 0.0 if ord > 0 else jnp.inf),
+                    axis=axis, keepdims=keepdim)
+    # so has the root at 0: keep it off zero norms, whose gradient torch sets to 0
+    nonzero = s > 0
+    safe = jnp.where(nonzero, s, 1.0)
+    return jnp.where(nonzero, jnp.sqrt(safe) if ord == 2 else safe ** (1.0 / ord), 0.0)
 
 
 @reg("aten.topk.default")
@@ -812,10 +869,47 @@ def scatter_add(self, dim, index, src):
     return self.at[tuple(grids)].add(src[tuple(slice(0, s) for s in index.shape)])
 
 
+def _index_of(arrays, layout):
+    it = iter(arrays)
+    return tuple(next(it) if is_array else slice(None) for is_array in layout)
+
+
+def _sum_to(g, shape):
+    """Sum a broadcast gradient back to ``shape``."""
+    g = jnp.sum(g, axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return jnp.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _index_set(x, values, arrays, layout):
+    return x.at[_index_of(arrays, layout)].set(values)
+
+
+def _index_set_fwd(x, values, arrays, layout):
+    return _index_set(x, values, arrays, layout), (values, arrays)
+
+
+def _index_set_bwd(layout, res, g):
+    # torch: every written position, duplicates included, reads the output gradient there
+    # (JAX's own rule gives it only to the update that won the write)
+    values, arrays = res
+    idx = _index_of(arrays, layout)
+    return g.at[idx].set(0), _sum_to(g[idx], values.shape).astype(values.dtype), None
+
+
+_index_set.defvjp(_index_set_fwd, _index_set_bwd)
+
+
 @reg("aten.index_put.default")
 def index_put(self, indices, values, accumulate=False):
     idx = tuple(slice(None) if i is None else i for i in indices)
-    return self.at[idx].add(values) if accumulate else self.at[idx].set(values)
+    if accumulate:
+        return self.at[idx].add(values)
+    if any(i is not None and i.dtype == jnp.bool_ for i in indices):
+        return self.at[idx].set(values)
+    return _index_set(self, jnp.asarray(values), tuple(i for i in indices if i is not None),
+                      tuple(i is not None for i in indices))
 
 
 @reg("aten.slice_scatter.default")
@@ -1038,11 +1132,69 @@ def _expand(v, n):
     return v * n if len(v) == 1 else v
 
 
+def _max_windows(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """Per spatial axis of a max pool, ``(pos, ok)``: the ``(out, k)`` input positions of
+    each window and whether each lies inside the input."""
+    n = len(kernel_size) if not isinstance(kernel_size, int) else 1
+    k = _expand(kernel_size, n)
+    s = _expand(stride, n) if stride else k
+    d = _expand(dilation, n)
+    sizes = self.shape[self.ndim - n:]
+    windows = []
+    for size, ki, si, di, (lo, hi) in zip(
+            sizes, k, s, d, _pool_pads(sizes, k, s, _expand(padding, n), d, ceil_mode),
+            strict=True):
+        out = (size + lo + hi - di * (ki - 1) - 1) // si + 1
+        pos = np.arange(out)[:, None] * si - lo + np.arange(ki)[None, :] * di
+        windows.append((pos, (pos >= 0) & (pos < size)))
+    return windows
+
+
+def _window_max(self, windows):
+    """Max pool over explicit windows, as torch picks: each window's first maximum (or its
+    last NaN; padding never). Returns the values, whose gradient goes to that entry only,
+    and its flat index within each (N, C) plane.
+
+    ``windows``: per spatial axis ``(pos, ok)`` as :func:`_max_windows` gives them.
+    """
+    n = len(windows)
+    lead = self.ndim - n
+    sizes = self.shape[lead:]
+    outs = tuple(pos.shape[0] for pos, _ in windows)
+    ks = tuple(pos.shape[1] for pos, _ in windows)
+    x = self
+    flat = np.zeros(outs + ks, np.int64)
+    ok = np.ones(outs + ks, bool)
+    for i, (pos, valid) in enumerate(windows):
+        # after this take, axis lead + 2i is this axis' outputs and lead + 2i + 1 its offsets
+        x = jnp.take(x, jnp.asarray(np.clip(pos, 0, sizes[i] - 1), jnp.int32), axis=lead + 2 * i)
+        shape = [1] * (2 * n)
+        shape[i], shape[n + i] = pos.shape
+        flat = flat + pos.reshape(shape) * int(np.prod(sizes[i + 1:]))
+        ok = ok & valid.reshape(shape)
+    x = jnp.transpose(x, tuple(range(lead)) + tuple(lead + 2 * i for i in range(n))
+                      + tuple(lead + 2 * i + 1 for i in range(n)))
+    k = int(np.prod(ks))
+    vals = x.reshape(x.shape[:lead] + outs + (k,))
+    ok = jnp.asarray(ok.reshape(outs + (k,)))
+    v = lax.stop_gradient(vals)
+    best = jnp.max(jnp.where(ok, v, -jnp.inf), axis=-1, keepdims=True)
+    hit = ok & ((v == best) | jnp.isnan(v))
+    first = jnp.argmax(hit, axis=-1)
+    last = k - 1 - jnp.argmax(hit[..., ::-1], axis=-1)
+    j = jnp.where(jnp.isnan(best[..., 0]), last, first)[..., None]
+    table = jnp.broadcast_to(jnp.asarray(flat.reshape(outs + (k,)), _int_dtype()), vals.shape)
+    return (jnp.take_along_axis(vals, j, axis=-1)[..., 0],
+            jnp.take_along_axis(table, j, axis=-1)[..., 0])
+
+
 def _max_pool(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
     n = len(kernel_size) if not isinstance(kernel_size, int) else 1
     k = _expand(kernel_size, n)
     s = _expand(stride, n) if stride else k
     p, d = _expand(padding, n), _expand(dilation, n)
+    if any(di != 1 for di in d):  # JAX has no gradient of a dilated reduce_window max
+        return _window_max(self, _max_windows(self, k, s, p, d, ceil_mode))[0]
     lead = self.ndim - n
     pads = _pool_pads(self.shape[lead:], k, s, p, d, ceil_mode)
     # a Python scalar init lets JAX pick its differentiable max-window primitive
@@ -1053,10 +1205,15 @@ def _max_pool(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=Fal
         [(0, 0)] * lead + pads, window_dilation=(1,) * lead + d)
 
 
+def _max_pool_with_indices(self, kernel_size, stride=(), padding=0, dilation=1,
+                           ceil_mode=False):
+    return (_max_pool(self, kernel_size, stride, padding, dilation, ceil_mode),
+            _window_max(self, _max_windows(self, kernel_size, stride, padding, dilation,
+                                           ceil_mode))[1])
+
+
 for _d in (1, 2, 3):
-    LOWERINGS[f"aten.max_pool{_d}d_with_indices.default"] = (
-        lambda self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False:
-        (_max_pool(self, kernel_size, stride, padding, dilation, ceil_mode), None))
+    LOWERINGS[f"aten.max_pool{_d}d_with_indices.default"] = _max_pool_with_indices
     LOWERINGS[f"aten.max_pool{_d}d.default"] = _max_pool
 
 
@@ -1120,17 +1277,14 @@ def _adaptive_avg(self, output_size):
 
 
 def _adaptive_max(self, output_size):
-    n = len(output_size)
-    x = self
-    for i, o in enumerate(output_size):
-        ax = x.ndim - n + i
-        size = x.shape[ax]
-        if o is None or o == size:
-            continue
-        parts = [jnp.max(lax.slice_in_dim(x, a, b, axis=ax), axis=ax, keepdims=True)
-                 for a, b in _adaptive_bounds(size, o)]
-        x = jnp.concatenate(parts, axis=ax)
-    return x, None
+    # explicit windows: torch's indices, and the gradient to the chosen entry of tied maxima
+    windows = []
+    for size, o in zip(self.shape[self.ndim - len(output_size):], output_size, strict=True):
+        bounds = _adaptive_bounds(size, size if o is None else o)
+        pos = np.array([[a + j for j in range(max(b - a for a, b in bounds))]
+                        for a, _ in bounds])
+        windows.append((pos, pos < np.array([b for _, b in bounds])[:, None]))
+    return _window_max(self, windows)
 
 
 for _d in (1, 2, 3):
@@ -1319,7 +1473,15 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 @reg("aten.scaled_dot_product_attention.default")
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, *, scale=None, enable_gqa=False):
-    """softmax(q k^T * scale + mask) v; a boolean mask keeps entries where it is True."""
+    """softmax(q k^T * scale + mask) v; a boolean mask keeps entries where it is True.
+
+    A query row with every key masked gives 0 (torch's safe softmax), not NaN.
+    """
+    if dropout_p > 0:
+        raise TrainModeError(
+            f"aten.scaled_dot_product_attention: dropout_p={dropout_p} drops attention "
+            "weights at random, as in training mode; pass dropout_p=0.0 outside training "
+            "(e.g. dropout_p=self.p if self.training else 0.0) and export again")
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         rep = query.shape[-3] // key.shape[-3]
         key = jnp.repeat(key, rep, axis=-3)
@@ -1335,7 +1497,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             s = jnp.where(attn_mask, s, neg)
         else:
             s = s + attn_mask
-    return jnp.matmul(jax.nn.softmax(s, axis=-1), value)
+    return jnp.matmul(_safe_softmax(s, -1), value)
 
 
 # --------------------------------------------------------------------------- recurrent

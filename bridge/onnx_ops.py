@@ -19,10 +19,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from jax import lax
 
 from . import lowerings as L
+from .errors import UnsupportedOpsError
 
 __all__ = ["ONNX_LOWERINGS", "STATIC_INPUTS", "register_onnx_lowering", "onnx_dtype"]
 
@@ -156,13 +158,21 @@ def _jdiv(a, b):
 for _name, _np_fn, _j_fn in (
     ("Add", np.add, jnp.add), ("Sub", np.subtract, jnp.subtract),
     ("Mul", np.multiply, jnp.multiply), ("Div", _int_div, _jdiv),
-    ("Pow", np.power, jnp.power), ("Equal", np.equal, jnp.equal),
+    ("Equal", np.equal, jnp.equal),
     ("Less", np.less, jnp.less), ("LessOrEqual", np.less_equal, jnp.less_equal),
     ("Greater", np.greater, jnp.greater), ("GreaterOrEqual", np.greater_equal, jnp.greater_equal),
     ("And", np.logical_and, jnp.logical_and), ("Or", np.logical_or, jnp.logical_or),
     ("Xor", np.logical_xor, jnp.logical_xor),
 ):
     ONNX_LOWERINGS[_name] = _binary(_np_fn, _j_fn)
+
+
+@reg("Pow")
+def pow_(a, b):
+    # the output has the base's type (an int base with a float exponent stays int)
+    if _traced(a, b):
+        return jnp.power(a, b).astype(jnp.result_type(a))
+    return np.asarray(np.power(a, b)).astype(np.asarray(a).dtype)
 
 
 @reg("Mod")
@@ -289,8 +299,45 @@ def mean_(*xs):
     return ONNX_LOWERINGS["Sum"](*xs) / len(xs)
 
 
+#: float8 element types: a saturating cast (clip to the finite range, then round to nearest
+#: even with ml_dtypes) is exactly what onnxruntime computes
+_FLOAT8 = {17: ("FLOAT8E4M3FN", ml_dtypes.float8_e4m3fn),
+           18: ("FLOAT8E4M3FNUZ", ml_dtypes.float8_e4m3fnuz),
+           19: ("FLOAT8E5M2", ml_dtypes.float8_e5m2),
+           20: ("FLOAT8E5M2FNUZ", ml_dtypes.float8_e5m2fnuz)}
+#: element types whose ONNX rounding/overflow ml_dtypes does not follow: refused (the
+#: ml_dtypes type is None where this ml_dtypes version lacks it)
+_NARROW = {code: (name, getattr(ml_dtypes, attr, None)) for code, name, attr in (
+    (21, "UINT4", "uint4"), (22, "INT4", "int4"), (23, "FLOAT4E2M1", "float4_e2m1fn"),
+    (24, "FLOAT8E8M0", "float8_e8m0fnu"), (25, "UINT2", "uint2"), (26, "INT2", "int2"))}
+
+
+def _elem_type(dtype: Any) -> int | None:
+    """The float8/narrow ONNX element type of ``dtype``, else None."""
+    return next((code for code, (_, t) in {**_FLOAT8, **_NARROW}.items()
+                 if t is not None and np.dtype(t) == dtype), None)
+
+
+def _narrow_cast(op: str, x: Any, elem_type: int, saturate: int) -> Any:
+    """A saturating cast to float8; refuses 4- and 2-bit types and non-saturating float8."""
+    if elem_type in _NARROW or not saturate:
+        name = {**_FLOAT8, **_NARROW}[elem_type][0]
+        what = f"{op} (to={name}" + (")" if elem_type in _NARROW else ", saturate=0)")
+        raise UnsupportedOpsError(
+            {what: ["a node found when the graph was traced"]}, where="the ONNX graph",
+            hint="Casts to 4-bit and 2-bit integers, FLOAT4E2M1, FLOAT8E8M0 and non-saturating "
+            "float8 are not supported: their rounding and overflow differ from JAX's "
+            "(ml_dtypes) casts. Saturating float8 casts (saturate=1) are supported.")
+    dtype = np.dtype(_FLOAT8[elem_type][1])
+    big = float(ml_dtypes.finfo(dtype).max)
+    xp = _xp(x)
+    return _np_result(xp.clip(x, -big, big).astype(dtype))
+
+
 @reg("Cast")
 def cast(x, *, to, saturate=1):
+    if to in _FLOAT8 or to in _NARROW:
+        return _narrow_cast("Cast", x, to, saturate)
     if _traced(x):
         return x.astype(onnx_dtype(to))
     return np.asarray(x).astype(onnx_dtype(to, traced=False))
@@ -298,10 +345,12 @@ def cast(x, *, to, saturate=1):
 
 @reg("CastLike")
 def cast_like(x, like, *, saturate=1):
-    if _traced(x) or _traced(like):
-        return jnp.asarray(x).astype(jnp.asarray(like).dtype if not _traced(like)
-                                     else like.dtype)
-    return np.asarray(x).astype(np.asarray(like).dtype)
+    traced = _traced(x, like)
+    dtype = jnp.asarray(like).dtype if traced else np.asarray(like).dtype
+    special = _elem_type(dtype)
+    if special is not None:
+        return _narrow_cast("CastLike", x, special, saturate)
+    return jnp.asarray(x).astype(dtype) if traced else np.asarray(x).astype(dtype)
 
 
 @reg("Dropout")
@@ -753,12 +802,20 @@ def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, 
             pads=None, strides=None):
     nsp = len(kernel_shape)
     st = tuple(strides or (1,) * nsp)
-    pp = _pads(x.shape[2:], kernel_shape, st, (1,) * nsp, pads, auto_pad)
+    dl = tuple(dilations or (1,) * nsp)
+    pp = _pads(x.shape[2:], kernel_shape, st, dl, pads, auto_pad)
     k = tuple(kernel_shape)
     total = lax.reduce_window(jnp.abs(x) ** p, 0.0, lax.add, (1, 1) + k, (1, 1) + st,
-                              [(0, 0), (0, 0)] + L._pool_pads(x.shape[2:], k, st, pp,
-                                                             (1,) * nsp, bool(ceil_mode)))
-    return total ** (1.0 / p)
+                              [(0, 0), (0, 0)] + L._pool_pads(x.shape[2:], k, st, pp, dl,
+                                                             bool(ceil_mode)),
+                              window_dilation=(1, 1) + dl)
+    return _root(total, p)
+
+
+def _root(total: Any, p: float) -> Any:
+    """``total ** (1 / p)``, 0 with a zero gradient (not NaN) where ``total`` is 0."""
+    pos = total > 0
+    return jnp.where(pos, jnp.where(pos, total, 1.0) ** (1.0 / p), 0.0)
 
 
 # --------------------------------------------------------------------------- normalization
@@ -813,8 +870,10 @@ def instance_norm(x, scale, b, *, epsilon=1e-5):
 
 @reg("LpNormalization")
 def lp_normalization(x, *, axis=-1, p=2):
-    norm = jnp.sum(jnp.abs(x) ** p, axis=axis, keepdims=True) ** (1.0 / p)
-    return x / norm
+    norm = _root(jnp.sum(jnp.abs(x) ** p, axis=axis, keepdims=True), p)
+    # an all-zero slice stays 0 (onnxruntime), with a zero gradient
+    pos = norm > 0
+    return jnp.where(pos, x / jnp.where(pos, norm, 1.0), 0.0)
 
 
 @reg("LRN")
@@ -851,10 +910,9 @@ def pad(x, pads, constant_value=None, axes=None, *, mode="constant"):
     return out[tuple(crop)]
 
 
-def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
-                   nearest_mode: str, cubic_a: float, exclude_outside: int,
+def _resize_coords(n_in: int, n_out: int, scale: float, coord: str,
                    roi: tuple[float, float] | None) -> np.ndarray:
-    """``(n_out, n_in)`` interpolation matrix of one axis (ONNX Resize semantics)."""
+    """The input coordinate of each output position along one axis (ONNX Resize)."""
     o = np.arange(n_out, dtype=np.float64)
     if coord == "half_pixel":
         xs = (o + 0.5) / scale - 0.5
@@ -875,6 +933,14 @@ def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
               else 0.5 * (lo + hi) * (n_in - 1) + np.zeros_like(o))
     else:
         raise NotImplementedError(f"Resize: coordinate_transformation_mode={coord!r}")
+    return xs
+
+
+def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
+                   nearest_mode: str, cubic_a: float, exclude_outside: int,
+                   roi: tuple[float, float] | None) -> np.ndarray:
+    """``(n_out, n_in)`` interpolation matrix of one axis (ONNX Resize semantics)."""
+    xs = _resize_coords(n_in, n_out, scale, coord, roi)
     m = np.zeros((n_out, n_in), np.float64)
     if mode == "nearest":
         if nearest_mode == "floor":
@@ -942,12 +1008,18 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
         sc = [float(v) for v in np.asarray(scales).reshape(-1)]
         sz = [int(math.floor(i * s)) for i, s in zip(in_sizes, sc, strict=True)]
     roi_v = np.asarray(roi, np.float64).reshape(-1) if roi is not None and np.size(roi) else None
+    crop = coordinate_transformation_mode == "tf_crop_and_resize"
+    outside = np.zeros((1,) * nd, bool)  # outputs sampled outside the input (crop and resize)
     out = x
     for j, a in enumerate(ax):
-        if sz[j] == in_sizes[j] and sc[j] == 1.0 and coordinate_transformation_mode != \
-                "tf_crop_and_resize":
+        if sz[j] == in_sizes[j] and sc[j] == 1.0 and not crop:
             continue
         r = None if roi_v is None else (roi_v[j], roi_v[j + len(ax)])
+        if crop:
+            xs = _resize_coords(in_sizes[j], sz[j], sc[j], coordinate_transformation_mode, r)
+            shape = [1] * nd
+            shape[a] = sz[j]
+            outside = outside | ((xs < 0) | (xs > in_sizes[j] - 1)).reshape(shape)
         m = _resize_matrix(in_sizes[j], sz[j], sc[j], mode, coordinate_transformation_mode,
                            nearest_mode, cubic_coeff_a, exclude_outside, r)
         if mode == "nearest":
@@ -956,6 +1028,8 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
         else:
             out = jnp.moveaxis(jnp.tensordot(out, jnp.asarray(m, out.dtype), axes=([a], [1])),
                                -1, a)
+    if outside.any():
+        out = jnp.where(jnp.asarray(outside), jnp.asarray(extrapolation_value, out.dtype), out)
     return out
 
 
