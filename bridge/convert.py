@@ -524,6 +524,19 @@ def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
 
 
 # --------------------------------------------------------------------------- Converted
+class _Shared:
+    """The static part of a :class:`Converted`; compared by identity (one per conversion)."""
+
+    __slots__ = ("__weakref__", "attrs")
+
+    def __init__(self, attrs: dict[str, Any]):
+        self.attrs = attrs
+
+    def __repr__(self) -> str:
+        return f"<static graph of {self.attrs.get('input_names')}>"
+
+
+@jax.tree_util.register_pytree_with_keys_class
 class Converted:
     """A model converted to a pure JAX function, with its layers.
 
@@ -555,6 +568,25 @@ class Converted:
         self.conversion_time = conversion_time
         self._assemble(graph)
         self._jit_fn = jax.jit(self.fn)
+        self._shared = _Shared({k: v for k, v in self.__dict__.items() if k != "params"})
+
+    # ----------------------------------------------------------------- pytree
+    # A Converted is a pytree whose leaves are its params: methods trace the weights as
+    # arguments of their compiled programs, so new weights are always seen and never
+    # recompile. Everything else (the graph) is one static object shared by all copies.
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("params"), self.params),), self._shared
+
+    def tree_flatten(self):
+        return (self.params,), self._shared
+
+    @classmethod
+    def tree_unflatten(cls, shared: _Shared, children: Sequence[Any]) -> Converted:
+        obj = object.__new__(cls)
+        obj.__dict__.update(shared.attrs)
+        obj._shared = shared
+        obj.params = children[0]
+        return obj
 
     # ----------------------------------------------------------------- building
     def _assemble(self, g: _Graph) -> None:
@@ -729,6 +761,18 @@ class Converted:
                 raise ValueError(
                     f"input {name!r}: expected {len(spec.shape)} dimensions (exported shape "
                     f"{shown}), got shape {tuple(x.shape)}")
+            wrong = [a for a, s in enumerate(spec.shape) if s is not None and s != x.shape[a]]
+            if wrong:
+                dynamic = [a for a, s in enumerate(spec.shape) if s is None]
+                hint = ""
+                if 0 in wrong and x.ndim and 0 not in dynamic:
+                    hint = (f"; the model was exported for batch size {spec.shape[0]} only: "
+                            "convert with dynamic_batch=True, or export with dynamic_shapes "
+                            "giving the batch a torch.export.Dim")
+                raise ValueError(
+                    f"input {name!r}: expected shape {shown} (as exported; dynamic "
+                    f"dimensions: {dynamic or 'none'}), got {tuple(x.shape)}: dimension "
+                    f"{wrong[0]} must be {spec.shape[wrong[0]]}{hint}")
         return x
 
     def _finish(self, env: Mapping[str, Any]) -> Any:
@@ -889,6 +933,35 @@ class Converted:
             f"path: the output of module {path!r} is made by node {last!r}, which belongs to "
             "no layer (a reshape or view); tap the layer before it instead: "
             f"{names[-1]!r}")
+
+    def output_layers(self, path: str) -> list[str]:
+        """Every layer whose output leaves the torch module at ``path``, in execution order.
+
+        One name for a module returning one tensor (:meth:`output_layer`); several for a
+        module returning a tuple, e.g. Captum's ``MultiRelu`` returning
+        ``(relu1(a), relu2(b))`` gives ``["multi_relu.relu1", "multi_relu.relu2"]``.
+
+        Args:
+            path: A module path.
+
+        Returns:
+            Keys of :attr:`layers`.
+
+        Example:
+            >>> conv.output_layers("layer4")
+            ['layer4.1.relu:1']
+        """
+        names = self.module_layers(path)
+        members = {n for n, ps in self._node_paths.items() if path in ps}
+        outs = [n for n in self._node_order if n in members and self._users[n] - members]
+        found: list[str] = []
+        for node in outs:
+            owner = next((nm for nm in reversed(names) if node in self.layer_nodes[nm]), None)
+            if owner is None:
+                return [self.output_layer(path)]  # raises, naming the node
+            if owner not in found:
+                found.append(owner)
+        return found
 
     def __repr__(self) -> str:
         return (f"Converted({len(self.params)} params, {len(self.layers)} layers, "

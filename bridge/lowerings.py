@@ -147,11 +147,21 @@ def _sym_ite(b, t, f):
 
 
 # --------------------------------------------------------------------------- identity & dtype
-@reg("aten.clone.default", "aten.alias.default", "aten.detach.default",
+@reg("aten.detach.default")
+def detach(self):
+    """``x.detach()``: the value, with no gradient through it."""
+    return jax.lax.stop_gradient(self)
+
+
+@reg("aten.clone.default", "aten.alias.default",
      "aten.lift_fresh_copy.default", "aten.contiguous.default", "aten.lift_fresh.default",
      "aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_dropout.default")
 def identity(self, *args, **kwargs):
-    """Ops that return their input in eval mode (clone, detach, dropout with train=False)."""
+    """Ops that return their input in eval mode (clone, alias, dropout with train=False).
+
+    torch.export's decompositions turn ``x.detach()`` into ``aten.alias``, so a detach
+    inside a model's forward does not reach the bridge (see docs/bridge.md, limits).
+    """
     return self
 
 

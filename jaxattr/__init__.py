@@ -14,6 +14,7 @@ from jaxattr._adversarial import (
     pgd,
     pgd_random_start,
 )
+from jaxattr._caching import clear_caches
 from jaxattr._canonizers import (
     Canonized,
     canonize,
@@ -37,7 +38,13 @@ from jaxattr._composites import (
     is_relu,
     layer_map_base,
 )
-from jaxattr._core import one_hot_max, select_target
+from jaxattr._core import (
+    NonFiniteInputError,
+    memory_budget,
+    one_hot_max,
+    select_target,
+    set_memory_budget,
+)
 from jaxattr._dataset import AttributionStore, ResumeMismatchError, attribute_dataset
 from jaxattr._extremal import (
     extremal_perturbation,
@@ -166,6 +173,7 @@ __all__ = [
     "ResumeMismatchError",
     "beta_smooth",
     "canonize",
+    "clear_caches",
     "Canonized",
     "completeness",
     "Composite",
@@ -233,6 +241,7 @@ __all__ = [
     "linear_approx",
     "lrp",
     "MAX_EXACT_SHAPLEY_FEATURES",
+    "memory_budget",
     "merge_batch_norm",
     "neuron_conductance",
     "neuron_deep_lift",
@@ -243,6 +252,7 @@ __all__ = [
     "neuron_integrated_gradients",
     "neuron_model",
     "NeuronModel",
+    "NonFiniteInputError",
     "noise_tunnel",
     "norm",
     "NT_TYPES",
@@ -270,6 +280,7 @@ __all__ = [
     "select_target",
     "sensitivity",
     "sensitivity_max",
+    "set_memory_budget",
     "shapley_permutations",
     "shapley_value_sampling",
     "shapley_values",

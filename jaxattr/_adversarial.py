@@ -105,6 +105,7 @@ def _check_float(value: Any, name: str, minimum: float = 0.0) -> float:
     return float(value)
 
 
+@_core.contract
 def fgsm(
     fn: Callable[..., Any],
     x: PyTree,
@@ -238,6 +239,7 @@ def _pgd_core(
     return jax.lax.fori_loop(0, step_num, body, xs)
 
 
+@_core.contract
 def pgd(
     fn: Callable[..., Any],
     x: PyTree,

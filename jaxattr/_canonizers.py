@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxattr import _caching
 from jaxattr.structure import Layer
 
 __all__ = [
@@ -101,6 +102,7 @@ class _Merge:
     bn: str
 
 
+@_caching.model_pytree(["base"], static=["rewrite", "name"])
 @dataclasses.dataclass(eq=False)
 class Canonized:
     """A structured model rewritten by canonizers; see :func:`canonize`.

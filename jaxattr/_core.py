@@ -6,8 +6,10 @@ their inputs, targets and baselines the same way and fail with the same clear er
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxattr import _caching
 
 Array = jax.Array
 PyTree = Any
@@ -103,7 +107,77 @@ def as_inputs(x: PyTree, *, need_float: bool = True, name: str = "x") -> Inputs:
                 f"every leaf of {name} must lead with the same batch size N; {path} has "
                 f"shape {tuple(leaf.shape)}, expected leading dimension {n}"
             )
+    check_finite(x, name)
     return Inputs(is_tuple=isinstance(x, tuple), n=int(n))
+
+
+class NonFiniteInputError(ValueError):
+    """An input or baseline holds NaN or Inf values (see ``check_finite``)."""
+
+
+_CHECK_FINITE = contextvars.ContextVar("jaxattr_check_finite", default=True)
+
+
+def check_finite(tree: PyTree, name: str = "x") -> None:
+    """Raise :class:`NonFiniteInputError` naming the first leaf of ``tree`` with NaN/Inf.
+
+    Skipped for traced values (inside ``jit``/``vmap`` there is nothing to look at) and
+    while a method runs with ``check_finite=False``.
+    """
+    if not _CHECK_FINITE.get():
+        return
+    for path, leaf in _leaf_paths(tree):
+        if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "dtype"):
+            continue
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        ok = np.isfinite(leaf) if isinstance(leaf, np.ndarray) else jnp.isfinite(leaf)
+        if bool(ok.all()):
+            continue
+        ok = np.asarray(ok)
+        first = tuple(int(i) for i in np.argwhere(~ok)[0])
+        raise NonFiniteInputError(
+            f"{path.replace('x', name, 1)} holds {int((~ok).sum())} NaN/Inf value(s), the "
+            f"first at index {first}; an attribution of a non-finite input is meaningless. "
+            f"Clean the input, or pass check_finite=False to attribute it anyway"
+        )
+
+
+def contract(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a public method the contract's keyword options (today: ``check_finite``).
+
+    ``check_finite=True`` (the default) rejects NaN/Inf in ``x`` and ``baselines`` with a
+    :class:`NonFiniteInputError` before anything runs; ``False`` attributes them anyway.
+    """
+    sig = inspect.signature(method)
+    if "check_finite" in sig.parameters:
+        return method
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, check_finite: bool = True, **kwargs: Any) -> Any:
+        tokens = [_SCOPE.set(_CallScope())]
+        if not check_finite:
+            tokens.append(_CHECK_FINITE.set(False))
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for var, token in zip((_SCOPE, _CHECK_FINITE), tokens, strict=False):
+                var.reset(token)
+
+    params = list(sig.parameters.values())
+    at = len(params) - (params and params[-1].kind is inspect.Parameter.VAR_KEYWORD)
+    params.insert(at, inspect.Parameter("check_finite", inspect.Parameter.KEYWORD_ONLY,
+                                        default=True, annotation="bool"))
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    doc = method.__doc__ or ""
+    line = (
+        "        check_finite: Reject NaN/Inf in ``x`` and ``baselines`` with a named error\n"
+        "            before anything runs (default); ``False`` attributes them anyway.\n"
+    )
+    if "\n\n    Returns:" in doc:
+        doc = doc.replace("\n\n    Returns:", "\n" + line + "\n    Returns:", 1)
+    wrapper.__doc__ = doc
+    return wrapper
 
 
 def to_arrays(x: PyTree) -> PyTree:
@@ -175,29 +249,15 @@ class Target:
 jax.tree_util.register_pytree_node(Target, Target.tree_flatten, Target.tree_unflatten)
 
 
-def _spec(tree: PyTree) -> tuple:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_eval_shape(fn, inputs, x_spec, args_spec):
-    def struct(spec):
-        treedef, leaves = spec
-        return jax.tree_util.tree_unflatten(
-            treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves]
-        )
-
-    return jax.eval_shape(lambda x_, a_: inputs.call(fn, x_, a_), struct(x_spec), struct(args_spec))
+def _call_fn(inputs: Inputs, fn: Callable[..., Any], x: PyTree, args: tuple) -> Any:
+    return inputs.call(fn, x, args)
 
 
 def _output_shape(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple) -> tuple:
-    try:
-        out = _cached_eval_shape(fn, inputs, _spec(x), _spec(args))
-    except TypeError as err:
-        if "unhashable" not in str(err):
-            raise
-        out = jax.eval_shape(lambda x_, a_: inputs.call(fn, x_, a_), x, args)
+    out, value_bytes = _caching.probe(_call_fn, inputs, fn, x, args)
+    scope = _SCOPE.get()
+    if scope is not None:  # the first probe of a public call sizes its chunks
+        scope.unit_bytes = scope.unit_bytes or value_bytes
     if not hasattr(out, "shape"):
         raise TypeError(
             f"fn must return one array (batch-first), got {type(out).__name__}; select the "
@@ -261,6 +321,18 @@ def normalize_target(target: Any, y_shape: tuple) -> Target:
         return Target("callable", target)
     if isinstance(target, (bool, np.bool_)):
         raise TypeError(f"target must be an int, tuple, array or callable, got {target!r}")
+    if getattr(target, "ndim", None) == 0 and jnp.issubdtype(target.dtype, jnp.integer):
+        if is_concrete(target):  # a 0-d integer array (an element of an int label array)
+            target = int(target)
+    if isinstance(target, (float, np.floating)) or (
+        getattr(target, "ndim", None) == 0 and jnp.issubdtype(target.dtype, jnp.floating)
+    ):
+        shown = target if not is_concrete(target) else repr(np.asarray(target).item())
+        raise TypeError(
+            f"target: a float scalar is ambiguous, got {type(target).__name__} {shown}: a "
+            f"class index is an int (pass int(target), e.g. labels.astype(int)), and a "
+            f"cotangent is a float array broadcasting to the output shape {y_shape}"
+        )
     if isinstance(target, (int, np.integer)):
         if len(y_shape) != 2:
             raise ValueError(
@@ -477,7 +549,9 @@ def broadcast_baselines(baselines: Any, x: PyTree, inputs: Inputs, name: str = "
                 f"{tuple(xl.shape)} of {path}"
             )
         out.append(b)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    out = jax.tree_util.tree_unflatten(treedef, out)
+    check_finite(out, name)
+    return out
 
 
 def expand_baselines(baselines: PyTree, x: PyTree) -> PyTree:
@@ -532,7 +606,9 @@ def baseline_distribution(baselines: Any, x: PyTree, name: str = "baselines") ->
                 f"M; {path} has {b.shape[0]}, expected {m}"
             )
         out.append(b)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    out = jax.tree_util.tree_unflatten(treedef, out)
+    check_finite(out, name)
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -540,34 +616,88 @@ def baseline_distribution(baselines: Any, x: PyTree, name: str = "baselines") ->
 # --------------------------------------------------------------------------------------
 
 
-def cached_jit(static_argnames: Sequence[str]):
-    """``jax.jit`` with ``static_argnames``, falling back to no caching for unhashable fns.
+#: Compile a keyword-only core with models and options static (see :mod:`jaxattr._caching`).
+cached_jit = _caching.cached_jit
 
-    Methods jit their core with the model ``fn`` as a static argument, so a second call
-    with the same ``fn`` and shapes reuses the compiled program. A model that cannot be
-    hashed still works; it is compiled on every call.
+
+# --------------------------------------------------------------------------------------
+# Memory budget
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _CallScope:
+    """What one public method call learned while validating: the model's activation size."""
+
+    unit_bytes: int | None = None
+
+
+_SCOPE: contextvars.ContextVar[_CallScope | None] = contextvars.ContextVar(
+    "jaxattr_call_scope", default=None
+)
+_BUDGET: list[int | None] = [None]  # None: the default for the backend
+
+#: Default budget on CPU; on an accelerator, a quarter of its memory.
+DEFAULT_CPU_BUDGET = 512 * 2**20
+
+
+def memory_budget() -> int:
+    """Bytes one compiled step of a method may use when no ``batch_size`` is given.
+
+    The default is 512 MiB on CPU and a quarter of the device memory on an accelerator;
+    :func:`set_memory_budget` changes it.
+
+    Example:
+        >>> import jaxattr
+        >>> jaxattr.memory_budget() > 0
+        True
     """
+    if _BUDGET[0] is not None:
+        return _BUDGET[0]
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"]) // 4
+    return DEFAULT_CPU_BUDGET
 
-    def decorator(core: Callable[..., Any]) -> Callable[..., Any]:
-        jitted = jax.jit(core, static_argnames=tuple(static_argnames))
 
-        @functools.wraps(core)
-        def wrapper(**kwargs: Any) -> Any:
-            try:
-                for k in static_argnames:
-                    hash(kwargs[k])
-            except TypeError:
-                statics = {k: kwargs.pop(k) for k in static_argnames}
-                return jax.jit(functools.partial(core, **statics))(**kwargs)
-            return jitted(**kwargs)
+def set_memory_budget(nbytes: int | None) -> None:
+    """Set the per-step memory budget in bytes (``None`` restores the default).
 
-        return wrapper
+    Methods that expand their input (integration steps, noise samples, occlusion
+    windows, ablated features, masks) and are called without ``batch_size`` split the
+    expansion into chunks whose estimated activations fit the budget. An explicit
+    ``batch_size`` always wins. The estimate counts every value of one forward pass of
+    the model twice (kept for, and flowing back through, the backward pass).
 
-    return decorator
+    Args:
+        nbytes: The budget in bytes, or ``None`` for the default.
+
+    Example:
+        >>> import jaxattr
+        >>> jaxattr.set_memory_budget(2**30)
+        >>> jaxattr.memory_budget()
+        1073741824
+        >>> jaxattr.set_memory_budget(None)
+    """
+    if nbytes is not None:
+        nbytes = check_positive_int(nbytes, "nbytes")
+    _BUDGET[0] = nbytes
 
 
 def batched_chunks(total: int, batch_size: int | None) -> list[tuple[int, int]]:
-    """Split ``range(total)`` into ``(start, stop)`` chunks of at most ``batch_size``."""
+    """Split ``range(total)`` into ``(start, stop)`` chunks of at most ``batch_size``.
+
+    With ``batch_size=None`` the chunk size comes from the memory budget: each item of
+    the expansion runs the model once on the whole batch, whose activation size the
+    method's target validation measured (see :func:`set_memory_budget`).
+    """
+    scope = _SCOPE.get()
+    if batch_size is None and scope is not None:
+        unit = scope.unit_bytes
+        if unit:
+            batch_size = max(1, memory_budget() // (2 * unit))
     if batch_size is None or batch_size >= total:
         return [(0, total)]
     return [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]

@@ -247,6 +247,7 @@ def _extremal_core(
     return masks_of(pm)
 
 
+@_core.contract
 def extremal_perturbation(
     fn: Callable[..., Any],
     x: PyTree,

@@ -186,6 +186,7 @@ def fusion_grad(
     except (TypeError, ValueError):
         takes_key = False
 
+    @_core.contract
     def fused(
         fn: Callable[..., Any],
         params: PyTree,

@@ -38,6 +38,7 @@ def _run_gradient(fn, x, target, args, mode):
     return _gradient_core(fn=fn, inputs=inputs, x=x, args=args, target=t, mode=mode)
 
 
+@_core.contract
 def gradient(fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
     """The plain gradient of the explained output with respect to the input.
 
@@ -65,6 +66,7 @@ def gradient(fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tup
     return _run_gradient(fn, x, target, args, "plain")
 
 
+@_core.contract
 def saliency(
     fn: Callable[..., Any],
     x: PyTree,
@@ -96,6 +98,7 @@ def saliency(
     return _run_gradient(fn, x, target, args, "abs" if abs else "plain")
 
 
+@_core.contract
 def input_x_gradient(
     fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()
 ) -> PyTree:
@@ -121,6 +124,7 @@ def input_x_gradient(
     return _run_gradient(fn, x, target, args, "times_input")
 
 
+@_core.contract
 def sensitivity(
     fn: Callable[..., Any],
     x: PyTree,
@@ -201,6 +205,7 @@ def completeness_delta(fn, inputs, x, baselines, args, target, attr):
     return total - diff.astype(total.dtype)
 
 
+@_core.contract
 def input_baseline_x_gradient(
     fn: Callable[..., Any],
     x: PyTree,

@@ -127,6 +127,7 @@ def _combine(fn, inputs, x, baselines, args, target, total, multiply_by_inputs, 
     return attr, completeness_delta(fn, inputs, x, baselines, args, target, attr)
 
 
+@_core.contract
 def integrated_gradients(
     fn: Callable[..., Any],
     x: PyTree,

@@ -8,7 +8,6 @@ GradientSHAP, ...), so no method is written twice.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core, _taps
+from jaxattr import _caching, _core, _taps
 from jaxattr._core import PyTree
 from jaxattr._gradient import gradient
 from jaxattr._integrated import QUADRATURES, _quadrature, checked_quadrature, integrated_gradients
@@ -65,7 +64,18 @@ class _Setup:
     """Validated call: the model, inputs, target, taps, params and keyword inputs."""
 
     def __init__(
-        self, model, x, layers, *, target, args, kwargs, params, to_input, need_target=True
+        self,
+        model,
+        x,
+        layers,
+        *,
+        target,
+        args,
+        kwargs,
+        params,
+        to_input,
+        need_target=True,
+        tuple_ok=False,
     ):
         self.model = _taps.as_structured(model)
         self.x = _core.to_arrays(x)
@@ -80,7 +90,12 @@ class _Setup:
         if not names:
             raise ValueError("layer must name at least one layer, got an empty list")
         self.single = single
-        self.taps = tuple(_taps.resolve_layer(self.model, n, to_input) for n in names)
+        resolved = [_taps.resolve_layers(self.model, n, to_input) for n in names]
+        self.sizes = [len(r) for r in resolved]  # >1: a layer returning a tuple of tensors
+        if not tuple_ok:  # a layer returning a tuple: the named error
+            for n in names:
+                _taps.resolve_single(self.model, n, to_input)
+        self.taps = tuple(t for r in resolved for t in r)
         self.fn = _taps.model_function(self.model, self.kw_names)
         self.target = (
             _core.prepare_target(target, self.fn, self.inputs, self.x, self.args + self.kw_values)
@@ -100,7 +115,10 @@ class _Setup:
         )
 
     def out(self, values: Sequence[Any]) -> Any:
-        return values[0] if self.single else list(values)
+        """One value per requested layer (a tuple for a layer returning a tuple)."""
+        it = iter(values)
+        grouped = [next(it) if k == 1 else tuple(next(it) for _ in range(k)) for k in self.sizes]
+        return grouped[0] if self.single else grouped
 
 
 def _check_float_x(x, name="x"):
@@ -118,6 +136,7 @@ def _activation_core(*, model, inputs, taps, params, x, args, kwargs):
     return [acts[t.key] for t in taps]
 
 
+@_core.contract
 def layer_activation(
     model: Model,
     x: PyTree,
@@ -161,6 +180,7 @@ def layer_activation(
         params=params,
         to_input=attribute_to_layer_input,
         need_target=False,
+        tuple_ok=True,
     )
     return s.out(_activation_core(**s.common()))
 
@@ -173,6 +193,7 @@ def _grad_x_act_core(*, model, inputs, taps, params, x, args, kwargs, target, mu
     return [grads[t.key] for t in taps]
 
 
+@_core.contract
 def layer_gradient_x_activation(
     model: Model,
     x: PyTree,
@@ -223,12 +244,14 @@ def layer_gradient_x_activation(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     return s.out(
         _grad_x_act_core(**s.common(), target=s.target, multiply_by_inputs=multiply_by_inputs)
     )
 
 
+@_core.contract
 def probe(
     model: Model,
     x: PyTree,
@@ -357,6 +380,7 @@ def _layer_finish(
     return attr, _completeness(model, inputs, params, x, baselines, args, kwargs, target, [attr])
 
 
+@_core.contract
 def layer_integrated_gradients(
     model: Model,
     x: PyTree,
@@ -470,6 +494,7 @@ def _influence_chunk(
     return jnp.tensordot(weights.astype(g.dtype), g, axes=1)
 
 
+@_core.contract
 def internal_influence(
     model: Model,
     x: PyTree,
@@ -556,6 +581,7 @@ def _conductance_chunk(*, model, inputs, taps, params, x, baselines, args, kwarg
     return jnp.sum(g[:-1] * (a[1:] - a[:-1]), axis=0)
 
 
+@_core.contract
 def layer_conductance(
     model: Model,
     x: PyTree,
@@ -688,6 +714,7 @@ def _layer_gshap_core(
     return (mean, delta.T) if return_delta else mean
 
 
+@_core.contract
 def layer_gradient_shap(
     model: Model,
     x: PyTree,
@@ -794,6 +821,7 @@ def _ablation_chunk(
     return jnp.sum(jax.vmap(one)(groups), axis=0).astype(act.dtype)
 
 
+@_core.contract
 def layer_feature_ablation(
     model: Model,
     x: PyTree,
@@ -952,6 +980,7 @@ def _cam_core(*, model, inputs, taps, params, x, args, kwargs, target, channel_a
     return weights * a
 
 
+@_core.contract
 def grad_cam(
     model: Model,
     x: PyTree,
@@ -1021,6 +1050,7 @@ def grad_cam(
     )
 
 
+@_core.contract
 def grad_cam_plus_plus(
     model: Model,
     x: PyTree,
@@ -1167,6 +1197,7 @@ def _score_cam_chunk(
     return jax.vmap(one)(channels), a
 
 
+@_core.contract
 def score_cam(
     model: Model,
     x: PyTree,
@@ -1264,6 +1295,7 @@ def gradient_to_saliency(grad: jax.Array, *, channel_axis: int = 1) -> jax.Array
     return jnp.max(jnp.abs(jnp.asarray(grad)), axis=channel_axis, keepdims=True)
 
 
+@_core.contract
 def linear_approx(
     model: Model,
     x: PyTree,
@@ -1366,7 +1398,7 @@ def _select(act, mode, static, index):
     return act[(slice(None), *[index[i] for i in range(index.shape[0])])]
 
 
-@functools.lru_cache(maxsize=128)
+@_caching.lru(16)
 def _neuron_fn(model, tap, kw_names, n_args, mode, static):
     """``fn(*x, *args, *kw_values, index, params) -> (N,)``: one neuron's value."""
 
@@ -1454,7 +1486,7 @@ def neuron_model(
         (2, 32, 32, 3)
     """
     model = _taps.as_structured(model)
-    tap = _taps.resolve_layer(model, layer, attribute_to_neuron_input)
+    tap = _taps.resolve_single(model, layer, attribute_to_neuron_input)
     p = model.params if params is None else params
 
     def fn(*a):
@@ -1466,6 +1498,7 @@ def neuron_model(
     return fn
 
 
+@_core.contract
 def neuron_gradient(
     model: Model,
     x: PyTree,
@@ -1512,6 +1545,7 @@ def neuron_gradient(
     return gradient(nm.fn, nm.x, args=nm.extra)
 
 
+@_core.contract
 def neuron_integrated_gradients(
     model: Model,
     x: PyTree,
@@ -1577,6 +1611,7 @@ def neuron_integrated_gradients(
     )
 
 
+@_core.contract
 def neuron_gradient_shap(
     model: Model,
     x: PyTree,
@@ -1686,6 +1721,7 @@ def _neuron_conductance_chunk(
     )
 
 
+@_core.contract
 def neuron_conductance(
     model: Model,
     x: PyTree,
@@ -1778,6 +1814,7 @@ def neuron_conductance(
 # --------------------------------------------------------------------------------------
 
 
+@_core.contract
 def for_each_target(
     method: Callable[..., Any], fn: Any, x: PyTree, targets: Sequence[Any], **kwargs: Any
 ) -> Any:
@@ -1822,6 +1859,7 @@ def for_each_target(
     return jax.vmap(lambda t: method(fn, x, target=t, **kwargs))(per_example)
 
 
+@_core.contract
 def for_each_neuron(
     method: Callable[..., Any],
     model: Model,
@@ -1898,6 +1936,7 @@ def _layer_lrp_core(
     return out
 
 
+@_core.contract
 def layer_lrp(
     model: Model,
     x: PyTree,
@@ -1962,6 +2001,7 @@ def layer_lrp(
         kwargs=kwargs,
         params=None,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     _check_float_x(s.x)
     intercept = _cached_intercept(attached)
@@ -1972,7 +2012,7 @@ def layer_lrp(
     )
 
 
-@functools.lru_cache(maxsize=64)
+@_caching.lru(8)
 def _cached_intercept(attached):
     return attached.composite.intercept(attached.model.layers)
 
@@ -2008,6 +2048,7 @@ def _layer_deep_lift_core(
     return g * (a1 - a0) if multiply_by_inputs else g
 
 
+@_core.contract
 def layer_deep_lift(
     model: Model,
     x: PyTree,
@@ -2069,6 +2110,7 @@ def layer_deep_lift(
     )
 
 
+@_core.contract
 def guided_grad_cam(
     model: Model,
     x: PyTree,
@@ -2128,6 +2170,7 @@ def guided_grad_cam(
     return jax.tree_util.tree_map(times_cam, gb)
 
 
+@_caching.model_pytree(["model"], static=["tap", "selector"])
 class NeuronModel:
     """One neuron of a structured model as a structured model with a (N,) output.
 
@@ -2138,10 +2181,18 @@ class NeuronModel:
 
     def __init__(self, model: Model, layer: str, neuron_selector: Any, to_input: bool = False):
         self.model = _taps.as_structured(model)
-        self.tap = _taps.resolve_layer(self.model, layer, to_input)
+        self.tap = _taps.resolve_single(self.model, layer, to_input)
         self.selector = neuron_selector
-        self.params = self.model.params
-        self.layers = self.model.layers
+
+    @property
+    def params(self) -> Any:
+        """The wrapped model's parameters (read at each call: new weights are seen)."""
+        return self.model.params
+
+    @property
+    def layers(self) -> Mapping[str, Any]:
+        """The wrapped model's layers."""
+        return self.model.layers
 
     def apply(
         self, params: Any, *inputs: Any, intercept: Callable[..., Any] | None = None, **kwargs: Any
@@ -2164,7 +2215,7 @@ class NeuronModel:
         return self.apply(self.params, *inputs)
 
 
-@functools.lru_cache(maxsize=64)
+@_caching.lru(8)
 def _neuron_structured(model, layer, key, to_input, selector):
     return NeuronModel(model, layer, selector, to_input)
 
@@ -2181,6 +2232,7 @@ def _neuron_as_model(model, layer, selector, to_input):
         return NeuronModel(model, layer, selector, to_input)
 
 
+@_core.contract
 def neuron_guided_backprop(
     model: Model,
     x: PyTree,
@@ -2215,6 +2267,7 @@ def neuron_guided_backprop(
     return guided_backprop(nm, x, target=None, args=args)
 
 
+@_core.contract
 def neuron_deep_lift(
     model: Model,
     x: PyTree,
@@ -2266,6 +2319,7 @@ def neuron_deep_lift(
     )
 
 
+@_core.contract
 def neuron_feature_ablation(
     model: Model,
     x: PyTree,

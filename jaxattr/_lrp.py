@@ -15,7 +15,6 @@ by the explained output, so the relevance sums to about ``f(x)[target]``; pass
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxattr import _core, _rules
+from jaxattr import _caching, _core, _rules
 from jaxattr._canonizers import canonize
 from jaxattr._composites import (
     LINEAR,
@@ -72,16 +71,28 @@ def _canon_key(canonizers):
     return tuple(canonizers)
 
 
-@functools.lru_cache(maxsize=64)
-def _plain_fn(model: Any) -> Callable[..., Any]:
-    return lambda *a: model.apply(model.params, *a, intercept=default_intercept)
+@_caching.model_pytree(["model"])
+class _PlainFn:
+    """A structured model as a plain function of its inputs (its weights stay leaves)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.model.apply(self.model.params, *inputs, intercept=default_intercept)
 
 
-@functools.lru_cache(maxsize=64)
+@_caching.lru(8)
+def _plain_fn(model: Any) -> _PlainFn:
+    return _PlainFn(model)
+
+
+@_caching.lru(8)
 def _canonized(model: Any, canonizers: tuple | None) -> Any:
     return canonize(model, canonizers)
 
 
+@_caching.model_pytree(["model"], static=["composite"])
 class Attached:
     """A structured model with a composite's rules attached: a pure function of the input.
 
@@ -116,7 +127,7 @@ class Attached:
         return f"Attached({self.composite!r})"
 
 
-@functools.lru_cache(maxsize=64)
+@_caching.lru(8)
 def _attach(model, composite, canonizers):
     return Attached(_canonized(model, canonizers), composite)
 
@@ -217,6 +228,7 @@ def _run_rules(
     )
 
 
+@_core.contract
 def lrp(
     model: Any,
     x: PyTree,
@@ -337,6 +349,7 @@ def _sub_jaxpr(eqn):
     return None
 
 
+@_caching.model_pytree(["fn"])
 class _FunctionModel:
     """A plain JAX function as a structured model whose layers are its activations.
 
@@ -389,7 +402,7 @@ class _FunctionModel:
         return jax.tree_util.tree_unflatten(out_tree, outs)
 
 
-@functools.lru_cache(maxsize=64)
+@_caching.lru(8)
 def _function_model_cached(fn):
     return _FunctionModel(fn)
 
@@ -431,6 +444,7 @@ def _relu_method(model, x, target, args, composite, method):
     return _run_rules(model, x, composite, None, target, args, False, False, method)
 
 
+@_core.contract
 def guided_backprop(model: Any, x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
     """Guided backpropagation (Springenberg et al., 2015).
 
@@ -458,6 +472,7 @@ def guided_backprop(model: Any, x: PyTree, *, target: Any = None, args: tuple = 
     return _relu_method(model, x, target, args, guided_backprop_composite(), "guided_backprop")
 
 
+@_core.contract
 def deconvolution(model: Any, x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
     """Deconvolution (Zeiler & Fergus, 2014): ReLUs pass ``max(R_out, 0)`` back.
 
@@ -513,7 +528,7 @@ _EBP_LINEAR = _ebp_linear_rule()
 _EBP_FLIPPED = _ebp_linear_rule(True)
 
 
-@functools.lru_cache(maxsize=8)
+@_caching.lru(8)
 def _ebp_composite(flip_layer: str | None = None) -> Composite:
     name_map = ((flip_layer, _EBP_FLIPPED),) if flip_layer else ()
     return Composite(
@@ -664,6 +679,7 @@ def _prep_structured(model, x, target, args, method):
     return x, args, inputs, t
 
 
+@_core.contract
 def excitation_backprop(
     model: Any,
     x: PyTree,
@@ -734,6 +750,7 @@ def _last_linear(model) -> str:
     raise ValueError("classifier_layer: the model has no linear or conv layer with weights")
 
 
+@_core.contract
 def contrastive_excitation_backprop(
     model: Any,
     x: PyTree,
@@ -879,7 +896,7 @@ def _deeplift_bwd_factory(kind, eps):
     return backward
 
 
-@functools.lru_cache(maxsize=16)
+@_caching.lru(16)
 def _deeplift_rules(eps: float):
     return {
         k: Rule(f"deeplift_{k}", backward=_deeplift_bwd_factory(k, eps))
@@ -955,6 +972,7 @@ def _deep_lift_core(
     return attr, completeness_delta(fn, inputs, x, baselines, args, target, attr)
 
 
+@_core.contract
 def deep_lift(
     model: Any,
     x: PyTree,
@@ -1035,6 +1053,7 @@ def deep_lift(
     )
 
 
+@_core.contract
 def deep_lift_shap(
     model: Any,
     x: PyTree,

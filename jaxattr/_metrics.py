@@ -90,6 +90,7 @@ def _infidelity_chunk(
     return (dot * dot).sum(0), (dot * diff).sum(0), (diff * diff).sum(0), ((dot - diff) ** 2).sum(0)
 
 
+@_core.contract
 def infidelity(
     fn: Callable[..., Any],
     perturb_func: Callable[..., tuple[PyTree, PyTree]],
@@ -266,6 +267,7 @@ def _sensitivity_chunk(
     return jax.vmap(one)(keys, method_keys).max(0)
 
 
+@_core.contract
 def sensitivity_max(
     method: Callable[..., Any],
     fn: Callable[..., Any],
@@ -478,6 +480,7 @@ def _curve(
     return Curve(fractions, scores, auc)
 
 
+@_core.contract
 def deletion_curve(
     fn: Callable[..., Any],
     x: jax.Array,
@@ -544,6 +547,7 @@ def deletion_curve(
     )
 
 
+@_core.contract
 def insertion_curve(
     fn: Callable[..., Any],
     x: jax.Array,
@@ -663,6 +667,7 @@ def _pointing(a, m, tolerance):
     return jnp.any((m & accept).reshape(n, -1), axis=1)
 
 
+@_core.contract
 def completeness(
     fn: Callable[..., Any],
     x: PyTree,

@@ -161,6 +161,7 @@ def noise_tunnel(
     except (TypeError, ValueError):
         takes_key = False
 
+    @_core.contract
     def tunnel(
         fn: Callable[..., Any],
         x: PyTree,
@@ -253,6 +254,7 @@ def _smoothgrad_chunk(*, fn, inputs, x, noise, args, target):
     return jax.tree_util.tree_map(lambda g: g.sum(0), jax.vmap(one)(noise))
 
 
+@_core.contract
 def smoothgrad(
     fn: Callable[..., Any],
     x: PyTree,
@@ -368,6 +370,7 @@ def _gradient_shap_core(
     return (mean, delta.T) if return_delta else mean
 
 
+@_core.contract
 def gradient_shap(
     fn: Callable[..., Any],
     x: PyTree,

@@ -353,6 +353,7 @@ def _run_windows(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+@_core.contract
 def occlusion(
     fn: Callable[..., Any],
     x: PyTree,
@@ -482,6 +483,7 @@ def occlusion(
     )
 
 
+@_core.contract
 def tiled_occlusion(
     fn: Callable[..., Any],
     x: PyTree,
@@ -746,6 +748,7 @@ def _spread(values: jax.Array, fmasks: list, x: PyTree) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+@_core.contract
 def feature_ablation(
     fn: Callable[..., Any],
     x: PyTree,
@@ -829,6 +832,7 @@ def permute_feature(x: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(mask, x[perm], x)
 
 
+@_core.contract
 def feature_permutation(
     fn: Callable[..., Any],
     x: PyTree,
@@ -911,6 +915,7 @@ def shapley_permutations(key: jax.Array, n_features: int, n_samples: int) -> jax
     )
 
 
+@_core.contract
 def shapley_value_sampling(
     fn: Callable[..., Any],
     x: PyTree,
@@ -987,6 +992,7 @@ def _shapley_from_orders(fn, x, args, inputs, t, b, fmasks, perms, batch_size, s
     return _spread((per_feature / s_count).T, fmasks, x)
 
 
+@_core.contract
 def shapley_values(
     fn: Callable[..., Any],
     x: PyTree,
@@ -1196,6 +1202,7 @@ def _surrogate(
     return _spread(coef, fmasks, x)
 
 
+@_core.contract
 def kernel_shap(
     fn: Callable[..., Any],
     x: PyTree,
@@ -1270,6 +1277,7 @@ def kernel_shap(
     )
 
 
+@_core.contract
 def lime(
     fn: Callable[..., Any],
     x: PyTree,
@@ -1447,6 +1455,7 @@ def _rise_chunk(*, fn, inputs, x, keys, p, num_cells, args, target, output_fn):
     return [jnp.tensordot(s, m.astype(jnp.float32), axes=((0,), (0,))) for m in masks]
 
 
+@_core.contract
 def rise(
     fn: Callable[..., Any],
     x: PyTree,

@@ -10,17 +10,23 @@ layer's space, or to ablate its units). Nothing is hooked or mutated.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 from jaxattr.structure import StructuredModel
 
-__all__ = ["Tap", "as_structured", "resolve_layer", "run_tapped", "tap_shapes"]
+__all__ = [
+    "Tap",
+    "as_structured",
+    "resolve_layer",
+    "resolve_layers",
+    "run_tapped",
+    "tap_shapes",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +55,40 @@ def as_structured(model: Any, name: str = "model") -> StructuredModel:
             f"work with the input methods (gradient, integrated_gradients, ...)"
         )
     return model
+
+
+def resolve_layers(model: StructuredModel, layer: str, to_input: bool = False) -> tuple[Tap, ...]:
+    """Like :func:`resolve_layer`, but a container returning a tuple gives one tap per tensor.
+
+    Captum attributes each tensor of a layer that returns a tuple; a model that can tell
+    (``output_layers``, the bridge) lists them, in execution order.
+    """
+    if (
+        isinstance(layer, str)
+        and not to_input
+        and layer not in model.layers
+        and hasattr(model, "output_layers")
+    ):
+        try:
+            names = model.output_layers(layer)
+        except (KeyError, ValueError):
+            names = []
+        if len(names) > 1:
+            return tuple(Tap(name, False, layer) for name in names)
+    return (resolve_layer(model, layer, to_input),)
+
+
+def resolve_single(model: StructuredModel, layer: str, to_input: bool = False) -> Tap:
+    """:func:`resolve_layer`, refusing a container that returns a tuple of tensors."""
+    taps = resolve_layers(model, layer, to_input)
+    if len(taps) > 1:
+        raise ValueError(
+            f"layer {layer!r} returns a tuple of {len(taps)} tensors (made by layers "
+            f"{[t.layer for t in taps]}); this method attributes one tensor: name one of "
+            f"them, or use layer_activation / layer_gradient_x_activation, which return a "
+            f"tuple for it"
+        )
+    return taps[0]
 
 
 def resolve_layer(model: StructuredModel, layer: str, to_input: bool = False) -> Tap:
@@ -192,12 +232,20 @@ def layer_gradients(
     return grads, acts, y
 
 
-@functools.lru_cache(maxsize=128)
+@_caching.model_pytree(["model"], static=["kw_names"])
+class _ModelFunction:
+    """``fn(*inputs, *kw_values)``: a structured model with its own params, as a function."""
+
+    def __init__(self, model: Any, kw_names: tuple):
+        self.model = model
+        self.kw_names = kw_names
+
+    def __call__(self, *a: Any) -> Any:
+        n = len(a) - len(self.kw_names)
+        kwargs = dict(zip(self.kw_names, a[n:], strict=False))
+        return self.model.apply(self.model.params, *a[:n], **kwargs)
+
+
 def model_function(model: Any, kw_names: tuple = ()) -> Callable[..., Any]:
-    """A stable ``fn(*inputs, *kw_values)`` of the model with its own params (for validation)."""
-
-    def fn(*a):
-        n = len(a) - len(kw_names)
-        return model.apply(model.params, *a[:n], **dict(zip(kw_names, a[n:], strict=False)))
-
-    return fn
+    """A ``fn(*inputs, *kw_values)`` of the model with its own params (a pytree)."""
+    return _ModelFunction(model, tuple(kw_names))

@@ -113,8 +113,21 @@ def _attrs(module: Any) -> dict[str, Any]:
     return out
 
 
+class _FlaxStatic:
+    """What a :class:`FlaxModel` shares with its pytree copies: runner, kind, layers."""
+
+    def __init__(self, runner: Callable[..., Any], kind: str):
+        self.runner = runner
+        self.kind = kind
+        self.layers: dict[str, Layer] | None = None
+
+
+@jax.tree_util.register_pytree_with_keys_class
 class FlaxModel:
     """A Flax model behind the structured-model protocol (from :func:`from_linen`/:func:`from_nnx`).
+
+    A pytree whose leaves are its variables, so methods trace the weights as arguments of
+    their compiled programs: assigning new ``params`` is always seen and never recompiles.
 
     Attributes:
         params: The variables (Linen: the ``variables`` dict; NNX: the ``nnx.State``).
@@ -122,28 +135,40 @@ class FlaxModel:
     """
 
     def __init__(self, runner: Callable[..., Any], params: Any, kind: str):
-        self._runner = runner
+        self._static = _FlaxStatic(runner, kind)
         self.params = params
-        self._layers: dict[str, Layer] | None = None
-        self._kind = kind
+
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("params"), self.params),), self._static
+
+    def tree_flatten(self):
+        return (self.params,), self._static
+
+    @classmethod
+    def tree_unflatten(cls, static: _FlaxStatic, children: Any) -> FlaxModel:
+        obj = object.__new__(cls)
+        obj._static = static
+        obj.params = children[0]
+        return obj
 
     @property
     def layers(self) -> Mapping[str, Layer]:
         """The layers (discovered on the first call; empty before it)."""
-        return self._layers or {}
+        return self._static.layers or {}
 
     def discover(self, *inputs: Any) -> Mapping[str, Layer]:
         """Trace the model abstractly on ``inputs`` to find its layers; returns them."""
-        if self._layers is None:
+        static = self._static
+        if static.layers is None:
             found: dict[str, Layer] = {}
 
             def record(layer, layer_fn, p, *xs):
                 found.setdefault(layer.name, layer)
                 return layer_fn(p, *xs)
 
-            jax.eval_shape(lambda p, *a: self._runner(p, a, record, None), self.params, *inputs)
-            self._layers = found
-        return self._layers
+            jax.eval_shape(lambda p, *a: static.runner(p, a, record, None), self.params, *inputs)
+            static.layers = found
+        return static.layers
 
     def apply(self, params: Any, *inputs: Any, intercept: Callable[..., Any] | None = None):
         """Run the model as a pure function, routing each layer through ``intercept``.
@@ -156,16 +181,18 @@ class FlaxModel:
         Returns:
             The model output.
         """
-        if self._layers is None:
+        if self._static.layers is None:
             self.discover(*inputs)
-        return self._runner(params, inputs, intercept or default_intercept, self._layers)
+        return self._static.runner(
+            params, inputs, intercept or default_intercept, self._static.layers
+        )
 
     def __call__(self, *inputs: Any) -> Any:
         return self.apply(self.params, *inputs)
 
     def __repr__(self) -> str:
-        n = "?" if self._layers is None else len(self._layers)
-        return f"FlaxModel({self._kind}, {n} layers)"
+        n = "?" if self._static.layers is None else len(self._static.layers)
+        return f"FlaxModel({self._static.kind}, {n} layers)"
 
 
 def _layer_record(known, name, path, kind, op, local, mod):

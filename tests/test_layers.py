@@ -374,7 +374,9 @@ def test_layer_methods_compose_with_jit(resnet):
     _, conv, x, _ = resnet
     eager = jaxattr.grad_cam(conv, x, "layer4", target=1)
     jitted = jax.jit(lambda z: jaxattr.grad_cam(conv, z, "layer4", target=1))(x)
-    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-7)
+    # float32 rounding: the jitted trace folds the weights in as constants, eager passes
+    # them as arguments
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5 * float(np.abs(eager).max()))
 
 
 def test_layer_errors(resnet):

@@ -1,0 +1,348 @@
+"""Compiled programs and memoized probes, cached in one place.
+
+Models are pytrees. A bridged model, a Flax adapter, a model with rules attached or a
+``jax.tree_util.Partial(apply, params)`` carries its weights as array leaves; a method's
+compiled program takes those arrays as *arguments*, so new weights are always seen and
+never recompile. Only the rest of the model (its graph, its Python functions) and the
+method's options are static: they key the cache, by type and value, so ``1`` and
+``np.float32(1.0)`` never share a program.
+
+A plain Python function is a static leaf: arrays it closes over are fixed at its first
+call, exactly as :func:`jax.jit` treats them. Pass weights that change as a pytree
+(``jax.tree_util.Partial(apply, params)``, a bridged model, a Flax adapter) instead.
+
+Every cache here is a bounded LRU registered with :func:`clear_caches`; none grows
+without bound, and :func:`trace_count` counts how often a method core was traced (what
+the tests use to prove that new weights do not recompile).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["LRU", "Partition", "cached_jit", "clear_caches", "lru", "partition", "trace_count"]
+
+_CACHES: weakref.WeakSet = weakref.WeakSet()
+_LOCK = threading.Lock()
+_TRACES = [0]
+
+
+class LRU:
+    """A bounded least-recently-used map, emptied by :func:`clear_caches`."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._data: collections.OrderedDict = collections.OrderedDict()
+        _CACHES.add(self)
+
+    def get(self, key: Hashable) -> Any:
+        with _LOCK:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        with _LOCK:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with _LOCK:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def lru(maxsize: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``functools.lru_cache`` for factories, registered with :func:`clear_caches`.
+
+    Unhashable arguments are not an error: the factory then runs uncached.
+    """
+
+    def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+        cache = LRU(maxsize)
+
+        @functools.wraps(factory)
+        def wrapper(*args: Any) -> Any:
+            key = tuple(static_key(a) for a in args)
+            try:
+                hash(key)
+            except TypeError:
+                return factory(*args)
+            hit = cache.get(key)
+            return hit if hit is not None else cache.put(key, factory(*args))
+
+        wrapper.cache = cache  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator
+
+
+def clear_caches() -> None:
+    """Empty every jaxattr cache (compiled programs, shape probes, rule factories).
+
+    JAX's own caches are cleared too (:func:`jax.clear_caches`). Nothing is needed for
+    correctness: use it to return memory after explaining many different models.
+
+    Example:
+        >>> import jaxattr
+        >>> jaxattr.clear_caches()
+    """
+    for cache in list(_CACHES):
+        cache.clear()
+    jax.clear_caches()
+
+
+def trace_count() -> int:
+    """How many times a method core has been traced (compiled) in this process."""
+    return _TRACES[0]
+
+
+# --------------------------------------------------------------------------------------
+# Static keys and partitions
+# --------------------------------------------------------------------------------------
+
+_DYNAMIC = object()
+
+
+def _is_dynamic(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, jax.core.Tracer))
+
+
+def static_key(value: Any) -> Any:
+    """A key for a static value, by type and value.
+
+    Python and NumPy scalars compare by type and exact bits (``1``, ``1.0`` and
+    ``np.float32(1.0)`` are three keys); containers recurse; other objects use their own
+    ``__eq__`` (identity for functions) under their type.
+    """
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return (type(value), value)
+    if isinstance(value, (int, float, complex)):
+        return (type(value), repr(value))
+    if isinstance(value, np.generic):
+        return (type(value), value.tobytes())
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(static_key(v) for v in value))
+    if isinstance(value, dict):
+        return (type(value), tuple((static_key(k), static_key(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return [value]  # unhashable on purpose: a NumPy array in a static part is not cached
+    return (type(value), value)
+
+
+class Partition:
+    """The static part of a pytree: its structure and its non-array leaves.
+
+    Two partitions are equal exactly when their pytrees differ only in the *values* of
+    their array leaves (same structure, same static leaves by type and value), i.e. when
+    one compiled program serves both.
+    """
+
+    __slots__ = ("_hash", "key", "statics", "treedef")
+
+    def __init__(self, treedef: Any, statics: Sequence[Any]):
+        self.treedef = treedef
+        self.statics = tuple(statics)
+        self.key = (treedef, tuple(_DYNAMIC if s is _DYNAMIC else static_key(s) for s in statics))
+        self._hash = None
+
+    def combine(self, dynamic: Sequence[Any]) -> Any:
+        """Rebuild the pytree from this static part and its array leaves."""
+        it = iter(dynamic)
+        leaves = [next(it) if s is _DYNAMIC else s for s in self.statics]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(self.key)
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Partition) and self.key == other.key
+
+
+def partition(tree: Any) -> tuple[Partition, list[Any]]:
+    """Split ``tree`` into its static :class:`Partition` and its array leaves.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr._caching import partition
+        >>> part, arrays = partition({"w": jnp.ones(2), "name": "dense"})
+        >>> len(arrays), part == partition({"w": jnp.zeros(2), "name": "dense"})[0]
+        (1, True)
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    statics, dynamic = [], []
+    for leaf in leaves:
+        if _is_dynamic(leaf):
+            statics.append(_DYNAMIC)
+            dynamic.append(leaf)
+        else:
+            statics.append(leaf)
+    return Partition(treedef, statics), dynamic
+
+
+def is_hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Compiled method cores
+# --------------------------------------------------------------------------------------
+
+
+def _traced(core: Callable[..., Any], part: Partition, dynamic: list, kwargs: dict) -> Any:
+    _TRACES[0] += 1
+    return core(**part.combine(dynamic), **kwargs)
+
+
+def cached_jit(static_argnames: Sequence[str], maxsize: int = 16):
+    """Compile a keyword-only method core, caching programs by static structure only.
+
+    The arguments named in ``static_argnames`` (the model, the method's options) are
+    partitioned: their array leaves (a model's weights) become arguments of the compiled
+    program, the rest keys the cache by type and value. Other arguments are traced as
+    usual. A static part that cannot be hashed still works: it is compiled on every call.
+
+    Args:
+        static_argnames: The keyword arguments that hold models and options.
+        maxsize: Compiled variants kept per core (least recently used dropped first).
+    """
+    names = tuple(static_argnames)
+
+    def decorator(core: Callable[..., Any]) -> Callable[..., Any]:
+        cache = LRU(maxsize)
+
+        @functools.wraps(core)
+        def wrapper(**kwargs: Any) -> Any:
+            statics = {k: kwargs.pop(k) for k in names}
+            part, dynamic = partition(statics)
+            if not is_hashable(part):
+                return jax.jit(functools.partial(_traced, core, part))(dynamic, kwargs)
+            jitted = cache.get(part)
+            if jitted is None:
+                jitted = cache.put(part, jax.jit(functools.partial(_traced, core, part)))
+            return jitted(dynamic, kwargs)
+
+        wrapper.cache = cache  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator
+
+
+_SHAPES = LRU(256)
+
+
+def _value_bytes(jaxpr: Any) -> int:
+    """Bytes of every value a jaxpr computes, nested jaxprs included (an upper bound on
+    what a forward pass keeps alive for its backward pass)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _value_bytes(inner)
+    return total
+
+
+def probe(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    """``(jax.eval_shape(fn, *args), bytes of its intermediate values)``, memoized.
+
+    ``fn`` may be a pytree (a model): its arrays enter as shapes, so the memo holds no
+    arrays and a model with new weights of the same shapes hits it. The byte count is
+    what :func:`jaxattr._core.batched_chunks` sizes chunks by.
+    """
+    part, dynamic = partition((fn, args))
+    if not is_hashable(part):
+        closed, out = jax.make_jaxpr(lambda: fn(*args), return_shape=True)()
+        return out, _value_bytes(closed.jaxpr)
+    spec = tuple((tuple(a.shape), str(a.dtype)) for a in dynamic)
+    key = (part, spec)
+    hit = _SHAPES.get(key)
+    if hit is None:
+        structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in dynamic]
+
+        def run(dyn):
+            f, a = part.combine(dyn)
+            return f(*a)
+
+        closed, out = jax.make_jaxpr(run, return_shape=True)(structs)
+        hit = _SHAPES.put(key, (out, _value_bytes(closed.jaxpr)))
+    return hit
+
+
+# --------------------------------------------------------------------------------------
+# Wrapper models as pytrees
+# --------------------------------------------------------------------------------------
+
+
+class _Static:
+    """The non-leaf attributes of a wrapper model; equal when its ``static`` ones are.
+
+    Attributes not named in ``static`` are per-instance caches (a discovered layer
+    table, a built interceptor): carried to the copies, never part of the key.
+    """
+
+    __slots__ = ("attrs", "key")
+
+    def __init__(self, cls: type, attrs: dict[str, Any], static: Sequence[str]):
+        self.attrs = attrs
+        self.key = (cls, tuple(static_key(attrs.get(n)) for n in static))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and self.key == other.key
+
+
+def model_pytree(children: Sequence[str], static: Sequence[str] = ()) -> Callable[[type], type]:
+    """Register a wrapper model class as a pytree whose leaves live in ``children``.
+
+    A model that wraps another (rules attached, canonizers, one neuron) names the
+    attributes holding models or arrays; they are flattened, so the wrapped weights are
+    traced as arguments. The attributes named in ``static`` (compared by type and value)
+    key compiled programs; any other attribute is a cache carried along.
+    """
+    children, static = tuple(children), tuple(static)
+
+    def decorate(cls: type) -> type:
+        def flatten_with_keys(self):
+            attrs = {k: v for k, v in self.__dict__.items() if k not in children}
+            kids = [(jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in children]
+            return kids, _Static(cls, attrs, static)
+
+        def unflatten(aux, kids):
+            obj = object.__new__(cls)
+            obj.__dict__.update(aux.attrs)
+            for name, kid in zip(children, kids, strict=True):
+                obj.__dict__[name] = kid
+            return obj
+
+        jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten)
+        return cls
+
+    return decorate

@@ -1,0 +1,371 @@
+"""No silent wrong answers: models are arguments, inputs are validated, memory is bounded.
+
+Every public method that explains a model is run twice on one model object, the second
+time after ``model.params = new``: the attribution must change (the weights are traced
+arguments, not constants baked into a compiled program) and nothing may recompile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxattr
+from jaxattr.flax import from_linen
+
+KEY = jax.random.key(0)
+
+
+class _Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv2")(x))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(3, name="fc")(x)
+
+
+def _tiny():
+    net = _Tiny()
+    variables = net.init(jax.random.key(1), jnp.ones((1, 6, 6, 2)))
+    return from_linen(net, variables, jnp.ones((1, 6, 6, 2)))
+
+
+X = jax.random.uniform(jax.random.key(2), (2, 6, 6, 2))
+ATTR = jnp.ones_like(X)
+MASK = jnp.arange(72).reshape(6, 6, 2) // 18
+
+
+def _perturb(key, x):
+    eps = 0.1 * jax.random.normal(key, x.shape)
+    return eps, x - eps
+
+
+def _nt(model, x, **kw):
+    return jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=2)(model, x, key=KEY, **kw)
+
+
+def _fusion(model, x, **kw):
+    fused = jaxattr.fusion_grad(jaxattr.saliency, n=2, m=1)
+    return fused(model.apply, model.params, x, key=KEY, **kw)
+
+
+#: How to call each method on the tiny model; anything not named here gets defaults by
+#: parameter name (``target``, ``key``, ``layer``, ...). Keys must cover jaxattr.__all__.
+SPECIAL = {
+    "noise_tunnel": _nt,
+    "fusion_grad": _fusion,
+    "occlusion": lambda m, x, **kw: jaxattr.occlusion(m, x, sliding_window_shapes=(2, 2, 2), **kw),
+    "tiled_occlusion": lambda m, x, **kw: jaxattr.tiled_occlusion(m, x, k=2, window=2, **kw),
+    "shapley_values": lambda m, x, **kw: jaxattr.shapley_values(m, x, feature_mask=MASK, **kw),
+    "feature_permutation": lambda m, x, **kw: jaxattr.feature_permutation(m, x, key=KEY, **kw),
+    "rise": lambda m, x, **kw: jaxattr.rise(m, x, key=KEY, num_masks=4, num_cells=2, **kw),
+    "extremal_perturbation": lambda m, x, **kw: jaxattr.extremal_perturbation(
+        m, x, max_iter=2, **kw
+    ),
+    "fgsm": lambda m, x, **kw: jaxattr.fgsm(m, x, epsilon=0.1, **kw),
+    "pgd": lambda m, x, **kw: jaxattr.pgd(m, x, radius=0.1, step_size=0.05, step_num=2, **kw),
+    "contrastive_excitation_backprop": lambda m, x, **kw: jaxattr.contrastive_excitation_backprop(
+        m, x, contrast_layer="conv2", classifier_layer="fc", **kw
+    ),
+    "deep_lift_shap": lambda m, x, **kw: jaxattr.deep_lift_shap(m, x, baselines=X * 0.5, **kw),
+    "gradient_shap": lambda m, x, **kw: jaxattr.gradient_shap(
+        m, x, baselines=X * 0.5, key=KEY, **kw
+    ),
+    "layer_gradient_shap": lambda m, x, **kw: jaxattr.layer_gradient_shap(
+        m, x, "conv2", baselines=X * 0.5, key=KEY, **kw
+    ),
+    "neuron_gradient_shap": lambda m, x, **kw: jaxattr.neuron_gradient_shap(
+        m, x, "conv2", (0, 1, 2), baselines=X * 0.5, key=KEY
+    ),
+    "lime": lambda m, x, **kw: jaxattr.lime(m, x, key=KEY, feature_mask=MASK, n_samples=32, **kw),
+    "for_each_target": lambda m, x, **kw: jaxattr.for_each_target(jaxattr.saliency, m, x, [0, 1]),
+    "for_each_neuron": lambda m, x, **kw: jaxattr.for_each_neuron(
+        jaxattr.neuron_gradient, m, x, "conv2", [(0, 1, 2), (2, 2, 1)]
+    ),
+    "probe": lambda m, x, **kw: jaxattr.probe(m, x, "conv2", **kw),
+    "layer_activation": lambda m, x, **kw: jaxattr.layer_activation(m, x, "conv2"),
+    "neuron_model": lambda m, x, **kw: jaxattr.gradient(
+        jaxattr.neuron_model(m, "conv2", (0, 1, 2)), x
+    ),
+    "interpolate": None,  # a resizing helper, no model
+    "completeness": lambda m, x, **kw: jaxattr.completeness(m, x, ATTR, **kw),
+    "deletion_curve": lambda m, x, **kw: jaxattr.deletion_curve(m, x, ATTR, n_steps=3, **kw).auc,
+    "insertion_curve": lambda m, x, **kw: jaxattr.insertion_curve(m, x, ATTR, n_steps=3, **kw).auc,
+    "infidelity": lambda m, x, **kw: jaxattr.infidelity(
+        m, _perturb, x, ATTR, key=KEY, n_perturb_samples=2, **kw
+    ),
+    "sensitivity_max": lambda m, x, **kw: jaxattr.sensitivity_max(
+        jaxattr.saliency, m, x, key=KEY, n_perturb_samples=2, **kw
+    ),
+}
+#: Public functions that take no model.
+NOT_METHODS = {
+    "draw_noise", "fusion_grad_draws", "gradient_shap_draws", "occlude_independent",
+    "permute_feature", "pgd_random_start", "smoothgrad_draws", "uniform_perturb", "interpolate",
+}  # fmt: skip
+
+
+def _default_call(method):
+    params = inspect.signature(method).parameters
+    defaults = {"layer": "conv2", "neuron_selector": (0, 1, 2), "key": KEY,
+                "composite": jaxattr.epsilon_plus(), "channel_axis": -1}  # fmt: skip
+
+    def call(model, x, **kw):
+        pos, extra = [], {}
+        for name, value in defaults.items():
+            if name not in params or params[name].default is not inspect.Parameter.empty:
+                if name not in params or name in ("layer", "neuron_selector"):
+                    continue
+            if params[name].kind is inspect.Parameter.KEYWORD_ONLY:
+                extra[name] = value
+            else:
+                pos.append(value)
+        if "target" not in params:
+            kw.pop("target", None)
+        return method(model, x, *pos, **extra, **kw)
+
+    return call
+
+
+def _methods():
+    out = {}
+    for name in jaxattr.__all__:
+        obj = getattr(jaxattr, name)
+        if not inspect.isfunction(obj) or name in NOT_METHODS:
+            continue
+        if not {"x", "method"} & set(inspect.signature(obj).parameters):
+            continue
+        if name in ("noise_tunnel", "fusion_grad") or "x" in inspect.signature(obj).parameters:
+            out[name] = SPECIAL.get(name) or _default_call(obj)
+    return out
+
+
+METHODS = _methods()
+
+
+def test_every_model_taking_public_function_is_covered():
+    names = set(METHODS)
+    assert {"saliency", "grad_cam", "neuron_conductance", "layer_lrp", "lrp"} <= names
+    assert {"noise_tunnel", "fusion_grad", "completeness"} <= names
+    assert len(names) >= 58, sorted(names)
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Count XLA compilations (jax_log_compiles) inside the block."""
+    messages: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling "):
+                messages.append(record.getMessage())
+
+    handler = Handler(level=logging.DEBUG)
+    logger = logging.getLogger("jax")
+    old_level, old_flag = logger.level, jax.config.jax_log_compiles
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield messages
+    finally:
+        jax.config.update("jax_log_compiles", old_flag)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny()
+
+
+def _leaves(tree):
+    return [np.asarray(a, np.float32) for a in jax.tree_util.tree_leaves(tree)]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_new_weights_change_the_attribution_without_recompiling(tiny, name):
+    call = METHODS[name]
+    old = tiny.params
+    new = jax.tree_util.tree_map(lambda a: a * 1.7 - 0.05, old)
+    try:
+        tiny.params = old
+        a = call(tiny, X, target=0)
+        tiny.params = new
+        b_first = call(tiny, X, target=0)  # eager helpers of the new call are warm now
+        tiny.params = old
+        call(tiny, X, target=0)
+        tiny.params = new
+        with count_compiles() as compiled:
+            b = call(tiny, X, target=0)
+    finally:
+        tiny.params = old
+    assert not compiled, compiled
+    for lb, lf in zip(_leaves(b), _leaves(b_first), strict=True):
+        np.testing.assert_array_equal(lb, lf)
+    assert any(not np.allclose(la, lb) for la, lb in zip(_leaves(a), _leaves(b), strict=True))
+
+
+def test_model_as_an_argument_of_jit(tiny):
+    eager = jaxattr.saliency(tiny, X, target=1)
+    jitted = jax.jit(lambda m, x: jaxattr.saliency(m, x, target=1))(tiny, X)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+    lrp = jax.jit(lambda m, x: jaxattr.lrp(m, x, composite=jaxattr.epsilon_plus(), target=1))
+    np.testing.assert_allclose(
+        lrp(tiny, X), jaxattr.lrp(tiny, X, composite=jaxattr.epsilon_plus(), target=1), rtol=1e-5
+    )
+
+
+def test_partial_with_params_is_seen_and_plain_closure_is_fixed():
+    """The documented contract for plain functions."""
+    apply = lambda p, x: x @ p  # noqa: E731
+    x = jnp.ones((1, 2))
+    w1, w2 = jnp.array([[1.0], [2.0]]), jnp.array([[3.0], [5.0]])
+    a = jaxattr.gradient(jax.tree_util.Partial(apply, w1), x, target=0)
+    b = jaxattr.gradient(jax.tree_util.Partial(apply, w2), x, target=0)
+    np.testing.assert_array_equal(a, [[1.0, 2.0]])
+    np.testing.assert_array_equal(b, [[3.0, 5.0]])
+
+
+def test_static_options_are_keyed_by_type_and_value():
+    fn = lambda x: x @ jnp.array([[1.0, 0.0], [0.0, 2.0]])  # noqa: E731
+    x = jnp.ones((1, 2))
+    tunnel = jaxattr.noise_tunnel(jaxattr.integrated_gradients, nt_samples=2, stdevs=0.0)
+    a = tunnel(fn, x, key=KEY, target=1, n_steps=4)
+    with pytest.raises(TypeError, match="float scalar"):
+        tunnel(fn, x, key=KEY, target=np.float32(1.0), n_steps=4)
+    c = tunnel(fn, x, key=KEY, target=1, n_steps=4, multiply_by_inputs=True)
+    d = tunnel(fn, x, key=KEY, target=1, n_steps=4, multiply_by_inputs=1.0)
+    np.testing.assert_allclose(a, [[0.0, 2.0]], atol=1e-6)
+    np.testing.assert_allclose(c, d)
+    from jaxattr._caching import static_key
+
+    assert static_key(1) != static_key(1.0) != static_key(np.float32(1.0))
+    assert static_key(True) != static_key(1)
+
+
+@pytest.mark.parametrize(
+    "target", [np.float32(1.0), 1.0, jnp.array(1.0), np.array(1.0, np.float64)], ids=str
+)
+def test_float_scalar_target_is_a_named_error(target):
+    fn = lambda x: x @ jnp.ones((3, 2))  # noqa: E731
+    with pytest.raises(TypeError, match="float scalar is ambiguous"):
+        jaxattr.saliency(fn, jnp.ones((2, 3)), target=target)
+    with pytest.raises(TypeError, match="float scalar is ambiguous"):
+        jaxattr.for_each_target(jaxattr.saliency, fn, jnp.ones((2, 3)), [target])
+
+
+def test_integer_scalars_are_class_indices():
+    fn = lambda x: x * jnp.array([1.0, 2.0, 3.0])  # noqa: E731
+    x = jnp.ones((1, 3))
+    for t in (2, np.int64(2), jnp.array(2), np.array(2)):
+        np.testing.assert_array_equal(jaxattr.gradient(fn, x, target=t), [[0.0, 0.0, 3.0]])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_nan_input_is_a_named_error(tiny, name):
+    bad = X.at[1, 2, 3, 0].set(jnp.nan)
+    with pytest.raises(jaxattr.NonFiniteInputError, match=r"x holds 1 NaN/Inf.*\(1, 2, 3, 0\)"):
+        METHODS[name](tiny, bad, target=0)
+
+
+def test_nan_baselines_and_opt_out():
+    fn = lambda x: (x**2).sum(1)  # noqa: E731
+    x = jnp.ones((1, 3))
+    with pytest.raises(jaxattr.NonFiniteInputError, match="baselines holds 1"):
+        jaxattr.integrated_gradients(fn, x, baselines=jnp.array([0.0, jnp.inf, 0.0]))
+    bad = x.at[0, 1].set(jnp.inf)
+    with pytest.raises(jaxattr.NonFiniteInputError):
+        jaxattr.gradient(fn, bad)
+    g = jaxattr.gradient(fn, bad, check_finite=False)
+    assert np.isinf(g[0, 1])
+    assert "check_finite" in inspect.signature(jaxattr.occlusion).parameters
+    assert "check_finite" in jaxattr.occlusion.__doc__
+    # inside a trace there is nothing to look at: no error, no host sync
+    jax.jit(lambda v: jaxattr.gradient(fn, v))(bad)
+
+
+def test_chunks_follow_the_memory_budget():
+    from jaxattr import _core
+
+    calls = []
+    fn = lambda x: jnp.tanh(x @ jnp.ones((64, 64))) @ jnp.ones((64, 2))  # noqa: E731
+    x = jax.random.normal(KEY, (4, 64))
+    whole = jaxattr.integrated_gradients(fn, x, target=0, n_steps=32)
+    old = _core.batched_chunks
+
+    def spy(total, batch_size):
+        out = old(total, batch_size)
+        calls.append(len(out))
+        return out
+
+    _core.batched_chunks = spy
+    try:
+        jaxattr.set_memory_budget(8 * 1024)  # a few steps' activations
+        small = jaxattr.integrated_gradients(fn, x, target=0, n_steps=32)
+        jaxattr.set_memory_budget(None)
+        jaxattr.integrated_gradients(fn, x, target=0, n_steps=32)
+        jaxattr.set_memory_budget(8 * 1024)
+        explicit = jaxattr.integrated_gradients(fn, x, target=0, n_steps=32, batch_size=32)
+    finally:
+        _core.batched_chunks = old
+        jaxattr.set_memory_budget(None)
+    assert calls[0] > 1 and calls[1] == 1 and calls[2] == 1
+    np.testing.assert_allclose(small, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(explicit, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="nbytes must be >= 1"):
+        jaxattr.set_memory_budget(0)
+
+
+def test_clear_caches_empties_every_cache():
+    from jaxattr import _caching
+
+    jaxattr.saliency(lambda x: (x * 2.0).sum(1), jnp.ones((1, 2)))
+    assert any(len(c) for c in _caching._CACHES)
+    jaxattr.clear_caches()
+    assert not any(len(c) for c in _caching._CACHES)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="Linux only")
+def test_fifty_fresh_models_do_not_grow_memory():
+    """Caches hold no models: attributing freshly converted models stays bounded."""
+    import gc
+
+    torch = pytest.importorskip("torch")
+    from jaxattr.bridge import from_torch
+
+    x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
+
+    def one(seed):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Linear(8 * 6 * 6, 4),
+        ).eval()  # fmt: skip
+        model = from_torch(net, torch.from_numpy(x))
+        a = jaxattr.saliency(model, x, target=1)
+        b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), target=1)
+        return float(a.sum() + b.sum())
+
+    for seed in range(5):  # warm up imports, JAX's own caches, the allocator
+        one(seed)
+    gc.collect()
+    before = _rss_bytes()
+    for seed in range(5, 55):
+        one(seed)
+    gc.collect()
+    grown = _rss_bytes() - before
+    assert grown < 300 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB over 50 models"
