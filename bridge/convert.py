@@ -524,6 +524,12 @@ def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
 
 
 # --------------------------------------------------------------------------- Converted
+@jax.jit
+def _jit_run(model: Converted, *args: Any, **kwargs: Any) -> Any:
+    """``model(*args)`` compiled, the model a pytree argument (its weights traced)."""
+    return model.fn(model.params, *args, **kwargs)
+
+
 class _Shared:
     """The static part of a :class:`Converted`; compared by identity (one per conversion)."""
 
@@ -567,8 +573,9 @@ class Converted:
         self.exported = graph.source
         self.conversion_time = conversion_time
         self._assemble(graph)
-        self._jit_fn = jax.jit(self.fn)
-        self._shared = _Shared({k: v for k, v in self.__dict__.items() if k != "params"})
+        # the exported program holds torch's copy of the weights: not part of the graph
+        static = {k: v for k, v in self.__dict__.items() if k not in ("params", "exported")}
+        self._shared = _Shared(static)
 
     # ----------------------------------------------------------------- pytree
     # A Converted is a pytree whose leaves are its params: methods trace the weights as
@@ -807,7 +814,7 @@ class Converted:
         flat = self._flatten_inputs(inputs, kwargs)
         args = flat[: self._n_args]
         kw = dict(zip(self.kwarg_names, flat[self._n_args:], strict=False))
-        return self._jit_fn(self.params, *args, **kw)
+        return _jit_run(self, *args, **kw)
 
     def apply(self, params: Mapping[str, Any], *inputs: Any, intercept: Callable[..., Any] |
               None = None, **kwargs: Any) -> Any:

@@ -166,6 +166,10 @@ class Partition:
         leaves = [next(it) if s is _DYNAMIC else s for s in self.statics]
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
+    def placeholder(self) -> Any:
+        """The pytree with ``None`` for every array: its structure, none of its weights."""
+        return self.combine([None] * sum(s is _DYNAMIC for s in self.statics))
+
     def __hash__(self) -> int:
         if self._hash is None:
             self._hash = hash(self.key)
@@ -251,46 +255,69 @@ def cached_jit(static_argnames: Sequence[str], maxsize: int = 16):
 _SHAPES = LRU(256)
 
 
-def _value_bytes(jaxpr: Any) -> int:
-    """Bytes of every value a jaxpr computes, nested jaxprs included (an upper bound on
-    what a forward pass keeps alive for its backward pass)."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        for v in eqn.outvars:
-            aval = getattr(v, "aval", None)
-            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-                total += int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    total += _value_bytes(inner)
-    return total
+def _value_bytes(jaxpr: Any, varying: Sequence[bool]) -> tuple[int, int]:
+    """``(total, largest)``: bytes of the values a jaxpr computes from its ``varying``
+    inputs (nested jaxprs looked into, nothing counted twice), and of the largest one.
 
-
-def probe(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
-    """``(jax.eval_shape(fn, *args), bytes of its intermediate values)``, memoized.
-
-    ``fn`` may be a pytree (a model): its arrays enter as shapes, so the memo holds no
-    arrays and a model with new weights of the same shapes hits it. The byte count is
-    what :func:`jaxattr._core.batched_chunks` sizes chunks by.
+    Only values that depend on the varying inputs (the examples, not the weights) grow
+    with the expansion of a method. Their total bounds what a forward pass keeps alive
+    for its backward pass; a pass with no backward needs a few of the largest at a time.
     """
-    part, dynamic = partition((fn, args))
-    if not is_hashable(part):
-        closed, out = jax.make_jaxpr(lambda: fn(*args), return_shape=True)()
-        return out, _value_bytes(closed.jaxpr)
-    spec = tuple((tuple(a.shape), str(a.dtype)) for a in dynamic)
-    key = (part, spec)
+    dep = {v for v, flag in zip(jaxpr.invars, varying, strict=True) if flag}
+    total = largest = 0
+    for eqn in jaxpr.eqns:
+        flags = [type(v).__name__ != "Literal" and v in dep for v in eqn.invars]
+        if not any(flags):
+            continue
+        inner = [
+            getattr(sub, "jaxpr", sub)
+            for param in eqn.params.values()
+            for sub in (param if isinstance(param, (tuple, list)) else (param,))
+        ]
+        inner = [j for j in inner if hasattr(j, "eqns")]
+        if inner:
+            for j in inner:
+                sub_flags = flags if len(j.invars) == len(flags) else [True] * len(j.invars)
+                t, m = _value_bytes(j, sub_flags)
+                total, largest = total + t, max(largest, m)
+        else:
+            for v in eqn.outvars:
+                aval = getattr(v, "aval", None)
+                if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                    size = int(np.prod(aval.shape, dtype=np.int64)) * aval.dtype.itemsize
+                    total, largest = total + size, max(largest, size)
+        dep.update(eqn.outvars)
+    return total, largest
+
+
+def probe(fn: Callable[..., Any], fixed: tuple, varying: Any) -> tuple[Any, tuple[int, int]]:
+    """``(jax.eval_shape(fn, *fixed, varying), (total, largest))``, memoized.
+
+    ``fixed`` may hold pytrees (a model): their arrays enter as shapes, so the memo holds
+    no arrays and a model with new weights of the same shapes hits it. The second part
+    is the size of the values computed from ``varying`` (see :func:`_value_bytes`), what
+    :func:`jaxattr._core.batched_chunks` sizes chunks by.
+    """
+    part, fixed_dyn = partition((fn, fixed))
+    vpart, var_dyn = partition(varying)
+    flags = [False] * len(fixed_dyn) + [True] * len(var_dyn)
+    if not (is_hashable(part) and is_hashable(vpart)):
+        closed, out = jax.make_jaxpr(lambda: fn(*fixed, varying), return_shape=True)()
+        return out, (0, 0)
+    spec = tuple((tuple(a.shape), str(a.dtype)) for a in (*fixed_dyn, *var_dyn))
+    key = (part, vpart, spec)
     hit = _SHAPES.get(key)
     if hit is None:
-        structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in dynamic]
 
-        def run(dyn):
-            f, a = part.combine(dyn)
-            return f(*a)
+        def run(fdyn, vdyn):
+            f, fx = part.combine(fdyn)
+            return f(*fx, vpart.combine(vdyn))
 
-        closed, out = jax.make_jaxpr(run, return_shape=True)(structs)
-        hit = _SHAPES.put(key, (out, _value_bytes(closed.jaxpr)))
+        closed, out = jax.make_jaxpr(run, return_shape=True)(
+            [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in fixed_dyn],
+            [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in var_dyn],
+        )
+        hit = _SHAPES.put(key, (out, _value_bytes(closed.jaxpr, flags)))
     return hit
 
 

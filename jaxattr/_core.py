@@ -249,15 +249,15 @@ class Target:
 jax.tree_util.register_pytree_node(Target, Target.tree_flatten, Target.tree_unflatten)
 
 
-def _call_fn(inputs: Inputs, fn: Callable[..., Any], x: PyTree, args: tuple) -> Any:
+def _call_fn(inputs: Inputs, fn: Callable[..., Any], args: tuple, x: PyTree) -> Any:
     return inputs.call(fn, x, args)
 
 
 def _output_shape(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple) -> tuple:
-    out, value_bytes = _caching.probe(_call_fn, inputs, fn, x, args)
+    out, value_bytes = _caching.probe(_call_fn, (inputs, fn, args), x)
     scope = _SCOPE.get()
-    if scope is not None:  # the first probe of a public call sizes its chunks
-        scope.unit_bytes = scope.unit_bytes or value_bytes
+    if scope is not None and scope.value_bytes is None:  # the first probe sizes chunks
+        scope.value_bytes = value_bytes
     if not hasattr(out, "shape"):
         raise TypeError(
             f"fn must return one array (batch-first), got {type(out).__name__}; select the "
@@ -627,9 +627,13 @@ cached_jit = _caching.cached_jit
 
 @dataclasses.dataclass
 class _CallScope:
-    """What one public method call learned while validating: the model's activation size."""
+    """What one public method call learned while validating its target.
 
-    unit_bytes: int | None = None
+    ``value_bytes`` is ``(total, largest)``: the bytes of every value one forward pass of
+    the model computes on the whole batch, and of the largest one.
+    """
+
+    value_bytes: tuple[int, int] | None = None
 
 
 _SCOPE: contextvars.ContextVar[_CallScope | None] = contextvars.ContextVar(
@@ -668,8 +672,10 @@ def set_memory_budget(nbytes: int | None) -> None:
     Methods that expand their input (integration steps, noise samples, occlusion
     windows, ablated features, masks) and are called without ``batch_size`` split the
     expansion into chunks whose estimated activations fit the budget. An explicit
-    ``batch_size`` always wins. The estimate counts every value of one forward pass of
-    the model twice (kept for, and flowing back through, the backward pass).
+    ``batch_size`` always wins. The estimate comes from the model's jaxpr, traced once
+    per shape: a gradient method counts every value of one forward pass twice (kept for,
+    and flowing back through, the backward pass); a forward-only method (occlusion,
+    ablation, Shapley, LIME, RISE) four times the largest value.
 
     Args:
         nbytes: The budget in bytes, or ``None`` for the default.
@@ -686,18 +692,34 @@ def set_memory_budget(nbytes: int | None) -> None:
     _BUDGET[0] = nbytes
 
 
-def batched_chunks(total: int, batch_size: int | None) -> list[tuple[int, int]]:
+def _even_chunk(total: int, cap: int) -> int:
+    """A chunk size <= ``cap`` that divides ``total`` when one is at least ``cap / 2``, so
+    that every chunk has one shape and compiles once."""
+    if cap >= total:
+        return cap
+    for size in range(cap, (cap + 1) // 2 - 1, -1):
+        if total % size == 0:
+            return size
+    return cap
+
+
+def batched_chunks(
+    total: int, batch_size: int | None, *, backward: bool = True
+) -> list[tuple[int, int]]:
     """Split ``range(total)`` into ``(start, stop)`` chunks of at most ``batch_size``.
 
-    With ``batch_size=None`` the chunk size comes from the memory budget: each item of
-    the expansion runs the model once on the whole batch, whose activation size the
-    method's target validation measured (see :func:`set_memory_budget`).
+    With ``batch_size=None`` the chunk size comes from the memory budget (see
+    :func:`set_memory_budget`): each item of the expansion runs the model once on the
+    whole batch, whose values the method's target validation measured. An item with a
+    ``backward`` pass keeps every value (twice: forward and cotangent); a forward-only
+    item needs a few of the largest at a time.
     """
     scope = _SCOPE.get()
-    if batch_size is None and scope is not None:
-        unit = scope.unit_bytes
+    if batch_size is None and scope is not None and scope.value_bytes:
+        every, largest = scope.value_bytes
+        unit = 2 * every if backward else 4 * largest
         if unit:
-            batch_size = max(1, memory_budget() // (2 * unit))
+            batch_size = _even_chunk(total, max(1, memory_budget() // unit))
     if batch_size is None or batch_size >= total:
         return [(0, total)]
     return [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]

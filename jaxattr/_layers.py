@@ -1398,9 +1398,16 @@ def _select(act, mode, static, index):
     return act[(slice(None), *[index[i] for i in range(index.shape[0])])]
 
 
-@_caching.lru(16)
 def _neuron_fn(model, tap, kw_names, n_args, mode, static):
+    """See :func:`_neuron_fn_for`; keyed by the model's structure, holding none of its weights."""
+    part = _caching.partition(model)[0]
+    return _neuron_fn_for(part, tap, kw_names, n_args, mode, static)
+
+
+@_caching.lru(16)
+def _neuron_fn_for(part, tap, kw_names, n_args, mode, static):
     """``fn(*x, *args, *kw_values, index, params) -> (N,)``: one neuron's value."""
+    model = part.placeholder()  # the weights come in as ``params``
 
     def fn(*a):
         *rest, index, params = a
@@ -1980,14 +1987,14 @@ def layer_lrp(
         >>> r.shape
         (1, 8, 8, 32)
     """
-    from jaxattr._lrp import _attach
+    from jaxattr._lrp import attach
 
     canon = (
         None
         if canonizers is None
         else (tuple(canonizers) if isinstance(canonizers, (list, tuple)) else (canonizers,))
     )
-    attached = _attach(_taps.as_structured(model), composite, canon)
+    attached = attach(_taps.as_structured(model), composite, canonizers=canon)
     x_arr = _core.to_arrays(x)
     discover = getattr(attached.model, "discover", None)
     if discover is not None:
@@ -2004,7 +2011,7 @@ def layer_lrp(
         tuple_ok=True,
     )
     _check_float_x(s.x)
-    intercept = _cached_intercept(attached)
+    intercept = _cached_intercept(attached.model, attached.composite)
     return s.out(
         _layer_lrp_core(
             **s.common(), target=s.target, intercept=intercept, captum_normalize=captum_normalize
@@ -2012,9 +2019,14 @@ def layer_lrp(
     )
 
 
+def _cached_intercept(model, composite):
+    """One interceptor per (model structure, composite): a static part of the program."""
+    return _intercept_for(_caching.partition(model)[0], composite)
+
+
 @_caching.lru(8)
-def _cached_intercept(attached):
-    return attached.composite.intercept(attached.model.layers)
+def _intercept_for(structure, composite):
+    return composite.intercept(structure.placeholder().layers)
 
 
 @_core.cached_jit(("model", "inputs", "taps", "eps", "multiply_by_inputs"))
@@ -2215,21 +2227,9 @@ class NeuronModel:
         return self.apply(self.params, *inputs)
 
 
-@_caching.lru(8)
-def _neuron_structured(model, layer, key, to_input, selector):
-    return NeuronModel(model, layer, selector, to_input)
-
-
 def _neuron_as_model(model, layer, selector, to_input):
-    key = selector
-    if isinstance(selector, tuple):
-        key = tuple(
-            ("slice", s.start, s.stop, s.step) if isinstance(s, slice) else s for s in selector
-        )
-    try:
-        return _neuron_structured(model, layer, key, to_input, selector)
-    except TypeError:  # unhashable selector
-        return NeuronModel(model, layer, selector, to_input)
+    """A pytree: equal (structure, layer, selector) share compiled programs."""
+    return NeuronModel(model, layer, selector, to_input)
 
 
 @_core.contract

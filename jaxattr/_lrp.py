@@ -82,14 +82,23 @@ class _PlainFn:
         return self.model.apply(self.model.params, *inputs, intercept=default_intercept)
 
 
-@_caching.lru(8)
 def _plain_fn(model: Any) -> _PlainFn:
     return _PlainFn(model)
 
 
 @_caching.lru(8)
-def _canonized(model: Any, canonizers: tuple | None) -> Any:
+def _canonized_cached(model: Any, canonizers: tuple) -> Any:
     return canonize(model, canonizers)
+
+
+def _canonized(model: Any, canonizers: tuple | None) -> Any:
+    """Canonizers build their rewrite once per model (it is a static part of programs)."""
+    if not canonizers:
+        return model
+    try:
+        return _canonized_cached(model, canonizers)
+    except TypeError:  # an unhashable canonizer: no caching
+        return canonize(model, canonizers)
 
 
 @_caching.model_pytree(["model"], static=["composite"])
@@ -127,17 +136,13 @@ class Attached:
         return f"Attached({self.composite!r})"
 
 
-@_caching.lru(8)
-def _attach(model, composite, canonizers):
-    return Attached(_canonized(model, canonizers), composite)
-
-
 def attach(model: Any, composite: Composite, *, canonizers: Any = None) -> Attached:
     """The rewritten pure function: ``model`` with ``composite``'s rules (after canonizers).
 
     Use it for hybrids, e.g. SmoothGrad over LRP as Zennit's ``SmoothGrad`` attributor with
-    a composite: ``jaxattr.smoothgrad(attach(model, epsilon_plus()), x, key=...)``. The same
-    arguments return the same object, so compiled programs are reused.
+    a composite: ``jaxattr.smoothgrad(attach(model, epsilon_plus()), x, key=...)``. The
+    result is a pytree whose leaves are the model's weights: equal arguments share
+    compiled programs, and new weights are seen without recompiling.
 
     Args:
         model: A structured model.
@@ -163,11 +168,7 @@ def attach(model: Any, composite: Composite, *, canonizers: Any = None) -> Attac
     _check_structured(model, "attach")
     if not isinstance(composite, Composite):
         raise TypeError(f"composite must be a jaxattr.Composite, got {type(composite).__name__}")
-    key = _canon_key(canonizers)
-    try:
-        return _attach(model, composite, key)
-    except TypeError:  # an unhashable matcher or canonizer: no caching
-        return Attached(canonize(model, key), composite)
+    return Attached(_canonized(model, _canon_key(canonizers)), composite)
 
 
 # --------------------------------------------------------------------------------------

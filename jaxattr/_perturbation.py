@@ -323,7 +323,7 @@ def _run_windows(
     if not zennit:
         base = _base_scores(fn=fn, inputs=inputs, x=x, args=args, target=t)
     acc = None
-    chunks = _core.batched_chunks(total, batch_size)
+    chunks = _core.batched_chunks(total, batch_size, backward=False)
     for start, stop in progress(
         chunks, total=len(chunks), desc="occlusion", enabled=_eager(x, show_progress)
     ):
@@ -715,7 +715,7 @@ def _run_features(
     """Evaluate every perturbation ``off`` (P, Nn, F) in chunks -> four (P, N) arrays."""
     total = off.shape[0]
     outs = []
-    chunks = _core.batched_chunks(total, batch_size)
+    chunks = _core.batched_chunks(total, batch_size, backward=False)
     for start, stop in progress(
         chunks, total=len(chunks), desc=desc, enabled=_eager(x, show_progress)
     ):
@@ -1514,7 +1514,7 @@ def rise(
     x, args, inputs, t = _prepare(fn, x, target, args)
     keys = jax.random.split(key, num_masks)
     acc = None
-    chunks = _core.batched_chunks(num_masks, batch_size)
+    chunks = _core.batched_chunks(num_masks, batch_size, backward=False)
     for start, stop in progress(
         chunks, total=len(chunks), desc="rise", enabled=_eager(x, show_progress)
     ):

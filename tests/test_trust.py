@@ -351,9 +351,9 @@ def test_fifty_fresh_models_do_not_grow_memory():
 
     def one(seed):
         torch.manual_seed(seed)
-        net = torch.nn.Sequential(
+        net = torch.nn.Sequential(  # 8 MiB of weights: 50 kept alive would be 400+ MiB
             torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-            torch.nn.Linear(8 * 6 * 6, 4),
+            torch.nn.Linear(8 * 6 * 6, 7000), torch.nn.ReLU(), torch.nn.Linear(7000, 4),
         ).eval()  # fmt: skip
         model = from_torch(net, torch.from_numpy(x))
         a = jaxattr.saliency(model, x, target=1)
@@ -369,3 +369,69 @@ def test_fifty_fresh_models_do_not_grow_memory():
     gc.collect()
     grown = _rss_bytes() - before
     assert grown < 300 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB over 50 models"
+
+
+def _multi_relu_model():
+    torch = pytest.importorskip("torch")
+
+    class MultiRelu(torch.nn.Module):  # Captum's test module: returns a tuple
+        def __init__(self):
+            super().__init__()
+            self.relu1, self.relu2 = torch.nn.ReLU(), torch.nn.ReLU()
+
+        def forward(self, a, b):
+            return self.relu1(a), self.relu2(b)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin1 = torch.nn.Linear(3, 4)
+            self.multi = MultiRelu()
+            self.lin2 = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.lin1(x)
+            a, b = self.multi(h, -h)
+            return self.lin2(a + 2 * b)
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_a_layer_returning_a_tuple_gives_a_tuple_like_captum():
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    net = _multi_relu_model()
+    x = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
+    model = from_torch(net, torch.from_numpy(x))
+    assert model.output_layers("multi") == ["multi.relu1", "multi.relu2"]
+    tx = torch.from_numpy(x)
+    acts = jaxattr.layer_activation(model, x, "multi")
+    ref = captum.LayerActivation(net, net.multi).attribute(tx)
+    assert isinstance(acts, tuple) and len(acts) == 2
+    for a, r in zip(acts, ref, strict=True):
+        np.testing.assert_allclose(a, r.detach().numpy(), rtol=1e-5, atol=1e-6)
+    gxa = jaxattr.layer_gradient_x_activation(model, x, "multi", target=1)
+    ref = captum.LayerGradientXActivation(net, net.multi).attribute(tx, target=1)
+    for a, r in zip(gxa, ref, strict=True):
+        np.testing.assert_allclose(a, r.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for method in (jaxattr.layer_conductance, jaxattr.layer_integrated_gradients):
+        with pytest.raises(ValueError, match=r"'multi' returns a tuple of 2 tensors"):
+            method(model, x, "multi", target=1)
+    with pytest.raises(ValueError, match="returns a tuple"):
+        jaxattr.neuron_gradient(model, x, "multi", (0,))
+
+
+def test_input_shape_is_checked_against_the_exported_one():
+    torch = pytest.importorskip("torch")
+    from jaxattr.bridge import from_torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    model = from_torch(net, torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match=r"expected shape \('batch', 3, 4\).*got \(2, 4, 3\)"):
+        jaxattr.saliency(model, np.zeros((2, 4, 3), np.float32), target=0)
+    fixed = from_torch(net, torch.zeros(2, 3, 4), dynamic_batch=False)
+    with pytest.raises(ValueError, match="exported for batch size 2 only"):
+        fixed(np.zeros((5, 3, 4), np.float32))
