@@ -13,10 +13,9 @@ Usage:
     python benchmarks/bench_bridge.py --quick    # fewer runs, ResNet-18 at 112x112
     python benchmarks/bench_bridge.py --conv-layout NHWC --onednn --models resnet18
 
-XLA flags must be set before jax is imported, so they are applied at the top of ``main``
-before the first jax import. By default the benchmark runs XLA's legacy CPU runtime
-(``--xla_cpu_use_thunk_runtime=false``), measured 1.4-1.7x faster on ResNet-18 here;
-``--thunk-runtime`` keeps XLA's default.
+It runs with JAX's default settings. Experimental XLA flags (``--onednn``,
+``--xla-flags``) must be set before jax is imported, so they are applied at the top of
+``main`` before the first jax import; they are for exploring, not for the reported table.
 """
 
 from __future__ import annotations
@@ -150,9 +149,6 @@ def main(argv=None) -> int:
                     help="default: the library default (bridge.CONFIG)")
     ap.add_argument("--conv-impl", default=None, choices=["xla", "patches"])
     ap.add_argument("--onednn", action="store_true", help="XLA_FLAGS=--xla_cpu_use_onednn=true")
-    ap.add_argument("--thunk-runtime", action="store_true",
-                    help="keep XLA's default (thunk) CPU runtime; by default the benchmark sets "
-                    "--xla_cpu_use_thunk_runtime=false, measured faster for convolutions")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS")
     ap.add_argument("--threads", type=int, default=0,
                     help="1: torch.set_num_threads(1) and single-threaded XLA (a fairer "
@@ -161,8 +157,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     flags = args.xla_flags + (" --xla_cpu_use_onednn=true" if args.onednn else "")
-    if not args.thunk_runtime:
-        flags += " --xla_cpu_use_thunk_runtime=false"
     if args.threads == 1:
         flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     if flags.strip():

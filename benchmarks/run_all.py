@@ -6,10 +6,10 @@ Usage::
     python benchmarks/run_all.py --quick    # batch 1, fewer repeats
 
 Each script runs in its own process (so compile caches and memory peaks do not mix) with
-``XLA_FLAGS=--xla_cpu_use_thunk_runtime=false`` unless ``--default-runtime`` is given: the
-bridge's measurements found XLA's legacy CPU runtime 1.4-1.7x faster for convolutions (see
-docs/bridge.md). Each table keeps its own columns: ratio (speedup), compile time, peak
-memory and FLOP floor where the script measures them.
+JAX's default settings: no process-wide XLA flags, as users run it (an ``XLA_FLAGS`` set
+in the environment is passed through and printed in the header). Each table keeps its own
+columns: ratio (speedup), compile time, peak memory and FLOP floor where the script
+measures them.
 """
 
 from __future__ import annotations
@@ -35,14 +35,9 @@ SCRIPTS = [
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--default-runtime", action="store_true", help="keep XLA's default CPU runtime"
-    )
     parser.add_argument("--only", default="", help="comma-separated script names to run")
     args = parser.parse_args(argv)
     env = dict(os.environ)
-    if not args.default_runtime:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_use_thunk_runtime=false").strip()
     sections = [
         "# Benchmark results",
         "",

@@ -524,9 +524,8 @@ def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
 
 
 # --------------------------------------------------------------------------- Converted
-@jax.jit
-def _jit_run(model: Converted, *args: Any, **kwargs: Any) -> Any:
-    """``model(*args)`` compiled, the model a pytree argument (its weights traced)."""
+def _call_model(model: Converted, *args: Any, **kwargs: Any) -> Any:
+    """``model(*args)``, the model a pytree argument (its weights traced)."""
     return model.fn(model.params, *args, **kwargs)
 
 
@@ -574,6 +573,8 @@ class Converted:
         self.conversion_time = conversion_time
         self._assemble(graph)
         # the exported program holds torch's copy of the weights: not part of the graph
+        # one compiled runner per conversion: its programs go when the model goes
+        self._jit_run = jax.jit(_call_model)
         static = {k: v for k, v in self.__dict__.items() if k not in ("params", "exported")}
         self._shared = _Shared(static)
 
@@ -814,7 +815,7 @@ class Converted:
         flat = self._flatten_inputs(inputs, kwargs)
         args = flat[: self._n_args]
         kw = dict(zip(self.kwarg_names, flat[self._n_args:], strict=False))
-        return _jit_run(self, *args, **kw)
+        return self._jit_run(self, *args, **kw)
 
     def apply(self, params: Mapping[str, Any], *inputs: Any, intercept: Callable[..., Any] |
               None = None, **kwargs: Any) -> Any:
@@ -1198,6 +1199,14 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = No
         train_do = key in ("aten.dropout.default", "aten.native_dropout.default",
                            "aten.feature_dropout.default", "aten.alpha_dropout.default") and \
             len(n.args) > 2 and n.args[2] is True
+        if key == "aten.scaled_dot_product_attention.default":
+            p = n.args[4] if len(n.args) > 4 else n.kwargs.get("dropout_p", 0.0)
+            if p:
+                raise TrainModeError(
+                    f"exported program: node {n.name!r} (scaled_dot_product_attention in "
+                    f"module {_innermost_path(n) or '<root>'!r}) has dropout_p={p}: attention "
+                    "dropout is random; export the module after calling module.eval(), or "
+                    "pass dropout_p=0.0 when not training")
         if train_bn or train_do:
             raise TrainModeError(
                 f"exported program: node {n.name!r} ({key}) runs in training mode (in module "

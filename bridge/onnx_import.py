@@ -277,6 +277,19 @@ def _join_scope(parts: list[str], seg: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- building
+def _narrow_cast(node: Any) -> str | None:
+    """The unsupported-use label of a Cast to a type ONNX rounds or wraps unlike ml_dtypes."""
+    from .onnx_ops import _FLOAT8, _NARROW
+
+    attrs = {a.name: a.i for a in node.attribute}
+    to, saturate = attrs.get("to"), attrs.get("saturate", 1)
+    if to in _NARROW:
+        return f"Cast (to={_NARROW[to][0]})"
+    if to in _FLOAT8 and not saturate:
+        return f"Cast (to={_FLOAT8[to][0]}, saturate=0)"
+    return None
+
+
 def _onnx_graph(proto: Any, where: str) -> _Graph:
     g = proto.graph
     opsets = {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import}
@@ -300,6 +313,8 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
         elif n.op_type == "BatchNormalization" and any(
                 a.name == "training_mode" and a.i for a in n.attribute):
             why = "BatchNormalization (training_mode=1)"
+        elif n.op_type == "Cast" and _narrow_cast(n):
+            why = _narrow_cast(n)
         elif n.op_type == "GRU" and not any(
                 a.name == "linear_before_reset" and a.i for a in n.attribute):
             why = "GRU (linear_before_reset=0)"

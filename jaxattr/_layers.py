@@ -334,27 +334,27 @@ def _completeness(model, inputs, params, x, baselines, args, kwargs, target, att
 @_core.cached_jit(("model", "inputs", "taps"))
 def _lig_chunk(*, model, inputs, taps, params, x, baselines, args, kwargs, target, alphas, weights):
     baselines = _core.expand_baselines(baselines, x)
-    (tap,) = taps
     _, ax = _taps.run_tapped(model, params, inputs, x, args, kwargs, taps)
     _, ab = _taps.run_tapped(model, params, inputs, baselines, args, kwargs, taps)
-    ax, ab = ax[tap.key], ab[tap.key]
+    keys = [t.key for t in taps]  # several for a layer returning a tuple: interpolated jointly
 
     def step(alpha):
-        value = ab + alpha.astype(ax.dtype) * (ax - ab)
+        values = {k: ab[k] + alpha.astype(ax[k].dtype) * (ax[k] - ab[k]) for k in keys}
         grads, _, _ = _taps.layer_gradients(
-            model, params, inputs, x, args, kwargs, taps, target, replace={tap.key: value}
+            model, params, inputs, x, args, kwargs, taps, target, replace=values
         )
-        return grads[tap.key]
+        return tuple(grads[k] for k in keys)
 
-    total = jnp.tensordot(weights.astype(ax.dtype), jax.vmap(step)(alphas), axes=1)
-    return total, ax - ab
+    steps = jax.vmap(step)(alphas)
+    total = tuple(jnp.tensordot(weights.astype(g.dtype), g, axes=1) for g in steps)
+    return total, tuple(ax[k] - ab[k] for k in keys)
 
 
 @_core.cached_jit(("model", "inputs"))
 def _layer_delta(*, model, inputs, params, x, baselines, args, kwargs, target, attr):
-    """``sum(attr) - (f(x) - f(baselines))`` for a layer attribution, shape (N,)."""
+    """``sum(attr) - (f(x) - f(baselines))`` for a layer attribution (a tuple), shape (N,)."""
     baselines = _core.expand_baselines(baselines, x)
-    return _completeness(model, inputs, params, x, baselines, args, kwargs, target, [attr])
+    return _completeness(model, inputs, params, x, baselines, args, kwargs, target, attr)
 
 
 @_core.cached_jit(("model", "inputs", "multiply_by_inputs", "return_delta"))
@@ -373,11 +373,11 @@ def _layer_finish(
     multiply_by_inputs,
     return_delta,
 ):
-    attr = total * diff if multiply_by_inputs else total
+    attr = tuple(t * d for t, d in zip(total, diff, strict=True)) if multiply_by_inputs else total
     if not return_delta:
         return attr
     baselines = _core.expand_baselines(baselines, x)
-    return attr, _completeness(model, inputs, params, x, baselines, args, kwargs, target, [attr])
+    return attr, _completeness(model, inputs, params, x, baselines, args, kwargs, target, attr)
 
 
 @_core.contract
@@ -445,6 +445,7 @@ def layer_integrated_gradients(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
     total = diff = None
@@ -456,8 +457,8 @@ def layer_integrated_gradients(
             alphas=alphas[start:stop],
             weights=weights[start:stop],
         )
-        total = part if total is None else total + part
-    return _layer_finish(
+        total = _core.tree_add(total, part)
+    out = _layer_finish(
         model=s.model,
         inputs=s.inputs,
         params=s.params,
@@ -471,6 +472,7 @@ def layer_integrated_gradients(
         multiply_by_inputs=multiply_by_inputs,
         return_delta=return_delta,
     )
+    return (s.out(out[0]), out[1]) if return_delta else s.out(out)
 
 
 def _batch(batch_size):
@@ -482,16 +484,16 @@ def _influence_chunk(
     *, model, inputs, taps, params, x, baselines, args, kwargs, target, alphas, weights
 ):
     baselines = _core.expand_baselines(baselines, x)
-    (tap,) = taps
 
     def step(alpha):
         grads, _, _ = _taps.layer_gradients(
             model, params, inputs, _points(x, baselines, alpha), args, kwargs, taps, target
         )
-        return grads[tap.key]
+        return tuple(grads[t.key] for t in taps)
 
-    g = jax.vmap(step)(alphas)
-    return jnp.tensordot(weights.astype(g.dtype), g, axes=1)
+    return tuple(
+        jnp.tensordot(weights.astype(g.dtype), g, axes=1) for g in jax.vmap(step)(alphas)
+    )
 
 
 @_core.contract
@@ -549,6 +551,7 @@ def internal_influence(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     _check_float_x(s.x)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
@@ -561,24 +564,22 @@ def internal_influence(
             alphas=alphas[start:stop],
             weights=weights[start:stop],
         )
-        total = part if total is None else total + part
-    return total
+        total = _core.tree_add(total, part)
+    return s.out(total)
 
 
 @_core.cached_jit(("model", "inputs", "taps"))
 def _conductance_chunk(*, model, inputs, taps, params, x, baselines, args, kwargs, target, alphas):
     """sum_s grad(alpha_s) * (act(alpha_{s+1}) - act(alpha_s)) over the chunk's points."""
     baselines = _core.expand_baselines(baselines, x)
-    (tap,) = taps
 
     def point(alpha):
         grads, acts, _ = _taps.layer_gradients(
             model, params, inputs, _points(x, baselines, alpha), args, kwargs, taps, target
         )
-        return grads[tap.key], acts[tap.key]
+        return tuple((grads[t.key], acts[t.key]) for t in taps)
 
-    g, a = jax.vmap(point)(alphas)
-    return jnp.sum(g[:-1] * (a[1:] - a[:-1]), axis=0)
+    return tuple(jnp.sum(g[:-1] * (a[1:] - a[:-1]), axis=0) for g, a in jax.vmap(point)(alphas))
 
 
 @_core.contract
@@ -643,6 +644,7 @@ def layer_conductance(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     _check_float_x(s.x)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
@@ -653,10 +655,10 @@ def layer_conductance(
         part = _conductance_chunk(
             **s.common(), baselines=b, target=s.target, alphas=alphas[start : stop + 1]
         )
-        total = part if total is None else total + part
+        total = _core.tree_add(total, part)
     if not return_delta:
-        return total
-    return total, _layer_delta(
+        return s.out(total)
+    return s.out(total), _layer_delta(
         model=s.model,
         inputs=s.inputs,
         params=s.params,
@@ -910,7 +912,7 @@ def layer_feature_ablation(
             baseline=jnp.asarray(layer_baselines),
             groups=groups[start:stop],
         )
-        total = part if total is None else total + part
+        total = _core.tree_add(total, part)
     return total
 
 

@@ -9,8 +9,11 @@ canonizer subclass these placeholders.
 
 from __future__ import annotations
 
+import gc
 import sys
 import types
+
+import pytest
 
 
 def _install_torchvision_stub() -> None:
@@ -52,3 +55,13 @@ def _install_torchvision_stub() -> None:
 
 
 _install_torchvision_stub()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module starts with empty caches, so the suite's memory stays bounded."""
+    yield
+    import jaxattr
+
+    jaxattr.clear_caches()
+    gc.collect()

@@ -417,9 +417,28 @@ def test_a_layer_returning_a_tuple_gives_a_tuple_like_captum():
     ref = captum.LayerGradientXActivation(net, net.multi).attribute(tx, target=1)
     for a, r in zip(gxa, ref, strict=True):
         np.testing.assert_allclose(a, r.detach().numpy(), rtol=1e-5, atol=1e-6)
-    for method in (jaxattr.layer_conductance, jaxattr.layer_integrated_gradients):
-        with pytest.raises(ValueError, match=r"'multi' returns a tuple of 2 tensors"):
-            method(model, x, "multi", target=1)
+    # path methods interpolate both tensors jointly, as Captum does
+    pairs = [
+        (jaxattr.layer_integrated_gradients, captum.LayerIntegratedGradients, "riemann_trapezoid"),
+        (jaxattr.layer_conductance, captum.LayerConductance, "riemann_trapezoid"),
+        (jaxattr.internal_influence, captum.InternalInfluence, "riemann_trapezoid"),
+    ]
+    for ours, theirs, quad in pairs:
+        got = ours(model, x, "multi", target=1, n_steps=16, method=quad)
+        ref = theirs(net, net.multi).attribute(tx, target=1, n_steps=16, method=quad)
+        assert isinstance(got, tuple) and len(got) == 2, ours.__name__
+        for a, r in zip(got, ref, strict=True):
+            np.testing.assert_allclose(a, r.detach().numpy(), rtol=1e-4, atol=1e-5)
+    attr, delta = jaxattr.layer_integrated_gradients(
+        model, x, "multi", target=1, n_steps=64, return_delta=True
+    )
+    y = net(tx)[:, 1] - net(torch.zeros_like(tx))[:, 1]
+    np.testing.assert_allclose(sum(a.sum((1,)) for a in attr), y.detach().numpy(), atol=1e-3)
+    np.testing.assert_allclose(delta, 0.0, atol=1e-3)
+    with pytest.raises(ValueError, match=r"'multi' returns a tuple of 2 tensors"):
+        jaxattr.layer_gradient_shap(model, x, "multi", x * 0, target=1, key=KEY)
+    with pytest.raises(ValueError, match=r"'multi' returns a tuple of 2 tensors"):
+        jaxattr.grad_cam(model, x, "multi", target=1)
     with pytest.raises(ValueError, match="returns a tuple"):
         jaxattr.neuron_gradient(model, x, "multi", (0,))
 

@@ -33,6 +33,13 @@ def assert_close(got, want, *, rtol=RTOL, atol=ATOL, what="", scale_floor=0.0):
     want = np.asarray(want.detach().numpy() if isinstance(want, torch.Tensor) else want,
                       np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != torch {want.shape}"
+    # NaN/Inf must sit exactly where torch has them (a comparison with NaN is never "bad")
+    nonfinite = ~np.isfinite(want)
+    same = (np.isnan(got) & np.isnan(want)) | (got == want)
+    assert (same | ~nonfinite).all() and np.isfinite(got[~nonfinite]).all(), (
+        f"{what}: NaN/Inf differ from torch's: {int((~np.isfinite(got)).sum())} non-finite, "
+        f"torch has {int(nonfinite.sum())}")
+    got, want = np.where(nonfinite, 0.0, got), np.where(nonfinite, 0.0, want)
     scale = max(float(np.max(np.abs(want))) if want.size else 0.0, scale_floor)
     err = np.abs(got - want)
     tol = rtol * np.abs(want) + atol * scale
