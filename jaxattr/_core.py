@@ -118,23 +118,33 @@ class NonFiniteInputError(ValueError):
 _CHECK_FINITE = contextvars.ContextVar("jaxattr_check_finite", default=True)
 
 
+@jax.jit
+def _all_finite(leaves: list) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
 def check_finite(tree: PyTree, name: str = "x") -> None:
     """Raise :class:`NonFiniteInputError` naming the first leaf of ``tree`` with NaN/Inf.
 
     Skipped for traced values (inside ``jit``/``vmap`` there is nothing to look at) and
-    while a method runs with ``check_finite=False``.
+    while a method runs with ``check_finite=False``. One compiled reduction checks every
+    leaf; the culprit is located only when there is one.
     """
     if not _CHECK_FINITE.get():
         return
-    for path, leaf in _leaf_paths(tree):
-        if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "dtype"):
+    leaves = [
+        (path, leaf)
+        for path, leaf in _leaf_paths(tree)
+        if not isinstance(leaf, jax.core.Tracer)
+        and hasattr(leaf, "dtype")
+        and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    if not leaves or bool(_all_finite([leaf for _, leaf in leaves])):
+        return
+    for path, leaf in leaves:
+        ok = np.isfinite(np.asarray(leaf))
+        if ok.all():
             continue
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            continue
-        ok = np.isfinite(leaf) if isinstance(leaf, np.ndarray) else jnp.isfinite(leaf)
-        if bool(ok.all()):
-            continue
-        ok = np.asarray(ok)
         first = tuple(int(i) for i in np.argwhere(~ok)[0])
         raise NonFiniteInputError(
             f"{path.replace('x', name, 1)} holds {int((~ok).sum())} NaN/Inf value(s), the "
