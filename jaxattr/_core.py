@@ -139,7 +139,16 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
         and hasattr(leaf, "dtype")
         and jnp.issubdtype(leaf.dtype, jnp.inexact)
     ]
-    if not leaves or bool(_all_finite([leaf for _, leaf in leaves])):
+    if not leaves:
+        return
+    host = [leaf for _, leaf in leaves if isinstance(leaf, (np.ndarray, np.generic))]
+    device = [leaf for _, leaf in leaves if not isinstance(leaf, (np.ndarray, np.generic))]
+    ok = all(np.isfinite(leaf).all() for leaf in host)
+    if ok and device:
+        ok = _all_finite(device)
+        if isinstance(ok, jax.core.Tracer):  # called inside a trace: nothing to look at
+            return
+    if bool(ok):
         return
     for path, leaf in leaves:
         ok = np.isfinite(np.asarray(leaf))
