@@ -118,17 +118,12 @@ class NonFiniteInputError(ValueError):
 _CHECK_FINITE = contextvars.ContextVar("jaxattr_check_finite", default=True)
 
 
-@jax.jit
-def _all_finite(leaves: list) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-
-
 def check_finite(tree: PyTree, name: str = "x") -> None:
     """Raise :class:`NonFiniteInputError` naming the first leaf of ``tree`` with NaN/Inf.
 
     Skipped for traced values (inside ``jit``/``vmap`` there is nothing to look at) and
-    while a method runs with ``check_finite=False``. One compiled reduction checks every
-    leaf; the culprit is located only when there is one.
+    while a method runs with ``check_finite=False``; the culprit is located on the host
+    only when there is one.
     """
     if not _CHECK_FINITE.get():
         return
@@ -141,14 +136,16 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
     ]
     if not leaves:
         return
-    host = [leaf for _, leaf in leaves if isinstance(leaf, (np.ndarray, np.generic))]
-    device = [leaf for _, leaf in leaves if not isinstance(leaf, (np.ndarray, np.generic))]
-    ok = all(np.isfinite(leaf).all() for leaf in host)
-    if ok and device:
-        ok = _all_finite(device)
-        if isinstance(ok, jax.core.Tracer):  # called inside a trace: nothing to look at
-            return
-    if bool(ok):
+    for _, leaf in leaves:
+        if isinstance(leaf, (np.ndarray, np.generic)):
+            ok = np.isfinite(leaf).all()
+        else:
+            ok = jnp.isfinite(leaf).all()
+            if isinstance(ok, jax.core.Tracer):  # called inside a trace: nothing to look at
+                return
+        if not bool(ok):
+            break
+    else:
         return
     for path, leaf in leaves:
         ok = np.isfinite(np.asarray(leaf))
