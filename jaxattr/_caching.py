@@ -12,8 +12,7 @@ call, exactly as :func:`jax.jit` treats them. Pass weights that change as a pytr
 (``jax.tree_util.Partial(apply, params)``, a bridged model, a Flax adapter) instead.
 
 Every cache here is a bounded LRU registered with :func:`clear_caches`; none grows
-without bound, and :func:`trace_count` counts how often a method core was traced (what
-the tests use to prove that new weights do not recompile).
+without bound, and :func:`trace_count` counts how often a method core was traced.
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ class _Setup:
         resolved = [_taps.resolve_layers(self.model, n, to_input) for n in names]
         self.sizes = [len(r) for r in resolved]  # >1: a layer returning a tuple of tensors
         if not tuple_ok:  # a layer returning a tuple: the named error
-            for n in names:
-                _taps.resolve_single(self.model, n, to_input)
+            for n, taps in zip(names, resolved, strict=True):
+                _taps.one_tensor(n, taps)
         self.taps = tuple(t for r in resolved for t in r)
         self.fn = _taps.model_function(self.model, self.kw_names)
         self.target = (

@@ -78,17 +78,22 @@ def resolve_layers(model: StructuredModel, layer: str, to_input: bool = False) -
     return (resolve_layer(model, layer, to_input),)
 
 
-def resolve_single(model: StructuredModel, layer: str, to_input: bool = False) -> Tap:
-    """:func:`resolve_layer`, refusing a container that returns a tuple of tensors."""
-    taps = resolve_layers(model, layer, to_input)
+def one_tensor(layer: str, taps: tuple[Tap, ...]) -> Tap:
+    """The single tap of ``layer``, or the named error for a layer returning a tuple."""
     if len(taps) > 1:
         raise ValueError(
             f"layer {layer!r} returns a tuple of {len(taps)} tensors (made by layers "
             f"{[t.layer for t in taps]}); this method attributes one tensor: name one of "
-            f"them, or use layer_activation / layer_gradient_x_activation, which return a "
-            f"tuple for it"
+            f"them, or a method that returns a tuple for it (layer_activation, "
+            f"layer_gradient_x_activation, layer_lrp, layer_integrated_gradients, "
+            f"layer_conductance, internal_influence)"
         )
     return taps[0]
+
+
+def resolve_single(model: StructuredModel, layer: str, to_input: bool = False) -> Tap:
+    """:func:`resolve_layer`, refusing a container that returns a tuple of tensors."""
+    return one_tensor(layer, resolve_layers(model, layer, to_input))
 
 
 def resolve_layer(model: StructuredModel, layer: str, to_input: bool = False) -> Tap:
