@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/peer/" in str(item.fspath).replace("\\", "/"):
