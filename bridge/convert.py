@@ -332,6 +332,7 @@ class _Graph:
     node_paths: dict[str, set[str]]  # instruction -> module paths it runs inside
     param_roles: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     layer_attrs: Callable[[list[_Instr]], dict[str, Any]] | None = None
+    buffer_names: frozenset[str] = frozenset()  # params keys that are buffers, not weights
 
 
 def _torch_graph(ep: Any) -> _Graph:
@@ -350,6 +351,7 @@ def _torch_graph(ep: Any) -> _Graph:
     aliases: dict[str, str] = {}
     ph_target: dict[str, str] = {}
     seen: dict[Any, str] = {}
+    buffers: set[str] = set()
     nodes = {n.name: n for n in ep.graph.nodes}
     for spec in sig.input_specs:
         ph = spec.arg.name
@@ -369,6 +371,8 @@ def _torch_graph(ep: Any) -> _Graph:
                     continue
                 seen[ident] = key
                 params[key] = _to_jax(t)
+                if spec.kind == InputKind.BUFFER:
+                    buffers.add(key)
                 param_ph.append((ph, key))
                 ph_target[ph] = key
             else:
@@ -418,6 +422,7 @@ def _torch_graph(ep: Any) -> _Graph:
         groups=groups,
         node_paths={n.name: {p for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items()}
                     for n in call_nodes},
+        buffer_names=frozenset(buffers),
     )
 
 
@@ -553,6 +558,9 @@ class Converted:
         params: Flat dict ``name -> jnp array`` of the float parameters and float buffers
             (BatchNorm running statistics included): everything ``jax.grad`` may see. Keys
             are torch's ``state_dict`` names, or the ONNX initializer names.
+        buffer_names: The keys of :attr:`params` that are buffers (BatchNorm running
+            statistics), not trained parameters; empty for ONNX models, which do not
+            tell the two apart.
         constants: Integer/bool buffers and lifted tensor constants; never differentiated.
         layers: ``name -> Layer`` for every layer invocation, in execution order.
         layer_nodes: ``name -> tuple of graph node names`` grouped into that layer.
@@ -599,6 +607,7 @@ class Converted:
     # ----------------------------------------------------------------- building
     def _assemble(self, g: _Graph) -> None:
         self.params = g.params
+        self.buffer_names = g.buffer_names
         self.constants = g.constants
         self.aliases = g.aliases
         self._param_ph = g.param_ph
