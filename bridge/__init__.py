@@ -26,6 +26,7 @@ from .errors import BridgeError, ExportError, TrainModeError, UnsupportedOpsErro
 from .lowerings import CONFIG, register_lowering, supported_ops
 from .onnx_import import OnnxFormatError, from_onnx, supported_onnx_ops
 from .onnx_ops import register_onnx_lowering
+from .pt2 import UnsafeArchiveError
 
 __all__ = [
     "CONFIG",
@@ -34,6 +35,7 @@ __all__ = [
     "ExportError",
     "OnnxFormatError",
     "TrainModeError",
+    "UnsafeArchiveError",
     "UnsupportedOpsError",
     "from_exported",
     "from_onnx",

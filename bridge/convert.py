@@ -1232,21 +1232,37 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = No
     return conv
 
 
-def load(path: Any) -> Converted:
+def load(path: Any, *, allow_pickle: bool = False) -> Converted:
     """Load a saved ``torch.export`` program (``.pt2``) and convert it.
+
+    ``torch.export.load`` alone unpickles parts of an archive with a full unpickler, so a
+    crafted file runs code when loaded. This function first reads the archive's table of
+    contents and refuses, with :class:`~jaxattr.bridge.UnsafeArchiveError`, every entry that
+    would need one (see :func:`jaxattr.bridge.pt2.check_archive`): a plain
+    ``torch.export.save`` of an ordinary module contains none and loads as is.
 
     Args:
         path: File written by ``torch.export.save``.
+        allow_pickle: Load pickled entries too (tensor subclasses, custom objects). Only
+            for files you trust: it warns, since it runs whatever the pickles contain.
 
     Returns:
         A :class:`Converted`; no Python class of the model is needed.
 
+    Raises:
+        UnsafeArchiveError: The file holds pickled objects or libraries (and
+            ``allow_pickle`` is False).
+
     Example:
-        >>> torch.export.save(torch.export.export(model, (torch.from_numpy(x),)), "model.pt2")
-        >>> conv = load("model.pt2")
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+        >>> batch = {0: torch.export.Dim("batch")}
+        >>> ep = torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=(batch,))
+        >>> torch.export.save(ep, "m.pt2")
+        >>> load("m.pt2")(np.ones((5, 4), np.float32)).shape
+        (5, 3)
     """
-    import torch
+    from .pt2 import load_exported
 
     t0 = time.perf_counter()
-    ep = torch.export.load(path)
+    ep = load_exported(path, allow_pickle=allow_pickle)
     return from_exported(ep, _t0=t0)

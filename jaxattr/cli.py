@@ -116,7 +116,7 @@ def _load_input(path: Path, layout: str) -> np.ndarray:
     return img.transpose(0, 3, 1, 2).copy() if layout == "nchw" else img
 
 
-def _load_model(spec: str, x: np.ndarray) -> Any:
+def _load_model(spec: str, x: np.ndarray, allow_pickle: bool = False) -> Any:
     """A bridged model from a ``.pt2`` file or a ``module:factory`` spec."""
     try:
         from jaxattr import bridge
@@ -129,7 +129,9 @@ def _load_model(spec: str, x: np.ndarray) -> Any:
         if not path.exists():
             raise CliError(f"MODEL {spec!r} does not exist")
         try:
-            return bridge.load(path)
+            return bridge.load(path, allow_pickle=allow_pickle)
+        except bridge.UnsafeArchiveError as err:
+            raise CliError(f"MODEL {spec!r}: {err}; on the command line: --allow-pickle") from err
         except Exception as err:  # noqa: BLE001
             raise CliError(f"MODEL {spec!r} is not a loadable torch.export program: {err}") from err
     if ":" not in spec:
@@ -168,7 +170,7 @@ def explain(args: argparse.Namespace) -> Path:
     if args.method not in methods:
         raise CliError(f"--method must be one of {sorted(methods)}, got {args.method!r}")
     x = _load_input(Path(args.input), args.layout)
-    model = _load_model(args.model, x)
+    model = _load_model(args.model, x, args.allow_pickle)
     target = _parse_target(args.target)
     if target == "max":
         target = [int(i) for i in np.asarray(model(x)).reshape(x.shape[0], -1).argmax(1)]
@@ -216,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--target", default="max", help="'max' (default), an int, or i,j,...")
     ex.add_argument("--out", default="attribution.npy", help="output .npy or .png")
     ex.add_argument("--layer", help="layer name for layer methods (e.g. layer4)")
+    ex.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a .pt2 holding pickled objects (runs code from the file: trusted files only)",
+    )
     ex.add_argument(
         "--layout",
         choices=["nchw", "nhwc"],
