@@ -327,22 +327,35 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
             hint="See jaxattr.bridge.supported_onnx_ops() for what is supported; add a "
             "lowering with jaxattr.bridge.register_onnx_lowering().")
 
-    # initializers: float ones are parameters unless only shapes/axes/pads read them
-    static_use: dict[str, bool] = {}
-    for n in nodes:
-        pos = STATIC_INPUTS.get(n.op_type, ())
-        for j, name in enumerate(n.input):
-            if name:
-                static_use[name] = static_use.get(name, True) and j in pos
+    # Which values must be concrete when the graph is traced (shapes, axes, pads, scales and
+    # whatever computes them) and which are read as data (by a node computing data, or as a
+    # graph output). One backward pass: ONNX nodes are topologically sorted.
+    all_attrs = [_attrs(n) for n in nodes]
+    folded, known = _fold_constants(nodes, all_attrs, g.initializer)
+    static_need, data_need = _value_needs(nodes, folded, [o.name for o in g.output])
+
+    # initializers: float ones are parameters unless only shapes/axes/pads need them
     params: dict[str, Any] = {}
     constants: dict[str, Any] = {}
     for t in g.initializer:
         arr = _array(t)
-        if np.issubdtype(arr.dtype, np.floating) and not static_use.get(t.name, False):
+        only_static = t.name in static_need and t.name not in data_need
+        if jnp.issubdtype(arr.dtype, jnp.floating) and not only_static:
             params[t.name] = jnp.asarray(arr)
         else:
             constants[t.name] = arr
     init_names = set(params) | set(constants)
+    # Constant nodes and everything folded from them at conversion: a float array read as
+    # data is a weight (a ConstantOfShape-built convolution kernel): a parameter, so that it
+    # is an argument of the compiled program rather than a constant baked into it
+    for name, arr in known.items():
+        if name in init_names or arr is None:
+            continue
+        if (jnp.issubdtype(arr.dtype, jnp.floating) and arr.size > 1
+                and name in data_need and name not in static_need):
+            params[name] = jnp.asarray(arr)
+        else:
+            constants[name] = arr
 
     inputs = []
     for vi in g.input:
@@ -357,17 +370,15 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
                           for d in tt.shape.dim)
         inputs.append(_Input(vi.name, dtype, shape))
 
-    # Constant nodes are folded now; every other node becomes an instruction
+    # folded nodes (Constant included) are gone; every other node becomes an instruction
     static: set[str] = set(constants)
     instrs: list[_Instr] = []
     node_inputs: dict[str, list[str]] = {}
     node_of_instr: dict[str, int] = {}
     main_instr: list[str | None] = []
     for i, n in enumerate(nodes):
-        attrs = _attrs(n)
-        if n.op_type == "Constant" and (n.domain or "ai.onnx") == "ai.onnx":
-            constants[n.output[0]] = ONNX_LOWERINGS["Constant"](**attrs)
-            static.add(n.output[0])
+        attrs = all_attrs[i]
+        if i in folded:
             main_instr.append(None)
             continue
         key = n.op_type if (n.domain or "ai.onnx") == "ai.onnx" else f"{n.domain}::{n.op_type}"
@@ -420,6 +431,96 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
         outputs=[_Ref(o) for o in out_names], unflatten=unflatten, groups=groups,
         node_paths=node_paths, param_roles=roles, layer_attrs=_layer_attrs,
     )
+
+
+#: operators that read only the shape of their input: it may be traced
+_SHAPE_READERS = ("Shape", "Size", "EyeLike")
+
+
+def _fold_constants(nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]],
+                    initializers: Sequence[Any]) -> tuple[set[int], dict[str, Any]]:
+    """Evaluate, at conversion, every node computed from constants alone.
+
+    Sources are ``Constant`` nodes and integer/bool initializers (float initializers are
+    parameters: a node reading one is never folded, so perturbing the initializer still
+    changes the output). Returns the indices of the folded nodes (``Constant`` nodes
+    included) and their output values as NumPy arrays. A node whose lowering fails on
+    constants is left to run when the graph is traced, as it would without folding.
+    """
+    known: dict[str, Any] = {}
+    for t in initializers:
+        arr = _array(t)
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            known[t.name] = arr
+    init = set(known)
+    folded: set[int] = set()
+    for i, n in enumerate(nodes):
+        if (n.domain or "ai.onnx") != "ai.onnx":
+            continue
+        attrs = all_attrs[i]
+        if n.op_type == "Constant":
+            known[n.output[0]] = _as_numpy(ONNX_LOWERINGS["Constant"](**attrs))
+            folded.add(i)
+            continue
+        reads = [a for a in n.input if a]
+        if not reads or not all(a in known for a in reads) or "<graph>" in attrs.values():
+            continue
+        a2 = dict(attrs)
+        if n.op_type == "Split" and (len(n.input) < 2 or not n.input[1]) and \
+                "num_outputs" not in a2 and "split" not in a2:
+            a2["_n_outputs"] = len(n.output)
+        try:
+            out = ONNX_LOWERINGS[n.op_type](*(known[a] if a else None for a in n.input), **a2)
+        except BridgeError:
+            raise
+        except Exception:  # noqa: BLE001 - left to the traced run, which reports it
+            continue
+        outs = out if isinstance(out, tuple) else (out,)
+        if len(n.output) == 1:
+            outs = outs[:1]
+        for o, v in zip(n.output, outs, strict=False):
+            if o:
+                known[o] = None if v is None else _as_numpy(v)
+        folded.add(i)
+    for name in init:
+        del known[name]
+    return folded, known
+
+
+def _as_numpy(v: Any) -> np.ndarray:
+    arr = np.asarray(v)
+    if arr.dtype == np.float64 and not jax.config.jax_enable_x64:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _value_needs(nodes: Sequence[Any], folded: set[int], outputs: Sequence[str]
+                 ) -> tuple[set[str], set[str]]:
+    """Values that must be concrete while tracing, and values read as data.
+
+    A value is *static* when a node reads it as a shape, axes, pads, scales, ... input
+    (``STATIC_INPUTS``), or computes from it a value that is static; it is *data* when a
+    node computing data reads it, or it is a graph output. Operators that read only their
+    input's shape (``Shape``) need neither. Folded nodes are gone and read nothing.
+    """
+    static_need: set[str] = set()
+    data_need: set[str] = set(outputs)
+    for i in range(len(nodes) - 1, -1, -1):
+        n = nodes[i]
+        if i in folded or n.op_type in _SHAPE_READERS:
+            continue
+        pos = STATIC_INPUTS.get(n.op_type, ()) if (n.domain or "ai.onnx") == "ai.onnx" else ()
+        outs = [o for o in n.output if o]
+        out_static = any(o in static_need for o in outs)
+        out_data = any(o in data_need for o in outs) or not out_static
+        for j, a in enumerate(n.input):
+            if not a:
+                continue
+            if j in pos or out_static:
+                static_need.add(a)
+            if j not in pos and out_data:
+                data_need.add(a)
+    return static_need, data_need
 
 
 def _select_outputs(fn: Any, n_out: int) -> Any:

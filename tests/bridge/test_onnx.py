@@ -506,3 +506,50 @@ def test_batch_first_recurrent_layout_equals_the_sequence_first_one(op, gates):
     y1, h1 = outs[1]
     assert_close(np.transpose(y1, (1, 2, 0, 3)), y0, what=f"{op} Y")  # (b, s, d, h)
     assert_close(np.swapaxes(h1, 0, 1), h0, what=f"{op} Y_h")
+
+
+# --------------------------------------------------------------------------- weights as args
+def _constant_of_shape_conv_model():
+    """A convolution whose kernel is built at run time from constants, as the ONNX "light"
+    models build theirs: ``ConstantOfShape([4, 3, 3, 3], 0.05) * Constant(ramp)``."""
+    ramp = np.linspace(-1.0, 2.0, 4).astype(np.float32).reshape(4, 1, 1, 1)
+    nodes = [
+        helper.make_node("Constant", [], ["w_shape"], value=numpy_helper.from_array(
+            np.array([4, 3, 3, 3], np.int64))),
+        helper.make_node("ConstantOfShape", ["w_shape"], ["w_flat"], value=numpy_helper.from_array(
+            np.array([0.05], np.float32))),
+        helper.make_node("Constant", [], ["ramp"], value=numpy_helper.from_array(ramp)),
+        helper.make_node("Mul", ["w_flat", "ramp"], ["w"]),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "cos_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weights_folded_from_constants_are_params_not_baked_into_the_trace():
+    """Regression (ResNet-50/SqueezeNet light): a kernel made by ``ConstantOfShape`` was a
+    NumPy constant baked into the jitted program, and XLA CPU miscompiled the convolution
+    on it. Folded weights are now ``params`` leaves: arguments of the compiled program."""
+    model = _constant_of_shape_conv_model()
+    conv = bridge.from_onnx(model)
+    assert sorted(conv.params) == ["w"] and conv.params["w"].shape == (4, 3, 3, 3)
+    assert conv.layers["conv"].param_names == {"weight": "w"}
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    eager = conv.fn(conv.params, x)
+    assert_close(eager, ref, what="eager")
+    assert_close(conv(x), ref, what="jit")
+    assert_close(conv(x), eager, what="jit vs eager")
+    # the kernel is an argument of the compiled program, not a constant inside it
+    hlo = jax.jit(conv.fn).lower(conv.params, x).as_text()
+    assert "4x3x3x3" not in "".join(ln for ln in hlo.splitlines() if "constant" in ln)
+    # new weights: a new output from the same compiled program
+    compiled = conv._jit_run._cache_size()
+    conv.params = {"w": -2.0 * conv.params["w"]}
+    flipped = np.asarray(conv(x))
+    assert conv._jit_run._cache_size() == compiled
+    neg = ort.InferenceSession(model.SerializeToString()).run(None, {"x": -2.0 * x})[0]
+    assert_close(flipped, neg, what="new weights")
