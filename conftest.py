@@ -43,3 +43,19 @@ def _bridge_doctests(request, doctest_namespace, tmp_path, monkeypatch):
     ):
         doctest_namespace.update(_bridge_namespace())
         monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _transformers_doctests(request):
+    """docs/huggingface.md imports transformers: hide the tests' torchvision stub meanwhile.
+
+    tests/conftest.py stubs torchvision for zennit; transformers' availability check
+    raises on a stub module (it has no ``__spec__``).
+    """
+    if str(getattr(request.node, "fspath", "")).endswith("huggingface.md"):
+        from tests.torch_models import _no_torchvision_stub
+
+        with _no_torchvision_stub():
+            yield
+    else:
+        yield

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import heapq
 import inspect
 import time
@@ -575,11 +576,15 @@ class Converted:
         >>> g = jax.grad(lambda p, x: conv.fn(p, x).sum())(conv.params, x)
     """
 
-    def __init__(self, ep: Any, *, dynamic_batch: bool = True, conversion_time: float = 0.0):
+    def __init__(self, ep: Any, *, dynamic_batch: bool = True, conversion_time: float = 0.0,
+                 output: Any = None):
         graph = ep if isinstance(ep, _Graph) else _torch_graph(ep)
         self.exported = graph.source
         self.conversion_time = conversion_time
         self._assemble(graph)
+        self.output = output
+        if output is not None:
+            self._select_output(output)
         # the exported program holds torch's copy of the weights: not part of the graph
         # one compiled runner per conversion: its programs go when the model goes
         self._jit_run = jax.jit(_call_model)
@@ -680,6 +685,48 @@ class Converted:
             self._layer_paths[layer.name] = set.union(*(g.node_paths.get(nm, set())
                                                         for nm in names))
         self._schedule = self._make_schedule(group_of)
+
+    def _select_output(self, output: Any) -> None:
+        """Keep one part of a structured output (a ``ModelOutput``'s ``"logits"``)."""
+        structure = self._unflatten_out(list(range(len(self._outputs))))
+        path = output if isinstance(output, tuple) else (output,)
+        node, walked = structure, []
+        for key in path:
+            here = "the output" if not walked else f"output{''.join(f'[{k!r}]' for k in walked)}"
+            if isinstance(node, dict):
+                if not isinstance(key, str) or key not in node:
+                    raise KeyError(f"output: {here} is a dict with keys {list(node)}, got "
+                                   f"{key!r}")
+            elif isinstance(node, (tuple, list)):
+                if isinstance(key, bool) or not isinstance(key, int) or not (
+                        -len(node) <= key < len(node)):
+                    raise KeyError(f"output: {here} is a tuple of {len(node)}, expected an "
+                                   f"index in [{-len(node)}, {len(node)}), got {key!r}")
+            else:
+                raise KeyError(f"output: {here} is one tensor; nothing to select with {key!r}")
+            node, walked = node[key], [*walked, key]
+        used: list[int] = []
+
+        def collect(t: Any) -> None:
+            if isinstance(t, dict):
+                for v in t.values():
+                    collect(v)
+            elif isinstance(t, (tuple, list)):
+                for v in t:
+                    collect(v)
+            else:
+                used.append(t)
+
+        def rebuild(t: Any, it: Any) -> Any:
+            if isinstance(t, dict):
+                return {k: rebuild(v, it) for k, v in t.items()}
+            if isinstance(t, (tuple, list)):
+                return type(t)(rebuild(v, it) for v in t)
+            return next(it)
+
+        collect(node)
+        self._outputs = [self._outputs[i] for i in used]
+        self._unflatten_out = functools.partial(_rebuild_from, rebuild, node)
 
     def _make_schedule(self, group_of: Mapping[str, int]) -> list[Any]:
         """Topological order of units (groups and loose instructions), stable by position."""
@@ -1020,6 +1067,10 @@ def _innermost_path(n: Any) -> str:
     return path
 
 
+def _rebuild_from(rebuild: Callable[..., Any], node: Any, flat: list[Any]) -> Any:
+    return rebuild(node, iter(flat))
+
+
 def _children(spec: Any) -> list[Any]:
     ch = getattr(spec, "children", None)
     return list(ch()) if callable(ch) else list(spec.children_specs)
@@ -1139,7 +1190,7 @@ def _dynamic_spec(module: Any, args: tuple, kwargs: dict, batch: int, dim: Any) 
 
 
 def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | None = None,
-               dynamic_batch: bool = True) -> Converted:
+               dynamic_batch: bool = True, output: Any = None) -> Converted:
     """Convert a ``torch.nn.Module`` into a pure JAX function with named layers.
 
     Args:
@@ -1149,6 +1200,12 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
         kwargs: Keyword inputs (e.g. ``{"attention_mask": mask}``), batch first.
         dynamic_batch: Export with a dynamic batch dimension (default). With False the
             example's shapes are fixed.
+        output: The part of a structured output to explain: a key of a dict output (a
+            Hugging Face ``ModelOutput``: ``"logits"``, ``"last_hidden_state"``), an index
+            of a tuple output, or a tuple of those for a nested one (``("hidden_states",
+            -1)``). The converted model then returns that part only, so every method
+            (LRP, Grad-CAM, layer IG) can use it; the layer names stay the module's own.
+            Default: the whole output.
 
     Returns:
         A :class:`Converted` with ``params``, ``fn``, ``apply`` and ``layers``.
@@ -1180,15 +1237,17 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
     kwargs = dict(kwargs or {})
     t0 = time.perf_counter()
     ep = _export(module, args, kwargs, dynamic_batch)
-    return from_exported(ep, _t0=t0, dynamic_batch=dynamic_batch)
+    return from_exported(ep, _t0=t0, dynamic_batch=dynamic_batch, output=output)
 
 
-def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = None) -> Converted:
+def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,
+                  _t0: float | None = None) -> Converted:
     """Convert a ``torch.export.ExportedProgram`` (already exported by the caller).
 
     Args:
         ep: The exported program (any IR level: it is decomposed to core ATen here).
         dynamic_batch: Only checked, for a warning when the batch size is baked in.
+        output: The part of a structured output to keep (see :func:`from_torch`).
 
     Returns:
         A :class:`Converted`.
@@ -1222,7 +1281,7 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = No
                 f"{_innermost_path(n) or '<root>'!r}); export the module after calling "
                 "module.eval()")
     ep = _decompose(ep)
-    conv = Converted(ep, dynamic_batch=dynamic_batch)
+    conv = Converted(ep, dynamic_batch=dynamic_batch, output=output)
     conv.conversion_time = time.perf_counter() - t0
     if dynamic_batch:
         shapes = [s.shape for s in conv._inputs if s.shape]
@@ -1232,7 +1291,7 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, _t0: float | None = No
     return conv
 
 
-def load(path: Any, *, allow_pickle: bool = False) -> Converted:
+def load(path: Any, *, allow_pickle: bool = False, output: Any = None) -> Converted:
     """Load a saved ``torch.export`` program (``.pt2``) and convert it.
 
     ``torch.export.load`` alone unpickles parts of an archive with a full unpickler, so a
@@ -1245,6 +1304,7 @@ def load(path: Any, *, allow_pickle: bool = False) -> Converted:
         path: File written by ``torch.export.save``.
         allow_pickle: Load pickled entries too (tensor subclasses, custom objects). Only
             for files you trust: it warns, since it runs whatever the pickles contain.
+        output: The part of a structured output to keep (see :func:`from_torch`).
 
     Returns:
         A :class:`Converted`; no Python class of the model is needed.
@@ -1265,4 +1325,4 @@ def load(path: Any, *, allow_pickle: bool = False) -> Converted:
 
     t0 = time.perf_counter()
     ep = load_exported(path, allow_pickle=allow_pickle)
-    return from_exported(ep, _t0=t0)
+    return from_exported(ep, _t0=t0, output=output)

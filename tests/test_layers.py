@@ -30,27 +30,18 @@ def resnet():
     return m, bridge.from_torch(m, torch.zeros(2, 3, 64, 64)), x, torch.from_numpy(x)
 
 
-class BertClassifier(torch.nn.Module):
-    """A tiny BERT-style encoder with a classification head on the pooled output."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.bert = tm.hf_bert()
-        self.head = torch.nn.Linear(32, 3)
-
-    def forward(self, ids, mask):
-        return self.head(self.bert(ids, attention_mask=mask).pooler_output)
-
-
 @pytest.fixture(scope="module")
 def bert():
-    m = BertClassifier().eval()
+    """transformers' BertForSequenceClassification, converted as users do: no wrapper class,
+    the ModelOutput's logits selected with ``output=``, the model's own layer names."""
+    torch.manual_seed(0)
+    m = tm.hf_bert_classifier()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 100, (2, 12), generator=g)
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, 9:] = 0
-    return m, bridge.from_torch(m, (ids, mask)), ids, mask
+    conv = bridge.from_torch(m, ids, kwargs={"attention_mask": mask}, output="logits")
+    return m, conv, ids, mask
 
 
 def test_layer_activation_and_input(resnet):
@@ -103,12 +94,16 @@ def test_layer_integrated_gradients_bert_embeddings(bert):
         ids.numpy(),
         "bert.embeddings",
         0,
-        args=(mask.numpy(),),
+        kwargs={"attention_mask": mask.numpy()},
         target=1,
         n_steps=20,
         return_delta=True,
     )
-    ref, ref_delta = ca.LayerIntegratedGradients(m, m.bert.embeddings).attribute(
+
+    def forward(ids, mask):  # Captum's side: the logits of the same model
+        return m(ids, attention_mask=mask).logits
+
+    ref, ref_delta = ca.LayerIntegratedGradients(forward, m.bert.embeddings).attribute(
         ids,
         baselines=torch.zeros_like(ids),
         additional_forward_args=(mask,),

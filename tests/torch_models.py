@@ -330,6 +330,23 @@ def hf_bert(num_layers: int = 2, hidden: int = 32, max_positions: int = 64):
         return T.BertModel(cfg).eval()
 
 
+def hf_bert_classifier(num_layers: int = 2, hidden: int = 32, num_labels: int = 3):
+    """transformers' BertForSequenceClassification (random weights, eval mode)."""
+    with _no_torchvision_stub():
+        import transformers as T
+
+        cfg = T.BertConfig(
+            vocab_size=100,
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=64,
+            num_labels=num_labels,
+        )
+        return T.BertForSequenceClassification(cfg).eval()
+
+
 def hf_gpt2(num_layers: int = 2, hidden: int = 32):
     """A GPT-2-style decoder with LM head (random weights, eval mode, no cache)."""
     with _no_torchvision_stub():
