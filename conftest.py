@@ -8,7 +8,28 @@ not lower). They run in a temporary directory, so saved files do not land in the
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
+
 import pytest
+
+
+def _one_bridge() -> None:
+    """Collecting ``bridge/*.py`` for doctests imports them as ``bridge.<module>``: map
+    those names to the installed ``jaxattr.bridge`` modules (the same files), so that the
+    doctests run the one copy users import. ``import bridge`` itself is refused."""
+    try:
+        import jaxattr.bridge as package
+    except ImportError:  # torch-free runs: the bridge's doctests are not collected
+        return
+    sys.modules["bridge"] = package
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"jaxattr.bridge.{info.name}")
+        sys.modules[f"bridge.{info.name}"] = module
+
+
+_one_bridge()
 
 _NAMESPACE: dict = {}
 
@@ -39,7 +60,7 @@ def _bridge_namespace() -> dict:
 @pytest.fixture(autouse=True)
 def _bridge_doctests(request, doctest_namespace, tmp_path, monkeypatch):
     if "bridge" in str(getattr(request.node, "fspath", "")) and request.node.name.startswith(
-        "bridge."
+        "jaxattr.bridge."
     ):
         doctest_namespace.update(_bridge_namespace())
         monkeypatch.chdir(tmp_path)

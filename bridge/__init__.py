@@ -21,6 +21,13 @@ Example:
 
 from __future__ import annotations
 
+if __name__ != "jaxattr.bridge":  # the repository's bridge/ folder imported directly
+    raise ImportError(
+        f"the bridge is the installed package jaxattr.bridge (`from jaxattr import bridge`); "
+        f"importing the folder as {__name__!r} would load a second copy of it, with classes "
+        f"(Converted, the errors) that the first copy does not recognise"
+    )
+
 from .convert import Converted, from_exported, from_torch, load
 from .errors import BridgeError, ExportError, TrainModeError, UnsupportedOpsError
 from .lowerings import CONFIG, register_lowering, supported_ops
