@@ -94,14 +94,6 @@ def _spec(inputs) -> tuple:
     return tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(inputs))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Merge:
-    """One merge: the linear layer ``linear`` absorbs the batch norm ``bn``."""
-
-    linear: str
-    bn: str
-
-
 @_caching.model_pytree(["base"], static=["rewrite", "name"])
 @dataclasses.dataclass(eq=False)
 class Canonized:
