@@ -15,7 +15,7 @@ from jaxattr import _core
 from jaxattr._core import PyTree
 from jaxattr._noise import _join_static, _split_static
 
-__all__ = ["fusion_grad", "fusion_grad_draws"]
+__all__ = ["fusion_grad", "fusion_grad_draws", "model_buffers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,17 +72,109 @@ def fusion_grad_draws(
     return param_noise, x_noise
 
 
-def _apply(base, noise, additive):
-    def one(b, z):
-        if not jnp.issubdtype(jnp.asarray(b).dtype, jnp.floating):
-            return b  # integer leaves (e.g. step counters) are never perturbed
-        return (b + z if additive else b * z).astype(jnp.asarray(b).dtype)
+def _apply(base, noise, additive, mask=None):
+    """``base`` with ``noise`` added or multiplied in; leaves where ``mask`` is False, and
+    integer leaves, are kept."""
+    leaves, treedef = jax.tree_util.tree_flatten(base)
+    z_leaves = treedef.flatten_up_to(noise)
+    mask = (True,) * len(leaves) if mask is None else mask
+    out = []
+    for b, z, on in zip(leaves, z_leaves, mask, strict=True):
+        dtype = jnp.asarray(b).dtype
+        if not on or not jnp.issubdtype(dtype, jnp.floating):
+            out.append(b)  # buffers and integer leaves (e.g. step counters) are never perturbed
+        else:
+            out.append((b + z if additive else b * z).astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
-    return jax.tree_util.tree_map(one, base, noise)
+
+#: Local names of buffers in a bridged model's layers (BatchNorm running statistics).
+_BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def _leaf_names(params: PyTree) -> list[str]:
+    """A name per leaf: the key of a flat dict (a bridged model's ``state_dict`` name),
+    else the leaf's path (``jax.tree_util.keystr``)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    names = []
+    for path, _leaf in flat:
+        if len(path) == 1 and isinstance(path[0], jax.tree_util.DictKey):
+            names.append(str(path[0].key))
+        else:
+            names.append(jax.tree_util.keystr(path))
+    return names
+
+
+def model_buffers(model: Any) -> frozenset[str]:
+    """The keys of a bridged model's ``params`` that are buffers, not parameters.
+
+    A model converted from torch (:func:`jaxattr.bridge.from_torch`) keeps its float
+    buffers (BatchNorm running statistics) in ``params`` beside the parameters; its
+    exported program's signature lists them. Without that (an ONNX model, or a copy
+    rebuilt from the pytree), the layers' roles are read: ``running_mean``,
+    ``running_var`` and ``num_batches_tracked`` of any layer. Anything else (a Flax
+    adapter, a plain dict) has none. Accepts the model or its bound ``model.fn``.
+
+    Args:
+        model: A bridged ``Converted`` model, its ``fn`` method, or any other object.
+
+    Returns:
+        The buffer keys of ``model.params`` (empty when none are known).
+
+    Example:
+        >>> import jaxattr
+        >>> jaxattr.model_buffers(lambda p, x: x)
+        frozenset()
+    """
+    owner = getattr(model, "__self__", model)
+    names: set[str] = set()
+    signature = getattr(getattr(owner, "exported", None), "graph_signature", None)
+    if signature is not None and hasattr(signature, "buffers"):
+        names.update(signature.buffers)
+    layers = getattr(owner, "layers", None)
+    if isinstance(layers, dict):
+        for layer in layers.values():
+            for local, key in dict(getattr(layer, "param_names", {}) or {}).items():
+                if local in _BUFFER_NAMES:
+                    names.add(key)
+    params = getattr(owner, "params", None)
+    if isinstance(params, dict):
+        aliases = getattr(owner, "aliases", {}) or {}
+        names = {aliases.get(n, n) for n in names} & set(params)
+    return frozenset(names)
+
+
+def _perturb_mask(params: PyTree, fn: Callable[..., Any], perturb: Any) -> tuple[bool, ...]:
+    """Which leaves of ``params`` get noise (see ``fusion_grad``'s ``perturb``)."""
+    names = _leaf_names(params)
+    if perturb is None:
+        buffers = model_buffers(fn)
+        return tuple(name not in buffers for name in names)
+    if callable(perturb):
+        leaves = jax.tree_util.tree_leaves(params)
+        return tuple(bool(perturb(name, leaf)) for name, leaf in zip(names, leaves, strict=True))
+    try:
+        flags = jax.tree_util.tree_structure(params).flatten_up_to(perturb)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"perturb must be None, a function (name, leaf) -> bool, or a pytree of bools "
+            f"matching params ({jax.tree_util.tree_structure(params)}), got "
+            f"{jax.tree_util.tree_structure(perturb)}"
+        ) from err
+    return tuple(bool(f) for f in flags)
 
 
 @_core.cached_jit(
-    ("fn", "method", "spec", "takes_key", "is_tuple", "additive_noise", "sg_additive_noise")
+    (
+        "fn",
+        "method",
+        "spec",
+        "takes_key",
+        "is_tuple",
+        "additive_noise",
+        "sg_additive_noise",
+        "mask",
+    )
 )
 def _fusion_chunk(
     *,
@@ -99,6 +191,7 @@ def _fusion_chunk(
     is_tuple,
     additive_noise,
     sg_additive_noise,
+    mask,
 ):
     """Sum of ``method`` over a chunk of (parameter draw, input draw) pairs."""
     kwargs = _join_static(dynamic, spec)
@@ -106,7 +199,7 @@ def _fusion_chunk(
     model = _ParamsLast(fn)
 
     def one(pz, xz, k):
-        p = _apply(params, pz, additive_noise)
+        p = _apply(params, pz, additive_noise, mask)
         xs = _apply(x, xz, sg_additive_noise)
         kw = dict(kwargs)
         if takes_key:
@@ -139,8 +232,12 @@ def fusion_grad(
     added (``additive_noise=True``) or multiplied (``False``; use ``mean=1``); input noise
     is ``N(sg_mean, sg_std^2)``, added or multiplied likewise (``sg_additive_noise``).
     The defaults are extra-attributions' ``FusionGrad`` defaults. ``m=1, sg_std=0,
-    sg_additive_noise=True`` is NoiseGrad (parameter noise only). Integer parameter
-    leaves are left unchanged.
+    sg_additive_noise=True`` is NoiseGrad (parameter noise only).
+
+    Only *parameters* are perturbed, as the reference perturbs ``model.parameters()``:
+    for a bridged model (``fn`` is ``converted.fn``) its buffers (BatchNorm running
+    statistics, :func:`model_buffers`) are kept; integer leaves are always kept; the
+    call's ``perturb=`` chooses the leaves for any other pytree.
 
     Note that with the defaults the input noise is *multiplicative* with mean 0 (the
     input is scaled by ``N(0, 0.01)``); for SmoothGrad-like input noise pass
@@ -159,9 +256,13 @@ def fusion_grad(
         batch_size: At most this many (parameter, input) pairs per compiled call.
 
     Returns:
-        A method ``fused(fn, params, x, *, key, **kwargs)``; ``key`` seeds the draws
-        (:func:`fusion_grad_draws`), other keywords (``target``, ``args``, ...) go to
-        ``method``. It returns the mean attribution, with x's structure.
+        A method ``fused(fn, params, x, *, key, perturb=None, **kwargs)``; ``key`` seeds
+        the draws (:func:`fusion_grad_draws`); ``perturb`` picks the leaves of ``params``
+        that get noise: ``None`` (every float leaf except a bridged model's buffers), a
+        function ``(name, leaf) -> bool`` (``name``: the key of a flat dict, else the
+        leaf's path) or a pytree of bools like ``params``. Other keywords (``target``,
+        ``args``, ...) go to ``method``. It returns the mean attribution, with x's
+        structure.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -193,11 +294,13 @@ def fusion_grad(
         x: PyTree,
         *,
         key: jax.Array | None = None,
+        perturb: Any = None,
         **kwargs: Any,
     ) -> PyTree:
         key = _core.check_key(key, "fusion_grad")
         x = _core.to_arrays(x)
         params = _core.to_arrays(params)
+        mask = _perturb_mask(params, fn, perturb)
         inputs = _core.as_inputs(x)
         model = _ParamsLast(fn)
         user_args = tuple(kwargs.get("args", ()))
@@ -232,6 +335,7 @@ def fusion_grad(
                     is_tuple=inputs.is_tuple,
                     additive_noise=bool(additive_noise),
                     sg_additive_noise=bool(sg_additive_noise),
+                    mask=mask,
                 ),
             )
         return _core.cast_like(jax.tree_util.tree_map(lambda a: a / (n * m), total), x)

@@ -9,7 +9,9 @@ chunked or not.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -20,13 +22,22 @@ import numpy as np
 
 from jaxattr import _core
 from jaxattr._core import Inputs, PyTree
-from jaxattr._progress import progress
+from jaxattr._progress import progress, sync
 
 __all__ = [
+    "INTERPRETABLE_MODELS",
     "feature_ablation",
     "feature_permutation",
+    "fit_lasso",
+    "fit_linear",
+    "fit_ridge",
+    "fit_sgd",
+    "get_exp_kernel_similarity_function",
     "kernel_shap",
+    "kernel_shap_samples",
     "lime",
+    "lime_base",
+    "lime_samples",
     "occlude_independent",
     "occlusion",
     "permute_feature",
@@ -51,12 +62,133 @@ def _check_batch_size(batch_size: Any) -> int | None:
     return _core.check_positive_int(batch_size, "batch_size")
 
 
-def _prepare(fn, x, target, args):
+def _attr_dtype(leaf: Any) -> Any:
+    """An attribution's dtype: the input's when floating, else float32 (int/bool inputs)."""
+    return leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
+
+
+def _inputs(x: PyTree, *, mixed_batch: bool = False) -> _core.Inputs:
+    """Validate x for a black-box method: any dtype (no gradients are taken).
+
+    With ``mixed_batch`` the leaves may lead with different batch sizes (Captum allows it
+    when ``fn`` returns one value for the whole batch); ``Inputs.n`` is then the first
+    leaf's.
+    """
+    leaves = jax.tree_util.tree_leaves(x)
+    if not mixed_batch or len({getattr(a, "shape", (None,))[:1] for a in leaves}) <= 1:
+        return _core.as_inputs(x, need_float=False)
+    for path, leaf in _core._leaf_paths(x):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"{path} must be an array, got {type(leaf).__name__}")
+        if leaf.ndim == 0:
+            raise ValueError(
+                f"{path} must lead with the batch dimension N, got a scalar (shape ()); "
+                f"use x[None] for a single example"
+            )
+    _core.check_finite(x, "x")
+    return _core.Inputs(is_tuple=isinstance(x, tuple), n=int(leaves[0].shape[0]))
+
+
+def _output_shape(fn, inputs, x, args) -> tuple:
+    """The shape of ``fn``'s output on x, any shape allowed (aggregate outputs too)."""
+    from jaxattr import _caching
+
+    out, value_bytes = _caching.probe(_core._call_fn, (inputs, fn, args), x)
+    scope = _core._SCOPE.get()
+    if scope is not None and scope.value_bytes is None:  # the first probe sizes chunks
+        scope.value_bytes = value_bytes
+    if not hasattr(out, "shape"):
+        raise TypeError(
+            f"fn must return one array, got {type(out).__name__}; select the output to "
+            f"explain inside fn"
+        )
+    return tuple(out.shape)
+
+
+def _resolve_target(target: Any, out_shape: tuple, n: int) -> _core.Target | None:
+    """``None`` (every output element, Captum's ``target=None``) or a normalised target.
+
+    An int (or a list / 1-D array of ints) on an output (N, C, 1, ...) whose trailing
+    axes have size 1 selects ``[:, target]`` as Captum does.
+    """
+    if target is None:
+        return None
+    if len(out_shape) == 0 or out_shape[0] != n:
+        raise ValueError(
+            f"target={target!r} selects one output per example, but fn returns shape "
+            f"{out_shape} with no per-example dimension (N={n}); an aggregate output (one "
+            f"value for the whole batch) takes target=None"
+        )
+    trailing = len(out_shape) > 2 and all(s == 1 for s in out_shape[2:])
+    if trailing:
+        pad = (0,) * (len(out_shape) - 2)
+        if isinstance(target, (int, np.integer)) and not isinstance(target, (bool, np.bool_)):
+            target = (int(target), *pad)
+        elif isinstance(target, list) and all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target
+        ):
+            target = [(int(t), *pad) for t in target]
+        elif (
+            hasattr(target, "ndim")
+            and target.ndim == 1
+            and jnp.issubdtype(target.dtype, jnp.integer)
+        ):
+            target = jnp.concatenate(
+                [
+                    jnp.reshape(target, (-1, 1)),
+                    jnp.zeros((target.shape[0], len(pad)), target.dtype),
+                ],
+                axis=1,
+            )
+    return _core.normalize_target(target, out_shape)
+
+
+def _prepare(fn, x, target, args, *, mixed_batch: bool = False):
+    """Validate x and target: ``(x, args, inputs, target, out_shape)``.
+
+    The target is ``None`` for ``target=None``: every element of the output is explained
+    (one per example for a per-example scalar output, one in all for an aggregate
+    output), as in Captum's perturbation methods.
+    """
     x = _core.to_arrays(x)
     args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
-    return x, args, inputs, t
+    inputs = _inputs(x, mixed_batch=mixed_batch)
+    out_shape = _output_shape(fn, inputs, x, args)
+    t = _resolve_target(target, out_shape, inputs.n)
+    return x, args, inputs, t, out_shape
+
+
+def _n_outputs(t: Any, out_shape: tuple, n: int) -> int:
+    """How many scores every evaluation gives: N for a target, else every output element."""
+    return n if t is not None else int(math.prod(out_shape))
+
+
+def _scores(fn, inputs, x, args, target):
+    """The explained scores, float32: ``(N,)`` for a target, the flat output for None."""
+    y = inputs.call(fn, x, args)
+    if target is None:
+        return jnp.reshape(jnp.asarray(y), (-1,)).astype(jnp.float32)
+    return _core.target_score(y, target).astype(jnp.float32)
+
+
+def _per_example_scalar(t: Any, out_shape: tuple, n: int) -> bool:
+    """Whether every example has exactly one explained score (x-shaped attributions)."""
+    if t is not None:
+        return True
+    return len(out_shape) >= 1 and out_shape[0] == n and math.prod(out_shape[1:]) == 1
+
+
+def _check_mask_outputs(fmasks: list, n_out: int, out_shape: tuple, name: str = "feature_mask"):
+    """A per-example mask (leading dimension N > 1) needs one score per example."""
+    for i, fm in enumerate(fmasks):
+        if fm.shape[0] > 1 and fm.shape[0] != n_out:
+            where = f"{name}[{i}]" if len(fmasks) > 1 else name
+            raise ValueError(
+                f"{where} gives one mask per example (leading dimension {fm.shape[0]}), "
+                f"which needs one explained output per example, but fn returns shape "
+                f"{out_shape} ({n_out} output(s) explained); give the mask a leading "
+                f"dimension of 1, or pass a target"
+            )
 
 
 def _eager(x: PyTree, show_progress: bool) -> bool:
@@ -65,13 +197,13 @@ def _eager(x: PyTree, show_progress: bool) -> bool:
 
 @_core.cached_jit(("fn", "inputs"))
 def _base_scores(*, fn, inputs, x, args, target):
-    return _core.scores(fn, inputs, x, args, target).astype(jnp.float32)
+    return _scores(fn, inputs, x, args, target)
 
 
 @_core.cached_jit(("fn", "inputs"))
 def _baseline_scores(*, fn, inputs, x, baselines, args, target):
     b = _core.expand_baselines(baselines, x)
-    return _core.scores(fn, inputs, b, args, target).astype(jnp.float32)
+    return _scores(fn, inputs, b, args, target)
 
 
 def _slice_tree(tree, start, stop):
@@ -85,6 +217,13 @@ def _per_leaf_option(value: Any, x: PyTree, name: str) -> list:
     input is read per input; anything else applies to every input.
     """
     n_leaves = len(jax.tree_util.tree_leaves(x))
+    if (
+        n_leaves == 1
+        and isinstance(value, (tuple, list))
+        and len(value) == 1
+        and isinstance(value[0], (tuple, list))
+    ):
+        return [value[0]]  # Captum's one-entry-per-input form for a single input
     if n_leaves > 1 and isinstance(value, (tuple, list)) and len(value) == n_leaves:
         return list(value)
     if n_leaves > 1 and isinstance(value, list):
@@ -221,6 +360,8 @@ def _window_mask(start, dims, window, wrap):
         shape[d] = size
         inside = inside.reshape(shape)
         m = inside if m is None else m & inside
+    if m is None:  # no non-batch dimension: the one window is the whole element
+        return jnp.ones(dims, bool)
     return jnp.broadcast_to(m, dims)
 
 
@@ -259,7 +400,7 @@ def _occlusion_chunk(
             else:
                 pert.append(jnp.where(full, bl, xl))
         xp = jax.tree_util.tree_unflatten(treedef, pert)
-        return _core.scores(fn, inputs, xp, args, target).astype(jnp.float32), masks
+        return _scores(fn, inputs, xp, args, target), masks
 
     s, masks = jax.vmap(one)(starts, leaf_ids, keys)
     w = s if zennit else base[None] - s
@@ -268,7 +409,7 @@ def _occlusion_chunk(
 
 def _window_counts(positions, window, dims, wrap):
     """How many windows cover each element (separable: product of per-dim counts)."""
-    total = None
+    total = np.ones(())
     for d, (pos, w, size) in enumerate(zip(positions, window, dims, strict=False)):
         c = np.zeros(size)
         for p in pos:
@@ -279,8 +420,16 @@ def _window_counts(positions, window, dims, wrap):
         shape = [1] * len(dims)
         shape[d] = size
         c = c.reshape(shape)
-        total = c if total is None else total * c
+        total = total * c
     return np.broadcast_to(total, dims)
+
+
+def _start_grid(positions: list) -> np.ndarray:
+    """Every window start (count, D): the product of the per-dimension positions."""
+    if not positions:  # no non-batch dimension: one window
+        return np.zeros((1, 0), np.int32)
+    grid = np.stack(np.meshgrid(*positions, indexing="ij"), -1)
+    return grid.reshape(-1, len(positions)).astype(np.int32)
 
 
 def _run_windows(
@@ -299,13 +448,23 @@ def _run_windows(
     show_progress,
     divide,
     scale=1.0,
+    desc="occlusion",
+    n_out=None,
 ):
-    """Evaluate every window of every leaf (one batch, chunked) and combine."""
+    """Evaluate every window of every leaf (one batch, chunked) and combine.
+
+    ``geometries`` holds per leaf ``(positions, window)``, or ``None`` for a leaf that is
+    not occluded. Returns per leaf the attribution, shape (n_out, *leaf.shape[1:]).
+    """
     leaves, treedef = jax.tree_util.tree_flatten(x)
     starts_per_leaf, leaf_ids, windows = [], [], []
-    for idx, (positions, window) in enumerate(geometries):
-        grid = np.stack(np.meshgrid(*positions, indexing="ij"), -1).reshape(-1, len(window))
-        starts_per_leaf.append(grid.astype(np.int32))
+    for idx, (leaf, geometry) in enumerate(zip(leaves, geometries, strict=True)):
+        nd = leaf.ndim - 1
+        if geometry is None:
+            grid, window = np.zeros((0, nd), np.int32), (1,) * nd
+        else:
+            grid, window = _start_grid(geometry[0]), geometry[1]
+        starts_per_leaf.append(grid)
         leaf_ids.append(np.full(len(grid), idx, np.int32))
         windows.append(tuple(int(w) for w in window))
     total = sum(len(s) for s in starts_per_leaf)
@@ -323,33 +482,39 @@ def _run_windows(
     if not zennit:
         base = _base_scores(fn=fn, inputs=inputs, x=x, args=args, target=t)
     acc = None
-    chunks = _core.batched_chunks(total, batch_size, backward=False)
-    for start, stop in progress(
-        chunks, total=len(chunks), desc="occlusion", enabled=_eager(x, show_progress)
-    ):
-        part = _occlusion_chunk(
-            fn=fn,
-            inputs=inputs,
-            x=x,
-            baselines=baselines,
-            args=args,
-            target=t,
-            base=base,
-            starts=[s[start:stop] for s in starts],
-            leaf_ids=leaf_ids[start:stop],
-            keys=None if keys is None else keys[start:stop],
-            windows=tuple(windows),
-            wrap=wrap,
-            zennit=zennit,
-            occlusion_fn=occlusion_fn,
-        )
-        acc = part if acc is None else [a + p for a, p in zip(acc, part, strict=False)]
+    if total:
+        show = _eager(x, show_progress)
+        chunks = _core.batched_chunks(total, batch_size, backward=False)
+        for start, stop in progress(chunks, total=len(chunks), desc=desc, enabled=show):
+            part = _occlusion_chunk(
+                fn=fn,
+                inputs=inputs,
+                x=x,
+                baselines=baselines,
+                args=args,
+                target=t,
+                base=base,
+                starts=[s[start:stop] for s in starts],
+                leaf_ids=leaf_ids[start:stop],
+                keys=None if keys is None else keys[start:stop],
+                windows=tuple(windows),
+                wrap=wrap,
+                zennit=zennit,
+                occlusion_fn=occlusion_fn,
+            )
+            acc = part if acc is None else [a + p for a, p in zip(acc, part, strict=False)]
+            sync(acc, show)
     out = []
-    for a, leaf, (positions, window) in zip(acc, leaves, geometries, strict=False):
-        if divide:
-            counts = _window_counts(positions, window, leaf.shape[1:], wrap)
+    for i, (leaf, geometry) in enumerate(zip(leaves, geometries, strict=False)):
+        if acc is None:
+            rows = n_out if n_out is not None else inputs.n
+            a = jnp.zeros((rows, *leaf.shape[1:]), jnp.float32)
+        else:
+            a = acc[i]
+        if divide and geometry is not None:
+            counts = _window_counts(geometry[0], geometry[1], leaf.shape[1:], wrap)
             a = a / np.where(counts > 0, counts, 1.0).astype(np.float32)
-        out.append((a * scale).astype(leaf.dtype))
+        out.append((a * scale).astype(_attr_dtype(leaf)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -440,7 +605,7 @@ def occlusion(
         raise TypeError(f"occlusion_fn must be callable, got {type(occlusion_fn).__name__}")
     if key is not None:
         key = _core.check_key(key, "occlusion")
-    x, args, inputs, t = _prepare(fn, x, target, args)
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     leaves = jax.tree_util.tree_leaves(x)
     geometries = []
@@ -480,7 +645,28 @@ def occlusion(
         batch_size=batch_size,
         show_progress=show_progress,
         divide=not zennit,
+        n_out=_n_outputs(t, out_shape, inputs.n),
     )
+
+
+def _shift(a: jax.Array, axis: int, s: int, j: int, fill: Any) -> jax.Array:
+    """Tiling ``j`` of one axis (``s = window / k``): ``a`` padded in front by ``s``
+    elements of ``fill``, then the slice ``[s * j, size + s * j)`` of that, cut at its end
+    (so tilings ``j >= 2`` are shorter, by ``s * (j - 1)``)."""
+    size = a.shape[axis]
+    pad_shape = list(a.shape)
+    pad_shape[axis] = s
+    padded = jnp.concatenate([jnp.full(pad_shape, fill, a.dtype), a], axis=axis)
+    stop = min(size + s * j, size + s)
+    return jax.lax.slice_in_dim(padded, s * j, stop, axis=axis)
+
+
+def _unshift(a: jax.Array, axis: int, s: int, j: int, size: int) -> jax.Array:
+    """Place a tiling's attribution (``_shift``'s frame) back on the input's ``size``."""
+    length = a.shape[axis]
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (s * j, size + s - s * j - length)  # into the padded frame
+    return jax.lax.slice_in_dim(jnp.pad(a, pad), s, s + size, axis=axis)
 
 
 @_core.contract
@@ -488,57 +674,72 @@ def tiled_occlusion(
     fn: Callable[..., Any],
     x: PyTree,
     *,
-    target: Any = None,
+    target: Any = 0,
     k: Any = (1, 2, 2),
     window: Any = (3, 10, 10),
-    baselines: Any = None,
+    baselines: Any = 0,
     batch_size: int | None = None,
-    show_progress: bool = False,
+    show_progress: bool = True,
     args: tuple = (),
 ) -> PyTree:
-    """Tiled occlusion (extra-attributions' ``TiledOcclusion``).
+    """Tiled occlusion, extra-attributions' ``TiledOcclusion``, exactly.
 
-    Occlusion averaged over ``k`` shifted tilings: along every dimension the input is
-    tiled by non-overlapping windows of size ``window``, and the ``k`` tilings are shifted
-    by multiples of ``window / k``. Every element is covered by exactly one window of each
-    tiling (windows at the edges are cut), and its attribution is the mean over the
-    ``prod(k)`` tilings of ``f(x) - f(x with that window set to the baseline)``. The
-    output resolution is ``window / k``; per dimension there are
-    ``(size + window - stride) / stride`` windows (``stride = window / k``), the cost of
-    plain occlusion with that stride over the input padded by ``window - stride`` on
-    both sides. ``k=1`` is plain (Captum) occlusion with ``strides=window``. All windows
-    of all tilings are one batch.
+    Plain occlusion (Captum's ``Occlusion`` with ``strides = sliding_window_shapes =
+    window``, non-overlapping windows) is run ``prod(k)`` times, once per shifted copy
+    of the input, and the ``prod(k)`` attributions are **summed** (not averaged). Along
+    a dimension with ``k > 1`` and step ``s = window / k``, tiling ``j`` (``0 <= j <
+    k``) feeds the model the input zero-padded in front by ``s`` elements and cut to the
+    slice ``[s * j, size + s * j)`` of the padded array, cropped at its end: ``j = 0``
+    moves the input back by ``s`` (zeros enter in front, the last ``s`` elements drop
+    out), ``j = 1`` is the input itself, ``j >= 2`` drops ``s * (j - 1)`` leading
+    elements and is that much shorter. Each tiling's attribution ``f(shifted) -
+    f(shifted with one window at the baseline)`` is placed back on the input's
+    elements, so elements near the trailing edge get fewer tilings than the rest. For
+    a linear model every interior element gets ``prod(k)`` times its window's sum
+    (e.g. 64 for ``k=(1, 2, 2)``, ``window=(1, 4, 4)``, all-ones input and weights) and
+    edge elements less. ``k=1`` is plain Captum occlusion with ``strides=window``. The
+    windows of one tiling are one batch; the tilings are a Python loop (their shapes
+    differ when ``k > 2``).
 
     Args:
         fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
         x: Input array of shape (N, ...) with 1 to 4 non-batch dimensions, or a tuple of
-            such arrays.
-        target: What to explain (see :func:`jaxattr.select_target`).
+            such arrays (an extension: each input is tiled in turn, the others kept).
+        target: What to explain (see :func:`jaxattr.select_target`); the reference's
+            default is ``0``. ``None`` explains every output element (Captum's
+            convention): the result then leads with ``prod(y.shape)``.
         k: Tilings per dimension: an int (every dimension) or one per non-batch dimension.
         window: Window size: an int or one per non-batch dimension; divisible by ``k``.
-        baselines: Fill value (``None``: zeros), scalar or broadcastable array.
-        batch_size: At most this many windows per compiled call.
-        show_progress: Show a progress bar over the chunks (eager calls).
+        baselines: Fill value of an occluded window: a scalar (default 0, as the
+            reference), or an array broadcastable to x, shifted with the input (zeros
+            where the shift pads).
+        batch_size: At most this many windows per compiled call (Captum's
+            ``perturbations_per_eval``).
+        show_progress: Show a progress bar over the tilings and chunks (eager calls);
+            on by default, as in the reference.
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure and shapes (float32 for int inputs), or with
+        a leading ``prod(y.shape)`` for ``target=None`` on a multi-output ``fn``.
 
     Raises:
-        ValueError: ``window`` not divisible by ``k``, a window larger than the input, or
-            an input with more than 4 non-batch dimensions.
+        ValueError: ``window`` not divisible by ``k``, a window larger than the input or
+            than a shifted tiling, or an input with more than 4 non-batch dimensions.
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
-        >>> fn = lambda x: x.sum(1)
-        >>> jaxattr.tiled_occlusion(fn, jnp.ones((1, 4)), k=2, window=2)
-        Array([[1.5, 2. , 2. , 1.5]], dtype=float32)
+        >>> fn = lambda x: x.sum(1, keepdims=True)
+        >>> jaxattr.tiled_occlusion(fn, jnp.ones((1, 4)), k=2, window=2, show_progress=False)
+        Array([[3., 4., 4., 2.]], dtype=float32)
     """
     batch_size = _check_batch_size(batch_size)
-    x, args, inputs, t = _prepare(fn, x, target, args)
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
-    leaves = jax.tree_util.tree_leaves(x)
-    geometries = []
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    b_leaves = treedef.flatten_up_to(b)
+    n_out = _n_outputs(t, out_shape, inputs.n)
+    plans = []
     for leaf, kk, ww in zip(
         leaves, _per_leaf_option(k, x, "k"), _per_leaf_option(window, x, "window"), strict=False
     ):
@@ -566,30 +767,63 @@ def tiled_occlusion(
                 )
             if wd > size:
                 raise ValueError(f"window {wt} cannot exceed the input dimensions {tuple(dims)}")
-        positions = []
-        for kd, wd, size in zip(kt, wt, dims, strict=False):
-            s = wd // kd
-            # starts congruent to j*s (mod window) for the k tilings, cut at both edges
-            positions.append(np.arange(-(kd - 1) * s, size, s))
-        geometries.append((positions, wt))
-    # every element is covered by exactly prod(k) windows: dividing by the window count
-    # is the mean over the tilings
-    return _run_windows(
-        fn,
-        x,
-        args,
-        inputs,
-        t,
-        b,
-        geometries,
-        wrap=False,
-        zennit=False,
-        occlusion_fn=None,
-        key=None,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        divide=True,
-    )
+        plans.append((kt, wt))
+    show = _eager(x, show_progress)
+    tilings = [
+        (i, j) for i, (kt, _) in enumerate(plans) for j in itertools.product(*map(range, kt))
+    ]
+    totals = [jnp.zeros((n_out, *leaf.shape[1:]), jnp.float32) for leaf in leaves]
+    for i, j in progress(tilings, desc="tiled_occlusion", enabled=show):
+        kt, wt = plans[i]
+        leaf, bl = leaves[i], b_leaves[i]
+        shifted, base_s = leaf, bl
+        full_b = np.ndim(bl) > 0
+        if full_b:
+            base_s = jnp.broadcast_to(jnp.asarray(bl, leaf.dtype), leaf.shape)
+        for d, (kd, wd, jd) in enumerate(zip(kt, wt, j, strict=True)):
+            if kd > 1:
+                shifted = _shift(shifted, d + 1, wd // kd, jd, 0)
+                if full_b:
+                    base_s = _shift(base_s, d + 1, wd // kd, jd, 0)
+        if any(w > size for w, size in zip(wt, shifted.shape[1:], strict=True)):
+            raise ValueError(
+                f"window {wt} is larger than the shifted tiling {j} of shape "
+                f"{tuple(shifted.shape)} (tilings j >= 2 drop (j - 1) * window / k leading "
+                f"elements); use a larger input or a smaller k"
+            )
+        xs = jax.tree_util.tree_unflatten(
+            treedef, [shifted if m == i else a for m, a in enumerate(leaves)]
+        )
+        bs = jax.tree_util.tree_unflatten(
+            treedef, [base_s if m == i else a for m, a in enumerate(b_leaves)]
+        )
+        geometries = [None] * len(leaves)
+        geometries[i] = _captum_geometry(shifted.shape, wt, wt, "")
+        attr = jax.tree_util.tree_leaves(
+            _run_windows(
+                fn,
+                xs,
+                args,
+                inputs,
+                t,
+                bs,
+                geometries,
+                wrap=False,
+                zennit=False,
+                occlusion_fn=None,
+                key=None,
+                batch_size=batch_size,
+                show_progress=False,
+                divide=True,
+                n_out=n_out,
+            )
+        )[i].astype(jnp.float32)
+        for d, (kd, wd, jd) in enumerate(zip(kt, wt, j, strict=True)):
+            if kd > 1:
+                attr = _unshift(attr, d + 1, wd // kd, jd, leaf.shape[d + 1])
+        totals[i] = sync(totals[i] + attr, show)
+    out = [a.astype(_attr_dtype(leaf)) for a, leaf in zip(totals, leaves, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -662,16 +896,14 @@ def _gather_mask(off: jax.Array, fm: jax.Array) -> jax.Array:
 
 @_core.cached_jit(("fn", "inputs", "perm_func"))
 def _feature_chunk(*, fn, inputs, x, baselines, fmasks, off, keys, args, target, perm_func):
-    """Scores of the perturbed inputs for a chunk of perturbations.
+    """Scores of the perturbed inputs for a chunk of perturbations: (P, n_outputs).
 
     ``off`` (P, Nn, F): features replaced (by the baseline, or permuted across the batch
-    with ``perm_func``). Also returns each perturbed input's dot product with x, squared
-    norm, and squared distance to x (summed over all inputs), for LIME's kernel.
+    with ``perm_func``).
     """
     x_leaves, treedef = jax.tree_util.tree_flatten(x)
     b_leaves = treedef.flatten_up_to(_core.expand_baselines(baselines, x))
     masks = [_gather_mask(off, fm) for fm in fmasks]
-    n = inputs.n
 
     def one(mask_list, key):
         pert = []
@@ -686,13 +918,7 @@ def _feature_chunk(*, fn, inputs, x, baselines, fmasks, off, keys, args, target,
             else:
                 pert.append(jnp.where(full, bl, xl))
         xp = jax.tree_util.tree_unflatten(treedef, pert)
-        s = _core.scores(fn, inputs, xp, args, target).astype(jnp.float32)
-        dot = sq = dist = jnp.zeros((n,), jnp.float32)
-        for xl, pl in zip(x_leaves, pert, strict=False):
-            a = xl.reshape(n, -1).astype(jnp.float32)
-            b = pl.reshape(n, -1).astype(jnp.float32)
-            dot, sq, dist = dot + (a * b).sum(1), sq + (b * b).sum(1), dist + ((a - b) ** 2).sum(1)
-        return s, dot, sq, dist
+        return _scores(fn, inputs, xp, args, target)
 
     return jax.vmap(one)(masks, keys)
 
@@ -712,39 +938,40 @@ def _run_features(
     keys=None,
     perm_func=None,
 ):
-    """Evaluate every perturbation ``off`` (P, Nn, F) in chunks -> four (P, N) arrays."""
+    """Evaluate every perturbation ``off`` (P, Nn, F) in chunks -> scores (P, n_outputs)."""
     total = off.shape[0]
     outs = []
+    show = _eager(x, show_progress)
     chunks = _core.batched_chunks(total, batch_size, backward=False)
-    for start, stop in progress(
-        chunks, total=len(chunks), desc=desc, enabled=_eager(x, show_progress)
-    ):
-        outs.append(
-            _feature_chunk(
-                fn=fn,
-                inputs=inputs,
-                x=x,
-                baselines=baselines,
-                fmasks=fmasks,
-                off=off[start:stop],
-                keys=None if keys is None else keys[start:stop],
-                args=args,
-                target=t,
-                perm_func=perm_func,
-            )
+    for start, stop in progress(chunks, total=len(chunks), desc=desc, enabled=show):
+        part = _feature_chunk(
+            fn=fn,
+            inputs=inputs,
+            x=x,
+            baselines=baselines,
+            fmasks=fmasks,
+            off=off[start:stop],
+            keys=None if keys is None else keys[start:stop],
+            args=args,
+            target=t,
+            perm_func=perm_func,
         )
-    if len(outs) == 1:
-        return outs[0]
-    return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*outs, strict=False))
+        outs.append(sync(part, show))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
 
 def _spread(values: jax.Array, fmasks: list, x: PyTree) -> PyTree:
-    """Per-feature values (N, F) -> attribution with x's structure (value of its feature)."""
+    """Per-feature values (O, F) -> per leaf (O, *leaf.shape[1:]): the value of its feature.
+
+    ``O`` is the number of explained outputs (N for per-example scores); a per-example
+    mask (leading dimension N) needs ``O == N`` (see :func:`_check_mask_outputs`).
+    """
     leaves, treedef = jax.tree_util.tree_flatten(x)
     out = []
+    rows = values.shape[0]
     for leaf, fm in zip(leaves, fmasks, strict=False):
         got = _gather_mask(values[None], jnp.asarray(fm))[0]
-        out.append(jnp.broadcast_to(got, leaf.shape).astype(leaf.dtype))
+        out.append(jnp.broadcast_to(got, (rows, *leaf.shape[1:])).astype(_attr_dtype(leaf)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -767,23 +994,34 @@ def feature_ablation(
     every element of the feature gets ``f(x) - f(x with the feature ablated)``. Feature
     ids are shared across the inputs of a tuple ``x`` (one id ablates its elements in
     every input, as Captum's cross-tensor masks); ids need not be consecutive. All
-    ablations are one batch.
+    ablations are one batch. Inputs may be integer or boolean (no gradients are taken).
+
+    Outputs as in Captum: with a ``target``, one score per example and x-shaped
+    attributions. With ``target=None`` every element of ``fn``'s output is explained:
+    the attribution of input leaf (N, *d) has shape (prod(y.shape), *d), row ``o`` for
+    ``y.reshape(-1)[o]`` (x's shape when ``y`` is (N,) or (N, 1)); an aggregate ``fn``
+    (one scalar for the whole batch, Captum's aggregate mode) gives (1, *d).
 
     Args:
-        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
-        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
-        target: What to explain (see :func:`jaxattr.select_target`).
+        fn: Pure function of the batch, ``fn(x) -> y``; ``y`` of shape (N, ...), or any
+            shape with ``target=None`` (e.g. a scalar loss over the batch).
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays; any dtype.
+        target: What to explain (see :func:`jaxattr.select_target`); an int also
+            selects ``[:, target]`` of an (N, C, 1, ...) output. ``None``: every output
+            element (see above).
         baselines: Replacement values: ``None`` (zeros), a scalar, or an array
             broadcastable to x (one per input for a tuple).
         feature_mask: Integer ids broadcastable to x (leading dimension 1 or N), one per
-            input for a tuple; concrete (not traced).
+            input for a tuple; concrete (not traced). A per-example mask (leading N)
+            needs one explained output per example.
         batch_size: At most this many ablations per compiled call (Captum's
             ``perturbations_per_eval``).
         show_progress: Show a progress bar over the chunks (eager calls).
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure, shapes and (floating) dtypes; float32 for
+        int/bool inputs; leading with the number of explained outputs (see above).
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
@@ -791,15 +1029,19 @@ def feature_ablation(
         >>> jaxattr.feature_ablation(fn, jnp.array([[1.0, 2.0, 3.0]]),
         ...                          feature_mask=jnp.array([[0, 0, 1]]))
         Array([[5., 5., 9.]], dtype=float32)
+        >>> jaxattr.feature_ablation(lambda x: x * 2.0, jnp.array([[1.0, 2.0]])).shape
+        (2, 2)
     """
     batch_size = _check_batch_size(batch_size)
-    x, args, inputs, t = _prepare(fn, x, target, args)
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     fmasks, f = _feature_masks(feature_mask, x, inputs)
+    n_out = _n_outputs(t, out_shape, inputs.n)
+    _check_mask_outputs(fmasks, n_out, out_shape)
     off = jnp.eye(f, dtype=bool)[:, None, :]
     s = _run_features(
         fn, x, args, inputs, t, b, fmasks, off, batch_size, show_progress, "feature_ablation"
-    )[0]
+    )
     base = _base_scores(fn=fn, inputs=inputs, x=x, args=args, target=t)
     return _spread((base[None] - s).T, fmasks, x)
 
@@ -832,6 +1074,20 @@ def permute_feature(x: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(mask, x[perm], x)
 
 
+def _skipped_features(fmasks: list, f: int, leaves: list) -> np.ndarray:
+    """Captum's FeaturePermutation skips: a feature that touches an input with fewer than
+    two examples (nothing to shuffle), or whose inputs are all empty. Bool (F,)."""
+    touches = np.zeros((f, len(leaves)), bool)
+    for i, fm in enumerate(fmasks):
+        if math.prod(fm.shape):
+            touches[np.unique(fm), i] = True
+    small = np.array([leaf.shape[0] < 2 for leaf in leaves])
+    empty = np.array([leaf.size == 0 for leaf in leaves])
+    any_small = (touches & small[None]).any(1)
+    all_empty = ~(touches & ~empty[None]).any(1)
+    return any_small | all_empty
+
+
 @_core.contract
 def feature_permutation(
     fn: Callable[..., Any],
@@ -849,14 +1105,21 @@ def feature_permutation(
 
     Like :func:`feature_ablation`, but a feature is perturbed by shuffling its values
     across the batch rather than replacing them by a baseline: every element of the
-    feature gets ``f(x) - f(x with the feature permuted)``. Needs N >= 2.
+    feature gets ``f(x) - f(x with the feature permuted)``. As in Captum, a feature that
+    touches an input with fewer than two examples (N=1: nothing to shuffle) or whose
+    inputs are all empty (N=0) is skipped and gets 0. The inputs of a tuple may have
+    different batch sizes when ``fn`` returns one value for the whole batch (Captum's
+    aggregate mode, ``target=None``); each input is shuffled within its own batch.
+    Outputs and ``target=None`` as in :func:`feature_ablation`.
 
     Args:
-        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
-        x: Input array of shape (N, ...) with N >= 2, or a tuple/pytree of such arrays.
+        fn: Pure function of the batch, ``fn(x) -> y``; ``y`` of shape (N, ...), or any
+            shape with ``target=None`` (e.g. a loss over the batch).
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays; any dtype.
         key: PRNG key; feature ``i`` (in the order of its id) permutes with
             ``jax.random.split(key, F)[i]`` folded with the input's index.
-        target: What to explain (see :func:`jaxattr.select_target`).
+        target: What to explain (see :func:`jaxattr.select_target`); ``None``: every
+            output element.
         feature_mask: Integer ids broadcastable to x (see :func:`feature_ablation`).
         perm_func: ``perm_func(x_leaf, mask, key) -> perturbed leaf``; default
             :func:`permute_feature`.
@@ -865,7 +1128,12 @@ def feature_permutation(
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure (float32 for int/bool inputs), leading with
+        the number of explained outputs (N for a target).
+
+    Raises:
+        ValueError: Inputs of different batch sizes with a ``target`` (a per-example
+            output needs one batch size).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -878,33 +1146,42 @@ def feature_permutation(
     key = _core.check_key(key, "feature_permutation")
     batch_size = _check_batch_size(batch_size)
     perm_func = permute_feature if perm_func is None else perm_func
-    x, args, inputs, t = _prepare(fn, x, target, args)
-    if inputs.n < 2:
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args, mixed_batch=True)
+    leaves = jax.tree_util.tree_leaves(x)
+    sizes = [leaf.shape[0] for leaf in leaves]
+    if len(set(sizes)) > 1 and t is not None:
         raise ValueError(
-            f"feature_permutation shuffles features across the batch and needs "
-            f"N >= 2 examples, got N={inputs.n}"
+            f"the inputs of x lead with different batch sizes {sizes}: only an aggregate "
+            f"fn (one value for the whole batch, target=None) can explain them, got "
+            f"target={target!r}"
         )
     fmasks, f = _feature_masks(feature_mask, x, inputs)
-    off = jnp.eye(f, dtype=bool)[:, None, :]
+    n_out = _n_outputs(t, out_shape, inputs.n)
+    _check_mask_outputs(fmasks, n_out, out_shape)
     keys = jax.random.split(key, f)
-    b = _core.broadcast_baselines(None, x, inputs)
-    s = _run_features(
-        fn,
-        x,
-        args,
-        inputs,
-        t,
-        b,
-        fmasks,
-        off,
-        batch_size,
-        show_progress,
-        "feature_permutation",
-        keys=keys,
-        perm_func=perm_func,
-    )[0]
+    run = np.flatnonzero(~_skipped_features(fmasks, f, leaves))
     base = _base_scores(fn=fn, inputs=inputs, x=x, args=args, target=t)
-    return _spread((base[None] - s).T, fmasks, x)
+    diff = jnp.zeros((f, base.shape[0]), jnp.float32)
+    if len(run):
+        b = jax.tree_util.tree_map(lambda a: np.zeros((), a.dtype), x)
+        off = jnp.eye(f, dtype=bool)[run][:, None, :]
+        s = _run_features(
+            fn,
+            x,
+            args,
+            inputs,
+            t,
+            b,
+            fmasks,
+            off,
+            batch_size,
+            show_progress,
+            "feature_permutation",
+            keys=keys[run],
+            perm_func=perm_func,
+        )
+        diff = diff.at[run].set(base[None] - s)
+    return _spread(diff.T, fmasks, x)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -964,11 +1241,22 @@ def shapley_value_sampling(
     key = _core.check_key(key, "shapley_value_sampling")
     n_samples = _core.check_positive_int(n_samples, "n_samples")
     batch_size = _check_batch_size(batch_size)
-    x, args, inputs, t = _prepare(fn, x, target, args)
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     fmasks, f = _feature_masks(feature_mask, x, inputs)
+    _check_mask_outputs(fmasks, _n_outputs(t, out_shape, inputs.n), out_shape)
     perms = shapley_permutations(key, f, n_samples)
-    return _shapley_from_orders(fn, x, args, inputs, t, b, fmasks, perms, batch_size, show_progress)
+    attr = _shapley_from_orders(fn, x, args, inputs, t, b, fmasks, perms, batch_size, show_progress)
+    return _shapley_shape(attr, t, out_shape, inputs.n)
+
+
+def _shapley_shape(attr: PyTree, t: Any, out_shape: tuple, n: int) -> PyTree:
+    """Captum's Shapley layout for ``target=None``: (*y.shape, *d) per input leaf (N, *d),
+    (1, *d) for a scalar output; x's shape for a per-example scalar output."""
+    if _per_example_scalar(t, out_shape, n):
+        return attr
+    lead = out_shape if out_shape else (1,)
+    return jax.tree_util.tree_map(lambda a: a.reshape(*lead, *a.shape[1:]), attr)
 
 
 def _shapley_from_orders(fn, x, args, inputs, t, b, fmasks, perms, batch_size, show_progress):
@@ -980,7 +1268,7 @@ def _shapley_from_orders(fn, x, args, inputs, t, b, fmasks, perms, batch_size, s
     off = off.reshape(s_count * f, 1, f)
     s = _run_features(
         fn, x, args, inputs, t, b, fmasks, off, batch_size, show_progress, "shapley_value_sampling"
-    )[0]
+    )
     s = s.reshape(s_count, f, -1)  # (S, step, N)
     start = _baseline_scores(fn=fn, inputs=inputs, x=x, baselines=b, args=args, target=t)
     prev = jnp.concatenate(
@@ -1036,9 +1324,10 @@ def shapley_values(
         Array([[3., 3., 1.]], dtype=float32)
     """
     batch_size = _check_batch_size(batch_size)
-    x, args, inputs, t = _prepare(fn, x, target, args)
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     fmasks, f = _feature_masks(feature_mask, x, inputs)
+    _check_mask_outputs(fmasks, _n_outputs(t, out_shape, inputs.n), out_shape)
     if f > MAX_EXACT_SHAPLEY_FEATURES:
         raise ValueError(
             f"shapley_values evaluates all 2**F coalitions; F={f} features exceeds the limit "
@@ -1050,8 +1339,9 @@ def shapley_values(
     off = jnp.asarray(bits == 0)[:, None, :]
     s = _run_features(
         fn, x, args, inputs, t, b, fmasks, off, batch_size, show_progress, "shapley_values"
-    )[0]
-    return _spread((jnp.asarray(coef) @ s).T, fmasks, x)
+    )
+    attr = _spread((jnp.asarray(coef) @ s).T, fmasks, x)
+    return _shapley_shape(attr, t, out_shape, inputs.n)
 
 
 @functools.lru_cache(maxsize=32)
@@ -1072,6 +1362,12 @@ def _shapley_coefficients(f: int) -> np.ndarray:
 
 # ---- interpretable surrogate models (LIME / KernelSHAP) --------------------------------
 
+#: The named surrogates of :func:`lime` (Captum's ``SkLearnLasso``, ``SkLearnRidge``,
+#: ``SkLearnLinearRegression``, ``SGDLasso``, ``SGDRidge``, ``SGDLinearRegression``).
+INTERPRETABLE_MODELS = ("lasso", "ridge", "linear", "sgd_lasso", "sgd_ridge", "sgd_linear")
+
+_DEFAULT_ALPHA = {"lasso": 0.01, "ridge": 1.0, "linear": 0.0}
+
 
 def _weighted_center(z, y, w):
     p = w / jnp.sum(w)
@@ -1083,11 +1379,59 @@ def _weighted_center(z, y, w):
 def fit_linear(z: jax.Array, y: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Weighted least squares with intercept (minimum-norm): ``(coef (F,), intercept)``.
 
-    What scikit-learn's ``LinearRegression().fit(z, y, sample_weight=w)`` computes.
+    What scikit-learn's ``LinearRegression().fit(z, y, sample_weight=w)`` computes
+    (Captum's ``SkLearnLinearRegression``).
+
+    Args:
+        z: Interpretable samples, shape (S, F).
+        y: Model scores, shape (S,).
+        w: Sample weights, shape (S,).
+
+    Returns:
+        ``(coef, intercept)``: shapes (F,) and ().
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> z = jnp.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+        >>> coef, b = jaxattr.fit_linear(z, z @ jnp.array([2.0, -1.0]) + 3.0, jnp.ones(4))
+        >>> coef.round(4), b.round(4)
+        (Array([ 2., -1.], dtype=float32), Array(3., dtype=float32))
     """
     zc, yc, p, zbar, ybar = _weighted_center(z, y, w)
     sq = jnp.sqrt(p)
     coef = jnp.linalg.lstsq(zc * sq[:, None], yc * sq)[0]
+    return coef, ybar - zbar @ coef
+
+
+def fit_ridge(
+    z: jax.Array, y: jax.Array, w: jax.Array, alpha: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted ridge regression with intercept: ``(coef (F,), intercept)``.
+
+    Minimises ``sum_i w_i (y_i - b - z_i . c)^2 + alpha |c|^2``, scikit-learn's
+    ``Ridge(alpha).fit(z, y, sample_weight=w)`` (Captum's ``SkLearnRidge``): the weighted
+    means are removed, then the normal equations are solved.
+
+    Args:
+        z: Interpretable samples, shape (S, F).
+        y: Model scores, shape (S,).
+        w: Sample weights, shape (S,).
+        alpha: The L2 penalty.
+
+    Returns:
+        ``(coef, intercept)``: shapes (F,) and ().
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> z = jnp.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+        >>> coef, b = jaxattr.fit_ridge(z, z @ jnp.array([2.0, -1.0]), jnp.ones(4), alpha=1.0)
+        >>> coef.round(4)
+        Array([ 1. , -0.5], dtype=float32)
+    """
+    zc, yc, p, zbar, ybar = _weighted_center(z, y, w)
+    zw = zc * w[:, None]
+    gram = zc.T @ zw + alpha * jnp.eye(z.shape[1], dtype=z.dtype)
+    coef = jnp.linalg.solve(gram, zw.T @ yc)
     return coef, ybar - zbar @ coef
 
 
@@ -1105,6 +1449,24 @@ def fit_lasso(
     ``p = w / sum(w)``: scikit-learn's ``Lasso(alpha).fit(z, y, sample_weight=w)``
     objective (the one Captum's ``SkLearnLasso`` fits). Stops when no coefficient moves
     by more than ``tol`` in a sweep, or after ``max_iter`` sweeps.
+
+    Args:
+        z: Interpretable samples, shape (S, F).
+        y: Model scores, shape (S,).
+        w: Sample weights, shape (S,).
+        alpha: The L1 penalty.
+        max_iter: Most coordinate sweeps.
+        tol: Largest coefficient change that stops the sweeps.
+
+    Returns:
+        ``(coef, intercept)``: shapes (F,) and ().
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> z = jnp.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+        >>> coef, b = jaxattr.fit_lasso(z, z @ jnp.array([2.0, 0.0]), jnp.ones(4), alpha=0.1)
+        >>> coef.round(3)
+        Array([1.6, 0. ], dtype=float32)
     """
     zc, yc, p, zbar, ybar = _weighted_center(z, y, w)
     norms = p @ (zc * zc)  # (F,)
@@ -1134,11 +1496,180 @@ def fit_lasso(
     return coef, ybar - zbar @ coef
 
 
+def fit_sgd(
+    z: jax.Array,
+    y: jax.Array,
+    w: jax.Array,
+    alpha: float = 1.0,
+    reg_term: int | None = 1,
+    *,
+    max_epoch: int = 100,
+    initial_lr: float = 0.01,
+    patience: int = 10,
+    threshold: float = 1e-4,
+) -> tuple[jax.Array, jax.Array]:
+    """Captum's ``sgd_train_linear_model`` on one full batch: ``(coef (F,), intercept)``.
+
+    The surrogate of Captum's ``SGDLasso`` (``reg_term=1``), ``SGDRidge`` (``2``) and
+    ``SGDLinearRegression`` (``None``) as LIME trains it (all samples in one batch):
+    from zero weights, plain gradient steps of size ``lr`` on
+    ``sum_i p_i (y_i - b - z_i . c)^2 / 2 + alpha * ||c||_reg_term`` (``p = w / sum|w|``;
+    the norm itself, not squared), at most ``max_epoch`` steps. As in Captum, the loss
+    averaged over the last ``S + 1`` steps drives both the learning rate (halved after
+    ``patience`` steps without a relative improvement of ``threshold``,
+    ``ReduceLROnPlateau``) and the stop (``patience`` steps in a row without a new
+    minimum, within ``threshold``). Deterministic: no random initialisation.
+
+    Args:
+        z: Interpretable samples, shape (S, F).
+        y: Model scores, shape (S,).
+        w: Sample weights, shape (S,).
+        alpha: Weight of the penalty.
+        reg_term: Order of the penalty's norm (1, 2) or ``None`` for none.
+        max_epoch: Most steps (one per epoch: the batch is the whole sample set).
+        initial_lr: The first step size.
+        patience: Steps without improvement before the rate halves / the fit stops.
+        threshold: Improvement threshold of both rules.
+
+    Returns:
+        ``(coef, intercept)``: shapes (F,) and ().
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> z = jnp.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+        >>> coef, b = jaxattr.fit_sgd(z, z @ jnp.array([2.0, -1.0]), jnp.ones(4), reg_term=None)
+        >>> coef.shape, bool(coef[0] > 0 > coef[1])
+        ((2,), True)
+    """
+    z = jnp.asarray(z, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    w = jnp.asarray(w, jnp.float32)
+    s_count, f = z.shape
+    pw = w / jnp.sum(jnp.abs(w))
+    window = s_count + 1  # Captum's LossWindow keeps the last S + 1 losses
+
+    def loss_fn(params):
+        coef, b = params
+        loss = jnp.sum(pw * (y - (z @ coef + b)) ** 2) / 2.0
+        if reg_term == 1:
+            loss = loss + alpha * jnp.sum(jnp.abs(coef))
+        elif reg_term == 2:
+            sq = jnp.sum(coef * coef)
+            loss = loss + alpha * jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+        elif reg_term is not None:
+            loss = loss + alpha * jnp.sum(jnp.abs(coef) ** reg_term) ** (1.0 / reg_term)
+        return loss
+
+    inf = jnp.asarray(jnp.inf, jnp.float32)
+    init = (
+        (jnp.zeros(f, jnp.float32), jnp.zeros((), jnp.float32)),
+        jnp.asarray(initial_lr, jnp.float32),
+        jnp.zeros(window, jnp.float32),
+        0,  # losses seen
+        inf,  # tracker's minimum average loss
+        0,  # tracker's count of steps without a new minimum
+        inf,  # scheduler's best
+        0,  # scheduler's bad steps
+        0,  # epoch
+        False,  # converged
+    )
+
+    def cond(state):
+        return (state[8] < max_epoch) & ~state[9]
+
+    def body(state):
+        params, lr, buf, count, tmin, tcount, best, bad, epoch, _ = state
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        buf = buf.at[count % window].set(loss)
+        count = count + 1
+        avg = jnp.sum(buf) / jnp.minimum(count, window)
+        seen = jnp.isfinite(tmin)
+        worse = seen & ((avg > tmin) | (jnp.abs(tmin - avg) <= threshold + 1e-5 * jnp.abs(avg)))
+        tcount = jnp.where(seen, jnp.where(worse, tcount + 1, 0), tcount)
+        converged = worse & (tcount >= patience)
+        tmin = jnp.where(~seen | (tmin >= avg), avg, tmin)
+        stepped = jax.tree_util.tree_map(lambda p_, g: p_ - lr * g, params, grads)
+        params = jax.tree_util.tree_map(lambda a, b_: jnp.where(converged, a, b_), params, stepped)
+        better = avg < best * (1.0 - threshold)
+        new_best = jnp.where(better, avg, best)
+        new_bad = jnp.where(better, 0, bad + 1)
+        reduce = new_bad > patience
+        half = lr * 0.5
+        new_lr = jnp.where(reduce & (lr - half > 1e-8), half, lr)
+        new_bad = jnp.where(reduce, 0, new_bad)
+        keep = lambda old, new: jnp.where(converged, old, new)  # noqa: E731
+        return (
+            params,
+            keep(lr, new_lr),
+            buf,
+            count,
+            tmin,
+            tcount,
+            keep(best, new_best),
+            keep(bad, new_bad),
+            jnp.where(converged, epoch, epoch + 1),
+            converged,
+        )
+
+    params = jax.lax.while_loop(cond, body, init)[0]
+    return params
+
+
+def _fit_named(model: str, z, y, w, alpha):
+    if model == "linear":
+        return fit_linear(z, y, w)[0]
+    if model == "lasso":
+        return fit_lasso(z, y, w, alpha)[0]
+    if model == "ridge":
+        return fit_ridge(z, y, w, alpha)[0]
+    reg = {"sgd_lasso": 1, "sgd_ridge": 2, "sgd_linear": None}[model]
+    return fit_sgd(z, y, w, alpha, reg)[0]
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _fit(model, z, y, w, alpha):
-    if model == "linear":
-        return jax.vmap(lambda y_, w_, z_: fit_linear(z_, y_, w_)[0])(y, w, z)
-    return jax.vmap(lambda y_, w_, z_: fit_lasso(z_, y_, w_, alpha)[0])(y, w, z)
+    return jax.vmap(lambda y_, w_, z_: _fit_named(model, z_, y_, w_, alpha))(y, w, z)
+
+
+def _surrogate_kind(model: Any) -> str:
+    if isinstance(model, str):
+        _core.check_choice(model, "interpretable_model", INTERPRETABLE_MODELS)
+        return "named"
+    if hasattr(model, "fit"):
+        return "object"
+    if callable(model):
+        return "callable"
+    raise TypeError(
+        f"interpretable_model must be one of {list(INTERPRETABLE_MODELS)}, an object with "
+        f"fit(z, y, sample_weight=w) and coef_ (scikit-learn's interface), or a function "
+        f"(z, y, w) -> coefficients; got {type(model).__name__}"
+    )
+
+
+def _fit_surrogate(model: Any, z, y, w, alpha: float | None) -> jax.Array:
+    """Coefficients (E, F) of one surrogate per row of ``z`` (E, S, F), ``y``/``w`` (E, S)."""
+    kind = _surrogate_kind(model)
+    z = jnp.asarray(z, jnp.float32)
+    if kind == "named":
+        a = _DEFAULT_ALPHA.get(model, 1.0) if alpha is None else float(alpha)
+        return _fit(model, z, y, w, a)
+    if kind == "callable":
+        return jax.vmap(lambda z_, y_, w_: jnp.reshape(model(z_, y_, w_), (-1,)))(z, y, w)
+    if not _core.is_concrete(z, y, w):
+        raise ValueError(
+            f"interpretable_model={type(model).__name__}(...) fits on the host (NumPy): call "
+            f"the method eagerly, outside jit/vmap, or pass a named model or a JAX function"
+        )
+    coefs = []
+    for z_e, y_e, w_e in zip(np.asarray(z), np.asarray(y), np.asarray(w), strict=True):
+        model.fit(z_e, y_e, sample_weight=w_e)
+        if not hasattr(model, "coef_"):
+            raise TypeError(
+                f"interpretable_model {type(model).__name__} has no coef_ after fit: LIME "
+                f"returns a linear surrogate's coefficients"
+            )
+        coefs.append(np.asarray(model.coef_, np.float32).reshape(-1))
+    return jnp.asarray(np.stack(coefs))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -1148,6 +1679,11 @@ def kernel_shap_samples(key: jax.Array, n: int, n_features: int, n_samples: int)
     As Captum: the first sample is all ones, the second all zeros, then the number of
     features ``k`` is drawn with ``p(k) ~ (F - 1) / (k (F - k))`` and ``k`` features are
     chosen uniformly (the top ``k`` of a normal draw).
+
+    Example:
+        >>> import jax, jaxattr
+        >>> jaxattr.kernel_shap_samples(jax.random.key(0), 1, 3, 4).shape
+        (1, 4, 3)
     """
     f = n_features
     head = jnp.stack([jnp.ones(f, bool), jnp.zeros(f, bool)])
@@ -1171,34 +1707,315 @@ def kernel_shap_samples(key: jax.Array, n: int, n_features: int, n_samples: int)
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def lime_samples(key: jax.Array, n: int, n_features: int, n_samples: int) -> jax.Array:
-    """The binary samples :func:`lime` draws: (N, n_samples, F), each bit Bernoulli(0.5)."""
+    """The binary samples :func:`lime` draws: (N, n_samples, F), each bit Bernoulli(0.5).
+
+    Example:
+        >>> import jax, jaxattr
+        >>> jaxattr.lime_samples(jax.random.key(0), 2, 3, 5).shape
+        (2, 5, 3)
+    """
     return jax.random.bernoulli(key, 0.5, (n, n_samples, n_features))
 
 
-def _surrogate(
+def _flat_concat(tree: PyTree) -> jax.Array:
+    return jnp.concatenate(
+        [jnp.reshape(a, (-1,)).astype(jnp.float32) for a in jax.tree_util.tree_leaves(tree)]
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExpKernel:
+    """Captum's ``get_exp_kernel_similarity_function`` (equal options compare equal)."""
+
+    distance_mode: str = "cosine"
+    kernel_width: float = 1.0
+
+    def __call__(self, original_input, perturbed_input, perturbed_interpretable_input, **kw):
+        a, b = _flat_concat(original_input), _flat_concat(perturbed_input)
+        if self.distance_mode == "cosine":
+            denom = jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), 1e-8)
+            d = 1.0 - jnp.dot(a, b) / denom
+        else:
+            d = jnp.linalg.norm(a - b)
+        return jnp.exp(-(d**2) / (2.0 * self.kernel_width**2))
+
+
+def get_exp_kernel_similarity_function(
+    distance_mode: str = "cosine", kernel_width: float = 1.0
+) -> Callable[..., jax.Array]:
+    """Captum's exponential similarity kernel for LIME: ``exp(-d^2 / (2 width^2))``.
+
+    ``d`` is the cosine distance (``1 - cos``) or the Euclidean distance between the
+    original and the perturbed input, each flattened (a tuple's inputs concatenated).
+
+    Args:
+        distance_mode: ``"cosine"`` or ``"euclidean"``.
+        kernel_width: The kernel width (> 0).
+
+    Returns:
+        ``similarity_func(original_input, perturbed_input, perturbed_interpretable_input,
+        **kwargs) -> weight`` (a JAX scalar), for :func:`lime`'s ``similarity_func``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> sim = jaxattr.get_exp_kernel_similarity_function("euclidean", 1.0)
+        >>> round(float(sim(jnp.ones((1, 2)), jnp.array([[1.0, 0.0]]), None)), 4)
+        0.6065
+    """
+    _core.check_choice(distance_mode, "distance_mode", ("cosine", "euclidean"))
+    if (
+        isinstance(kernel_width, bool)
+        or not isinstance(kernel_width, (int, float, np.number))
+        or kernel_width <= 0
+    ):
+        raise ValueError(f"kernel_width must be a float > 0, got {kernel_width!r}")
+    return _ExpKernel(distance_mode, float(kernel_width))
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelShapWeights:
+    """Captum's ``kernel_shap_similarity_kernel``: 1e6 for the empty and full coalitions."""
+
+    def __call__(self, original_input, perturbed_input, perturbed_interpretable_input, **kw):
+        z = jnp.asarray(perturbed_interpretable_input)
+        k = jnp.sum(z)
+        return jnp.where((k == 0) | (k == z.size), 1e6, 1.0).astype(jnp.float32)
+
+
+@_core.cached_jit(
+    (
+        "fn",
+        "inputs",
+        "perturb_func",
+        "transform",
+        "to_interp",
+        "similarity",
+        "interp_space",
+        "agg",
+        "lime_kw",
+        "n_feat",
+    )
+)
+def _lime_chunk(
+    *,
+    fn,
+    inputs,
+    x,
+    baselines,
+    fmasks,
+    z,
+    keys,
+    args,
+    target,
+    perturb_func,
+    transform,
+    to_interp,
+    similarity,
+    interp_space,
+    agg,
+    lime_kw,
+    n_feat,
+):
+    """One chunk of LIME samples: ``(z (P, E, F), scores (P, O), weights (P, E))``.
+
+    ``E`` is the number of surrogates: N (one per example, each sees its example as a
+    batch of one) or 1 (aggregate ``fn``: one for the whole batch). Samples come from
+    ``z`` (P, E, F) or are drawn by ``perturb_func`` from ``keys`` (P, E).
+    """
+    x_leaves, treedef = jax.tree_util.tree_flatten(x)
+    n = inputs.n
+    view = (lambda a: a[None]) if agg else (lambda a: a[:, None])  # noqa: E731
+    x_e = [view(a) for a in x_leaves]
+    b_e = None
+    if baselines is not None:
+        b_e = [view(a) for a in treedef.flatten_up_to(_core.expand_baselines(baselines, x))]
+    fm_e = None
+    if fmasks:
+        if agg:
+            fm_e = [jnp.asarray(fm)[None] for fm in fmasks]
+        else:
+            fm_e = [jnp.broadcast_to(jnp.asarray(fm), (n, *fm.shape[1:]))[:, None] for fm in fmasks]
+    unflatten = functools.partial(jax.tree_util.tree_unflatten, treedef)
+
+    def per_example(xl, bl, fml, z_e, key_e):
+        xe = unflatten(xl)
+        kw = {}
+        if lime_kw:
+            kw = {
+                "feature_mask": unflatten(fml),
+                "baselines": unflatten(bl),
+                "num_interp_features": n_feat,
+            }
+        xp = None
+        if z_e is None:
+            sample = perturb_func(key_e, xe, **kw)
+            if interp_space:
+                z_row = jnp.reshape(sample, (1, -1))
+            else:
+                xp = sample
+                z_row = jnp.reshape(to_interp(sample, xe, **kw), (1, -1))
+        else:
+            z_row = z_e[None]
+        if xp is None:
+            if transform is not None:
+                xp = transform(z_row, xe, **kw)
+            else:  # Captum's default_from_interp_rep_transform
+                on = [z_row[0].astype(bool)[m] for m in fml]
+                xp = unflatten([jnp.where(o, a, b_) for o, a, b_ in zip(on, xl, bl, strict=True)])
+        xp_leaves = treedef.flatten_up_to(xp)
+        xp_leaves = [jnp.asarray(a).astype(r.dtype) for a, r in zip(xp_leaves, xl, strict=True)]
+        w = jnp.reshape(similarity(xe, unflatten(xp_leaves), z_row, **kw), ())
+        return z_row[0].astype(jnp.float32), xp_leaves, w.astype(jnp.float32)
+
+    def one(z_p, key_p):
+        zs, xps, ws = jax.vmap(per_example)(x_e, b_e, fm_e, z_p, key_p)
+        xp = unflatten([a.reshape(-1, *a.shape[2:]) for a in xps])
+        return zs, _scores(fn, inputs, xp, args, target), ws
+
+    return jax.vmap(one)(z, keys)
+
+
+def _lime_run(
     fn,
     x,
     args,
     inputs,
     t,
-    b,
+    *,
+    agg,
+    baselines,
     fmasks,
-    f,
     z,
+    keys,
+    perturb_func,
+    transform,
+    to_interp,
+    similarity,
+    interp_space,
+    lime_kw,
+    n_feat,
     batch_size,
     show_progress,
     desc,
-    weights_fn,
-    model,
-    alpha,
 ):
-    n, s_count, _ = z.shape
-    off = jnp.swapaxes(~z, 0, 1)  # (S, N, F)
-    s, dot, sq, dist = _run_features(
-        fn, x, args, inputs, t, b, fmasks, off, batch_size, show_progress, desc
+    """Evaluate every sample (chunked) -> ``z`` (E, S, F), scores (E, S), weights (E, S)."""
+    total = (z if z is not None else keys).shape[0]
+    parts = []
+    show = _eager(x, show_progress)
+    chunks = _core.batched_chunks(total, batch_size, backward=False)
+    for start, stop in progress(chunks, total=len(chunks), desc=desc, enabled=show):
+        part = _lime_chunk(
+            fn=fn,
+            inputs=inputs,
+            x=x,
+            baselines=baselines,
+            fmasks=fmasks,
+            z=None if z is None else z[start:stop],
+            keys=None if keys is None else keys[start:stop],
+            args=args,
+            target=t,
+            perturb_func=perturb_func,
+            transform=transform,
+            to_interp=to_interp,
+            similarity=similarity,
+            interp_space=interp_space,
+            agg=agg,
+            lime_kw=lime_kw,
+            n_feat=n_feat,
+        )
+        parts.append(sync(part, show))
+    zs, s, w = (jnp.concatenate(p, axis=0) for p in zip(*parts, strict=True))
+    return jnp.swapaxes(zs, 0, 1), s.T, w.T
+
+
+def _lime_mode(t: Any, out_shape: tuple, n: int, method: str) -> bool:
+    """True for one surrogate for the whole batch (aggregate ``fn``), False for one per
+    example; anything else is Captum's "Invalid number of outputs" error."""
+    if _per_example_scalar(t, out_shape, n):
+        return False
+    if math.prod(out_shape) == 1:
+        return True
+    raise ValueError(
+        f"target=None needs one output per example (or one for the whole batch), but fn "
+        f"returns shape {out_shape}; {method} fits one surrogate per explained output: pass "
+        f"target=<class index>, a tuple index, or a cotangent"
     )
-    w = weights_fn(z, dot.T, sq.T, dist.T)  # (N, S)
-    coef = _fit(model, z.astype(jnp.float32), s.T, w, alpha)
+
+
+def _check_callable(value: Any, name: str) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+
+
+def _lime_attribute(
+    fn,
+    x,
+    *,
+    key,
+    target,
+    baselines,
+    feature_mask,
+    n_samples,
+    interpretable_model,
+    alpha,
+    similarity_func,
+    perturb_func,
+    from_interp_rep_transform,
+    return_input_shape,
+    default_samples,
+    batch_size,
+    show_progress,
+    args,
+    desc,
+):
+    """LIME with a binary interpretable space over ``feature_mask`` (Lime, KernelShap)."""
+    key = _core.check_key(key, desc)
+    n_samples = _core.check_positive_int(n_samples, "n_samples")
+    batch_size = _check_batch_size(batch_size)
+    _surrogate_kind(interpretable_model)
+    for value, name in (
+        (similarity_func, "similarity_func"),
+        (perturb_func, "perturb_func"),
+        (from_interp_rep_transform, "from_interp_rep_transform"),
+    ):
+        _check_callable(value, name)
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
+    agg = _lime_mode(t, out_shape, inputs.n, desc)
+    b = _core.broadcast_baselines(baselines, x, inputs)
+    fmasks, f = _feature_masks(feature_mask, x, inputs)
+    if agg:
+        _check_mask_outputs(fmasks, 1, out_shape)
+    e = 1 if agg else inputs.n
+    z = keys = None
+    if perturb_func is None:
+        z = jnp.swapaxes(default_samples(key, e, f, n_samples), 0, 1)  # (S, E, F)
+    else:
+        keys = jax.random.split(key, (n_samples, e))
+    zs, y, w = _lime_run(
+        fn,
+        x,
+        args,
+        inputs,
+        t,
+        agg=agg,
+        baselines=b,
+        fmasks=fmasks,
+        z=z,
+        keys=keys,
+        perturb_func=perturb_func,
+        transform=from_interp_rep_transform,
+        to_interp=None,
+        similarity=similarity_func,
+        interp_space=True,
+        lime_kw=True,
+        n_feat=f,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc=desc,
+    )
+    coef = _fit_surrogate(interpretable_model, zs, y, w, alpha)
+    if not return_input_shape:
+        return coef
     return _spread(coef, fmasks, x)
 
 
@@ -1212,32 +2029,40 @@ def kernel_shap(
     baselines: Any = None,
     feature_mask: Any = None,
     n_samples: int = 25,
+    return_input_shape: bool = True,
     batch_size: int | None = None,
     show_progress: bool = False,
     args: tuple = (),
-) -> PyTree:
+) -> PyTree | jax.Array:
     """KernelSHAP (Lundberg and Lee, 2017), Captum's ``KernelShap``.
 
     Draws ``n_samples`` coalitions per example (:func:`kernel_shap_samples`), evaluates
     x with the absent features at the baseline, and fits a weighted linear regression of
     the scores on the coalitions in JAX; the weights are Captum's (1e6 for the empty and
     full coalitions, 1 otherwise, the Shapley kernel being in the sampling). The
-    coefficient of a feature is given to all of its elements.
+    coefficient of a feature is given to all of its elements. One surrogate per example;
+    an aggregate ``fn`` (one scalar for the whole batch, ``target=None``) gets one
+    surrogate for the batch and attributions leading with 1, as in Captum.
 
     Args:
-        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
-        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        fn: Pure function of the batch, ``fn(x) -> y``; ``y`` of shape (N, ...), or a
+            scalar for the whole batch.
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays; any dtype.
         key: PRNG key for the coalitions.
         target: What to explain (see :func:`jaxattr.select_target`).
         baselines: ``None`` (zeros), a scalar or an array broadcastable to x.
         feature_mask: Integer ids broadcastable to x (see :func:`feature_ablation`).
         n_samples: Coalitions per example.
+        return_input_shape: ``True``: each element gets its feature's coefficient (x's
+            structure); ``False``: the surrogates' coefficients, shape (E, F) with E = N
+            (or 1 for an aggregate ``fn``) and F the features in sorted id order.
         batch_size: At most this many coalitions per compiled call.
         show_progress: Show a progress bar over the chunks (eager calls).
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure (float32 for int/bool inputs), or the (E, F)
+        coefficients.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -1246,34 +2071,25 @@ def kernel_shap(
         >>> attr.round(3)
         Array([[2., 2., 2.]], dtype=float32)
     """
-    key = _core.check_key(key, "kernel_shap")
-    n_samples = _core.check_positive_int(n_samples, "n_samples")
-    batch_size = _check_batch_size(batch_size)
-    x, args, inputs, t = _prepare(fn, x, target, args)
-    b = _core.broadcast_baselines(baselines, x, inputs)
-    fmasks, f = _feature_masks(feature_mask, x, inputs)
-    z = kernel_shap_samples(key, inputs.n, f, n_samples)
-
-    def weights(z, dot, sq, dist):
-        k = z.sum(-1)
-        return jnp.where((k == 0) | (k == f), 1e6, 1.0).astype(jnp.float32)
-
-    return _surrogate(
+    return _lime_attribute(
         fn,
         x,
-        args,
-        inputs,
-        t,
-        b,
-        fmasks,
-        f,
-        z,
-        batch_size,
-        show_progress,
-        "kernel_shap",
-        weights,
-        "linear",
-        0.0,
+        key=key,
+        target=target,
+        baselines=baselines,
+        feature_mask=feature_mask,
+        n_samples=n_samples,
+        interpretable_model="linear",
+        alpha=None,
+        similarity_func=_KernelShapWeights(),
+        perturb_func=None,
+        from_interp_rep_transform=None,
+        return_input_shape=return_input_shape,
+        default_samples=kernel_shap_samples,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        args=args,
+        desc="kernel_shap",
     )
 
 
@@ -1287,42 +2103,75 @@ def lime(
     baselines: Any = None,
     feature_mask: Any = None,
     n_samples: int = 25,
-    interpretable_model: str = "lasso",
-    alpha: float = 0.01,
+    interpretable_model: Any = "lasso",
+    alpha: float | None = None,
+    similarity_func: Callable[..., Any] | None = None,
+    perturb_func: Callable[..., Any] | None = None,
+    from_interp_rep_transform: Callable[..., Any] | None = None,
     distance_mode: str = "cosine",
     kernel_width: float = 1.0,
+    return_input_shape: bool = True,
     batch_size: int | None = None,
     show_progress: bool = False,
     args: tuple = (),
-) -> PyTree:
-    """LIME (Ribeiro et al., 2016), Captum's ``Lime`` with its defaults.
+) -> PyTree | jax.Array:
+    """LIME (Ribeiro et al., 2016), Captum's ``Lime`` with its defaults and options.
 
     Draws ``n_samples`` binary vectors per example (each feature kept with probability
-    0.5, :func:`lime_samples`), evaluates x with the dropped features at the baseline,
-    weights each sample by the exponential kernel ``exp(-d^2 / (2 width^2))`` of its
-    distance ``d`` to x in input space (cosine distance by default), and fits an
-    interpretable linear model in JAX: Lasso with ``alpha=0.01`` (scikit-learn's
-    objective, by coordinate descent) or weighted linear regression. The coefficient of
-    a feature is given to all of its elements.
+    0.5, :func:`lime_samples`, or ``perturb_func``), evaluates x with the dropped
+    features at the baseline (or ``from_interp_rep_transform``), weights each sample by
+    ``similarity_func`` (default: the exponential kernel ``exp(-d^2 / (2 width^2))`` of
+    its cosine distance to x, :func:`get_exp_kernel_similarity_function`) and fits the
+    interpretable linear model. One surrogate per example, which it sees as a batch of
+    one (as Captum); an aggregate ``fn`` (one scalar for the whole batch) gets one
+    surrogate for the batch, and the attributions lead with 1.
+
+    The user functions are JAX functions (traced, vmapped over examples and samples),
+    called as Captum calls them, with the keywords ``feature_mask``, ``baselines`` (the
+    example's, with x's structure) and ``num_interp_features``:
+
+    - ``perturb_func(key, original_input, **kwargs)``: one interpretable sample, shape
+      (1, F) or (F,).
+    - ``from_interp_rep_transform(sample (1, F), original_input, **kwargs)``: the model
+      input for that sample, original_input's structure and shapes.
+    - ``similarity_func(original_input, perturbed_input, sample (1, F), **kwargs)``:
+      the sample's weight (a scalar).
 
     Args:
-        fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
-        x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
+        fn: Pure function of the batch, ``fn(x) -> y``; ``y`` of shape (N, ...), or a
+            scalar for the whole batch.
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays; any dtype.
         key: PRNG key for the samples.
         target: What to explain (see :func:`jaxattr.select_target`).
         baselines: ``None`` (zeros), a scalar or an array broadcastable to x.
         feature_mask: Integer ids broadcastable to x (see :func:`feature_ablation`).
         n_samples: Samples per example.
-        interpretable_model: ``"lasso"`` or ``"linear"``.
-        alpha: The Lasso's L1 weight.
-        distance_mode: ``"cosine"`` or ``"euclidean"``.
-        kernel_width: Width of the exponential similarity kernel.
+        interpretable_model: The surrogate: a name in :data:`INTERPRETABLE_MODELS`
+            (``"lasso"``, Captum's default ``SkLearnLasso(alpha=0.01)``; ``"ridge"``,
+            ``"linear"``; ``"sgd_lasso"``, ``"sgd_ridge"``, ``"sgd_linear"``: Captum's
+            SGD-trained models, :func:`fit_sgd`), all fitted in JAX; an object with
+            scikit-learn's ``fit(z, y, sample_weight=w)`` and ``coef_`` (fitted on the
+            host, eager calls only); or a JAX function ``(z (S, F), y (S,), w (S,)) ->
+            coefficients (F,)``.
+        alpha: The named model's penalty; ``None``: 0.01 for ``"lasso"``, 1.0 for
+            ``"ridge"`` and the SGD models (Captum's defaults).
+        similarity_func: The sample weight (see above); replaces ``distance_mode`` and
+            ``kernel_width``.
+        perturb_func: The sampler (see above); default Bernoulli(0.5) per feature.
+        from_interp_rep_transform: Sample -> model input (see above); default: features
+            off take the baseline.
+        distance_mode: ``"cosine"`` or ``"euclidean"`` (the default kernel's distance).
+        kernel_width: Width of the default exponential kernel.
+        return_input_shape: ``True``: each element gets its feature's coefficient (x's
+            structure); ``False``: the surrogates' coefficients, shape (E, F) with E = N
+            (or 1 for an aggregate ``fn``) and F the features in sorted id order.
         batch_size: At most this many samples per compiled call.
         show_progress: Show a progress bar over the chunks (eager calls).
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure (float32 for int/bool inputs), or the (E, F)
+        coefficients.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -1331,50 +2180,174 @@ def lime(
         ...                     interpretable_model="linear")
         >>> attr.round(3)
         Array([[2., 2., 2.]], dtype=float32)
+        >>> jaxattr.lime(fn, jnp.ones((1, 3)), key=jax.random.key(0), n_samples=40,
+        ...              interpretable_model="ridge", return_input_shape=False).shape
+        (1, 3)
     """
-    key = _core.check_key(key, "lime")
-    n_samples = _core.check_positive_int(n_samples, "n_samples")
-    batch_size = _check_batch_size(batch_size)
-    _core.check_choice(interpretable_model, "interpretable_model", ("lasso", "linear"))
-    _core.check_choice(distance_mode, "distance_mode", ("cosine", "euclidean"))
-    if not isinstance(kernel_width, (int, float)) or kernel_width <= 0:
-        raise ValueError(f"kernel_width must be a float > 0, got {kernel_width!r}")
-    if not isinstance(alpha, (int, float)) or alpha < 0:
+    if similarity_func is None:
+        similarity_func = get_exp_kernel_similarity_function(distance_mode, kernel_width)
+    else:
+        _core.check_choice(distance_mode, "distance_mode", ("cosine", "euclidean"))
+    if alpha is not None and (
+        isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or alpha < 0
+    ):
         raise ValueError(f"alpha must be a float >= 0, got {alpha!r}")
-    x, args, inputs, t = _prepare(fn, x, target, args)
-    b = _core.broadcast_baselines(baselines, x, inputs)
-    fmasks, f = _feature_masks(feature_mask, x, inputs)
-    z = lime_samples(key, inputs.n, f, n_samples)
-    x_sq = sum(
-        (leaf.reshape(inputs.n, -1).astype(jnp.float32) ** 2).sum(1)
-        for leaf in jax.tree_util.tree_leaves(x)
+    return _lime_attribute(
+        fn,
+        x,
+        key=key,
+        target=target,
+        baselines=baselines,
+        feature_mask=feature_mask,
+        n_samples=n_samples,
+        interpretable_model=interpretable_model,
+        alpha=alpha,
+        similarity_func=similarity_func,
+        perturb_func=perturb_func,
+        from_interp_rep_transform=from_interp_rep_transform,
+        return_input_shape=return_input_shape,
+        default_samples=lime_samples,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        args=args,
+        desc="lime",
     )
 
-    def weights(z, dot, sq, dist):
-        if distance_mode == "cosine":
-            denom = jnp.maximum(jnp.sqrt(x_sq)[:, None] * jnp.sqrt(sq), 1e-8)
-            d = 1.0 - dot / denom
-        else:
-            d = jnp.sqrt(dist)
-        return jnp.exp(-(d**2) / (2.0 * kernel_width**2))
 
-    return _surrogate(
+@_core.contract
+def lime_base(
+    fn: Callable[..., Any],
+    x: PyTree,
+    *,
+    key: jax.Array | None = None,
+    interpretable_model: Any = "lasso",
+    similarity_func: Callable[..., Any] | None = None,
+    perturb_func: Callable[..., Any] | None = None,
+    perturb_interpretable_space: bool = True,
+    from_interp_rep_transform: Callable[..., Any] | None = None,
+    to_interp_rep_transform: Callable[..., Any] | None = None,
+    target: Any = None,
+    n_samples: int = 50,
+    alpha: float | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+    args: tuple = (),
+) -> jax.Array:
+    """The general LIME framework, Captum's ``LimeBase``: returns the surrogate's coefficients.
+
+    ``perturb_func`` draws a sample, either in the interpretable space
+    (``perturb_interpretable_space=True``: a vector of F values, mapped to a model input
+    by ``from_interp_rep_transform``) or in the input space (``False``: a perturbed
+    input, mapped to its interpretable vector by ``to_interp_rep_transform``). The model
+    scores the inputs, ``similarity_func`` weighs the samples, and
+    ``interpretable_model`` is fitted to (vector, score, weight). The functions are JAX
+    functions (traced, vmapped), called without extra keywords:
+
+    - ``perturb_func(key, original_input)``: the sample.
+    - ``from_interp_rep_transform(sample (1, F), original_input)`` /
+      ``to_interp_rep_transform(perturbed_input, original_input)``.
+    - ``similarity_func(original_input, perturbed_input, sample (1, F))``: a scalar.
+
+    As in :func:`lime`, every example of a batch gets its own surrogate and sees itself
+    as a batch of one (``original_input`` has batch size 1); an aggregate ``fn`` (one
+    scalar for the whole batch) gets one surrogate for the batch.
+
+    Args:
+        fn: Pure function of the batch, ``fn(x) -> y``.
+        x: Input array of shape (N, ...), or a tuple/pytree of such arrays; any dtype.
+        key: PRNG key; sample ``s`` of surrogate ``e`` uses
+            ``jax.random.split(key, (n_samples, E))[s, e]``.
+        interpretable_model: As in :func:`lime`.
+        similarity_func: The sample weight.
+        perturb_func: The sampler.
+        perturb_interpretable_space: Whether ``perturb_func`` samples in the
+            interpretable space.
+        from_interp_rep_transform: Interpretable sample -> model input (required when
+            sampling in the interpretable space).
+        to_interp_rep_transform: Model input -> interpretable vector (required when
+            sampling in the input space).
+        target: What to explain (see :func:`jaxattr.select_target`).
+        n_samples: Samples per surrogate (Captum's default 50).
+        alpha: The named model's penalty (see :func:`lime`).
+        batch_size: At most this many samples per compiled call.
+        show_progress: Show a progress bar over the chunks (eager calls).
+        args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+
+    Returns:
+        The coefficients, shape (E, F): E = N surrogates (1 for an aggregate ``fn``).
+
+    Raises:
+        TypeError: A missing or non-callable function.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: (x * jnp.array([1.0, -2.0])).sum(1)
+        >>> coef = jaxattr.lime_base(
+        ...     fn, jnp.ones((1, 2)), key=jax.random.key(0), interpretable_model="linear",
+        ...     similarity_func=lambda x, xp, z: 1.0,
+        ...     perturb_func=lambda k, x: jax.random.bernoulli(k, 0.5, (2,)),
+        ...     from_interp_rep_transform=lambda z, x: x * z)
+        >>> coef.round(3)
+        Array([[ 1., -2.]], dtype=float32)
+    """
+    key = _core.check_key(key, "lime_base")
+    n_samples = _core.check_positive_int(n_samples, "n_samples")
+    batch_size = _check_batch_size(batch_size)
+    _surrogate_kind(interpretable_model)
+    for value, name in (
+        (similarity_func, "similarity_func"),
+        (perturb_func, "perturb_func"),
+        (from_interp_rep_transform, "from_interp_rep_transform"),
+        (to_interp_rep_transform, "to_interp_rep_transform"),
+    ):
+        _check_callable(value, name)
+    if similarity_func is None or perturb_func is None:
+        raise TypeError(
+            "lime_base needs similarity_func and perturb_func (Captum's LimeBase has no "
+            f"defaults), got similarity_func={similarity_func!r}, perturb_func={perturb_func!r}"
+        )
+    if perturb_interpretable_space and from_interp_rep_transform is None:
+        raise TypeError(
+            "perturb_interpretable_space=True needs from_interp_rep_transform (interpretable "
+            "sample -> model input), got None"
+        )
+    if not perturb_interpretable_space and to_interp_rep_transform is None:
+        raise TypeError(
+            "perturb_interpretable_space=False needs to_interp_rep_transform (model input -> "
+            "interpretable vector), got None"
+        )
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
+    agg = _lime_mode(t, out_shape, inputs.n, "lime_base")
+    e = 1 if agg else inputs.n
+    keys = jax.random.split(key, (n_samples, e))
+    one_x = jax.tree_util.tree_map(lambda a: a if agg else a[:1], x)
+    sample = jax.eval_shape(perturb_func, keys[0, 0], one_x)
+    if not perturb_interpretable_space:
+        sample = jax.eval_shape(to_interp_rep_transform, sample, one_x)
+    n_feat = int(math.prod(sample.shape))
+    zs, y, w = _lime_run(
         fn,
         x,
         args,
         inputs,
         t,
-        b,
-        fmasks,
-        f,
-        z,
-        batch_size,
-        show_progress,
-        "lime",
-        weights,
-        interpretable_model,
-        float(alpha),
+        agg=agg,
+        baselines=None,
+        fmasks=[],
+        z=None,
+        keys=keys,
+        perturb_func=perturb_func,
+        transform=from_interp_rep_transform,
+        to_interp=to_interp_rep_transform,
+        similarity=similarity_func,
+        interp_space=bool(perturb_interpretable_space),
+        lime_kw=False,
+        n_feat=n_feat,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="lime_base",
     )
+    return _fit_surrogate(interpretable_model, zs, y, w, alpha)
 
 
 # --------------------------------------------------------------------------------------
@@ -1511,13 +2484,19 @@ def rise(
     batch_size = _check_batch_size(batch_size)
     if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    x, args, inputs, t = _prepare(fn, x, target, args)
+    _core.as_inputs(_core.to_arrays(x))  # RISE multiplies x by smooth masks: floats only
+    x, args, inputs, t, out_shape = _prepare(fn, x, target, args)
+    if not _per_example_scalar(t, out_shape, inputs.n):
+        raise ValueError(
+            f"target=None needs one output per example, but fn returns shape {out_shape}; "
+            f"pass target=<class index>, a tuple index, or a cotangent"
+        )
+    t = _core.Target("none") if t is None else t
     keys = jax.random.split(key, num_masks)
     acc = None
     chunks = _core.batched_chunks(num_masks, batch_size, backward=False)
-    for start, stop in progress(
-        chunks, total=len(chunks), desc="rise", enabled=_eager(x, show_progress)
-    ):
+    show = _eager(x, show_progress)
+    for start, stop in progress(chunks, total=len(chunks), desc="rise", enabled=show):
         part = _rise_chunk(
             fn=fn,
             inputs=inputs,
@@ -1530,9 +2509,10 @@ def rise(
             output_fn=output_fn,
         )
         acc = part if acc is None else [a + q for a, q in zip(acc, part, strict=False)]
+        sync(acc, show)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     out = [
-        jnp.broadcast_to(a / num_masks, leaf.shape).astype(leaf.dtype)
+        jnp.broadcast_to(a / num_masks, leaf.shape).astype(_attr_dtype(leaf))
         for a, leaf in zip(acc, leaves, strict=False)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
