@@ -689,7 +689,7 @@ def _layer_gshap_core(
     multiply_by_inputs,
     return_delta,
 ):
-    (tap,) = taps
+    keys = [t.key for t in taps]  # several for a layer returning a tuple
 
     def one(noise_s, idx_s, alpha_s):
         xs = jax.tree_util.tree_map(jnp.add, x, noise_s)
@@ -702,17 +702,18 @@ def _layer_gshap_core(
         grads, _, _ = _taps.layer_gradients(
             model, params, inputs, point, args, kwargs, taps, target
         )
-        g = grads[tap.key]
+        gs = tuple(grads[k] for k in keys)
         if multiply_by_inputs:
             _, ax = _taps.run_tapped(model, params, inputs, xs, args, kwargs, taps)
             _, ab = _taps.run_tapped(model, params, inputs, bs, args, kwargs, taps)
-            g = g * (ax[tap.key] - ab[tap.key])
+            gs = tuple(g * (ax[k] - ab[k]) for g, k in zip(gs, keys, strict=True))
         if not return_delta:
-            return g, None
-        return g, _completeness(model, inputs, params, xs, bs, args, kwargs, target, [g])
+            return gs, None
+        # Captum's delta sums the attributions of every tensor of the layer
+        return gs, _completeness(model, inputs, params, xs, bs, args, kwargs, target, gs)
 
     attr, delta = jax.vmap(one)(noise, idx, alphas)
-    mean = attr.mean(0)
+    mean = tuple(a.mean(0) for a in attr)
     return (mean, delta.T) if return_delta else mean
 
 
@@ -751,13 +752,15 @@ def layer_gradient_shap(
         target: What to explain (see :func:`jaxattr.select_target`).
         multiply_by_inputs: Multiply by the activation difference.
         attribute_to_layer_input: Use the layer's input instead of its output.
-        return_delta: Also return the delta per example and sample, shape (N, n_samples).
+        return_delta: Also return the delta per example and sample, shape (N, n_samples)
+            (for a layer returning a tuple, the attributions of all its tensors are summed).
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Shaped like the layer's activation, or ``(attribution, delta)``.
+        Shaped like the layer's activation, a tuple for a layer returning a tuple, or
+        ``(attribution, delta)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -779,12 +782,13 @@ def layer_gradient_shap(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     _check_float_x(s.x)
     dist = _core.baseline_distribution(baselines, s.x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     noise, idx, alphas = gradient_shap_draws(key, s.x, m, n_samples, stdevs)
-    return _layer_gshap_core(
+    out = _layer_gshap_core(
         **s.common(),
         dist=dist,
         noise=noise,
@@ -794,6 +798,7 @@ def layer_gradient_shap(
         multiply_by_inputs=multiply_by_inputs,
         return_delta=return_delta,
     )
+    return (s.out(out[0]), out[1]) if return_delta else s.out(out)
 
 
 # --------------------------------------------------------------------------------------
@@ -803,24 +808,66 @@ def layer_gradient_shap(
 
 @_core.cached_jit(("model", "inputs", "taps"))
 def _ablation_chunk(
-    *, model, inputs, taps, params, x, args, kwargs, target, mask, baseline, groups
+    *, model, inputs, taps, params, x, args, kwargs, target, masks, baselines, groups
 ):
-    (tap,) = taps
+    """Per tap (per tensor of a tuple layer), the drops of the groups of ``groups``.
+
+    A group id is ablated in every tensor whose mask holds it, in one run (Captum's
+    cross-tensor masks); the other tensors keep their values.
+    """
     y, acts = _taps.run_tapped(model, params, inputs, x, args, kwargs, taps)
-    act = acts[tap.key]
+    keys = [t.key for t in taps]
     base_score = _core.target_score(y, target)
-    mask_b = jnp.broadcast_to(mask, act.shape)
-    base_b = jnp.broadcast_to(jnp.asarray(baseline, act.dtype), act.shape)
+    masks_b = [jnp.broadcast_to(m, acts[k].shape) for m, k in zip(masks, keys, strict=True)]
+    bases_b = [
+        jnp.broadcast_to(jnp.asarray(b, acts[k].dtype), acts[k].shape)
+        for b, k in zip(baselines, keys, strict=True)
+    ]
 
     def one(g):
-        value = jnp.where(mask_b == g, base_b, act)
-        y_g, _ = _taps.run_tapped(
-            model, params, inputs, x, args, kwargs, taps, replace={tap.key: value}
-        )
+        values = {
+            k: jnp.where(m == g, b, acts[k]) for k, m, b in zip(keys, masks_b, bases_b, strict=True)
+        }
+        y_g, _ = _taps.run_tapped(model, params, inputs, x, args, kwargs, taps, replace=values)
         drop = base_score - _core.target_score(y_g, target)
-        return drop.reshape((-1,) + (1,) * (act.ndim - 1)) * (mask_b == g)
+        return tuple(drop.reshape((-1,) + (1,) * (m.ndim - 1)) * (m == g) for m in masks_b)
 
-    return jnp.sum(jax.vmap(one)(groups), axis=0).astype(act.dtype)
+    per_group = jax.vmap(one)(groups)
+    return tuple(
+        jnp.sum(a, axis=0).astype(acts[k].dtype) for a, k in zip(per_group, keys, strict=True)
+    )
+
+
+def _layer_mask(mask, act_shape):
+    """A user's ``layer_mask`` for one tensor, checked, as a NumPy integer array."""
+    try:
+        ok = np.broadcast_shapes(tuple(np.shape(mask)), act_shape) == act_shape
+    except ValueError:
+        ok = False
+    if not ok or np.ndim(mask) != len(act_shape) or np.shape(mask)[0] not in (1, act_shape[0]):
+        raise ValueError(
+            f"layer_mask must broadcast to the layer's activation shape {act_shape} with a "
+            f"leading dimension of 1 or N, got shape {tuple(np.shape(mask))}"
+        )
+    if not _core.is_concrete(mask):
+        raise ValueError("layer_mask must be concrete (its group count sets the work)")
+    mask_np = np.asarray(mask)
+    if not np.issubdtype(mask_np.dtype, np.integer):
+        raise TypeError(f"layer_mask must hold integer group ids, got dtype {mask_np.dtype}")
+    return mask_np
+
+
+def _per_tensor(value, n, name, what):
+    """``value`` as one entry per tensor of a layer returning ``n`` tensors."""
+    if n == 1:
+        return [value]
+    if isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ValueError(
+                f"{name} gives one {what} per tensor of the layer: expected {n}, got {len(value)}"
+            )
+        return list(value)
+    return None
 
 
 @_core.contract
@@ -837,13 +884,18 @@ def layer_feature_ablation(
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     params: Any = None,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, ...]:
     """Ablate groups of a layer's units and record the drop of the target output.
 
     Captum's ``LayerFeatureAblation``: every group of units given by ``layer_mask`` (by
     default each unit alone) is replaced by ``layer_baselines``; every unit of the group
     gets ``f(x) - f(x with the group ablated)``. All groups are one ``vmap``-ped batch
     (the layers before the tapped one run once), chunked by ``batch_size`` groups.
+
+    For a layer returning a tuple of tensors, ``layer_mask`` and ``layer_baselines`` give
+    one entry per tensor (a scalar baseline serves them all); as in Captum, a group id
+    found in several tensors' masks ablates its units in all of them at once, and the
+    default mask numbers the units of all the tensors consecutively (each unit alone).
 
     Args:
         model: A structured model.
@@ -852,7 +904,9 @@ def layer_feature_ablation(
         target: What to explain (see :func:`jaxattr.select_target`).
         layer_mask: Integer group ids ``0 .. G-1`` broadcastable to the activation, with a
             leading dimension of 1 or N (Captum's convention); default: each unit alone.
-        layer_baselines: Scalar or array broadcastable to the activation.
+            A tuple of such, one per tensor, for a layer returning a tuple.
+        layer_baselines: Scalar or array broadcastable to the activation (a tuple, one
+            per tensor, or a scalar for a layer returning a tuple).
         attribute_to_layer_input: Ablate the layer's input instead of its output.
         batch_size: At most this many groups per compiled call.
         args: Extra positional model inputs.
@@ -860,7 +914,7 @@ def layer_feature_ablation(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Shaped like the layer's activation.
+        Shaped like the layer's activation; a tuple for a layer returning a tuple.
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
@@ -880,40 +934,45 @@ def layer_feature_ablation(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
-    (tap,) = s.taps
-    shape = _taps.tap_shapes(s.model, s.params, s.inputs, s.x, s.args, s.kwargs, s.taps)
-    act_shape = tuple(shape[tap.key].shape)
-    if layer_mask is None:
-        mask = np.arange(int(np.prod(act_shape[1:]))).reshape((1, *act_shape[1:]))
+    shapes = _taps.tap_shapes(s.model, s.params, s.inputs, s.x, s.args, s.kwargs, s.taps)
+    act_shapes = [tuple(shapes[t.key].shape) for t in s.taps]
+    n = len(act_shapes)
+    if layer_mask is None:  # each unit alone, numbered across the tensors
+        masks, offset = [], 0
+        for shape in act_shapes:
+            size = int(np.prod(shape[1:]))
+            masks.append(offset + np.arange(size).reshape((1, *shape[1:])))
+            offset += size
     else:
-        mask = layer_mask
-        try:
-            ok = np.broadcast_shapes(tuple(np.shape(mask)), act_shape) == act_shape
-        except ValueError:
-            ok = False
-        if not ok or np.ndim(mask) != len(act_shape) or np.shape(mask)[0] not in (1, act_shape[0]):
+        given = _per_tensor(layer_mask, n, "layer_mask", "mask")
+        if given is None:  # Captum would ablate the first tensor only: refuse
             raise ValueError(
-                f"layer_mask must broadcast to the layer's activation shape {act_shape} with a "
-                f"leading dimension of 1 or N, got shape {tuple(np.shape(mask))}"
+                f"layer {layer!r} returns a tuple of {n} tensors of shapes {act_shapes}: "
+                f"layer_mask must be a tuple of {n} masks, one per tensor"
             )
-        if not _core.is_concrete(mask):
-            raise ValueError("layer_mask must be concrete (its group count sets the work)")
-    mask_np = np.asarray(mask)
-    if not np.issubdtype(mask_np.dtype, np.integer):
-        raise TypeError(f"layer_mask must hold integer group ids, got dtype {mask_np.dtype}")
-    groups = np.unique(mask_np).astype(np.int32)
+        masks = [_layer_mask(m, sh) for m, sh in zip(given, act_shapes, strict=True)]
+    bases = _per_tensor(layer_baselines, n, "layer_baselines", "baseline")
+    if bases is None:
+        if np.ndim(layer_baselines) != 0:
+            raise ValueError(
+                f"layer {layer!r} returns a tuple of {n} tensors of shapes {act_shapes}: "
+                f"layer_baselines must be a scalar or a tuple of {n}, one per tensor"
+            )
+        bases = [layer_baselines] * n
+    groups = np.unique(np.concatenate([m.ravel() for m in masks])).astype(np.int32)
     total = None
     for start, stop in _core.batched_chunks(len(groups), _batch(batch_size)):
         part = _ablation_chunk(
             **s.common(),
             target=s.target,
-            mask=mask_np.astype(np.int32),
-            baseline=jnp.asarray(layer_baselines),
+            masks=tuple(m.astype(np.int32) for m in masks),
+            baselines=tuple(jnp.asarray(b) for b in bases),
             groups=groups[start:stop],
         )
         total = _core.tree_add(total, part)
-    return total
+    return s.out(total)
 
 
 # --------------------------------------------------------------------------------------
@@ -967,9 +1026,12 @@ def interpolate(
 
 @_core.cached_jit(("model", "inputs", "taps", "channel_axis", "mode"))
 def _cam_core(*, model, inputs, taps, params, x, args, kwargs, target, channel_axis, mode):
+    """One weighted activation per tap (per tensor of a layer returning a tuple)."""
     grads, acts, _ = _taps.layer_gradients(model, params, inputs, x, args, kwargs, taps, target)
-    (tap,) = taps
-    g, a = grads[tap.key], acts[tap.key]
+    return tuple(_cam_weighted(grads[t.key], acts[t.key], channel_axis, mode) for t in taps)
+
+
+def _cam_weighted(g, a, channel_axis, mode):
     axis = channel_axis % a.ndim
     spatial = tuple(i for i in range(1, a.ndim) if i != axis)
     if mode == "gradcam":
@@ -998,7 +1060,7 @@ def grad_cam(
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     params: Any = None,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, ...]:
     """Grad-CAM (Selvaraju et al., 2017), Captum's ``LayerGradCam``.
 
     Each channel of the layer is weighted by its spatially averaged gradient; the weighted
@@ -1023,7 +1085,8 @@ def grad_cam(
 
     Returns:
         (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1), or the full
-        activation shape without ``attr_dim_summation``.
+        activation shape without ``attr_dim_summation``; a tuple for a layer returning a
+        tuple (one map per tensor, each weighted by its own gradient, as Captum).
 
     Example:
         >>> import jaxattr
@@ -1066,7 +1129,7 @@ def grad_cam_plus_plus(
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     params: Any = None,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, ...]:
     """Grad-CAM++ (Chattopadhyay et al., 2018).
 
     Channel weights ``w_k = sum_ij alpha_kij relu(g_kij)`` with
@@ -1088,7 +1151,8 @@ def grad_cam_plus_plus(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1).
+        (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1); a tuple for a
+        layer returning a tuple (one map per tensor, as :func:`grad_cam`).
 
     Example:
         >>> import jaxattr
@@ -1135,14 +1199,25 @@ def _cam(
     if not isinstance(layer, str):
         raise TypeError(f"layer must be one layer name (str), got {type(layer).__name__}")
     s = _Setup(
-        model, x, layer, target=target, args=args, kwargs=kwargs, params=params, to_input=to_input
+        model,
+        x,
+        layer,
+        target=target,
+        args=args,
+        kwargs=kwargs,
+        params=params,
+        to_input=to_input,
+        tuple_ok=True,
     )
-    cam = _cam_core(**s.common(), target=s.target, channel_axis=channel_axis, mode=mode)
-    if summation:
-        cam = cam.sum(axis=channel_axis % cam.ndim, keepdims=True)
-    if relu:
-        cam = jax.nn.relu(cam)
-    return _maybe_interpolate(cam, interp, interp_mode, channel_axis, s.x)
+    cams = []
+    # a layer returning a tuple: one map per tensor, each from its own gradient (Captum)
+    for cam in _cam_core(**s.common(), target=s.target, channel_axis=channel_axis, mode=mode):
+        if summation:
+            cam = cam.sum(axis=channel_axis % cam.ndim, keepdims=True)
+        if relu:
+            cam = jax.nn.relu(cam)
+        cams.append(_maybe_interpolate(cam, interp, interp_mode, channel_axis, s.x))
+    return s.out(cams)
 
 
 def _maybe_interpolate(cam, interp, mode, channel_axis, x):
@@ -2031,9 +2106,21 @@ def _intercept_for(structure, composite):
     return composite.intercept(structure.placeholder().layers)
 
 
-@_core.cached_jit(("model", "inputs", "taps", "eps", "multiply_by_inputs"))
+@_core.cached_jit(("model", "inputs", "taps", "eps", "multiply_by_inputs", "return_delta"))
 def _layer_deep_lift_core(
-    *, model, inputs, taps, params, x, baselines, args, kwargs, target, eps, multiply_by_inputs
+    *,
+    model,
+    inputs,
+    taps,
+    params,
+    x,
+    baselines,
+    args,
+    kwargs,
+    target,
+    eps,
+    multiply_by_inputs,
+    return_delta,
 ):
     from jaxattr._lrp import _deeplift_intercept, _halves
 
@@ -2045,7 +2132,6 @@ def _layer_deep_lift_core(
     layout = _core.Inputs(inputs.is_tuple, n2)
     intercept = _deeplift_intercept(eps, n2)
     shapes = _taps.tap_shapes(model, params, layout, both, args2, kw2, taps)
-    (tap,) = taps
     zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
 
     def score(delta):
@@ -2057,9 +2143,16 @@ def _layer_deep_lift_core(
         return total, acts
 
     grads, acts = jax.grad(score, has_aux=True)(zeros)
-    g, _ = _halves(grads[tap.key])
-    a1, a0 = _halves(acts[tap.key])
-    return g * (a1 - a0) if multiply_by_inputs else g
+    attr = []
+    for t in taps:  # several for a layer returning a tuple: one attribution per tensor
+        g, _ = _halves(grads[t.key])
+        a1, a0 = _halves(acts[t.key])
+        attr.append(g * (a1 - a0) if multiply_by_inputs else g)
+    attr = tuple(attr)
+    if not return_delta:
+        return attr
+    # Captum's delta: the attributions of every tensor summed, less f(x) - f(baselines)
+    return attr, _completeness(model, inputs, params, x, baselines, args, kwargs, target, attr)
 
 
 @_core.contract
@@ -2073,9 +2166,10 @@ def layer_deep_lift(
     eps: float = 1e-10,
     multiply_by_inputs: bool = True,
     attribute_to_layer_input: bool = False,
+    return_delta: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
-) -> jax.Array:
+) -> Any:
     """DeepLIFT multipliers at a layer times its activation difference, Captum's ``LayerDeepLift``.
 
     The input and the baseline run side by side under :func:`jaxattr.deep_lift`'s rescale
@@ -2091,17 +2185,22 @@ def layer_deep_lift(
         eps: Below this ``|x - b|`` a nonlinearity keeps its gradient.
         multiply_by_inputs: Multiply by the layer's activation difference.
         attribute_to_layer_input: Use the layer's input instead of its output.
+        return_delta: Also return ``sum(attr) - (f(x) - f(baselines))``, shape (N,)
+            (Captum's convergence delta; all tensors of a tuple-valued layer summed).
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
 
     Returns:
-        Shaped like the layer's activation.
+        Shaped like the layer's activation, a tuple for a layer returning a tuple, or
+        ``(attribution, delta)``.
 
     Example:
         >>> import jaxattr
         >>> from jaxattr.demo import demo_model, make_shapes
-        >>> jaxattr.layer_deep_lift(demo_model(), make_shapes(1)[0], "conv3", target=0).shape
-        (1, 8, 8, 32)
+        >>> attr, delta = jaxattr.layer_deep_lift(demo_model(), make_shapes(1)[0], "conv3",
+        ...                                       target=0, return_delta=True)
+        >>> attr.shape, delta.shape
+        ((1, 8, 8, 32), (1,))
     """
     s = _Setup(
         model,
@@ -2112,16 +2211,19 @@ def layer_deep_lift(
         kwargs=kwargs,
         params=None,
         to_input=attribute_to_layer_input,
+        tuple_ok=True,
     )
     _check_float_x(s.x)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
-    return _layer_deep_lift_core(
+    out = _layer_deep_lift_core(
         **s.common(),
         baselines=b,
         target=s.target,
         eps=float(eps),
         multiply_by_inputs=multiply_by_inputs,
+        return_delta=return_delta,
     )
+    return (s.out(out[0]), out[1]) if return_delta else s.out(out)
 
 
 @_core.contract
@@ -2164,6 +2266,8 @@ def guided_grad_cam(
     """
     from jaxattr._lrp import guided_backprop
 
+    # one map to upsample: a layer returning a tuple is the named error (Captum refuses it)
+    _taps.resolve_single(_taps.as_structured(model), layer, attribute_to_layer_input)
     cam = grad_cam(
         model,
         x,

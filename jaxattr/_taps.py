@@ -84,9 +84,10 @@ def one_tensor(layer: str, taps: tuple[Tap, ...]) -> Tap:
         raise ValueError(
             f"layer {layer!r} returns a tuple of {len(taps)} tensors (made by layers "
             f"{[t.layer for t in taps]}); this method attributes one tensor: name one of "
-            f"them, or a method that returns a tuple for it (layer_activation, "
+            f"them, or use a method that returns a tuple for it (layer_activation, "
             f"layer_gradient_x_activation, layer_lrp, layer_integrated_gradients, "
-            f"layer_conductance, internal_influence)"
+            f"layer_conductance, internal_influence, layer_gradient_shap, layer_deep_lift, "
+            f"layer_feature_ablation, grad_cam, grad_cam_plus_plus)"
         )
     return taps[0]
 

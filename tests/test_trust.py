@@ -371,9 +371,7 @@ def test_fifty_fresh_models_do_not_grow_memory():
     assert grown < 300 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB over 50 models"
 
 
-def _multi_relu_model():
-    torch = pytest.importorskip("torch")
-
+def _multi_relu(torch):
     class MultiRelu(torch.nn.Module):  # Captum's test module: returns a tuple
         def __init__(self):
             super().__init__()
@@ -382,20 +380,48 @@ def _multi_relu_model():
         def forward(self, a, b):
             return self.relu1(a), self.relu2(b)
 
+    return MultiRelu()
+
+
+def _multi_relu_model(head=None):
+    """lin1 -> MultiRelu(h, -h) -> [head] -> lin2; ``head``: a nonlinearity after the tuple."""
+    torch = pytest.importorskip("torch")
+
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.lin1 = torch.nn.Linear(3, 4)
-            self.multi = MultiRelu()
+            self.multi = _multi_relu(torch)
             self.lin2 = torch.nn.Linear(4, 2)
+            self.head = head
 
         def forward(self, x):
             h = self.lin1(x)
             a, b = self.multi(h, -h)
-            return self.lin2(a + 2 * b)
+            h = a + 2 * b
+            return self.lin2(h if self.head is None else self.head(h))
 
     torch.manual_seed(0)
     return Net().eval()
+
+
+def _multi_relu_conv_model():
+    """conv -> MultiRelu(h, -h) -> linear: a tuple of two (N, C, H, W) tensors."""
+    torch = pytest.importorskip("torch")
+
+    class ConvNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+            self.multi = _multi_relu(torch)
+            self.fc = torch.nn.Linear(48, 3)
+
+        def forward(self, x):
+            a, b = self.multi(self.conv(x), -self.conv(x))
+            return self.fc(torch.flatten(a - 0.5 * b, 1))
+
+    torch.manual_seed(1)
+    return ConvNet().eval()
 
 
 def test_a_layer_returning_a_tuple_gives_a_tuple_like_captum():
@@ -435,12 +461,173 @@ def test_a_layer_returning_a_tuple_gives_a_tuple_like_captum():
     y = net(tx)[:, 1] - net(torch.zeros_like(tx))[:, 1]
     np.testing.assert_allclose(sum(a.sum((1,)) for a in attr), y.detach().numpy(), atol=1e-3)
     np.testing.assert_allclose(delta, 0.0, atol=1e-3)
-    with pytest.raises(ValueError, match=r"'multi' returns a tuple of 2 tensors"):
-        jaxattr.layer_gradient_shap(model, x, "multi", x * 0, target=1, key=KEY)
-    with pytest.raises(ValueError, match=r"'multi' returns a tuple of 2 tensors"):
-        jaxattr.grad_cam(model, x, "multi", target=1)
-    with pytest.raises(ValueError, match="returns a tuple"):
+    # one tensor only: Score-CAM, Guided Grad-CAM (Captum asserts) and neuron indices
+    # (Captum: "Cannot select neuron index from layer with multiple tensors")
+    msg = r"'multi' returns a tuple of 2 tensors .*layer_feature_ablation, grad_cam"
+    with pytest.raises(ValueError, match=msg):
+        jaxattr.score_cam(model, x, "multi", target=1)
+    with pytest.raises(ValueError, match=msg):
+        jaxattr.guided_grad_cam(model, x, "multi", target=1)
+    with pytest.raises(ValueError, match=msg):
         jaxattr.neuron_gradient(model, x, "multi", (0,))
+
+
+def _close(got, ref, rtol=1e-5, atol=1e-6):
+    """A tuple of attributions equals Captum's tuple, tensor by tensor."""
+    assert isinstance(got, tuple) and isinstance(ref, tuple), (type(got), type(ref))
+    assert len(got) == len(ref) == 2
+    for a, r in zip(got, ref, strict=True):
+        r = r.detach().numpy()
+        assert a.shape == r.shape, (a.shape, r.shape)
+        np.testing.assert_allclose(np.asarray(a), r, rtol=rtol, atol=atol)
+
+
+def test_a_tuple_layer_grad_cam_is_per_tensor_like_captum():
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    net = _multi_relu_conv_model()
+    x = np.random.default_rng(1).normal(size=(2, 2, 4, 4)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    model = from_torch(net, tx)
+    cam = captum.LayerGradCam(net, net.multi)
+    for kw in ({}, {"relu_attributions": True}, {"attr_dim_summation": False}):
+        ref = cam.attribute(tx, target=[2, 0], **kw)
+        got = jaxattr.grad_cam(model, x, "multi", target=[2, 0], **kw)
+        _close(got, ref)
+        # each tensor has its own channel weights: the maps differ, as do the tensors
+        assert not np.allclose(got[0], got[1])
+    ref = cam.attribute(tx, target=1, relu_attributions=True)
+    up = tuple(captum.LayerAttribution.interpolate(r, (8, 8), "bilinear") for r in ref)
+    got = jaxattr.grad_cam(
+        model,
+        x,
+        "multi",
+        target=1,
+        relu_attributions=True,
+        interpolate_to=(8, 8),
+        interpolate_mode="bilinear",
+    )
+    _close(got, up)
+    # Grad-CAM++ (not in Captum): per tensor, as naming each tensor's layer
+    got = jaxattr.grad_cam_plus_plus(model, x, "multi", target=1)
+    for a, name in zip(got, ("multi.relu1", "multi.relu2"), strict=True):
+        np.testing.assert_allclose(a, jaxattr.grad_cam_plus_plus(model, x, name, target=1))
+
+
+def test_a_tuple_layer_deep_lift_and_delta_match_captum():
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    net = _multi_relu_model(head=torch.nn.Tanh())  # a rescale rule after the tuple
+    x = np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    model = from_torch(net, tx)
+    base = np.array([[0.3, -0.2, 0.1]], np.float32)
+    for mult in (True, False):
+        ref, ref_delta = captum.LayerDeepLift(net, net.multi, multiply_by_inputs=mult).attribute(
+            tx, torch.from_numpy(base), target=[1, 0, 1, 1], return_convergence_delta=True
+        )
+        got, delta = jaxattr.layer_deep_lift(
+            model, x, "multi", base, target=[1, 0, 1, 1], multiply_by_inputs=mult,
+            return_delta=True,
+        )  # fmt: skip
+        _close(got, ref)
+        _close(jaxattr.layer_deep_lift(model, x, "multi", base, target=[1, 0, 1, 1],
+                                       multiply_by_inputs=mult), ref)  # fmt: skip
+        # the delta sums the attributions of both tensors (large without multipliers)
+        assert delta.shape == (4,)
+        np.testing.assert_allclose(delta, ref_delta.detach().numpy(), rtol=1e-5, atol=1e-6)
+    y = net(tx) - net(torch.from_numpy(base))
+    total = got[0].sum(1) + got[1].sum(1)
+    want = y.detach().numpy()[np.arange(4), [1, 0, 1, 1]]
+    np.testing.assert_allclose(delta, total - want, rtol=1e-5, atol=1e-6)
+    assert np.abs(delta).max() > 1e-2  # the last run did not multiply by inputs
+
+
+def test_a_tuple_layer_gradient_shap_and_delta_match_captum(monkeypatch):
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    from tests.test_parity_captum import _Replay, _samples_interleaved
+
+    net = _multi_relu_model(head=torch.nn.Tanh())  # nonlinear: the delta is not zero
+    x = np.random.default_rng(3).normal(size=(3, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    model = from_torch(net, tx)
+    dist = np.random.default_rng(4).normal(size=(5, 3)).astype(np.float32)
+    key, n_samples, stdevs = jax.random.key(7), 4, 0.2
+    noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, 5, n_samples, stdevs)
+    # Captum draws, in order: baseline indices, input noise, alphas; all example-major
+    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    ref, ref_delta = captum.LayerGradientShap(net, net.multi).attribute(
+        tx, torch.from_numpy(dist), n_samples=n_samples, stdevs=stdevs, target=1,
+        return_convergence_delta=True,
+    )  # fmt: skip
+    monkeypatch.undo()
+    got, delta = jaxattr.layer_gradient_shap(
+        model, x, "multi", dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1,
+        return_delta=True,
+    )  # fmt: skip
+    _close(got, ref)
+    assert delta.shape == (3, n_samples)
+    ref_delta = ref_delta.detach().numpy()
+    assert np.abs(ref_delta).max() > 1e-3  # a delta that can tell one tensor from two
+    np.testing.assert_allclose(np.asarray(delta).reshape(-1), ref_delta, rtol=1e-5, atol=1e-6)
+    plain = jaxattr.layer_gradient_shap(
+        model, x, "multi", dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1
+    )
+    _close(plain, ref)
+
+
+def test_a_tuple_layer_feature_ablation_masks_each_tensor_like_captum():
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    net = _multi_relu_model(head=torch.nn.Tanh())
+    x = np.random.default_rng(5).normal(size=(3, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    model = from_torch(net, tx)
+    fa = captum.LayerFeatureAblation(net, net.multi)
+    # default: every unit of every tensor alone
+    _close(jaxattr.layer_feature_ablation(model, x, "multi", target=1),
+           fa.attribute(tx, target=1))  # fmt: skip
+    # one mask and one baseline per tensor; id 1 and 2 appear in both masks and are
+    # ablated in both tensors at once (Captum's cross-tensor masks)
+    m0, m1 = np.array([[0, 0, 1, 2]]), np.array([[1, 2, 2, 3]])
+    per_example = np.array([[0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]])
+    for masks, bases in [
+        ((m0, m1), (0.5, -0.3)),
+        ((m0, m1), (np.array([[0.1, 0.2, 0.3, 0.4]], np.float32), 0.0)),
+        ((per_example, m1 + 2), (0.25, 0.25)),
+    ]:
+        ref = fa.attribute(
+            tx, target=1, layer_mask=tuple(map(torch.from_numpy, masks)),
+            layer_baselines=tuple(torch.from_numpy(b) if isinstance(b, np.ndarray) else b
+                                  for b in bases),
+        )  # fmt: skip
+        got = jaxattr.layer_feature_ablation(
+            model, x, "multi", target=1, layer_mask=masks, layer_baselines=bases, batch_size=2
+        )
+        _close(got, ref)
+    # a scalar baseline serves every tensor (Captum's default None is zero for each)
+    _close(
+        jaxattr.layer_feature_ablation(model, x, "multi", target=0, layer_baselines=0.0),
+        fa.attribute(tx, target=0),
+    )
+    # Captum ablates only the first tensor for a lone mask: a named error here
+    with pytest.raises(ValueError, match="layer_mask must be a tuple of 2 masks"):
+        jaxattr.layer_feature_ablation(model, x, "multi", target=1, layer_mask=m0)
+    with pytest.raises(ValueError, match="expected 2, got 1"):
+        jaxattr.layer_feature_ablation(model, x, "multi", target=1, layer_mask=(m0,))
+    with pytest.raises(ValueError, match="layer_baselines must be a scalar or a tuple of 2"):
+        jaxattr.layer_feature_ablation(model, x, "multi", target=1, layer_baselines=np.ones(4))
 
 
 def test_input_shape_is_checked_against_the_exported_one():
