@@ -80,3 +80,26 @@ def _transformers_doctests(request):
             yield
     else:
         yield
+
+
+# ------------------------------------------------------------------ suite profile (opt-in)
+# JAXATTR_TEST_PROFILE=path.tsv records, per test, its wall time and the process's resident
+# memory after it (and the peak so far): what keeps the default suite within its budget.
+_PROFILE = __import__("os").environ.get("JAXATTR_TEST_PROFILE")
+
+
+if _PROFILE:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        import resource
+        import time
+
+        t = time.perf_counter()
+        yield
+        took = time.perf_counter() - t
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * 4096 / 2**20
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(_PROFILE, "a") as f:
+            f.write(f"{item.nodeid}\t{took:.2f}\t{rss:.0f}\t{peak:.0f}\n")
