@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["BridgeError", "ExportError", "TrainModeError", "UnsupportedOpsError"]
+__all__ = ["BridgeError", "ExportError", "TrainModeError", "UnsupportedArgumentsError",
+           "UnsupportedOpsError"]
 
 
 class BridgeError(RuntimeError):
@@ -55,3 +56,27 @@ class ExportError(BridgeError):
 
 class TrainModeError(BridgeError, ValueError):
     """The module (or a BatchNorm/Dropout inside it) is in training mode."""
+
+
+class UnsupportedArgumentsError(UnsupportedOpsError):
+    """An op that has a lowering, used with arguments the lowering cannot express.
+
+    For example a complex dtype, or reading ``x[bool_mask]`` (its shape depends on the data,
+    which one traced JAX program cannot have). A subclass of :class:`UnsupportedOpsError`,
+    so ``except UnsupportedOpsError`` catches both.
+
+    Attributes:
+        ops: Maps the op name to the module paths (or node names) that use it.
+        reason: What about the arguments cannot be lowered, and what to do instead.
+
+    Example:
+        >>> e = UnsupportedArgumentsError("aten.index.Tensor", "boolean mask", ["head"])
+        >>> sorted(e.ops), e.reason
+        (['aten.index.Tensor'], 'boolean mask')
+    """
+
+    def __init__(self, op: str, reason: str, paths: Sequence[str] = ()):
+        self.ops = {op: list(paths)}
+        self.reason = reason
+        where = f" (used in: {', '.join(p or '<root module>' for p in paths)})" if paths else ""
+        BridgeError.__init__(self, f"{op}{where}: {reason}")

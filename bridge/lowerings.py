@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .errors import TrainModeError
+from .errors import TrainModeError, UnsupportedArgumentsError
 
-__all__ = ["LOWERINGS", "CONFIG", "register_lowering", "supported_ops"]
+__all__ = ["LOWERINGS", "CONFIG", "refusal", "register_lowering", "supported_ops"]
 
 #: Lowering choices that change speed, never results (read when a function is traced, so
 #: set them before the first ``jax.jit`` call). ``conv_layout``: ``"NCHW"`` keeps torch's
@@ -72,6 +72,81 @@ def supported_ops() -> list[str]:
         True
     """
     return sorted(LOWERINGS)
+
+
+def _example_leaves(tree: Any):
+    if isinstance(tree, (list, tuple)):
+        for t in tree:
+            yield from _example_leaves(t)
+    elif isinstance(tree, dict):
+        for t in tree.values():
+            yield from _example_leaves(t)
+    else:
+        yield tree
+
+
+def _leaf_dtype(x: Any) -> Any:
+    if hasattr(x, "dtype") and hasattr(x, "shape"):  # a tensor or its example value
+        return x.dtype
+    if type(x).__name__ == "dtype":  # a torch.dtype argument
+        return x
+    return None
+
+
+def refusal(key: str, args: Any, kwargs: Any, out: Any = None) -> str | None:
+    """Why op ``key``, which has a lowering, cannot be lowered with these arguments.
+
+    Meant for conversion time, before anything runs: ``args``, ``kwargs`` and ``out`` are
+    the graph node's arguments and result with every tensor given by its example value (a
+    torch ``FakeTensor``: only ``dtype`` and ``shape`` are read). The reasons: a complex
+    dtype anywhere (the bridge has no complex numbers), reading ``x[bool_mask]`` (a
+    data-dependent shape), and argument values a lowering does not implement.
+
+    Args:
+        key: The printed op name, e.g. ``"aten.index.Tensor"``.
+        args: Positional arguments of the node.
+        kwargs: Keyword arguments of the node.
+        out: The node's example result, if known.
+
+    Returns:
+        A sentence for :class:`~jaxattr.bridge.errors.UnsupportedOpsError`'s detail, or
+        None when the lowering handles the call.
+
+    Example:
+        >>> refusal("aten.scatter_reduce.two", (None, 0, None, None, "xor"), {}) is None
+        False
+        >>> refusal("aten.add.Tensor", (1.0, 2.0), {}) is None
+        True
+    """
+    for leaf in _example_leaves((args, kwargs, out)):
+        dt = _leaf_dtype(leaf)
+        if dt is not None and getattr(dt, "is_complex", False) is True:
+            return (f"complex dtype {dt}: the bridge has no complex numbers; keep the "
+                    "computation real (e.g. torch.view_as_real, or real and imaginary parts "
+                    "as separate tensors)")
+    args = tuple(args)
+    if key == "aten.index.Tensor" and len(args) > 1:
+        if any(i is not None and str(_leaf_dtype(i)) in ("torch.bool", "bool")
+               for i in args[1]):
+            return _BOOL_READ
+    if key == "aten.index_put.default" and len(args) > 1:
+        given = [i for i in args[1] if i is not None]
+        if len(given) > 1 and any(str(_leaf_dtype(i)) in ("torch.bool", "bool") for i in given):
+            return _BOOL_MIXED
+    if key in ("aten.scatter_reduce.two", "aten.index_reduce.default") and len(args) > 4:
+        if args[4] not in ("sum", "prod", "mean", "amax", "amin"):
+            return f"reduce={args[4]!r}"
+    if key == "aten.grid_sampler_3d.default" and len(args) > 2 and args[2] == 2:
+        return _BICUBIC_3D
+    return None
+
+
+_BOOL_READ = ("reading x[bool_mask] gives a shape that depends on the data, which one traced "
+              "JAX program cannot have; write the model with torch.where (or multiply by the "
+              "mask), or assign through the mask (x[mask] = v works, x[mask] += v does not)")
+_BOOL_MIXED = ("a boolean mask combined with other index tensors in one assignment; assign "
+               "with the mask alone, or use torch.where")
+_BICUBIC_3D = "bicubic interpolation exists only for 4-d inputs"
 
 
 reg = register_lowering
@@ -285,9 +360,42 @@ for _name, _fn in {
     "relu": jax.nn.relu, "silu": jax.nn.silu, "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
     "log_sigmoid": jax.nn.log_sigmoid, "frac": lambda x: x - jnp.trunc(x),
     "square": jnp.square, "lgamma": lax.lgamma,
-    "positive": lambda x: x, "signbit": jnp.signbit, "logit": lambda x: jnp.log(x / (1 - x)),
+    "positive": lambda x: x, "signbit": jnp.signbit,
 }.items():
     _unary(_name, _fn)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _logit(x, eps):
+    z = x if eps is None else jnp.where(x < eps, eps, jnp.where(x > 1 - eps, 1 - eps, x))
+    return jnp.log(z / (1 - z))
+
+
+@_logit.defjvp
+def _logit_jvp(eps, primals, tangents):
+    # torch: 1 / (x (1 - x)); NaN outside [0, 1] without eps, 0 outside [eps, 1 - eps] with it
+    (x,), (t,) = primals, tangents
+    d = 1.0 / (x * (1.0 - x))
+    if eps is None:
+        d = jnp.where((x < 0) | (x > 1), jnp.nan, d)
+    else:
+        d = jnp.where((x < eps) | (x > 1 - eps), 0.0, d)
+    return _logit(x, eps), (d * t).astype(x.dtype)
+
+
+@reg("aten.logit.default")
+def logit(self, eps=None):
+    """``log(x / (1 - x))``, ``x`` clamped to ``[eps, 1 - eps]`` first when ``eps`` is given."""
+    return _logit(self, eps)
+
+
+@reg("aten.round.decimals")
+def round_decimals(self, *, decimals=0):
+    """torch's rule: ``round(x * 10^d) / 10^d``, or ``round(x / 10^-d) * 10^-d`` for d < 0."""
+    if decimals == 0:
+        return jnp.round(self)
+    ten = jnp.asarray(10.0 ** abs(decimals), self.dtype)
+    return jnp.round(self * ten) / ten if decimals > 0 else jnp.round(self / ten) * ten
 
 
 def _trigamma(x):
@@ -840,13 +948,12 @@ def index(self, indices):
     for i in indices:
         if i is None:
             idx.append(slice(None))
-        elif i.dtype == jnp.bool_:
-            raise ValueError(
-                "aten.index.Tensor: boolean-mask indexing gives a data-dependent shape, which "
-                "JAX cannot trace; use torch.where in the model instead")
         else:
             idx.append(i)
-    return self[tuple(idx)]
+    try:
+        return self[tuple(idx)]
+    except jax.errors.NonConcreteBooleanIndexError as e:
+        raise UnsupportedArgumentsError("aten.index.Tensor", _BOOL_READ) from e
 
 
 @reg("aten.index_select.default")
@@ -913,13 +1020,38 @@ _index_set.defvjp(_index_set_fwd, _index_set_bwd)
 
 @reg("aten.index_put.default")
 def index_put(self, indices, values, accumulate=False):
+    if any(i is not None and i.dtype == jnp.bool_ for i in indices):
+        return _bool_index_put(self, indices, jnp.asarray(values, self.dtype), accumulate)
     idx = tuple(slice(None) if i is None else i for i in indices)
     if accumulate:
         return self.at[idx].add(values)
-    if any(i is not None and i.dtype == jnp.bool_ for i in indices):
-        return self.at[idx].set(values)
     return _index_set(self, jnp.asarray(values), tuple(i for i in indices if i is not None),
                       tuple(i is not None for i in indices))
+
+
+def _bool_index_put(self, indices, values, accumulate):
+    """``x[mask] = v`` (or ``+=``) as a ``where``: no data-dependent shape is formed.
+
+    ``v`` either broadcasts over the selected entries, or has one row per selected entry
+    (in row-major order of the mask), picked by a cumulative count of the mask.
+    """
+    pos = [k for k, i in enumerate(indices) if i is not None]
+    if len(pos) != 1:
+        raise UnsupportedArgumentsError("aten.index_put.default", _BOOL_MIXED)
+    k = pos[0]
+    mask = indices[k]
+    lead, rest = self.shape[:k], self.shape[k + mask.ndim:]
+    # values broadcast against self[mask]'s shape: lead + (count,) + rest
+    v = values.reshape((1,) * (len(lead) + 1 + len(rest) - values.ndim) + values.shape)
+    if v.shape[k] == 1:
+        v = v.reshape(v.shape[:k] + (1,) * mask.ndim + v.shape[k + 1:])
+    else:
+        row = jnp.clip(jnp.cumsum(mask.reshape(-1)) - 1, 0, v.shape[k] - 1).reshape(mask.shape)
+        v = jnp.take(v, row, axis=k)
+    m = mask.reshape((1,) * k + mask.shape + (1,) * len(rest))
+    if accumulate:
+        return self + jnp.where(m, v, jnp.zeros((), self.dtype))
+    return jnp.where(m, v, self)
 
 
 @reg("aten.slice_scatter.default")
@@ -954,12 +1086,28 @@ def constant_pad_nd(self, pad, value=0):
     return lax.pad(self, jnp.asarray(value, self.dtype), cfg)
 
 
+def _pad_source(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
+    """Input position of each of the ``n + lo + hi`` outputs of a reflect/edge/wrap pad
+    (negative ``lo``/``hi`` crop, as in torch)."""
+    j = np.arange(n + lo + hi) - lo
+    if mode == "edge":
+        return np.clip(j, 0, n - 1)
+    if mode == "wrap":
+        return np.mod(j, n)
+    j = np.abs(j)  # reflect (torch requires pads < n)
+    return np.where(j > n - 1, 2 * (n - 1) - j, j)
+
+
 def _mode_pad(mode: str) -> Callable[..., Any]:
     def lowering(self, padding):
-        cfg = [(0, 0)] * self.ndim
+        x = self
         for i in range(len(padding) // 2):
-            cfg[self.ndim - 1 - i] = (padding[2 * i], padding[2 * i + 1])
-        return jnp.pad(self, cfg, mode=mode)
+            ax = self.ndim - 1 - i
+            lo, hi = padding[2 * i], padding[2 * i + 1]
+            if lo or hi:
+                src = _pad_source(x.shape[ax], lo, hi, mode)
+                x = jnp.take(x, jnp.asarray(src, jnp.int32), axis=ax)
+        return x
 
     return lowering
 
@@ -984,16 +1132,58 @@ def matmul(self, other):
     return jnp.matmul(self, other)
 
 
+def _scaled_add(self, prod_, beta, alpha):
+    """``beta * self + alpha * prod_``; with ``beta == 0`` ``self`` is ignored (its NaN and
+    inf too) and gets a zero gradient, as in torch (a real zero: ``0 * nan`` upstream stays
+    NaN, as torch's)."""
+    prod_ = prod_ if alpha == 1 else alpha * prod_
+    if beta == 0:
+        return prod_ + jnp.where(jnp.zeros((), jnp.bool_), self, jnp.zeros((), prod_.dtype))
+    return prod_ + (self if beta == 1 else beta * self)
+
+
 @reg("aten.addmm.default")
 def addmm(self, mat1, mat2, *, beta=1, alpha=1):
-    prod_ = jnp.matmul(mat1, mat2)
-    prod_ = prod_ if alpha == 1 else alpha * prod_
-    return prod_ + (self if beta == 1 else beta * self)
+    return _scaled_add(self, jnp.matmul(mat1, mat2), beta, alpha)
 
 
 @reg("aten.baddbmm.default")
 def baddbmm(self, batch1, batch2, *, beta=1, alpha=1):
     return addmm(self, batch1, batch2, beta=beta, alpha=alpha)
+
+
+@reg("aten.addmv.default")
+def addmv(self, mat, vec, *, beta=1, alpha=1):
+    """``beta * self + alpha * (mat @ vec)``."""
+    return _scaled_add(self, jnp.matmul(mat, vec), beta, alpha)
+
+
+@reg("aten.addbmm.default")
+def addbmm(self, batch1, batch2, *, beta=1, alpha=1):
+    """``beta * self + alpha * sum_b batch1[b] @ batch2[b]``."""
+    return _scaled_add(self, jnp.einsum("bij,bjk->ik", batch1, batch2), beta, alpha)
+
+
+@reg("aten._trilinear.default")
+def trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
+    """``(i1 * i2 * i3).sum(sumdim)`` after unsqueezing each at its ``expand`` dims (what
+    ``nn.Bilinear`` and ``F.bilinear`` export to), as one einsum."""
+    xs = []
+    for x, exp in ((i1, expand1), (i2, expand2), (i3, expand3)):
+        for d in sorted(exp):
+            x = jnp.expand_dims(x, d)
+        xs.append(x)
+    total = xs[0].ndim
+    size = [max(x.shape[k] for x in xs) for k in range(total)]
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    subs, ops = [], []
+    for x in xs:  # a size-1 axis that another operand fills is broadcast: leave it out
+        keep = [k for k in range(total) if x.shape[k] == size[k]]
+        subs.append("".join(letters[k] for k in keep))
+        ops.append(x.reshape(tuple(x.shape[k] for k in keep)))
+    summed = {_axis(d, total) for d in sumdim}
+    out = "".join(letters[k] for k in range(total) if k not in summed)
+    return jnp.einsum(f"{','.join(subs)}->{out}", *ops)
 
 
 @reg("aten.einsum.default")
@@ -1423,12 +1613,30 @@ def batch_norm_no_stats(input, weight, bias, training, momentum, eps):
     return _batch_stats_norm(input, weight, bias, eps)
 
 
-@reg("aten._native_batch_norm_legit.default", "aten.native_batch_norm.default",
-     "aten._native_batch_norm_legit_functional.default")
+@reg("aten._native_batch_norm_legit.default", "aten.native_batch_norm.default")
 def batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    if training:
+    if training or running_mean is None:
         return _batch_stats_norm(input, weight, bias, eps)
     return batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, eps)
+
+
+@reg("aten._native_batch_norm_legit_functional.default")
+def batch_norm_functional(input, weight, bias, running_mean, running_var, training, momentum,
+                          eps):
+    """What ``torch.export`` makes of a batch norm that may update its running statistics:
+    ``(out, mean, rstd, new_running_mean, new_running_var)``. Training mode (batch
+    statistics, updated running statistics) is computed as torch does; the bridge refuses it
+    at conversion for modules, so it only runs for a functional ``F.batch_norm``."""
+    if not training:
+        out = batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, eps)
+        return (*out, running_mean, running_var)
+    out, m, rstd = _batch_stats_norm(input, weight, bias, eps)
+    n = input.size // input.shape[1]
+    axes = (0,) + tuple(range(2, input.ndim))
+    var_unbiased = jnp.var(input, axis=axes, ddof=1) if n > 1 else jnp.full_like(m, jnp.nan)
+    new_mean = (1 - momentum) * running_mean + momentum * m
+    new_var = (1 - momentum) * running_var + momentum * var_unbiased
+    return out, m, rstd, new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
 
 
 @reg("aten.native_layer_norm.default")
@@ -1607,3 +1815,479 @@ def rnn_relu(input, hx, params, has_biases, num_layers, dropout, train, bidirect
              batch_first):
     return _rnn("rnn_relu", input, [hx], params, has_biases, num_layers, bidirectional,
                 batch_first)
+
+
+# --------------------------------------------------------------------------- sampling
+def _grid_unnormalize(coord, size, align_corners):
+    if align_corners:
+        return (coord + 1) / 2 * (size - 1)
+    return ((coord + 1) * size - 1) / 2
+
+
+def _grid_clip(coord, size):
+    # torch passes no gradient at either end (x <= 0 or x >= size - 1)
+    hi = jnp.asarray(size - 1, coord.dtype)
+    return jnp.where(coord <= 0, jnp.zeros((), coord.dtype), jnp.where(coord >= hi, hi, coord))
+
+
+def _grid_reflect(coord, twice_low, twice_high):
+    if twice_low == twice_high:
+        return jnp.zeros_like(coord)
+    lo = twice_low / 2
+    span = (twice_high - twice_low) / 2
+    c = coord - lo
+    c = jnp.where(c < 0, -c, c)  # torch's slope is -1 below, +1 at and above
+    extra = jnp.fmod(c, span)
+    flips = jnp.floor(lax.stop_gradient(c) / span)
+    return jnp.where(jnp.fmod(flips, 2) == 0, extra + lo, span - extra + lo)
+
+
+def _grid_pad_coord(coord, size, padding_mode, align_corners):
+    if padding_mode == 1:  # border
+        return _grid_clip(coord, size)
+    if padding_mode == 2:  # reflection
+        if align_corners:
+            coord = _grid_reflect(coord, 0, 2 * (size - 1))
+        else:
+            coord = _grid_reflect(coord, -1, 2 * size - 1)
+        return _grid_clip(coord, size)
+    return coord
+
+
+def _cubic_coefficients(t, a=-0.75):
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def _grid_sampler(input, grid, interpolation_mode, padding_mode, align_corners):
+    """``F.grid_sample`` for 2-d and 3-d inputs: bilinear (0), nearest (1), bicubic (2, 2-d
+    only) with zeros (0), border (1) or reflection (2) padding; gradients to the input and
+    the grid as torch's (none through clipped coordinates, none to the grid for nearest)."""
+    nd = grid.shape[-1]
+    n, c = input.shape[:2]
+    sizes = input.shape[2:]
+    out_sp = grid.shape[1:-1]
+    flat = input.reshape(n, c, -1)
+    strides = [int(np.prod(sizes[a + 1:])) for a in range(nd)]
+    # grid's last axis is (x, y[, z]): x indexes the last spatial axis
+    coords = [_grid_unnormalize(grid[..., nd - 1 - a], sizes[a], align_corners)
+              for a in range(nd)]
+
+    def fetch(idx):
+        """Values at integer positions ``idx`` (per axis, ``(N, *out)``), 0 outside."""
+        ok = functools.reduce(operator.and_, [(i >= 0) & (i < s) for i, s in
+                                               zip(idx, sizes, strict=True)])
+        lin = sum(jnp.clip(i, 0, s - 1) * st for i, s, st in zip(idx, sizes, strides,
+                                                                 strict=True))
+        lin = jnp.broadcast_to(lin.reshape(n, 1, -1), (n, c, lin[0].size))
+        vals = jnp.take_along_axis(flat, lin, axis=2).reshape((n, c) + out_sp)
+        return jnp.where(ok[:, None], vals, jnp.zeros((), input.dtype))
+
+    if interpolation_mode == 2:
+        if nd != 2:
+            raise UnsupportedArgumentsError("aten.grid_sampler_3d.default", _BICUBIC_3D)
+        base = [jnp.floor(x) for x in coords]
+        wts = [_cubic_coefficients(x - b) for x, b in zip(coords, base, strict=True)]
+        base = [lax.stop_gradient(b) for b in base]
+        out = jnp.zeros((n, c) + out_sp, input.dtype)
+        for i in range(4):  # rows (y)
+            for j in range(4):  # columns (x)
+                taps = [_grid_pad_coord(base[0] - 1 + i, sizes[0], padding_mode, align_corners),
+                        _grid_pad_coord(base[1] - 1 + j, sizes[1], padding_mode, align_corners)]
+                idx = [jnp.trunc(t).astype(jnp.int32) for t in taps]
+                out = out + (wts[0][i] * wts[1][j])[:, None] * fetch(idx)
+        return out
+    coords = [_grid_pad_coord(x, s, padding_mode, align_corners)
+              for x, s in zip(coords, sizes, strict=True)]
+    if interpolation_mode == 1:
+        return fetch([jnp.round(lax.stop_gradient(x)).astype(jnp.int32) for x in coords])
+    lo = [jnp.floor(lax.stop_gradient(x)) for x in coords]
+    out = jnp.zeros((n, c) + out_sp, input.dtype)
+    for corner in np.ndindex(*(2,) * nd):
+        w = functools.reduce(operator.mul, [
+            (x - f) if bit else (f + 1 - x) for x, f, bit in zip(coords, lo, corner,
+                                                                 strict=True)])
+        idx = [(f + bit).astype(jnp.int32) for f, bit in zip(lo, corner, strict=True)]
+        out = out + w[:, None] * fetch(idx)
+    return out
+
+
+reg("aten.grid_sampler_2d.default", "aten.grid_sampler_3d.default",
+    "aten.grid_sampler.default")(_grid_sampler)
+
+
+# --------------------------------------------------------------------------- scatter-reduce
+def _scatter_grids(index, d):
+    grids = jnp.meshgrid(*[jnp.arange(s) for s in index.shape], indexing="ij")
+    grids[d] = index
+    return tuple(grids)
+
+
+def _scatter_prod(self, d, index, src, include_self):
+    """Products by a dense one-hot over the scattered axis (JAX's scatter-multiply has no
+    gradient for repeated indices; ``jnp.prod``'s handles zeros as torch does)."""
+    region = tuple(slice(None) if i == d else slice(0, s) for i, s in enumerate(index.shape))
+    sub = self[region]
+    idx = jnp.moveaxis(index, d, -1)
+    hit = idx[..., :, None] == jnp.arange(self.shape[d])  # (..., m, n)
+    vals = jnp.moveaxis(src[tuple(slice(0, s) for s in index.shape)], d, -1)
+    prod_ = jnp.prod(jnp.where(hit, vals[..., None], jnp.ones((), self.dtype)), axis=-2)
+    prod_ = jnp.moveaxis(prod_, -1, d)
+    if not include_self:
+        touched = jnp.moveaxis(jnp.any(hit, axis=-2), -1, d)
+        sub = jnp.where(touched, jnp.ones((), self.dtype), sub)
+    return self.at[region].set(sub * prod_)
+
+
+@reg("aten.scatter_reduce.two")
+def scatter_reduce(self, dim, index, src, reduce, *, include_self=True):
+    """``self.scatter_reduce(dim, index, src, reduce, include_self=...)`` for ``sum``,
+    ``prod``, ``mean``, ``amax`` and ``amin``; ties of ``amax``/``amin`` share the gradient
+    evenly, as in torch."""
+    d = _axis(dim, self.ndim)
+    if index.size == 0:
+        return self
+    if reduce == "prod":
+        return _scatter_prod(self, d, index, src, include_self)
+    idx = _scatter_grids(index, d)
+    src = src[tuple(slice(0, s) for s in index.shape)]
+    if reduce in ("sum", "mean"):
+        base = self if include_self else self.at[idx].set(0)
+        out = base.at[idx].add(src)
+        if reduce == "sum":
+            return out
+        cnt = jnp.zeros(self.shape, self.dtype).at[idx].add(1) + (1 if include_self else 0)
+        cnt = jnp.where(cnt == 0, jnp.ones((), self.dtype), cnt)
+        if jnp.issubdtype(self.dtype, jnp.integer):
+            return jnp.floor_divide(out, cnt)
+        return out / cnt
+    if reduce in ("amax", "amin"):
+        big = jnp.inf if jnp.issubdtype(self.dtype, jnp.floating) else jnp.iinfo(self.dtype).max
+        base = self if include_self else self.at[idx].set(-big if reduce == "amax" else big)
+        return base.at[idx].max(src) if reduce == "amax" else base.at[idx].min(src)
+    raise UnsupportedArgumentsError("aten.scatter_reduce.two", f"reduce={reduce!r}")
+
+
+@reg("aten.index_reduce.default")
+def index_reduce(self, dim, index, source, reduce, *, include_self=True):
+    """``self.index_reduce(dim, index, source, reduce)``: slice ``i`` of ``source`` along
+    ``dim`` reduced into slice ``index[i]`` of ``self`` (``prod``, ``mean``, ``amax``,
+    ``amin``)."""
+    d = _axis(dim, self.ndim)
+    shape = [1] * source.ndim
+    if source.ndim:
+        shape[d] = -1
+    full = jnp.broadcast_to(index.reshape(shape), source.shape)
+    return scatter_reduce(self, d, full, source, reduce, include_self=include_self)
+
+
+# --------------------------------------------------------------------------- embedding bag
+@reg("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default")
+def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
+                  per_sample_weights=None, include_last_offset=False, padding_idx=-1):
+    """``nn.EmbeddingBag``: sum (0), mean (1) or max (2) of the rows of each bag; entries
+    equal to ``padding_idx`` are left out (and do not count in the mean); an empty bag is 0.
+
+    Returns ``(output, offset2bag, bag_size, max_indices)`` as torch's op (only ``output``
+    is differentiable)."""
+    n = indices.shape[0]
+    nb = offsets.shape[0] - (1 if include_last_offset else 0)
+    bag = jnp.searchsorted(offsets, jnp.arange(n, dtype=offsets.dtype), side="right") - 1
+    bag = bag.astype(jnp.int32)
+    keep = indices != padding_idx if padding_idx is not None and padding_idx >= 0 else \
+        jnp.ones((n,), jnp.bool_)
+    rows = jnp.take(weight, indices, axis=0)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights[:, None].astype(rows.dtype)
+    zero = jnp.zeros((), rows.dtype)
+    size = jax.ops.segment_sum(keep.astype(jnp.int32), bag, nb)
+    max_idx = jnp.zeros((nb,), _int_dtype())
+    if mode == 2:
+        big = jnp.where(keep[:, None], rows, -jnp.inf)
+        out = jax.ops.segment_max(big, bag, nb)
+        out = jnp.where((size > 0)[:, None], out, zero)
+        at_max = (rows == jnp.take(out, jnp.clip(bag, 0, nb - 1), axis=0)) & keep[:, None]
+        max_idx = jax.ops.segment_max(jnp.where(at_max, indices[:, None], -1), bag, nb)
+        max_idx = jnp.where((size > 0)[:, None], max_idx, 0).astype(_int_dtype())
+    else:
+        out = jax.ops.segment_sum(jnp.where(keep[:, None], rows, zero), bag, nb)
+        if mode == 1:
+            out = out / jnp.maximum(size, 1).astype(out.dtype)[:, None]
+    return out, bag.astype(_int_dtype()), size.astype(_int_dtype()), max_idx
+
+
+# --------------------------------------------------------------------------- antialiasing
+def _area_scale(n_in, n_out, align_corners, scale):
+    if align_corners:
+        return (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    return 1.0 / scale if scale is not None and scale > 0 else n_in / n_out
+
+
+def _aa_linear(x):
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+def _aa_cubic(x, a=-0.5):
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+def _aa_weights(n_in, n_out, align_corners, scale, interp_size, filt):
+    """torch's antialiased resampling weights along one axis, ``(n_in, n_out)``."""
+    s = _area_scale(n_in, n_out, align_corners, scale)
+    support = interp_size * 0.5 * s if s >= 1.0 else interp_size * 0.5
+    inv = 1.0 / s if s >= 1.0 else 1.0
+    m = np.zeros((n_in, n_out), np.float64)
+    for i in range(n_out):
+        center = s * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        w = np.array([filt((j + lo - center + 0.5) * inv) for j in range(hi - lo)])
+        if w.sum() != 0:
+            w = w / w.sum()
+        m[lo:hi, i] = w
+    return m
+
+
+def _upsample_aa(interp_size, filt):
+    def lowering(self, output_size, align_corners, scales_h=None, scales_w=None):
+        x = self
+        for ax, o, sc in ((self.ndim - 2, output_size[0], scales_h),
+                          (self.ndim - 1, output_size[1], scales_w)):
+            m = _aa_weights(self.shape[ax], o, align_corners, sc, interp_size, filt)
+            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1,
+                             ax)
+        return x
+
+    def vec(input, output_size, align_corners, scale_factors):
+        if output_size is None:
+            output_size = [int(math.floor(n * s)) for n, s in
+                           zip(input.shape[-2:], scale_factors, strict=True)]
+        sh, sw = scale_factors if scale_factors is not None else (None, None)
+        return lowering(input, output_size, align_corners, sh, sw)
+
+    return lowering, vec
+
+
+LOWERINGS["aten._upsample_bilinear2d_aa.default"], \
+    LOWERINGS["aten._upsample_bilinear2d_aa.vec"] = _upsample_aa(2, _aa_linear)
+LOWERINGS["aten._upsample_bicubic2d_aa.default"], \
+    LOWERINGS["aten._upsample_bicubic2d_aa.vec"] = _upsample_aa(4, _aa_cubic)
+
+
+# --------------------------------------------------------------------------- distances
+@reg("aten._cdist_forward.default")
+def cdist(x1, x2, p, compute_mode=None):
+    """``torch.cdist``: p-norm distances between the rows of ``x1`` and of ``x2`` (a zero
+    distance has gradient 0, as in torch)."""
+    return linalg_vector_norm(x1[..., :, None, :] - x2[..., None, :, :], p, -1)
+
+
+@reg("aten._pdist_forward.default")
+def pdist(self, p=2.0):
+    """``F.pdist``: distances between rows ``i < j``, in row-major order."""
+    i, j = np.triu_indices(self.shape[0], 1)
+    return linalg_vector_norm(jnp.take(self, i, axis=0) - jnp.take(self, j, axis=0), p, -1)
+
+
+@reg("aten.unfold.default")
+def unfold(self, dimension, size, step):
+    """``x.unfold(dim, size, step)``: windows along ``dim``, the window axis last."""
+    if self.ndim == 0:
+        return jnp.reshape(self, (1,))[:size]
+    d = _axis(dimension, self.ndim)
+    count = (self.shape[d] - size) // step + 1
+    pos = np.arange(count)[:, None] * step + np.arange(size)[None, :]
+    return jnp.moveaxis(jnp.take(self, jnp.asarray(pos, jnp.int32), axis=d), d + 1, -1)
+
+
+# --------------------------------------------------------------------------- order statistics
+def _along(d, nd):
+    shape = [1] * nd
+    shape[d] = -1
+    return shape
+
+
+def _cum_extreme(self, dim, greater):
+    if self.ndim == 0:
+        return self, jnp.zeros((), _int_dtype())
+    d = _axis(dim, self.ndim)
+    x = lax.stop_gradient(self)
+    pos = jnp.broadcast_to(jnp.arange(x.shape[d]).reshape(_along(d, x.ndim)), x.shape)
+
+    def pick(a, b):  # b is the later run: it wins ties (torch's >=) and NaN wins (last NaN)
+        (av, ai), (bv, bi) = a, b
+        better = (bv >= av) if greater else (bv <= av)
+        take = jnp.isnan(bv) | (~jnp.isnan(av) & better)
+        return jnp.where(take, bv, av), jnp.where(take, bi, ai)
+
+    _, i = lax.associative_scan(pick, (x, pos), axis=d)
+    return jnp.take_along_axis(self, i, axis=d), i.astype(_int_dtype())
+
+
+@reg("aten.cummax.default")
+def cummax(self, dim):
+    """Running maximum and its index (the latest of ties; NaN propagates); the gradient goes
+    to the indexed entries, as in torch."""
+    return _cum_extreme(self, dim, True)
+
+
+@reg("aten.cummin.default")
+def cummin(self, dim):
+    return _cum_extreme(self, dim, False)
+
+
+def _order(x, d):
+    """Stable ascending order along ``d`` with every NaN after +inf (torch's sort)."""
+    x = lax.stop_gradient(x)
+    nan = jnp.isnan(x)
+    return jnp.lexsort((nan, jnp.where(nan, jnp.inf, x)), axis=d)
+
+
+def _pick(self, idx, d, keepdim):
+    vals = jnp.take_along_axis(self, idx, axis=d)
+    idx = idx.astype(_int_dtype())
+    if not keepdim:
+        vals, idx = jnp.squeeze(vals, d), jnp.squeeze(idx, d)
+    return vals, idx
+
+
+def _median_dim(self, dim, keepdim, ignore_nan):
+    if self.ndim == 0:
+        return self, jnp.zeros((), _int_dtype())
+    d = _axis(dim, self.ndim)
+    n = self.shape[d]
+    order = _order(self, d)
+    nan = jnp.sum(jnp.isnan(lax.stop_gradient(self)), axis=d, keepdims=True)
+    if ignore_nan:  # the lower median of the non-NaN entries (the first NaN if all are)
+        k = jnp.maximum((n - nan - 1) // 2, 0)
+    else:  # the lower median, or the first NaN
+        k = jnp.where(nan > 0, n - nan, (n - 1) // 2)
+    return _pick(self, jnp.take_along_axis(order, k, axis=d), d, keepdim)
+
+
+def _evenly(self, value):
+    """``value`` (an entry of ``self``) whose gradient is shared evenly by every entry equal
+    to it (torch's rule for ``median()`` without a dim)."""
+    v = lax.stop_gradient(value)
+    hit = jnp.where(jnp.isnan(v), jnp.isnan(self), self == v)
+    s = jnp.sum(jnp.where(hit, self, jnp.zeros((), self.dtype))) / jnp.sum(hit)
+    return v + (s - lax.stop_gradient(s)).astype(self.dtype)
+
+
+@reg("aten.median.dim")
+def median_dim(self, dim, keepdim=False):
+    """Lower median along ``dim`` and its index (NaN if the slice has one)."""
+    return _median_dim(self, dim, keepdim, False)
+
+
+@reg("aten.nanmedian.dim")
+def nanmedian_dim(self, dim, keepdim=False):
+    return _median_dim(self, dim, keepdim, True)
+
+
+@reg("aten.median.default")
+def median(self):
+    return _evenly(self, _median_dim(self.reshape(-1), 0, False, False)[0])
+
+
+@reg("aten.nanmedian.default")
+def nanmedian(self):
+    return _evenly(self, _median_dim(self.reshape(-1), 0, False, True)[0])
+
+
+@reg("aten.kthvalue.default")
+def kthvalue(self, k, dim=-1, keepdim=False):
+    """The ``k``-th smallest entry along ``dim`` (1-based) and its index (the first of
+    ties)."""
+    if self.ndim == 0:
+        return self, jnp.zeros((), _int_dtype())
+    d = _axis(dim, self.ndim)
+    return _pick(self, lax.slice_in_dim(_order(self, d), k - 1, k, axis=d), d, keepdim)
+
+
+@reg("aten.mode.default")
+def mode(self, dim=-1, keepdim=False):
+    """The most frequent entry along ``dim`` (the smallest of equally frequent ones) and the
+    index of its last occurrence, as torch (pairwise comparison: memory ``n^2`` per slice)."""
+    if self.ndim == 0:
+        return self, jnp.zeros((), _int_dtype())
+    d = _axis(dim, self.ndim)
+    x = jnp.moveaxis(lax.stop_gradient(self), d, -1)
+    count = jnp.sum(x[..., :, None] == x[..., None, :], axis=-1)
+    best = count == jnp.max(count, axis=-1, keepdims=True)
+    value = jnp.min(jnp.where(best, x, jnp.inf), axis=-1, keepdims=True)
+    pos = jnp.max(jnp.where(x == value, jnp.arange(x.shape[-1]), -1), axis=-1, keepdims=True)
+    pos = jnp.maximum(pos, 0)
+    return _pick(self, jnp.moveaxis(pos, -1, d), d, keepdim)
+
+
+# --------------------------------------------------------------------------- binning
+def _search(seq, x, side):
+    if seq.ndim <= 1:
+        return jnp.searchsorted(seq, x, side=side)
+    lead = seq.shape[:-1]
+    flat = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side=side))(
+        seq.reshape((-1, seq.shape[-1])), x.reshape((int(np.prod(lead)), -1)))
+    return flat.reshape(x.shape)
+
+
+@reg("aten.bucketize.Tensor", "aten.bucketize.Scalar")
+def bucketize(self, boundaries, *, out_int32=False, right=False):
+    """Index of each entry's bucket: ``boundaries[i-1] < x <= boundaries[i]`` (``right``:
+    ``<= x <``)."""
+    out = jnp.searchsorted(boundaries, jnp.asarray(self), side="right" if right else "left")
+    return out.astype(jnp.int32 if out_int32 else _int_dtype())
+
+
+@reg("aten.searchsorted.Tensor", "aten.searchsorted.Scalar")
+def searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None,
+                 sorter=None):
+    """Insertion points into the last axis of ``sorted_sequence`` (leading axes batched)."""
+    side = side or ("right" if right else "left")
+    seq = sorted_sequence
+    if sorter is not None:
+        seq = jnp.take_along_axis(seq, sorter, axis=-1)
+    out = _search(seq, jnp.asarray(self, seq.dtype), side)
+    return out.astype(jnp.int32 if out_int32 else _int_dtype())
+
+
+# --------------------------------------------------------------------------- 0-d tensors
+def _scalar_as_vector(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """torch accepts ``dim=0`` or ``-1`` on a 0-d tensor (a one-element axis); JAX has no
+    axis there. Run the op on a 1-element vector and give 0-d results back."""
+
+    @functools.wraps(fn)
+    def lowering(self, *args, **kwargs):
+        if not (isinstance(self, jax.Array) and self.ndim == 0):
+            return fn(self, *args, **kwargs)
+        args = [a.reshape(1) if isinstance(a, jax.Array) and a.ndim == 0 else a for a in args]
+        out = fn(self.reshape(1), *args, **kwargs)
+        return jax.tree.map(lambda o: o.reshape(()) if o.size == 1 else o, out)
+
+    return lowering
+
+
+for _name in (
+    "sum.dim_IntList", "mean.dim", "prod.dim_int", "amax.default", "amin.default", "max.dim",
+    "min.dim", "argmax.default", "argmin.default", "var.correction", "var.dim",
+    "std.correction", "std.dim", "var_mean.correction", "any.dim", "any.dims", "all.dim",
+    "all.dims", "logsumexp.default", "cumsum.default", "cumprod.default",
+    "linalg_vector_norm.default", "topk.default", "sort.default", "sort.stable",
+    "argsort.default", "argsort.stable", "_softmax.default", "softmax.int",
+    "_safe_softmax.default", "_log_softmax.default", "log_softmax.int", "index_select.default",
+    "gather.default", "scatter.src", "scatter.value", "scatter_add.default",
+    "scatter_reduce.two", "index_reduce.default", "flip.default", "roll.default",
+    "transpose.int",
+):
+    LOWERINGS[f"aten.{_name}"] = _scalar_as_vector(LOWERINGS[f"aten.{_name}"])
