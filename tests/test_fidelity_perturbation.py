@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import jaxattr
-from tests.test_parity_captum import assert_close
+from tests import twins
+from tests.test_parity_captum import _Replay, assert_close
 
 
 class SmallConv(torch.nn.Module):
@@ -217,3 +218,264 @@ def test_fusion_grad_perturb_option():
     assert tree[0, 0] == 2.0
     with pytest.raises(ValueError, match="perturb must be"):
         fg(model, params, x, key=jax.random.key(0), perturb={"w": True})
+
+
+# ---- shared small models ------------------------------------------------------------
+
+W4 = np.random.default_rng(7).normal(size=(4, 3)).astype(np.float32)
+
+
+def lin_torch(x):
+    return x.float() @ torch.from_numpy(W4)
+
+
+def lin_jax(x):
+    return x.astype(jnp.float32) @ jnp.asarray(W4)
+
+
+X4 = np.random.default_rng(8).normal(size=(3, 4)).astype(np.float32)
+XI = np.array([[1, 2, 0, 3], [0, 1, 1, 0], [2, 0, 1, 1]], np.int64)
+
+
+def _kernel_shap(monkeypatch, model, rows):
+    """Captum's KernelShap drawing ``rows`` (one (F,) coalition per sample) in order."""
+
+    def replay(self, original_inp, **kwargs):
+        for row in rows:
+            yield torch.from_numpy(np.asarray(row, np.int64)[None])
+
+    monkeypatch.setattr(ca.KernelShap, "kernel_shap_perturb_generator", replay)
+    return ca.KernelShap(model)
+
+
+def _perm_replay(key, f, sizes_per_feature, leaf_of=None):
+    """jaxattr.permute_feature's draws for features 0..f-1, in Captum's call order.
+
+    ``sizes_per_feature[i]``: the batch size feature ``i`` is shuffled in (``None``:
+    skipped, no draw); ``leaf_of[i]``: the index of its input (folded into its key).
+    """
+    perms = []
+    for i, k in enumerate(jax.random.split(key, f)):
+        n = sizes_per_feature[i]
+        if n is None:  # skipped feature: Captum draws nothing
+            continue
+        leaf = 0 if leaf_of is None else leaf_of[i]
+        p = np.asarray(jax.random.permutation(jax.random.fold_in(k, leaf), n))
+        if (p == np.arange(n)).all():
+            p = np.roll(np.arange(n), 1)
+        perms.append(torch.from_numpy(p.astype(np.int64)))
+    return perms
+
+
+# ---- 3. int / bool inputs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_])
+def test_int_and_bool_inputs_feature_ablation_and_occlusion(dtype):
+    x = XI.astype(dtype)
+    xt = torch.from_numpy(x)
+    ref = ca.FeatureAblation(lin_torch).attribute(xt, target=1)
+    ours = jaxattr.feature_ablation(lin_jax, x, target=1)
+    assert ours.dtype == jnp.float32
+    assert_close(ours, ref)
+    ref = ca.Occlusion(lin_torch).attribute(xt, sliding_window_shapes=(2,), target=2)
+    assert_close(jaxattr.occlusion(lin_jax, x, sliding_window_shapes=(2,), target=2), ref)
+
+
+def test_int_inputs_shapley_and_permutation(monkeypatch):
+    xt = torch.from_numpy(XI)
+    key = jax.random.key(1)
+    perms = np.asarray(jaxattr.shapley_permutations(key, 4, 3))
+    monkeypatch.setattr(
+        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+    )
+    ref = ca.ShapleyValueSampling(lin_torch).attribute(xt, target=0, n_samples=3)
+    monkeypatch.undo()
+    assert_close(jaxattr.shapley_value_sampling(lin_jax, XI, key=key, target=0, n_samples=3), ref)
+    assert_close(
+        jaxattr.shapley_values(lin_jax, XI, target=0),
+        ca.ShapleyValues(lin_torch).attribute(xt, target=0),
+    )
+    monkeypatch.setattr(torch, "randperm", _Replay(_perm_replay(key, 4, [3] * 4)))
+    ref = ca.FeaturePermutation(lin_torch).attribute(xt, target=2)
+    monkeypatch.undo()
+    assert_close(jaxattr.feature_permutation(lin_jax, XI, key=key, target=2), ref)
+
+
+def test_int_inputs_lime_and_kernel_shap(monkeypatch):
+    x = XI[:1]
+    key = jax.random.key(2)
+    z = np.asarray(jaxattr.lime_samples(key, 1, 4, 20)).astype(np.int64)[0]
+    lime = ca.Lime(lin_torch, perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]))
+    ref = lime.attribute(torch.from_numpy(x), target=1, n_samples=20)
+    ours = jaxattr.lime(lin_jax, x, key=key, target=1, n_samples=20)
+    assert_close(ours, ref, rtol=2e-3)
+    zk = np.asarray(jaxattr.kernel_shap_samples(key, 1, 4, 20))[0]
+    ref = _kernel_shap(monkeypatch, lin_torch, zk).attribute(
+        torch.from_numpy(x), target=1, n_samples=20
+    )
+    assert_close(jaxattr.kernel_shap(lin_jax, x, key=key, target=1, n_samples=20), ref, rtol=2e-3)
+
+
+# ---- 4. occlusion on (N,) inputs ----------------------------------------------------
+
+
+def test_occlusion_on_rank_one_inputs():
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    for fn_t, fn_j in (
+        (lambda a: a * 2, lambda a: a * 2),
+        (lambda a: (a * 2).sum(), lambda a: (a * 2).sum()),
+    ):
+        ref = ca.Occlusion(fn_t).attribute(
+            torch.from_numpy(x), sliding_window_shapes=((),), baselines=0.5
+        )
+        for shapes in ((), ((),)):
+            ours = jaxattr.occlusion(fn_j, x, sliding_window_shapes=shapes, baselines=0.5)
+            assert_close(ours, ref)
+    two = (x, np.ones((3, 2), np.float32))
+    ref = ca.Occlusion(lambda a, b: a * 2 + b.sum(1)).attribute(
+        tuple(map(torch.from_numpy, two)), sliding_window_shapes=((), (1,))
+    )
+    ours = jaxattr.occlusion(lambda a, b: a * 2 + b.sum(1), two, sliding_window_shapes=((), (1,)))
+    assert_close(ours[0], ref[0])
+    assert_close(ours[1], ref[1])
+
+
+# ---- 5. aggregate forwards (one scalar for the whole batch) ---------------------------
+
+
+def agg_torch(x):
+    return (torch.tanh(x @ torch.from_numpy(W4)) ** 2).sum()
+
+
+def agg_jax(x):
+    return (jnp.tanh(x @ jnp.asarray(W4)) ** 2).sum()
+
+
+def test_aggregate_forward_ablation_occlusion_shapley(monkeypatch):
+    xt = torch.from_numpy(X4)
+    mask = np.array([[0, 0, 1, 2]])
+    ref = ca.FeatureAblation(agg_torch).attribute(xt, feature_mask=torch.from_numpy(mask))
+    ours = jaxattr.feature_ablation(agg_jax, X4, feature_mask=mask)
+    assert ours.shape == (1, 4)
+    assert_close(ours, ref)
+    ref = ca.Occlusion(agg_torch).attribute(xt, sliding_window_shapes=(2,), baselines=0.3)
+    assert_close(jaxattr.occlusion(agg_jax, X4, sliding_window_shapes=(2,), baselines=0.3), ref)
+    key = jax.random.key(3)
+    perms = np.asarray(jaxattr.shapley_permutations(key, 3, 4))
+    monkeypatch.setattr(
+        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+    )
+    ref = ca.ShapleyValueSampling(agg_torch).attribute(
+        xt, feature_mask=torch.from_numpy(mask), n_samples=4
+    )
+    monkeypatch.undo()
+    ours = jaxattr.shapley_value_sampling(agg_jax, X4, key=key, feature_mask=mask, n_samples=4)
+    assert_close(ours, ref)
+    ref = ca.ShapleyValues(agg_torch).attribute(xt, feature_mask=torch.from_numpy(mask))
+    assert_close(jaxattr.shapley_values(agg_jax, X4, feature_mask=mask), ref)
+    with pytest.raises(ValueError, match="one mask per example"):
+        jaxattr.feature_ablation(agg_jax, X4, feature_mask=np.zeros((3, 4), int))
+    with pytest.raises(ValueError, match="no per-example dimension"):
+        jaxattr.feature_ablation(agg_jax, X4, target=0)
+
+
+def test_aggregate_forward_permutation_lime_kernel_shap(monkeypatch):
+    xt = torch.from_numpy(X4)
+    key = jax.random.key(4)
+    monkeypatch.setattr(torch, "randperm", _Replay(_perm_replay(key, 4, [3] * 4)))
+    ref = ca.FeaturePermutation(agg_torch).attribute(xt)
+    monkeypatch.undo()
+    ours = jaxattr.feature_permutation(agg_jax, X4, key=key)
+    assert ours.shape == (1, 4)
+    assert_close(ours, ref)
+    z = np.asarray(jaxattr.lime_samples(key, 1, 4, 30)).astype(np.int64)[0]
+    lime = ca.Lime(agg_torch, perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]))
+    ref = lime.attribute(xt, n_samples=30)
+    ours = jaxattr.lime(agg_jax, X4, key=key, n_samples=30)
+    assert ours.shape == (1, 4)
+    assert_close(ours, ref, rtol=2e-3)
+    zk = np.asarray(jaxattr.kernel_shap_samples(key, 1, 4, 30))[0]
+    ref = _kernel_shap(monkeypatch, agg_torch, zk).attribute(xt, n_samples=30)
+    assert_close(jaxattr.kernel_shap(agg_jax, X4, key=key, n_samples=30), ref, rtol=2e-3)
+
+
+# ---- 6. target=None on multi-output models; int target on (N, C, 1) ------------------
+
+
+def test_target_none_attributes_every_output_element(monkeypatch):
+    xt = torch.from_numpy(X4)
+    ref = ca.FeatureAblation(lin_torch).attribute(xt)  # (N * C, 4)
+    ours = jaxattr.feature_ablation(lin_jax, X4)
+    assert ours.shape == (9, 4)
+    assert_close(ours, ref)
+    ref = ca.Occlusion(lin_torch).attribute(xt, sliding_window_shapes=(2,))
+    assert_close(jaxattr.occlusion(lin_jax, X4, sliding_window_shapes=(2,)), ref)
+    key = jax.random.key(5)
+    monkeypatch.setattr(torch, "randperm", _Replay(_perm_replay(key, 4, [3] * 4)))
+    ref = ca.FeaturePermutation(lin_torch).attribute(xt)
+    monkeypatch.undo()
+    assert_close(jaxattr.feature_permutation(lin_jax, X4, key=key), ref)
+    ref = ca.ShapleyValues(lin_torch).attribute(xt)  # (N, C, 4)
+    ours = jaxattr.shapley_values(lin_jax, X4)
+    assert ours.shape == (3, 3, 4)
+    assert_close(ours, ref)
+    with pytest.raises(ValueError, match="target=None needs one output per example"):
+        jaxattr.lime(lin_jax, X4, key=key)
+
+
+def test_int_target_on_trailing_singleton_output():
+    fn_t = lambda a: lin_torch(a)[..., None]  # noqa: E731  (N, C, 1)
+    fn_j = lambda a: lin_jax(a)[..., None]  # noqa: E731
+    xt = torch.from_numpy(X4)
+    ref = ca.FeatureAblation(fn_t).attribute(xt, target=1)
+    assert_close(jaxattr.feature_ablation(fn_j, X4, target=1), ref)
+    # a list of ints too (Captum asks for a 2-D output there): one int per example
+    per = jaxattr.feature_ablation(fn_j, X4, target=[0, 2, 1])
+    for i, t in enumerate([0, 2, 1]):
+        assert_close(per[i], jaxattr.feature_ablation(fn_j, X4, target=t)[i])
+    ref = ca.Occlusion(fn_t).attribute(xt, target=2, sliding_window_shapes=(3,))
+    assert_close(jaxattr.occlusion(fn_j, X4, target=2, sliding_window_shapes=(3,)), ref)
+
+
+# ---- 7. feature_permutation: N=1, empty inputs, different batch sizes ---------------
+
+
+def test_feature_permutation_edge_batches(monkeypatch):
+    key = jax.random.key(6)
+    one = X4[:1]
+    ref = ca.FeaturePermutation(lin_torch).attribute(torch.from_numpy(one), target=0)
+    ours = jaxattr.feature_permutation(lin_jax, one, key=key, target=0)
+    assert_close(ours, ref)
+    np.testing.assert_array_equal(ours, 0.0)
+
+    def f2_t(a, b):
+        return (a @ torch.from_numpy(W4[:2])).sum() + (b @ torch.from_numpy(W4[2:])).pow(2).sum()
+
+    def f2_j(a, b):
+        return (a @ jnp.asarray(W4[:2])).sum() + ((b @ jnp.asarray(W4[2:])) ** 2).sum()
+
+    # an empty input (batch 0) and a batch of 4: the empty one's features are skipped
+    empty = (np.zeros((0, 2), np.float32), X4[:, 2:].repeat(2, 0)[:4])
+    monkeypatch.setattr(
+        torch, "randperm", _Replay(_perm_replay(key, 4, [None, None, 4, 4], [0, 0, 1, 1]))
+    )
+    ref = ca.FeaturePermutation(f2_t).attribute(tuple(map(torch.from_numpy, empty)))
+    monkeypatch.undo()
+    ours = jaxattr.feature_permutation(f2_j, empty, key=key)
+    assert ours[0].shape == (1, 2) and ours[1].shape == (1, 2)
+    assert_close(ours[0], ref[0])
+    assert_close(ours[1], ref[1])
+    # different batch sizes (3 and 5) in aggregate mode, each shuffled within its batch
+    mixed = (X4[:, :2], np.random.default_rng(9).normal(size=(5, 2)).astype(np.float32))
+    monkeypatch.setattr(
+        torch, "randperm", _Replay(_perm_replay(key, 4, [3, 3, 5, 5], [0, 0, 1, 1]))
+    )
+    ref = ca.FeaturePermutation(f2_t).attribute(tuple(map(torch.from_numpy, mixed)))
+    monkeypatch.undo()
+    ours = jaxattr.feature_permutation(f2_j, mixed, key=key)
+    # the first input enters through a sum over the batch: shuffling it changes nothing
+    np.testing.assert_allclose(ours[0], twins.to_np(ref[0]), atol=1e-5)
+    assert_close(ours[1], ref[1])
+    with pytest.raises(ValueError, match="different batch sizes"):
+        jaxattr.feature_permutation(lambda a, b: a @ jnp.ones((2, 1)), mixed, key=key, target=0)
