@@ -136,8 +136,7 @@ class _Forward(torch.nn.Module):
     """Wraps a function of tensors (or a module called with non-tensor arguments) as a
     module of tensors only; the modules it uses are registered as ``m0``, ``m1``, ..."""
 
-    def __init__(self, fn: Callable[..., Any], modules: Sequence[torch.nn.Module],
-                 layout: tuple):
+    def __init__(self, fn: Callable[..., Any], modules: Sequence[torch.nn.Module], layout: tuple):
         super().__init__()
         for i, m in enumerate(modules):
             self.add_module(f"m{i}", m)
@@ -213,8 +212,9 @@ class TorchModel:
 
     def __init__(self, forward_func: Any, where: str):
         if not callable(forward_func):
-            raise TypeError(f"{where}: expected a torch module or function, got "
-                            f"{type(forward_func).__name__}")
+            raise TypeError(
+                f"{where}: expected a torch module or function, got {type(forward_func).__name__}"
+            )
         self.forward_func = forward_func
         self.where = where
         self.is_module = isinstance(forward_func, torch.nn.Module)
@@ -266,8 +266,7 @@ class TorchModel:
         conv = entry.conv
         if not set(conv.params) <= set(sd):
             return None
-        new = {k: jax.numpy.asarray(to_numpy(sd[k]), dtype=v.dtype)
-               for k, v in conv.params.items()}
+        new = {k: jax.numpy.asarray(to_numpy(sd[k]), dtype=v.dtype) for k, v in conv.params.items()}
         fresh = type(conv).tree_unflatten(conv._shared, (new,))
         return dataclasses.replace(entry, conv=fresh, values=values)
 
@@ -299,8 +298,10 @@ class TorchModel:
         if isinstance(layer, str):
             return layer
         if not isinstance(layer, torch.nn.Module):
-            raise TypeError(f"{self.where}: layer must be a torch.nn.Module of the model, got "
-                            f"{type(layer).__name__}")
+            raise TypeError(
+                f"{self.where}: layer must be a torch.nn.Module of the model, got "
+                f"{type(layer).__name__}"
+            )
         if entry.paths is None:
             entry.paths = {}
             for name, m in entry.root.named_modules():
@@ -310,13 +311,14 @@ class TorchModel:
             raise ValueError(
                 f"{self.where}: layer {type(layer).__name__} is not a sub-module of the model "
                 "that was converted (pass a module reached from the model's attributes, "
-                "e.g. model.layer4)")
+                "e.g. model.layer4)"
+            )
         return path
 
 
-def split_args(additional_forward_args: Any) -> tuple[list[Any], tuple]:
+def split_args(additional_forward_args: Any, n_inputs: int) -> tuple[list[Any], tuple]:
     """Captum's ``additional_forward_args`` as (tensors, ((position, constant), ...));
-    positions count after the inputs."""
+    positions are those in the forward call, after the ``n_inputs`` inputs."""
     if additional_forward_args is None:
         add: tuple = ()
     elif isinstance(additional_forward_args, tuple):
@@ -324,7 +326,7 @@ def split_args(additional_forward_args: Any) -> tuple[list[Any], tuple]:
     else:
         add = (additional_forward_args,)
     tensors = [a for a in add if is_tensor(a)]
-    consts = tuple((i, a) for i, a in enumerate(add) if not is_tensor(a))
+    consts = tuple((n_inputs + i, a) for i, a in enumerate(add) if not is_tensor(a))
     return tensors, consts
 
 

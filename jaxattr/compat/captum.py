@@ -114,13 +114,15 @@ def _target(target: Any) -> Any:
         if target.ndim != 1:
             raise ValueError(
                 f"target: a tensor target must hold one int or one per example (1-D), got "
-                f"shape {tuple(target.shape)}")
+                f"shape {tuple(target.shape)}"
+            )
         return [int(v) for v in target.tolist()]
     if isinstance(target, tuple):
         return tuple(int(v) for v in target)
     if isinstance(target, list):
-        return [tuple(int(u) for u in v) if isinstance(v, (tuple, list)) else int(v)
-                for v in target]
+        return [
+            tuple(int(u) for u in v) if isinstance(v, (tuple, list)) else int(v) for v in target
+        ]
     return target
 
 
@@ -154,7 +156,8 @@ def _delta(delta: Any, like: torch.Tensor) -> Any:
 def _per_eval(perturbations_per_eval: int) -> int | None:
     if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
         raise ValueError(
-            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
+            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
+        )
     # Captum's default (1) evaluates one perturbation at a time; jaxattr batches them all
     # (within its memory budget) unless told otherwise
     return None if perturbations_per_eval == 1 else perturbations_per_eval
@@ -226,8 +229,10 @@ class Attribution:
         return self._plan(inputs, *args, **kwargs).run()
 
     def compute_convergence_delta(self, *args: Any, **kwargs: Any) -> Any:
-        raise unsupported(f"{type(self).__name__}.compute_convergence_delta", {
-            "compute_convergence_delta": "use attribute(..., return_convergence_delta=True)"})
+        raise unsupported(
+            f"{type(self).__name__}.compute_convergence_delta",
+            {"compute_convergence_delta": "use attribute(..., return_convergence_delta=True)"},
+        )
 
     # -- helpers
     def _where(self) -> str:
@@ -247,8 +252,9 @@ class Attribution:
             if not is_tensor(t):
                 raise TypeError(
                     f"{self._where()}: inputs{f'[{i}]' if is_tuple else ''} must be a torch "
-                    f"tensor, got {type(t).__name__}")
-        add, consts = split_args(additional_forward_args)
+                    f"tensor, got {type(t).__name__}"
+                )
+        add, consts = split_args(additional_forward_args, len(xs))
         entry = self._model.converted(list(xs) + add, consts)
         x = tuple(to_numpy(t) for t in xs) if is_tuple else to_numpy(xs[0])
         args = tuple(to_numpy(a) for a in add)
@@ -266,8 +272,10 @@ class _LayerMixin:
 
     def _layer_init(self, layer: Any, lists: bool) -> None:
         if isinstance(layer, (list, tuple)) and not lists:
-            raise unsupported(f"{type(self).__name__}", {
-                "a list of layers": "this method takes one layer; call it once per layer"})
+            raise unsupported(
+                f"{type(self).__name__}",
+                {"a list of layers": "this method takes one layer; call it once per layer"},
+            )
         self.layer = layer
 
     def _layer_names(self, entry) -> Any:
@@ -300,15 +308,17 @@ class LayerAttribution(_LayerMixin, Attribution):
         self.device_ids = device_ids  # DataParallel device ids: no effect here
 
     @staticmethod
-    def interpolate(layer_attribution: torch.Tensor, interpolate_dims: Any,
-                    interpolate_mode: str = "nearest") -> torch.Tensor:
+    def interpolate(
+        layer_attribution: torch.Tensor, interpolate_dims: Any, interpolate_mode: str = "nearest"
+    ) -> torch.Tensor:
         """Upsample a layer attribution (N, C, ...) to ``interpolate_dims``, as Captum's
         ``LayerAttribution.interpolate`` (torch's ``F.interpolate``), with
         :func:`jaxattr.interpolate`."""
         if isinstance(interpolate_dims, int):
             interpolate_dims = (interpolate_dims,)
-        out = jaxattr.interpolate(to_numpy(layer_attribution), tuple(interpolate_dims),
-                                  mode=interpolate_mode)
+        out = jaxattr.interpolate(
+            to_numpy(layer_attribution), tuple(interpolate_dims), mode=interpolate_mode
+        )
         return to_torch(out, layer_attribution)
 
 
@@ -328,8 +338,9 @@ class Saliency(GradientAttribution):
     """Captum's ``Saliency`` (:func:`jaxattr.saliency`)."""
 
     def _plan(self, inputs, target=None, abs=True, additional_forward_args=None):  # noqa: A002
-        return self._base_plan(jaxattr.saliency, inputs, additional_forward_args,
-                               target=_target(target), abs=bool(abs))
+        return self._base_plan(
+            jaxattr.saliency, inputs, additional_forward_args, target=_target(target), abs=bool(abs)
+        )
 
 
 class InputXGradient(GradientAttribution):
@@ -340,8 +351,9 @@ class InputXGradient(GradientAttribution):
         self._multiply_by_inputs = True
 
     def _plan(self, inputs, target=None, additional_forward_args=None):
-        return self._base_plan(jaxattr.input_x_gradient, inputs, additional_forward_args,
-                               target=_target(target))
+        return self._base_plan(
+            jaxattr.input_x_gradient, inputs, additional_forward_args, target=_target(target)
+        )
 
 
 class IntegratedGradients(GradientAttribution):
@@ -353,15 +365,29 @@ class IntegratedGradients(GradientAttribution):
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              n_steps=50, method="gausslegendre", internal_batch_size=None,
-              return_convergence_delta=False):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        return_convergence_delta=False,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.integrated_gradients, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target), n_steps=n_steps,
-            method=method, multiply_by_inputs=self._multiply_by_inputs,
-            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])))
+            jaxattr.integrated_gradients,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            n_steps=n_steps,
+            method=method,
+            multiply_by_inputs=self._multiply_by_inputs,
+            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])),
+        )
         p.return_delta = bool(return_convergence_delta)
         return p
 
@@ -375,13 +401,29 @@ class GradientShap(GradientAttribution):
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, baselines, n_samples=5, stdevs=0.0, target=None,
-              additional_forward_args=None, return_convergence_delta=False, *, key=None):
+    def _plan(
+        self,
+        inputs,
+        baselines,
+        n_samples=5,
+        stdevs=0.0,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        *,
+        key=None,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.gradient_shap, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), n_samples=n_samples, stdevs=stdevs,
-            target=_target(target), multiply_by_inputs=self._multiply_by_inputs)
+            jaxattr.gradient_shap,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            n_samples=n_samples,
+            stdevs=stdevs,
+            target=_target(target),
+            multiply_by_inputs=self._multiply_by_inputs,
+        )
         p.return_delta = bool(return_convergence_delta)
         p.key = torch_key(key)
         return p
@@ -399,7 +441,8 @@ class NoiseTunnel(Attribution):
             raise TypeError(
                 "NoiseTunnel: attribution_method must be a jaxattr.compat.captum class "
                 f"instance (e.g. Saliency(model)), got {type(attribution_method).__name__}; "
-                "import it from jaxattr.compat.captum as well")
+                "import it from jaxattr.compat.captum as well"
+            )
         self.attribution_method = attribution_method
         self.forward_func = attribution_method.forward_func
         self._model = attribution_method._model
@@ -411,16 +454,32 @@ class NoiseTunnel(Attribution):
     def has_convergence_delta(self) -> bool:
         return self.attribution_method.has_convergence_delta()
 
-    def _plan(self, inputs, nt_type="smoothgrad", nt_samples=5, nt_samples_batch_size=None,
-              stdevs=1.0, draw_baseline_from_distrib=False, *, key=None, **kwargs):
+    def _plan(
+        self,
+        inputs,
+        nt_type="smoothgrad",
+        nt_samples=5,
+        nt_samples_batch_size=None,
+        stdevs=1.0,
+        draw_baseline_from_distrib=False,
+        *,
+        key=None,
+        **kwargs,
+    ):
         inner = self.attribution_method._plan(inputs, **kwargs)
         if inner.finish is not None:
-            raise unsupported("NoiseTunnel.attribute", {
-                type(self.attribution_method).__name__: "not available inside NoiseTunnel"})
+            raise unsupported(
+                "NoiseTunnel.attribute",
+                {type(self.attribution_method).__name__: "not available inside NoiseTunnel"},
+            )
         tunnel = jaxattr.noise_tunnel(
-            inner.method, nt_type=nt_type, nt_samples=nt_samples,
-            nt_samples_batch_size=nt_samples_batch_size, stdevs=stdevs,
-            draw_baseline_from_distrib=draw_baseline_from_distrib)
+            inner.method,
+            nt_type=nt_type,
+            nt_samples=nt_samples,
+            nt_samples_batch_size=nt_samples_batch_size,
+            stdevs=stdevs,
+            draw_baseline_from_distrib=draw_baseline_from_distrib,
+        )
         # the tunnel hands the inner method keys of its own
         return dataclasses.replace(inner, method=tunnel, key=torch_key(key))
 
@@ -438,20 +497,31 @@ class DeepLift(GradientAttribution):
 
     _has_delta = True
 
-    def __init__(self, model: torch.nn.Module, multiply_by_inputs: bool = True,
-                 eps: float = 1e-10):
+    def __init__(self, model: torch.nn.Module, multiply_by_inputs: bool = True, eps: float = 1e-10):
         super().__init__(model)
         self._multiply_by_inputs = multiply_by_inputs
         self.eps = eps
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              return_convergence_delta=False, custom_attribution_func=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        custom_attribution_func=None,
+    ):
         self._reject(custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.deep_lift, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target), eps=self.eps,
-            multiply_by_inputs=self._multiply_by_inputs)
+            jaxattr.deep_lift,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            eps=self.eps,
+            multiply_by_inputs=self._multiply_by_inputs,
+        )
         p.return_delta = bool(return_convergence_delta)
         return p
 
@@ -462,14 +532,25 @@ class DeepLiftShap(DeepLift):
     def __init__(self, model: torch.nn.Module, multiply_by_inputs: bool = True):
         super().__init__(model, multiply_by_inputs)
 
-    def _plan(self, inputs, baselines, target=None, additional_forward_args=None,
-              return_convergence_delta=False, custom_attribution_func=None):
+    def _plan(
+        self,
+        inputs,
+        baselines,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        custom_attribution_func=None,
+    ):
         self._reject(custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.deep_lift_shap, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
-            multiply_by_inputs=self._multiply_by_inputs)
+            jaxattr.deep_lift_shap,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            multiply_by_inputs=self._multiply_by_inputs,
+        )
         p.return_delta = bool(return_convergence_delta)
         return p
 
@@ -480,8 +561,9 @@ class GuidedBackprop(GradientAttribution):
     _fn = staticmethod(jaxattr.guided_backprop)
 
     def _plan(self, inputs, target=None, additional_forward_args=None):
-        return self._base_plan(type(self)._fn, inputs, additional_forward_args,
-                               target=_target(target))
+        return self._base_plan(
+            type(self)._fn, inputs, additional_forward_args, target=_target(target)
+        )
 
 
 class Deconvolution(GuidedBackprop):
@@ -498,17 +580,35 @@ class GuidedGradCam(_LayerMixin, GradientAttribution):
         self._layer_init(layer, lists=False)
         self.device_ids = device_ids
 
-    def _plan(self, inputs, target=None, additional_forward_args=None,
-              interpolate_mode="nearest", attribute_to_layer_input=False):
-        return self._layer_plan(jaxattr.guided_grad_cam, inputs, additional_forward_args,
-                                target=_target(target), interpolate_mode=interpolate_mode,
-                                attribute_to_layer_input=attribute_to_layer_input)
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        interpolate_mode="nearest",
+        attribute_to_layer_input=False,
+    ):
+        return self._layer_plan(
+            jaxattr.guided_grad_cam,
+            inputs,
+            additional_forward_args,
+            target=_target(target),
+            interpolate_mode=interpolate_mode,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
 
 
 # Captum's LRP: leaf modules of these types get EpsilonRule() by default, these pass
 _LRP_RULE_TYPES = (
-    "MaxPool1d", "MaxPool2d", "MaxPool3d", "Conv2d", "AvgPool2d", "AdaptiveAvgPool2d",
-    "Linear", "BatchNorm2d", "Addition_Module",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "Conv2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "Linear",
+    "BatchNorm2d",
+    "Addition_Module",
 )
 _LRP_PASS_TYPES = ("ReLU", "Dropout", "Tanh")
 
@@ -532,9 +632,13 @@ def _captum_lrp_composite(tm: TorchModel, entry, where: str) -> jaxattr.Composit
             elif rcls == "EpsilonRule":
                 r = jaxattr.epsilon(float(rule.STABILITY_FACTOR))
             else:
-                raise unsupported(where, {
-                    f"{path}.rule = {rcls}": "Captum's own weight-hook rules other than "
-                    "EpsilonRule/IdentityRule; use jaxattr.lrp with a jaxattr.Composite"})
+                raise unsupported(
+                    where,
+                    {
+                        f"{path}.rule = {rcls}": "Captum's own weight-hook rules other than "
+                        "EpsilonRule/IdentityRule; use jaxattr.lrp with a jaxattr.Composite"
+                    },
+                )
             try:
                 names = tuple(entry.conv.module_layers(path))
             except KeyError:
@@ -544,7 +648,8 @@ def _captum_lrp_composite(tm: TorchModel, entry, where: str) -> jaxattr.Composit
             raise TypeError(
                 f"{where}: module {path!r} of type {cls} has no rule defined and no default "
                 "rule exists for this module type (as in Captum); set module.rule = "
-                "EpsilonRule() or IdentityRule() from captum.attr._utils.lrp_rules")
+                "EpsilonRule() or IdentityRule() from captum.attr._utils.lrp_rules"
+            )
     return jaxattr.Composite(
         layer_map=(
             ("activation", jaxattr.pass_rule()),
@@ -564,15 +669,31 @@ class LRP(GradientAttribution):
         super().__init__(model)
         self.model = model
 
-    def _plan(self, inputs, target=None, additional_forward_args=None,
-              return_convergence_delta=False, verbose=False):
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        verbose=False,
+    ):
         entry, x, args, xs = self._prepare(inputs, additional_forward_args)
-        kwargs = dict(composite=_captum_lrp_composite(self._model, entry, self._where()),
-                      target=_target(target), captum_normalize=True)
+        kwargs = dict(
+            composite=_captum_lrp_composite(self._model, entry, self._where()),
+            target=_target(target),
+            captum_normalize=True,
+        )
         if args:
             kwargs["args"] = args
-        return _Plan(jaxattr.lrp, entry.conv, x, kwargs, xs[0], int(xs[0].shape[0]),
-                     return_delta=bool(return_convergence_delta))
+        return _Plan(
+            jaxattr.lrp,
+            entry.conv,
+            x,
+            kwargs,
+            xs[0],
+            int(xs[0].shape[0]),
+            return_delta=bool(return_convergence_delta),
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -582,36 +703,65 @@ class LRP(GradientAttribution):
 
 def _reject_kwargs(self: Attribution, kwargs: dict) -> None:
     if kwargs:
-        raise unsupported(self._where(), {k: "a Captum option jaxattr does not have"
-                                          for k in kwargs})
+        raise unsupported(
+            self._where(), {k: "a Captum option jaxattr does not have" for k in kwargs}
+        )
 
 
 class Occlusion(PerturbationAttribution):
     """Captum's ``Occlusion`` (:func:`jaxattr.occlusion`)."""
 
-    def _plan(self, inputs, sliding_window_shapes, strides=None, baselines=None, target=None,
-              additional_forward_args=None, perturbations_per_eval=1, show_progress=False):
+    def _plan(
+        self,
+        inputs,
+        sliding_window_shapes,
+        strides=None,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        perturbations_per_eval=1,
+        show_progress=False,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._base_plan(
-            jaxattr.occlusion, inputs, additional_forward_args,
+            jaxattr.occlusion,
+            inputs,
+            additional_forward_args,
             sliding_window_shapes=sliding_window_shapes,
-            strides=1 if strides is None else strides, baselines=_baselines(baselines, xs),
-            target=_target(target), batch_size=_per_eval(perturbations_per_eval),
-            show_progress=show_progress)
+            strides=1 if strides is None else strides,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
 
 
 class FeatureAblation(PerturbationAttribution):
     """Captum's ``FeatureAblation`` (:func:`jaxattr.feature_ablation`)."""
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              feature_mask=None, perturbations_per_eval=1, show_progress=False, **kwargs):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        perturbations_per_eval=1,
+        show_progress=False,
+        **kwargs,
+    ):
         _reject_kwargs(self, kwargs)
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._base_plan(
-            jaxattr.feature_ablation, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
-            feature_mask=_mask(feature_mask, xs), batch_size=_per_eval(perturbations_per_eval),
-            show_progress=show_progress)
+            jaxattr.feature_ablation,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            feature_mask=_mask(feature_mask, xs),
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
 
 
 class FeaturePermutation(PerturbationAttribution):
@@ -619,21 +769,41 @@ class FeaturePermutation(PerturbationAttribution):
 
     def __init__(self, forward_func: Any, perm_func: Any = None):
         super().__init__(forward_func)
-        default = getattr(perm_func, "__name__", None) == "_permute_feature" and \
-            "captum" in getattr(perm_func, "__module__", "")
+        default = getattr(
+            perm_func, "__name__", None
+        ) == "_permute_feature" and "captum" in getattr(perm_func, "__module__", "")
         if perm_func is not None and not default:
-            raise unsupported("FeaturePermutation", {
-                "perm_func": "a torch function inside the compiled program; "
-                "jaxattr.feature_permutation takes a JAX one"})
+            raise unsupported(
+                "FeaturePermutation",
+                {
+                    "perm_func": "a torch function inside the compiled program; "
+                    "jaxattr.feature_permutation takes a JAX one"
+                },
+            )
 
-    def _plan(self, inputs, target=None, additional_forward_args=None, feature_mask=None,
-              perturbations_per_eval=1, show_progress=False, *, key=None, **kwargs):
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        perturbations_per_eval=1,
+        show_progress=False,
+        *,
+        key=None,
+        **kwargs,
+    ):
         _reject_kwargs(self, kwargs)
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.feature_permutation, inputs, additional_forward_args,
-            target=_target(target), feature_mask=_mask(feature_mask, xs),
-            batch_size=_per_eval(perturbations_per_eval), show_progress=show_progress)
+            jaxattr.feature_permutation,
+            inputs,
+            additional_forward_args,
+            target=_target(target),
+            feature_mask=_mask(feature_mask, xs),
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
         p.key = torch_key(key)
         return p
 
@@ -641,15 +811,31 @@ class FeaturePermutation(PerturbationAttribution):
 class ShapleyValueSampling(PerturbationAttribution):
     """Captum's ``ShapleyValueSampling`` (:func:`jaxattr.shapley_value_sampling`); random."""
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              feature_mask=None, n_samples=25, perturbations_per_eval=1, show_progress=False,
-              *, key=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        n_samples=25,
+        perturbations_per_eval=1,
+        show_progress=False,
+        *,
+        key=None,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.shapley_value_sampling, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
-            feature_mask=_mask(feature_mask, xs), n_samples=n_samples,
-            batch_size=_per_eval(perturbations_per_eval), show_progress=show_progress)
+            jaxattr.shapley_value_sampling,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            feature_mask=_mask(feature_mask, xs),
+            n_samples=n_samples,
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
         p.key = torch_key(key)
         return p
 
@@ -657,29 +843,59 @@ class ShapleyValueSampling(PerturbationAttribution):
 class ShapleyValues(PerturbationAttribution):
     """Captum's ``ShapleyValues`` (:func:`jaxattr.shapley_values`): exact."""
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              feature_mask=None, perturbations_per_eval=1, show_progress=False):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        perturbations_per_eval=1,
+        show_progress=False,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._base_plan(
-            jaxattr.shapley_values, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
-            feature_mask=_mask(feature_mask, xs), batch_size=_per_eval(perturbations_per_eval),
-            show_progress=show_progress)
+            jaxattr.shapley_values,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            feature_mask=_mask(feature_mask, xs),
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
 
 
 class KernelShap(PerturbationAttribution):
     """Captum's ``KernelShap`` (:func:`jaxattr.kernel_shap`); random."""
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              feature_mask=None, n_samples=25, perturbations_per_eval=1,
-              return_input_shape=True, show_progress=False, *, key=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        n_samples=25,
+        perturbations_per_eval=1,
+        return_input_shape=True,
+        show_progress=False,
+        *,
+        key=None,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._base_plan(
-            jaxattr.kernel_shap, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
-            feature_mask=_mask(feature_mask, xs), n_samples=n_samples,
+            jaxattr.kernel_shap,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            feature_mask=_mask(feature_mask, xs),
+            n_samples=n_samples,
             return_input_shape=return_input_shape,
-            batch_size=_per_eval(perturbations_per_eval), show_progress=show_progress)
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
         p.key = torch_key(key)
         return p
 
@@ -700,23 +916,33 @@ def _surrogate(model: Any) -> tuple[str, float | None]:
         return "lasso", 0.01  # Captum's default: SkLearnLasso(alpha=0.01)
     name = type(model).__name__
     if name not in _SURROGATES:
-        raise unsupported("Lime", {
-            f"interpretable_model={name}": "a Captum Model trained in torch; supported: "
-            f"{', '.join(_SURROGATES)} (fitted in JAX)"})
+        raise unsupported(
+            "Lime",
+            {
+                f"interpretable_model={name}": "a Captum Model trained in torch; supported: "
+                f"{', '.join(_SURROGATES)} (fitted in JAX)"
+            },
+        )
     kind, default_alpha = _SURROGATES[name]
     kwargs = dict(getattr(model, "construct_kwargs", None) or {})
     alpha = kwargs.pop("alpha", default_alpha)
     if kwargs:
-        raise unsupported("Lime", {
-            f"{name}({', '.join(kwargs)}=...)": "only alpha is passed on to jaxattr's fit"})
+        raise unsupported(
+            "Lime", {f"{name}({', '.join(kwargs)}=...)": "only alpha is passed on to jaxattr's fit"}
+        )
     return kind, alpha
 
 
 class Lime(PerturbationAttribution):
     """Captum's ``Lime`` (:func:`jaxattr.lime`), with Captum's surrogates fitted in JAX."""
 
-    def __init__(self, forward_func: Any, interpretable_model: Any = None,
-                 similarity_func: Any = None, perturb_func: Any = None):
+    def __init__(
+        self,
+        forward_func: Any,
+        interpretable_model: Any = None,
+        similarity_func: Any = None,
+        perturb_func: Any = None,
+    ):
         super().__init__(forward_func)
         bad = {}
         why = "a torch function called inside the compiled program; jaxattr.lime takes a JAX one"
@@ -728,17 +954,36 @@ class Lime(PerturbationAttribution):
             raise unsupported("Lime", bad)
         self._surrogate = _surrogate(interpretable_model)
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              feature_mask=None, n_samples=50, perturbations_per_eval=1,
-              return_input_shape=True, show_progress=False, *, key=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        n_samples=50,
+        perturbations_per_eval=1,
+        return_input_shape=True,
+        show_progress=False,
+        *,
+        key=None,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         kind, alpha = self._surrogate
         p = self._base_plan(
-            jaxattr.lime, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
-            feature_mask=_mask(feature_mask, xs), n_samples=n_samples,
-            interpretable_model=kind, alpha=alpha, return_input_shape=return_input_shape,
-            batch_size=_per_eval(perturbations_per_eval), show_progress=show_progress)
+            jaxattr.lime,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            feature_mask=_mask(feature_mask, xs),
+            n_samples=n_samples,
+            interpretable_model=kind,
+            alpha=alpha,
+            return_input_shape=return_input_shape,
+            batch_size=_per_eval(perturbations_per_eval),
+            show_progress=show_progress,
+        )
         p.key = torch_key(key)
         return p
 
@@ -760,27 +1005,47 @@ class LayerActivation(LayerAttribution):
         self.device_ids = device_ids
 
     def _plan(self, inputs, additional_forward_args=None, attribute_to_layer_input=False):
-        return self._layer_plan(jaxattr.layer_activation, inputs, additional_forward_args,
-                                attribute_to_layer_input=attribute_to_layer_input)
+        return self._layer_plan(
+            jaxattr.layer_activation,
+            inputs,
+            additional_forward_args,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
 
 
 class LayerGradientXActivation(LayerAttribution):
     """Captum's ``LayerGradientXActivation`` (:func:`jaxattr.layer_gradient_x_activation`)."""
 
-    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None,
-                 multiply_by_inputs: bool = True, memory_efficient: bool = False):
+    def __init__(
+        self,
+        forward_func: Any,
+        layer: Any,
+        device_ids: Any = None,
+        multiply_by_inputs: bool = True,
+        memory_efficient: bool = False,
+    ):
         Attribution.__init__(self, forward_func)
         self._layer_init(layer, lists=True)
         self.device_ids = device_ids
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, target=None, additional_forward_args=None,
-              attribute_to_layer_input=False, grad_kwargs=None):
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        attribute_to_layer_input=False,
+        grad_kwargs=None,
+    ):
         self._reject(grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
-        return self._layer_plan(jaxattr.layer_gradient_x_activation, inputs,
-                                additional_forward_args, target=_target(target),
-                                multiply_by_inputs=self._multiply_by_inputs,
-                                attribute_to_layer_input=attribute_to_layer_input)
+        return self._layer_plan(
+            jaxattr.layer_gradient_x_activation,
+            inputs,
+            additional_forward_args,
+            target=_target(target),
+            multiply_by_inputs=self._multiply_by_inputs,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
 
 
 class LayerIntegratedGradients(LayerAttribution):
@@ -788,23 +1053,39 @@ class LayerIntegratedGradients(LayerAttribution):
 
     _has_delta = True
 
-    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, forward_func: Any, layer: Any, device_ids: Any = None, multiply_by_inputs: bool = True
+    ):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              n_steps=50, method="gausslegendre", internal_batch_size=None,
-              return_convergence_delta=False, attribute_to_layer_input=False,
-              grad_kwargs=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        grad_kwargs=None,
+    ):
         self._reject(grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._layer_plan(
-            jaxattr.layer_integrated_gradients, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target), n_steps=n_steps,
-            method=method, multiply_by_inputs=self._multiply_by_inputs,
+            jaxattr.layer_integrated_gradients,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            n_steps=n_steps,
+            method=method,
+            multiply_by_inputs=self._multiply_by_inputs,
             attribute_to_layer_input=attribute_to_layer_input,
-            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])))
+            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])),
+        )
         p.return_delta = bool(return_convergence_delta)
         return p
 
@@ -814,17 +1095,32 @@ class LayerConductance(LayerAttribution):
 
     _has_delta = True
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              n_steps=50, method="gausslegendre", internal_batch_size=None,
-              return_convergence_delta=False, attribute_to_layer_input=False,
-              grad_kwargs=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        grad_kwargs=None,
+    ):
         self._reject(grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._layer_plan(
-            jaxattr.layer_conductance, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target), n_steps=n_steps,
-            method=method, attribute_to_layer_input=attribute_to_layer_input,
-            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])))
+            jaxattr.layer_conductance,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            n_steps=n_steps,
+            method=method,
+            attribute_to_layer_input=attribute_to_layer_input,
+            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])),
+        )
         p.return_delta = bool(return_convergence_delta)
         return p
 
@@ -832,16 +1128,31 @@ class LayerConductance(LayerAttribution):
 class InternalInfluence(LayerAttribution):
     """Captum's ``InternalInfluence`` (:func:`jaxattr.internal_influence`)."""
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              n_steps=50, method="gausslegendre", internal_batch_size=None,
-              attribute_to_layer_input=False, grad_kwargs=None):
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        attribute_to_layer_input=False,
+        grad_kwargs=None,
+    ):
         self._reject(grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._layer_plan(
-            jaxattr.internal_influence, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target), n_steps=n_steps,
-            method=method, attribute_to_layer_input=attribute_to_layer_input,
-            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])))
+            jaxattr.internal_influence,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            n_steps=n_steps,
+            method=method,
+            attribute_to_layer_input=attribute_to_layer_input,
+            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])),
+        )
 
 
 class LayerGradientShap(LayerAttribution):
@@ -849,20 +1160,37 @@ class LayerGradientShap(LayerAttribution):
 
     _has_delta = True
 
-    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, forward_func: Any, layer: Any, device_ids: Any = None, multiply_by_inputs: bool = True
+    ):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, baselines, n_samples=5, stdevs=0.0, target=None,
-              additional_forward_args=None, return_convergence_delta=False,
-              attribute_to_layer_input=False, *, key=None):
+    def _plan(
+        self,
+        inputs,
+        baselines,
+        n_samples=5,
+        stdevs=0.0,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        *,
+        key=None,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._layer_plan(
-            jaxattr.layer_gradient_shap, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), n_samples=n_samples, stdevs=stdevs,
-            target=_target(target), multiply_by_inputs=self._multiply_by_inputs,
-            attribute_to_layer_input=attribute_to_layer_input)
+            jaxattr.layer_gradient_shap,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            n_samples=n_samples,
+            stdevs=stdevs,
+            target=_target(target),
+            multiply_by_inputs=self._multiply_by_inputs,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
         p.return_delta = bool(return_convergence_delta)
         p.key = torch_key(key)
         return p
@@ -871,28 +1199,53 @@ class LayerGradientShap(LayerAttribution):
 class LayerFeatureAblation(LayerAttribution):
     """Captum's ``LayerFeatureAblation`` (:func:`jaxattr.layer_feature_ablation`)."""
 
-    def _plan(self, inputs, layer_baselines=None, target=None, additional_forward_args=None,
-              layer_mask=None, attribute_to_layer_input=False, perturbations_per_eval=1):
+    def _plan(
+        self,
+        inputs,
+        layer_baselines=None,
+        target=None,
+        additional_forward_args=None,
+        layer_mask=None,
+        attribute_to_layer_input=False,
+        perturbations_per_eval=1,
+    ):
         return self._layer_plan(
-            jaxattr.layer_feature_ablation, inputs, additional_forward_args,
-            target=_target(target), layer_mask=torch_tree_to_numpy(layer_mask),
-            layer_baselines=0.0 if layer_baselines is None
+            jaxattr.layer_feature_ablation,
+            inputs,
+            additional_forward_args,
+            target=_target(target),
+            layer_mask=torch_tree_to_numpy(layer_mask),
+            layer_baselines=0.0
+            if layer_baselines is None
             else torch_tree_to_numpy(layer_baselines),
             attribute_to_layer_input=attribute_to_layer_input,
-            batch_size=_per_eval(perturbations_per_eval))
+            batch_size=_per_eval(perturbations_per_eval),
+        )
 
 
 class LayerGradCam(LayerAttribution):
     """Captum's ``LayerGradCam`` (:func:`jaxattr.grad_cam`)."""
 
-    def _plan(self, inputs, target=None, additional_forward_args=None,
-              attribute_to_layer_input=False, relu_attributions=False,
-              attr_dim_summation=True, grad_kwargs=None):
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        attribute_to_layer_input=False,
+        relu_attributions=False,
+        attr_dim_summation=True,
+        grad_kwargs=None,
+    ):
         self._reject(grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
         return self._layer_plan(
-            jaxattr.grad_cam, inputs, additional_forward_args, target=_target(target),
+            jaxattr.grad_cam,
+            inputs,
+            additional_forward_args,
+            target=_target(target),
             attribute_to_layer_input=attribute_to_layer_input,
-            relu_attributions=relu_attributions, attr_dim_summation=attr_dim_summation)
+            relu_attributions=relu_attributions,
+            attr_dim_summation=attr_dim_summation,
+        )
 
 
 class LayerDeepLift(LayerAttribution):
@@ -900,22 +1253,37 @@ class LayerDeepLift(LayerAttribution):
 
     _has_delta = True
 
-    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, model: torch.nn.Module, layer: torch.nn.Module, multiply_by_inputs: bool = True
+    ):
         super().__init__(model, layer)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, baselines=None, target=None, additional_forward_args=None,
-              return_convergence_delta=False, attribute_to_layer_input=False,
-              custom_attribution_func=None, grad_kwargs=None):
-        self._reject(custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC),
-                     grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        custom_attribution_func=None,
+        grad_kwargs=None,
+    ):
+        self._reject(
+            custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC),
+            grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS),
+        )
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._layer_plan(
-            jaxattr.layer_deep_lift, inputs, additional_forward_args,
-            baselines=_baselines(baselines, xs), target=_target(target),
+            jaxattr.layer_deep_lift,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
             multiply_by_inputs=self._multiply_by_inputs,
-            attribute_to_layer_input=attribute_to_layer_input)
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
         p.return_delta = bool(return_convergence_delta)
         return p
 
@@ -929,14 +1297,25 @@ class LayerLRP(LayerAttribution):
         Attribution.__init__(self, model)
         self._layer_init(layer, lists=True)
 
-    def _plan(self, inputs, target=None, additional_forward_args=None,
-              return_convergence_delta=False, attribute_to_layer_input=False, verbose=False):
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        verbose=False,
+    ):
         entry, x, args, xs = self._prepare(inputs, additional_forward_args)
         t = _target(target)
         comp = _captum_lrp_composite(self._model, entry, self._where())
-        kwargs = dict(layer=self._layer_names(entry), composite=comp, target=t,
-                      attribute_to_layer_input=attribute_to_layer_input,
-                      captum_normalize=True)
+        kwargs = dict(
+            layer=self._layer_names(entry),
+            composite=comp,
+            target=t,
+            attribute_to_layer_input=attribute_to_layer_input,
+            captum_normalize=True,
+        )
         if args:
             kwargs["args"] = args
         conv, like = entry.conv, xs[0]
@@ -955,8 +1334,7 @@ class LayerLRP(LayerAttribution):
 
             return out, [delta(r) for r in rel] if isinstance(rel, list) else delta(rel)
 
-        return _Plan(jaxattr.layer_lrp, conv, x, kwargs, like, int(like.shape[0]),
-                     finish=finish)
+        return _Plan(jaxattr.layer_lrp, conv, x, kwargs, like, int(like.shape[0]), finish=finish)
 
 
 # --------------------------------------------------------------------------------------
@@ -971,71 +1349,125 @@ class NeuronGradient(NeuronAttribution):
     activation, which receives a JAX array (``a[:, 3].sum((1, 2))`` works in both).
     """
 
-    def _plan(self, inputs, neuron_selector, additional_forward_args=None,
-              attribute_to_neuron_input=False):
-        return self._layer_plan(jaxattr.neuron_gradient, inputs, additional_forward_args,
-                                neuron_selector=_selector(neuron_selector),
-                                attribute_to_neuron_input=attribute_to_neuron_input)
+    def _plan(
+        self, inputs, neuron_selector, additional_forward_args=None, attribute_to_neuron_input=False
+    ):
+        return self._layer_plan(
+            jaxattr.neuron_gradient,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )
 
 
 class NeuronIntegratedGradients(NeuronAttribution):
     """Captum's ``NeuronIntegratedGradients`` (:func:`jaxattr.neuron_integrated_gradients`)."""
 
-    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, forward_func: Any, layer: Any, device_ids: Any = None, multiply_by_inputs: bool = True
+    ):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, neuron_selector, baselines=None, additional_forward_args=None,
-              n_steps=50, method="gausslegendre", internal_batch_size=None,
-              attribute_to_neuron_input=False):
+    def _plan(
+        self,
+        inputs,
+        neuron_selector,
+        baselines=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        attribute_to_neuron_input=False,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._layer_plan(
-            jaxattr.neuron_integrated_gradients, inputs, additional_forward_args,
-            neuron_selector=_selector(neuron_selector), baselines=_baselines(baselines, xs),
-            n_steps=n_steps, method=method, multiply_by_inputs=self._multiply_by_inputs,
+            jaxattr.neuron_integrated_gradients,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            baselines=_baselines(baselines, xs),
+            n_steps=n_steps,
+            method=method,
+            multiply_by_inputs=self._multiply_by_inputs,
             attribute_to_neuron_input=attribute_to_neuron_input,
-            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])))
+            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])),
+        )
 
 
 class NeuronConductance(NeuronAttribution):
     """Captum's ``NeuronConductance`` (:func:`jaxattr.neuron_conductance`)."""
 
-    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, forward_func: Any, layer: Any, device_ids: Any = None, multiply_by_inputs: bool = True
+    ):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, neuron_selector, baselines=None, target=None,
-              additional_forward_args=None, n_steps=50, method="riemann_trapezoid",
-              internal_batch_size=None, attribute_to_neuron_input=False, grad_kwargs=None):
+    def _plan(
+        self,
+        inputs,
+        neuron_selector,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="riemann_trapezoid",
+        internal_batch_size=None,
+        attribute_to_neuron_input=False,
+        grad_kwargs=None,
+    ):
         self._reject(grad_kwargs=(grad_kwargs is not None, _GRAD_KWARGS))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._layer_plan(
-            jaxattr.neuron_conductance, inputs, additional_forward_args,
-            neuron_selector=_selector(neuron_selector), baselines=_baselines(baselines, xs),
-            target=_target(target), n_steps=n_steps, method=method,
+            jaxattr.neuron_conductance,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            n_steps=n_steps,
+            method=method,
             multiply_by_inputs=self._multiply_by_inputs,
             attribute_to_neuron_input=attribute_to_neuron_input,
-            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])))
+            batch_size=_steps_per_call(internal_batch_size, int(xs[0].shape[0])),
+        )
 
 
 class NeuronGradientShap(NeuronAttribution):
     """Captum's ``NeuronGradientShap`` (:func:`jaxattr.neuron_gradient_shap`); random."""
 
-    def __init__(self, forward_func: Any, layer: Any, device_ids: Any = None,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, forward_func: Any, layer: Any, device_ids: Any = None, multiply_by_inputs: bool = True
+    ):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, neuron_selector, baselines, n_samples=5, stdevs=0.0,
-              additional_forward_args=None, attribute_to_neuron_input=False, *, key=None):
+    def _plan(
+        self,
+        inputs,
+        neuron_selector,
+        baselines,
+        n_samples=5,
+        stdevs=0.0,
+        additional_forward_args=None,
+        attribute_to_neuron_input=False,
+        *,
+        key=None,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         p = self._layer_plan(
-            jaxattr.neuron_gradient_shap, inputs, additional_forward_args,
-            neuron_selector=_selector(neuron_selector), baselines=_baselines(baselines, xs),
-            n_samples=n_samples, stdevs=stdevs, multiply_by_inputs=self._multiply_by_inputs,
-            attribute_to_neuron_input=attribute_to_neuron_input)
+            jaxattr.neuron_gradient_shap,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            baselines=_baselines(baselines, xs),
+            n_samples=n_samples,
+            stdevs=stdevs,
+            multiply_by_inputs=self._multiply_by_inputs,
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )
         p.key = torch_key(key)
         return p
 
@@ -1043,41 +1475,70 @@ class NeuronGradientShap(NeuronAttribution):
 class NeuronGuidedBackprop(NeuronAttribution):
     """Captum's ``NeuronGuidedBackprop`` (:func:`jaxattr.neuron_guided_backprop`)."""
 
-    def _plan(self, inputs, neuron_selector, additional_forward_args=None,
-              attribute_to_neuron_input=False):
-        return self._layer_plan(jaxattr.neuron_guided_backprop, inputs, additional_forward_args,
-                                neuron_selector=_selector(neuron_selector),
-                                attribute_to_neuron_input=attribute_to_neuron_input)
+    def _plan(
+        self, inputs, neuron_selector, additional_forward_args=None, attribute_to_neuron_input=False
+    ):
+        return self._layer_plan(
+            jaxattr.neuron_guided_backprop,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )
 
 
 class NeuronDeepLift(NeuronAttribution):
     """Captum's ``NeuronDeepLift`` (:func:`jaxattr.neuron_deep_lift`)."""
 
-    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module,
-                 multiply_by_inputs: bool = True):
+    def __init__(
+        self, model: torch.nn.Module, layer: torch.nn.Module, multiply_by_inputs: bool = True
+    ):
         super().__init__(model, layer)
         self._multiply_by_inputs = multiply_by_inputs
 
-    def _plan(self, inputs, neuron_selector, baselines=None, additional_forward_args=None,
-              attribute_to_neuron_input=False, custom_attribution_func=None):
+    def _plan(
+        self,
+        inputs,
+        neuron_selector,
+        baselines=None,
+        additional_forward_args=None,
+        attribute_to_neuron_input=False,
+        custom_attribution_func=None,
+    ):
         self._reject(custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC))
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._layer_plan(
-            jaxattr.neuron_deep_lift, inputs, additional_forward_args,
-            neuron_selector=_selector(neuron_selector), baselines=_baselines(baselines, xs),
+            jaxattr.neuron_deep_lift,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            baselines=_baselines(baselines, xs),
             multiply_by_inputs=self._multiply_by_inputs,
-            attribute_to_neuron_input=attribute_to_neuron_input)
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )
 
 
 class NeuronFeatureAblation(NeuronAttribution):
     """Captum's ``NeuronFeatureAblation`` (:func:`jaxattr.neuron_feature_ablation`)."""
 
-    def _plan(self, inputs, neuron_selector, baselines=None, additional_forward_args=None,
-              feature_mask=None, attribute_to_neuron_input=False, perturbations_per_eval=1):
+    def _plan(
+        self,
+        inputs,
+        neuron_selector,
+        baselines=None,
+        additional_forward_args=None,
+        feature_mask=None,
+        attribute_to_neuron_input=False,
+        perturbations_per_eval=1,
+    ):
         xs = inputs if isinstance(inputs, tuple) else (inputs,)
         return self._layer_plan(
-            jaxattr.neuron_feature_ablation, inputs, additional_forward_args,
-            neuron_selector=_selector(neuron_selector), baselines=_baselines(baselines, xs),
-            feature_mask=_mask(feature_mask, xs), batch_size=_per_eval(perturbations_per_eval),
-            attribute_to_neuron_input=attribute_to_neuron_input)
-
+            jaxattr.neuron_feature_ablation,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            baselines=_baselines(baselines, xs),
+            feature_mask=_mask(feature_mask, xs),
+            batch_size=_per_eval(perturbations_per_eval),
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )

@@ -65,8 +65,10 @@ __all__ = [
     "VGGCanonizer",
 ]
 
-_HOOKS = ("Zennit registers hooks on the torch module; jaxattr rewrites the converted "
-          "model instead: use Gradient(model, composite)")
+_HOOKS = (
+    "Zennit registers hooks on the torch module; jaxattr rewrites the converted "
+    "model instead: use Gradient(model, composite)"
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -120,9 +122,13 @@ def _canonizers(cans: Any, where: str) -> tuple:
         elif type(c).__name__ in _ZENNIT_CANONIZERS and type(c).__module__.startswith("zennit"):
             fns = _ZENNIT_CANONIZERS[type(c).__name__]
         else:
-            raise unsupported(where, {
-                f"canonizer {type(c).__name__}": "supported: SequentialMergeBatchNorm, "
-                "VGGCanonizer, ResNetCanonizer (or jaxattr's canonizers)"})
+            raise unsupported(
+                where,
+                {
+                    f"canonizer {type(c).__name__}": "supported: SequentialMergeBatchNorm, "
+                    "VGGCanonizer, ResNetCanonizer (or jaxattr's canonizers)"
+                },
+            )
         out += [f for f in fns if f not in out]
     return tuple(out)
 
@@ -156,9 +162,12 @@ class Composite:
 
 
 def _no_maps(name: str, **maps: Any) -> None:
-    bad = {k: "Zennit rule objects keyed by torch module types; pass a jaxattr.Composite "
-              "(layer_map of layer kinds and jaxattr rules) to the attributor instead"
-           for k, v in maps.items() if v}
+    bad = {
+        k: "Zennit rule objects keyed by torch module types; pass a jaxattr.Composite "
+        "(layer_map of layer kinds and jaxattr rules) to the attributor instead"
+        for k, v in maps.items()
+        if v
+    }
     if bad:
         raise unsupported(name, bad)
 
@@ -174,8 +183,9 @@ class EpsilonPlus(Composite):
 
     _factory = staticmethod(jaxattr.epsilon_plus)
 
-    def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None,
-                 canonizers=None):
+    def __init__(
+        self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None, canonizers=None
+    ):
         _no_maps(type(self).__name__, layer_map=layer_map)
         super().__init__(canonizers)
         self.epsilon, self.stabilizer, self.zero_params = epsilon, stabilizer, zero_params
@@ -195,8 +205,15 @@ class EpsilonPlusFlat(EpsilonPlus):
 
     _factory = staticmethod(jaxattr.epsilon_plus_flat)
 
-    def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None,
-                 zero_params=None, canonizers=None):
+    def __init__(
+        self,
+        epsilon=1e-6,
+        stabilizer=1e-6,
+        layer_map=None,
+        first_map=None,
+        zero_params=None,
+        canonizers=None,
+    ):
         _no_maps(type(self).__name__, first_map=first_map)
         super().__init__(epsilon, stabilizer, layer_map, zero_params, canonizers)
 
@@ -211,8 +228,18 @@ class EpsilonGammaBox(Composite):
     """Zennit's ``EpsilonGammaBox`` (:func:`jaxattr.epsilon_gamma_box`); ``low``/``high``
     are numbers or tensors broadcastable to the input."""
 
-    def __init__(self, low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, layer_map=None,
-                 first_map=None, zero_params=None, canonizers=None):
+    def __init__(
+        self,
+        low,
+        high,
+        epsilon=1e-6,
+        gamma=0.25,
+        stabilizer=1e-6,
+        layer_map=None,
+        first_map=None,
+        zero_params=None,
+        canonizers=None,
+    ):
         _no_maps("EpsilonGammaBox", layer_map=layer_map, first_map=first_map)
         super().__init__(canonizers)
         self.low, self.high = low, high
@@ -226,8 +253,14 @@ class EpsilonGammaBox(Composite):
                 b = b[0]  # (1, C, H, W) -> (C, H, W): one bound for every example
             return float(b) if np.ndim(b) == 0 else b
 
-        return jaxattr.epsilon_gamma_box(bound(self.low), bound(self.high), self.epsilon,
-                                         self.gamma, self.stabilizer, _zp(self.zero_params))
+        return jaxattr.epsilon_gamma_box(
+            bound(self.low),
+            bound(self.high),
+            self.epsilon,
+            self.gamma,
+            self.stabilizer,
+            _zp(self.zero_params),
+        )
 
 
 class ExcitationBackprop(Composite):
@@ -302,8 +335,15 @@ def _values(obj: Any, depth: int = 0) -> Any:
             out.append(_values(cell.cell_contents, depth + 1))
         except ValueError:
             out.append(None)
-    skip = {"stored_tensors", "tensor_handles", "active", "handles", "hook_refs",
-            "module_map", "canonizers"}
+    skip = {
+        "stored_tensors",
+        "tensor_handles",
+        "active",
+        "handles",
+        "hook_refs",
+        "module_map",
+        "canonizers",
+    }
     for k, v in sorted(getattr(obj, "__dict__", {}).items()):
         if k not in skip:
             out.append((k, _values(v, depth + 1)))
@@ -314,8 +354,10 @@ def _from_zennit(comp: Any, where: str) -> tuple[jaxattr.Composite, tuple]:
     """A Zennit composite instance built with default parameters, as jaxattr's."""
     name = type(comp).__name__
     cls = _BY_NAME.get(name)
-    why = ("its parameters cannot be read back from Zennit's hooks; build it from "
-           f"jaxattr.compat.zennit ({name}(...) with the same arguments)")
+    why = (
+        "its parameters cannot be read back from Zennit's hooks; build it from "
+        f"jaxattr.compat.zennit ({name}(...) with the same arguments)"
+    )
     if cls is None:
         raise unsupported(where, {f"zennit composite {name}": why})
     try:
@@ -336,8 +378,10 @@ def _resolve(composite: Any, where: str) -> tuple[jaxattr.Composite | None, tupl
         return composite._build(), _canonizers(composite.canonizers, where)
     if type(composite).__module__.startswith("zennit"):
         return _from_zennit(composite, where)
-    raise TypeError(f"{where}: composite must be a jaxattr.compat.zennit composite, a "
-                    f"jaxattr.Composite or None, got {type(composite).__name__}")
+    raise TypeError(
+        f"{where}: composite must be a jaxattr.compat.zennit composite, a "
+        f"jaxattr.Composite or None, got {type(composite).__name__}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -348,15 +392,25 @@ def _resolve(composite: Any, where: str) -> tuple[jaxattr.Composite | None, tupl
 class Attributor:
     """Base of the attributors: Zennit's ``Attributor`` (a context manager)."""
 
-    def __init__(self, model: torch.nn.Module, composite: Any = None, attr_output: Any = None,
-                 create_graph: bool = False, retain_graph: Any = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        composite: Any = None,
+        attr_output: Any = None,
+        create_graph: bool = False,
+        retain_graph: Any = None,
+    ):
         where = type(self).__name__
         if create_graph:
-            raise unsupported(where, {"create_graph=True": "the relevance is computed in "
-                                      "JAX and returned as a tensor without a torch graph"})
+            raise unsupported(
+                where,
+                {
+                    "create_graph=True": "the relevance is computed in "
+                    "JAX and returned as a tensor without a torch graph"
+                },
+            )
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"{where}: model must be a torch.nn.Module, got "
-                            f"{type(model).__name__}")
+            raise TypeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.composite = composite
         self.attr_output = attr_output
@@ -374,8 +428,9 @@ class Attributor:
         (the output relevance, e.g. ``torch.eye(10)[[3]]``), a function of the output,
         or None (the attributor's, else the output itself)."""
         if not is_tensor(input):
-            raise TypeError(f"{type(self).__name__}: input must be a torch tensor, got "
-                            f"{type(input).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: input must be a torch tensor, got {type(input).__name__}"
+            )
         entry = self._model.converted([input], ())
         x = to_numpy(input)
         y = entry.conv(x)
@@ -393,10 +448,14 @@ class Attributor:
             return None
         if is_tensor(spec) or isinstance(spec, np.ndarray):
             return np.asarray(to_numpy(spec), dtype=np.float32)
-        raise unsupported(type(self).__name__, {
-            "attr_output as a function": "Zennit calls it on the output of every noisy or "
-            "path sample, inside what is here a compiled program; pass a tensor (e.g. "
-            "torch.eye(10)[[3]]) or use jaxattr directly with a JAX function target"})
+        raise unsupported(
+            type(self).__name__,
+            {
+                "attr_output as a function": "Zennit calls it on the output of every noisy or "
+                "path sample, inside what is here a compiled program; pass a tensor (e.g. "
+                "torch.eye(10)[[3]]) or use jaxattr directly with a JAX function target"
+            },
+        )
 
     def _relevance(self, conv, x, y, spec, input, **kwargs):  # noqa: A002
         raise NotImplementedError
@@ -425,24 +484,45 @@ class SmoothGrad(Attributor):
     over the rules' relevance). Its noise comes from a JAX key drawn from torch's global
     generator (``attributor(x, out, key=...)`` gives it)."""
 
-    def __init__(self, model, composite=None, attr_output=None, create_graph=False,
-                 retain_graph=None, noise_level=0.1, n_iter=20):
+    def __init__(
+        self,
+        model,
+        composite=None,
+        attr_output=None,
+        create_graph=False,
+        retain_graph=None,
+        noise_level=0.1,
+        n_iter=20,
+    ):
         super().__init__(model, composite, attr_output, create_graph, retain_graph)
         self.noise_level, self.n_iter = noise_level, n_iter
 
     def _relevance(self, conv, x, y, spec, input, key=None):  # noqa: A002
         cot = self._constant_target(spec, y, input)
         return jaxattr.smoothgrad(
-            self._fn(conv), x, key=torch_key(key), noise_level=self.noise_level,
-            n_iter=self.n_iter, target=_identity if cot is None else cot)
+            self._fn(conv),
+            x,
+            key=torch_key(key),
+            noise_level=self.noise_level,
+            n_iter=self.n_iter,
+            target=_identity if cot is None else cot,
+        )
 
 
 class IntegratedGradients(Attributor):
     """Zennit's ``IntegratedGradients`` attributor (:func:`jaxattr.integrated_gradients`
     with ``method="riemann_right"``, as Zennit's path)."""
 
-    def __init__(self, model, composite=None, attr_output=None, create_graph=False,
-                 retain_graph=None, baseline_fn=None, n_iter=20):
+    def __init__(
+        self,
+        model,
+        composite=None,
+        attr_output=None,
+        create_graph=False,
+        retain_graph=None,
+        baseline_fn=None,
+        n_iter=20,
+    ):
         super().__init__(model, composite, attr_output, create_graph, retain_graph)
         self.baseline_fn, self.n_iter = baseline_fn, n_iter
 
@@ -450,11 +530,15 @@ class IntegratedGradients(Attributor):
         cot = self._constant_target(spec, y, input)
         base = None if self.baseline_fn is None else to_numpy(self.baseline_fn(input))
         return jaxattr.integrated_gradients(
-            self._fn(conv), x, base, target=_identity if cot is None else cot,
-            n_steps=self.n_iter, method="riemann_right")
+            self._fn(conv),
+            x,
+            base,
+            target=_identity if cot is None else cot,
+            n_steps=self.n_iter,
+            method="riemann_right",
+        )
 
 
 def _identity(y: jax.Array) -> jax.Array:
     """Zennit's default output relevance: the output itself."""
     return y
-
