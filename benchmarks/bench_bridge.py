@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=None, help="timed runs per number")
     ap.add_argument("--conv-layout", default=None, choices=["NCHW", "NHWC"],
                     help="default: the library default (bridge.CONFIG)")
-    ap.add_argument("--conv-impl", default=None, choices=["xla", "patches"])
+    ap.add_argument("--conv-impl", default=None, choices=["auto", "slices", "xla"])
     ap.add_argument("--onednn", action="store_true", help="XLA_FLAGS=--xla_cpu_use_onednn=true")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS")
     ap.add_argument("--threads", type=int, default=0,

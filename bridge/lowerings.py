@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import conv as _convforms
 from .errors import TrainModeError, UnsupportedArgumentsError
 
 __all__ = ["LOWERINGS", "CONFIG", "refusal", "register_lowering", "supported_ops"]
@@ -28,9 +29,11 @@ __all__ = ["LOWERINGS", "CONFIG", "refusal", "register_lowering", "supported_ops
 #: Lowering choices that change speed, never results (read when a function is traced, so
 #: set them before the first ``jax.jit`` call). ``conv_layout``: ``"NCHW"`` keeps torch's
 #: layout in XLA's convolution; ``"NHWC"`` transposes around each 2-d convolution (XLA
-#: cancels back-to-back transposes between layers). ``conv_impl``: ``"xla"`` (XLA's
-#: convolution) or ``"patches"`` (2-d, ungrouped: image patches + one ``dot_general``).
-CONFIG: dict[str, Any] = {"conv_layout": "NHWC", "conv_impl": "xla"}
+#: cancels back-to-back transposes between layers). ``conv_impl`` (2-d, NHWC layout):
+#: ``"auto"`` picks per shape between slice patches + one ``dot_general`` and XLA's
+#: convolution (:func:`jaxattr.bridge.conv.conv2d`), ``"slices"`` always uses slice
+#: patches where it can (ungrouped), ``"xla"`` always XLA's convolution.
+CONFIG: dict[str, Any] = {"conv_layout": "NHWC", "conv_impl": "auto"}
 
 LOWERINGS: dict[str, Callable[..., Any]] = {}
 
@@ -1204,50 +1207,16 @@ def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
-def _conv_patches(x, w, stride, pads, dilation):
-    """2-d convolution as image patches + one matmul (``CONFIG["conv_impl"] == "patches"``)."""
-    o = w.shape[0]
-    kh, kw = w.shape[2:]
-    if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(a or b for a, b in pads):
-        return jnp.einsum("nchw,oc->nohw", x, w[:, :, 0, 0])
-    p = lax.conv_general_dilated_patches(
-        x, (kh, kw), tuple(stride), pads, rhs_dilation=tuple(dilation),
-        dimension_numbers=("NCHW", "OIHW", "NHWC"))
-    out = lax.dot_general(p, w.reshape(o, -1), (((3,), (1,)), ((), ())))
-    return jnp.transpose(out, (0, 3, 1, 2))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv_patches_fwd(x, w, stride, pads, dilation):
-    """Patches + matmul for the value; XLA's convolution for derivatives (their transposes
-    are what reverse mode runs, and XLA's are faster than the patches' transposes)."""
-    return _conv_patches(x, w, stride, [tuple(p) for p in pads], dilation)
-
-
-@_conv_patches_fwd.defjvp
-def _conv_patches_jvp(stride, pads, dilation, primals, tangents):
-    x, w = primals
-    dx, dw = tangents
-    out = _conv_patches_fwd(x, w, stride, pads, dilation)
-
-    def xla(a, b):
-        return _conv_xla(a, b, stride, [tuple(p) for p in pads], dilation, 1, None, 2)
-
-    return out, xla(dx, w) + xla(x, dw)
-
-
 def _conv(x, w, stride, padding, dilation, groups, lhs_dilation=None):
     nsp = w.ndim - 2
-    pads = [p if isinstance(p, tuple) else (p, p) for p in padding]
-    impl = CONFIG.get("conv_impl")
-    if impl in ("patches", "auto") and nsp == 2 and groups == 1 and lhs_dilation is None:
-        kh, kw = w.shape[2:]
-        ho = (x.shape[2] + sum(pads[0]) - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        wo = (x.shape[3] + sum(pads[1]) - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        patch_bytes = x.shape[0] * ho * wo * x.shape[1] * kh * kw * x.dtype.itemsize
-        if impl == "patches" or patch_bytes <= CONFIG.get("patches_max_bytes", 16 << 20):
-            return _conv_patches_fwd(x, w, tuple(stride), tuple(tuple(p) for p in pads),
-                                     tuple(dilation))
+    pads = [tuple(p) if isinstance(p, tuple) else (p, p) for p in padding]
+    impl = CONFIG.get("conv_impl", "auto")
+    if nsp == 2 and CONFIG["conv_layout"] == "NHWC":
+        if impl == "auto":
+            return _convforms.conv2d(x, w, stride, pads, dilation, groups, lhs_dilation)
+        if impl == "slices" and groups == 1 and lhs_dilation is None and min(
+                min(p) for p in pads) >= 0:
+            return _convforms.conv2d_slices(x, w, stride, pads, dilation)
     return _conv_xla(x, w, stride, pads, dilation, groups, lhs_dilation, nsp)
 
 
