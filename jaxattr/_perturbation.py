@@ -1551,8 +1551,8 @@ def fit_sgd(
     def loss_fn(params):
         coef, b = params
         loss = jnp.sum(pw * (y - (z @ coef + b)) ** 2) / 2.0
-        if reg_term == 1:
-            loss = loss + alpha * jnp.sum(jnp.abs(coef))
+        if reg_term == 1:  # |c| with torch's subgradient sign(0) = 0
+            loss = loss + alpha * jnp.sum(jax.lax.stop_gradient(jnp.sign(coef)) * coef)
         elif reg_term == 2:
             sq = jnp.sum(coef * coef)
             loss = loss + alpha * jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)

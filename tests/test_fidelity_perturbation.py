@@ -240,8 +240,10 @@ XI = np.array([[1, 2, 0, 3], [0, 1, 1, 0], [2, 0, 1, 1]], np.int64)
 def _kernel_shap(monkeypatch, model, rows):
     """Captum's KernelShap drawing ``rows`` (one (F,) coalition per sample) in order."""
 
+    shared = iter(rows)  # one generator per example: each continues where the last stopped
+
     def replay(self, original_inp, **kwargs):
-        for row in rows:
+        for row in shared:
             yield torch.from_numpy(np.asarray(row, np.int64)[None])
 
     monkeypatch.setattr(ca.KernelShap, "kernel_shap_perturb_generator", replay)
@@ -479,3 +481,278 @@ def test_feature_permutation_edge_batches(monkeypatch):
     assert_close(ours[1], ref[1])
     with pytest.raises(ValueError, match="different batch sizes"):
         jaxattr.feature_permutation(lambda a, b: a @ jnp.ones((2, 1)), mixed, key=key, target=0)
+
+
+# ---- 8. Lime / KernelShap options, LimeBase -----------------------------------------
+
+pytest.importorskip("sklearn")  # Captum's default surrogates are scikit-learn models
+from captum._utils.models.linear_model import (  # noqa: E402
+    SGDLasso,
+    SGDLinearRegression,
+    SGDRidge,
+    SkLearnLasso,
+    SkLearnLinearRegression,
+    SkLearnRidge,
+)
+from captum.attr._core.lime import get_exp_kernel_similarity_function  # noqa: E402
+
+X6 = np.random.default_rng(10).normal(size=(2, 6)).astype(np.float32)
+W6 = np.random.default_rng(11).normal(size=(6, 3)).astype(np.float32)
+MASK6 = np.array([[0, 0, 1, 2, 2, 3]])
+
+
+def tanh_torch(x):
+    return torch.tanh(x @ torch.from_numpy(W6)) * 2.0
+
+
+def tanh_jax(x):
+    return jnp.tanh(x @ jnp.asarray(W6)) * 2.0
+
+
+def _lime_rows(key, e, f, s):
+    """jaxattr.lime_samples as Captum's per-example replay order (example-major)."""
+    z = np.asarray(jaxattr.lime_samples(key, e, f, s)).astype(np.int64)
+    return [torch.from_numpy(r[None]) for r in z.reshape(-1, f)]
+
+
+@pytest.mark.parametrize(
+    "name,captum_model,tol",
+    [
+        ("lasso", SkLearnLasso(alpha=0.01), 2e-3),
+        ("ridge", SkLearnRidge(alpha=1.0), 1e-4),
+        ("linear", SkLearnLinearRegression(), 1e-3),
+        ("sgd_lasso", SGDLasso(), 1e-3),
+        ("sgd_ridge", SGDRidge(), 1e-3),
+        ("sgd_linear", SGDLinearRegression(), 1e-3),
+    ],
+)
+def test_lime_interpretable_models(name, captum_model, tol):
+    key = jax.random.key(12)
+    lime = ca.Lime(
+        tanh_torch,
+        interpretable_model=captum_model,
+        perturb_func=_Replay(_lime_rows(key, 2, 4, 40)),
+    )
+    ref = lime.attribute(
+        torch.from_numpy(X6), target=[1, 2], feature_mask=torch.from_numpy(MASK6), n_samples=40
+    )
+    ours = jaxattr.lime(
+        tanh_jax,
+        X6,
+        key=key,
+        target=[1, 2],
+        feature_mask=MASK6,
+        n_samples=40,
+        interpretable_model=name,
+    )
+    assert_close(ours, ref, rtol=tol)
+
+
+def test_lime_sklearn_object_and_jax_function_surrogates():
+    from sklearn.linear_model import Ridge
+
+    key = jax.random.key(13)
+    lime = ca.Lime(
+        tanh_torch,
+        interpretable_model=SkLearnRidge(alpha=0.5),
+        perturb_func=_Replay(_lime_rows(key, 2, 4, 30)),
+    )
+    ref = lime.attribute(
+        torch.from_numpy(X6), target=0, feature_mask=torch.from_numpy(MASK6), n_samples=30
+    )
+    kw = dict(key=key, target=0, feature_mask=MASK6, n_samples=30)
+    assert_close(jaxattr.lime(tanh_jax, X6, interpretable_model=Ridge(alpha=0.5), **kw), ref)
+    ridge = lambda z, y, w: jaxattr.fit_ridge(z, y, w, 0.5)[0]  # noqa: E731
+    assert_close(jaxattr.lime(tanh_jax, X6, interpretable_model=ridge, **kw), ref)
+    # the function form also runs under jit; the host object does not
+    jitted = jax.jit(lambda a: jaxattr.lime(tanh_jax, a, interpretable_model=ridge, **kw))(X6)
+    assert_close(jitted, ref)
+    with pytest.raises(ValueError, match="fits on the host"):
+        jax.jit(lambda a: jaxattr.lime(tanh_jax, a, interpretable_model=Ridge(), **kw))(X6)
+    with pytest.raises(TypeError, match="interpretable_model must be one of"):
+        jaxattr.lime(tanh_jax, X6, interpretable_model=3, **kw)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_return_input_shape_false(n, monkeypatch):
+    key = jax.random.key(14)
+    x = X6[:n]
+    lime = ca.Lime(tanh_torch, perturb_func=_Replay(_lime_rows(key, n, 4, 30)))
+    ref = lime.attribute(
+        torch.from_numpy(x),
+        target=1,
+        feature_mask=torch.from_numpy(MASK6),
+        n_samples=30,
+        return_input_shape=False,
+    )
+    ours = jaxattr.lime(
+        tanh_jax, x, key=key, target=1, feature_mask=MASK6, n_samples=30, return_input_shape=False
+    )
+    assert ours.shape == (n, 4)
+    assert_close(ours, ref.reshape(n, 4), rtol=2e-3)
+    zk = np.asarray(jaxattr.kernel_shap_samples(key, n, 4, 30))
+    rows = [r for e in range(n) for r in zk[e]]
+    ref = _kernel_shap(monkeypatch, tanh_torch, rows).attribute(
+        torch.from_numpy(x),
+        target=1,
+        feature_mask=torch.from_numpy(MASK6),
+        n_samples=30,
+        return_input_shape=False,
+    )
+    ours = jaxattr.kernel_shap(
+        tanh_jax, x, key=key, target=1, feature_mask=MASK6, n_samples=30, return_input_shape=False
+    )
+    assert_close(ours, ref.reshape(n, 4), rtol=2e-3)
+
+
+@pytest.mark.parametrize("width", [0.75, 3.0])
+def test_lime_euclidean_kernel(width):
+    key = jax.random.key(15)
+    lime = ca.Lime(
+        tanh_torch,
+        interpretable_model=SkLearnLinearRegression(),
+        similarity_func=get_exp_kernel_similarity_function("euclidean", width),
+        perturb_func=_Replay(_lime_rows(key, 2, 4, 30)),
+    )
+    ref = lime.attribute(
+        torch.from_numpy(X6), target=2, feature_mask=torch.from_numpy(MASK6), n_samples=30
+    )
+    kw = dict(key=key, target=2, feature_mask=MASK6, n_samples=30, interpretable_model="linear")
+    ours = jaxattr.lime(tanh_jax, X6, distance_mode="euclidean", kernel_width=width, **kw)
+    assert_close(ours, ref, rtol=1e-3)
+    sim = jaxattr.get_exp_kernel_similarity_function("euclidean", width)
+    assert_close(jaxattr.lime(tanh_jax, X6, similarity_func=sim, **kw), ref, rtol=1e-3)
+
+
+def _keys_draws(fn, key, s, e):
+    """What jaxattr's perturb_func draws: sample s of surrogate e from split(key, (S, E))."""
+    keys = jax.random.split(key, (s, e))
+    return [[fn(keys[i, j]) for i in range(s)] for j in range(e)]
+
+
+def test_lime_custom_similarity_perturb_and_transform():
+    key = jax.random.key(16)
+    n_samples, n_feat = 30, 4
+
+    def perturb_j(k, original_input, num_interp_features, **kw):
+        return jax.random.bernoulli(k, 0.7, (1, num_interp_features)).astype(jnp.int32)
+
+    def transform_j(z, original_input, feature_mask, baselines, **kw):
+        on = z[0].astype(bool)[feature_mask]
+        return jnp.where(on, original_input, 0.5 * original_input)
+
+    def sim_j(original_input, perturbed_input, z, **kw):
+        return jnp.exp(-jnp.sum(jnp.abs(original_input - perturbed_input)))
+
+    def transform_t(z, original_input, feature_mask, baselines, **kw):
+        on = z[0].bool()[feature_mask]
+        return torch.where(on, original_input, 0.5 * original_input)
+
+    def sim_t(original_input, perturbed_input, z, **kw):
+        return torch.exp(-(original_input - perturbed_input).abs().sum())
+
+    draws = _keys_draws(lambda k: perturb_j(k, None, n_feat), key, n_samples, 2)
+    ref = []
+    for e in range(2):  # Captum's LimeBase per example, with Lime's keywords
+        base = ca.LimeBase(
+            tanh_torch,
+            SkLearnLinearRegression(),
+            similarity_func=sim_t,
+            perturb_func=_Replay([torch.from_numpy(np.asarray(d)) for d in draws[e]]),
+            perturb_interpretable_space=True,
+            from_interp_rep_transform=transform_t,
+            to_interp_rep_transform=None,
+        )
+        ref.append(
+            base.attribute(
+                torch.from_numpy(X6[e : e + 1]),
+                target=1,
+                n_samples=n_samples,
+                feature_mask=torch.from_numpy(MASK6),
+                baselines=0.0,
+                num_interp_features=n_feat,
+            ).reshape(-1)
+        )
+    ours = jaxattr.lime(
+        tanh_jax,
+        X6,
+        key=key,
+        target=1,
+        feature_mask=MASK6,
+        n_samples=n_samples,
+        interpretable_model="linear",
+        similarity_func=sim_j,
+        perturb_func=perturb_j,
+        from_interp_rep_transform=transform_j,
+        return_input_shape=False,
+    )
+    assert_close(ours, torch.stack(ref), rtol=1e-3)
+
+
+@pytest.mark.parametrize("interp_space", [True, False])
+def test_lime_base_matches_captum_limebase(interp_space):
+    key = jax.random.key(17)
+    n_samples = 40
+    x = X6[:1]
+    sel = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 1, 0]], np.float32)
+
+    if interp_space:
+
+        def perturb_j(k, original_input):
+            return jax.random.bernoulli(k, 0.5, (1, 3)).astype(jnp.float32)
+
+        draw = perturb_j
+    else:
+
+        def perturb_j(k, original_input):
+            keep = jax.random.bernoulli(k, 0.5, (1, 3)).astype(jnp.float32)
+            return original_input * (keep @ jnp.asarray(sel.T))
+
+        draw = perturb_j
+
+    def from_j(z, original_input):
+        return original_input * (z @ jnp.asarray(sel.T))
+
+    def to_j(xp, original_input):
+        return (jnp.abs(xp) @ jnp.asarray(sel) > 0).astype(jnp.float32)
+
+    def sim_j(original_input, perturbed_input, z):
+        return 1.0 / (1.0 + jnp.sum(z))
+
+    def from_t(z, original_input, **kw):
+        return original_input * (z @ torch.from_numpy(sel.T))
+
+    def to_t(xp, original_input, **kw):
+        return ((xp.abs() @ torch.from_numpy(sel)) > 0).float()
+
+    def sim_t(original_input, perturbed_input, z, **kw):
+        return 1.0 / (1.0 + z.sum())
+
+    draws = _keys_draws(lambda k: draw(k, jnp.asarray(x)), key, n_samples, 1)[0]
+    base = ca.LimeBase(
+        tanh_torch,
+        SkLearnLinearRegression(),
+        similarity_func=sim_t,
+        perturb_func=_Replay([torch.from_numpy(np.asarray(d)) for d in draws]),
+        perturb_interpretable_space=interp_space,
+        from_interp_rep_transform=from_t if interp_space else None,
+        to_interp_rep_transform=None if interp_space else to_t,
+    )
+    ref = base.attribute(torch.from_numpy(x), target=0, n_samples=n_samples)
+    ours = jaxattr.lime_base(
+        tanh_jax,
+        x,
+        key=key,
+        interpretable_model="linear",
+        similarity_func=sim_j,
+        perturb_func=perturb_j,
+        perturb_interpretable_space=interp_space,
+        from_interp_rep_transform=from_j if interp_space else None,
+        to_interp_rep_transform=None if interp_space else to_j,
+        target=0,
+        n_samples=n_samples,
+    )
+    assert ours.shape == (1, 3)
+    assert_close(ours, ref, rtol=1e-3)
+    with pytest.raises(TypeError, match="needs similarity_func and perturb_func"):
+        jaxattr.lime_base(tanh_jax, x, key=key, target=0)
