@@ -23,6 +23,7 @@ import pytest
 
 import jaxattr
 from jaxattr import _caching
+from jaxattr import _pair as jaxattr_pair
 from jaxattr._pair import blur_ig, guided_ig
 
 sc = pytest.importorskip("saliency.core")
@@ -160,3 +161,156 @@ def test_guided_ig_errors():
         guided_ig(cnn, X, target=TARGET, max_dist=-0.1)
     with pytest.raises(ValueError, match="baselines has shape"):
         guided_ig(cnn, X, jnp.zeros((5, 3, 12, 12)), target=TARGET)
+
+
+# ---- Felzenszwalb segmentation --------------------------------------------------------
+
+
+def _blocky_image(h=40, w=48, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3))
+    img[: h // 2] = 0.3
+    img[:, w // 2:] += 0.5
+    img[10:30, 10:30, 1] += 0.4
+    return img + rng.normal(0, 0.05, img.shape)
+
+
+@pytest.mark.parametrize("scale,sigma,min_size", [(50, 0.8, 20), (1, 0.0, 5), (500, 1.5, 100)])
+def test_felzenszwalb_matches_scikit_image(scale, sigma, min_size):
+    from skimage.segmentation import felzenszwalb as reference
+
+    img = _blocky_image()
+    ours = jaxattr_pair.felzenszwalb(img, scale, sigma, min_size)
+    np.testing.assert_array_equal(
+        ours, reference(img, scale=scale, sigma=sigma, min_size=min_size)
+    )
+    gray = jaxattr_pair.felzenszwalb(img[..., 0], scale, sigma, min_size)
+    np.testing.assert_array_equal(
+        gray, reference(img[..., 0], scale=scale, sigma=sigma, min_size=min_size,
+                        channel_axis=None)
+    )
+
+
+def test_xrai_segments_match_pair():
+    import saliency.core.xrai as pair_xrai
+
+    img = _blocky_image().astype(np.float32)
+    ref = np.stack(pair_xrai._get_segments_felzenszwalb(img, resize_image=False))
+    ours = jaxattr_pair.xrai_segments(img[None], channel_axis=-1, resize=None)
+    np.testing.assert_array_equal(ours[0], ref)
+    nchw = jaxattr_pair.xrai_segments(np.moveaxis(img, -1, 0)[None], resize=None)
+    np.testing.assert_array_equal(nchw, ours)
+
+
+# ---- XRAI -----------------------------------------------------------------------------
+
+_W3 = jax.random.normal(_K[3], (4 * 32 * 32, 5)) * 0.05
+
+
+def cnn32(x):
+    """(N, 3, 32, 32) -> (N, 5)."""
+    h = jax.lax.conv_general_dilated(
+        x, _W1, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
+    return jnp.tanh(h).reshape(len(x), -1) @ _W3
+
+
+X32 = jax.random.uniform(_K[2], (2, 3, 32, 32)).at[:, :, 8:20, 4:28].add(0.8)
+_GRAD32 = jax.jit(jax.grad(lambda x: cnn32(x)[:, TARGET].sum()))
+
+
+def call_model32(x_batch, call_model_args=None, expected_keys=None):
+    xb = jnp.asarray(np.asarray(x_batch, np.float32).transpose(0, 3, 1, 2))
+    return {sc.INPUT_OUTPUT_GRADIENTS: np.asarray(_GRAD32(xb)).transpose(0, 2, 3, 1)}
+
+
+@pytest.fixture(scope="module")
+def segs32():
+    """Felzenszwalb at four scales, lightly dilated: 20-30 overlapping masks per image."""
+    return jaxattr_pair.xrai_segments(
+        X32, resize=None, scales=(20.0, 50.0, 150.0, 400.0), min_size=12, dilation_radius=1
+    )
+
+
+def _pair_params(**kw):
+    params = sc.XRAIParameters(**{k: v for k, v in kw.items() if k != "min_pixel_diff"})
+    params.experimental_params["min_pixel_diff"] = kw.get("min_pixel_diff", 50)
+    return params
+
+
+@pytest.mark.parametrize(
+    "algorithm,area_threshold,min_pixel_diff",
+    [("full", 1.0, 8), ("full", 0.4, 8), ("fast", 1.0, 8), ("full", 1.0, 50)],
+)
+def test_xrai_parity(segs32, algorithm, area_threshold, min_pixel_diff):
+    opts = dict(steps=8, algorithm=algorithm, area_threshold=area_threshold,
+                return_xrai_segments=True, return_ig_attributions=True)
+    params = jaxattr_pair.XRAIParameters(
+        **opts, experimental_params={"min_pixel_diff": min_pixel_diff}
+    )
+    out = jaxattr_pair.xrai(cnn32, X32, target=TARGET, segments=segs32,
+                            extra_parameters=params, return_details=True)
+    for n in range(len(X32)):
+        masks = [m for m in segs32[n] if m.any()]
+        ref = sc.XRAI().GetMaskWithDetails(
+            hwc(X32[n]), call_model32, segments=masks, batch_size=8,
+            extra_parameters=_pair_params(**opts, min_pixel_diff=min_pixel_diff),
+        )
+        np.testing.assert_array_equal(out.segments[n], ref.segments)
+        assert_close(out.attribution_mask[n], ref.attribution_mask, 1e-5)
+        ig = np.mean(ref.ig_attribution, axis=0)
+        assert_close(hwc(out.ig_attribution.mean(0)[n]), ig, 1e-4)
+        np.testing.assert_allclose(hwc(out.baselines[0][n]), ref.baselines[0])
+    if min_pixel_diff == 8:  # the case is not trivial: many regions were ranked
+        assert int(out.segments.max()) >= 8
+
+
+def test_xrai_base_attribution_masks_and_baselines(segs32):
+    base = jaxattr.saliency(cnn32, X32, target=TARGET, abs=False)
+    params = jaxattr_pair.XRAIParameters(
+        return_xrai_segments=True, flatten_xrai_segments=False,
+        experimental_params={"min_pixel_diff": 8},
+    )
+    out = jaxattr_pair.xrai(None, X32, segments=segs32, base_attribution=base,
+                            extra_parameters=params, return_details=True)
+    ref = sc.XRAI().GetMaskWithDetails(
+        hwc(X32[0]), call_model32, segments=[m for m in segs32[0] if m.any()],
+        base_attribution=hwc(base[0]), extra_parameters=_pair_params(
+            return_xrai_segments=True, flatten_xrai_segments=False, min_pixel_diff=8),
+    )
+    assert_close(out.attribution_mask[0], ref.attribution_mask, 1e-5)
+    k = len(ref.segments)
+    np.testing.assert_array_equal(out.segments[0, :k], np.stack(ref.segments))
+    assert not np.asarray(out.segments[0, k:]).any()
+    # user baselines, channels last, integer label segments, inside jit
+    labels = (np.arange(32)[:, None] // 8) * 4 + np.arange(32)[None] // 8
+    nhwc = lambda x: cnn32(jnp.moveaxis(x, -1, 1))  # noqa: E731
+    params = jaxattr_pair.XRAIParameters(steps=4, experimental_params={"min_pixel_diff": 8})
+    xl = jnp.moveaxis(X32, 1, -1)
+    a = jaxattr_pair.xrai(nhwc, xl, [0.0, 1.0], target=TARGET, segments=labels,
+                          channel_axis=-1, extra_parameters=params)
+    ref = sc.XRAI().GetMask(
+        hwc(X32[1]), call_model32, segments=[labels == i for i in range(16)], batch_size=4,
+        baselines=[np.zeros((32, 32, 3), np.float32), np.ones((32, 32, 3), np.float32)],
+        extra_parameters=_pair_params(steps=4, min_pixel_diff=8),
+    )
+    assert_close(a[1], ref, 1e-4)
+    masks = jnp.asarray(labels[None] == np.arange(16)[:, None, None])
+    j = jax.jit(lambda x: jaxattr_pair.xrai(
+        nhwc, x, [0.0, 1.0], target=TARGET, segments=masks, channel_axis=-1,
+        extra_parameters=params))(xl)
+    np.testing.assert_allclose(j, a, atol=1e-6)
+
+
+def test_xrai_errors(segs32):
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        jaxattr_pair.xrai(cnn32, X32, target=1, segments=segs32,
+                          extra_parameters=jaxattr_pair.XRAIParameters(algorithm="slow"))
+    with pytest.raises(ValueError, match=r"boolean segments must have shape \(S, 32, 32\)"):
+        jaxattr_pair.xrai(cnn32, X32, target=1, segments=np.zeros((3, 8, 8), bool))
+    with pytest.raises(ValueError, match="base_attribution must have x's shape"):
+        jaxattr_pair.xrai(None, X32, segments=segs32, base_attribution=np.zeros((2, 5)))
+    with pytest.raises(TypeError, match="needs fn"):
+        jaxattr_pair.xrai(None, X32, segments=segs32)
+    with pytest.raises(ValueError, match="batch of images"):
+        jaxattr_pair.xrai(cnn32, X32[:, 0, 0], target=1, segments=segs32)
