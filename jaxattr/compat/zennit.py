@@ -317,23 +317,24 @@ _BY_NAME = {
 }
 
 
-def _values(obj: Any, depth: int = 0) -> Any:
-    """The numbers a Zennit rule holds (in attributes and its modifiers' closures)."""
-    if depth > 5:
-        return None
+def _values(obj: Any, seen: frozenset = frozenset()) -> Any:
+    """The numbers a Zennit rule holds (in attributes and its functions' closures)."""
     if isinstance(obj, (bool, int, float, str)) or obj is None:
         return obj
     if is_tensor(obj):
         return tuple(obj.detach().cpu().reshape(-1).tolist())
-    if isinstance(obj, (list, tuple)):
-        return tuple(_values(o, depth + 1) for o in obj)
     if isinstance(obj, type):
         return obj.__qualname__
+    if id(obj) in seen or len(seen) > 12:
+        return "..."
+    seen = seen | {id(obj)}
+    if isinstance(obj, (list, tuple)):
+        return tuple(_values(o, seen) for o in obj)
     out: list = [type(obj).__qualname__]
     for cell in getattr(obj, "__closure__", None) or ():
         try:
-            out.append(_values(cell.cell_contents, depth + 1))
-        except ValueError:
+            out.append(_values(cell.cell_contents, seen))
+        except ValueError:  # an empty cell
             out.append(None)
     skip = {
         "stored_tensors",
@@ -346,7 +347,7 @@ def _values(obj: Any, depth: int = 0) -> Any:
     }
     for k, v in sorted(getattr(obj, "__dict__", {}).items()):
         if k not in skip:
-            out.append((k, _values(v, depth + 1)))
+            out.append((k, _values(v, seen)))
     return tuple(out)
 
 
