@@ -63,8 +63,55 @@ def draw_noise(key: jax.Array, x: PyTree, stdevs: Any, n_samples: int) -> PyTree
     return jax.tree_util.tree_unflatten(treedef, noise)
 
 
+#: Method options whose arrays fix shapes (the number of features): kept static.
+STATIC_ARRAY_OPTIONS = ("feature_mask",)
+
+
+class _StaticArray:
+    """A concrete array carried as a static option (hashed by its contents)."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array: Any):
+        self.array = np.asarray(array)
+        self._key = (self.array.shape, str(self.array.dtype), self.array.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _StaticArray) and self._key == other._key
+
+
+def _freeze_static_arrays(kwargs: dict) -> dict:
+    """Mark the concrete arrays of shape-fixing options (``feature_mask``) static, so
+    that a wrapped method sees them concrete inside the wrapper's compiled program."""
+    out = dict(kwargs)
+    for name in STATIC_ARRAY_OPTIONS:
+        if out.get(name) is not None:
+            out[name] = jax.tree_util.tree_map(
+                lambda a: _StaticArray(a) if _core.is_concrete(a) and hasattr(a, "shape") else a,
+                out[name],
+            )
+    return out
+
+
+def _thaw_static_arrays(kwargs: dict) -> dict:
+    out = dict(kwargs)
+    for name in STATIC_ARRAY_OPTIONS:
+        if out.get(name) is not None:
+            out[name] = jax.tree_util.tree_map(
+                lambda a: a.array if isinstance(a, _StaticArray) else a, out[name]
+            )
+    return out
+
+
 def _split_static(kwargs: dict) -> tuple[list, tuple]:
-    """Split method kwargs into traced arrays and a hashable static description."""
+    """Split method kwargs into traced arrays and a hashable static description.
+
+    Arrays of ``feature_mask`` stay concrete (static): they fix the number of features.
+    """
+    kwargs = _freeze_static_arrays(kwargs)
     leaves, treedef = jax.tree_util.tree_flatten(kwargs)
     dynamic, static = [], []
     for i, leaf in enumerate(leaves):
@@ -82,7 +129,7 @@ def _join_static(dynamic: list, spec: tuple) -> dict:
     static_map = dict(static)
     for i in range(count):
         leaves[i] = static_map[i] if i in static_map else next(it)
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return _thaw_static_arrays(jax.tree_util.tree_unflatten(treedef, leaves))
 
 
 @_core.cached_jit(("fn", "method", "spec", "takes_key", "return_delta"))
