@@ -823,3 +823,22 @@ def test_noise_tunnel_draw_baseline_from_distrib(nt_type, monkeypatch):
     )
     ours = tunnel(tanh_jax, X6, key=key, baselines=dist, target=2, n_steps=16)
     assert_close(ours, ref, rtol=2e-4)
+
+
+# ---- 10. progress bars reach their end before they are cleared -----------------------
+
+
+def test_progress_bars_reach_the_end(capsys):
+    jaxattr.feature_ablation(tanh_jax, X6, target=0, batch_size=2, show_progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "feature_ablation" in err  # 6 features in chunks of 2
+    jaxattr.lime(tanh_jax, X6, key=jax.random.key(0), target=0, n_samples=50, batch_size=10,
+                 show_progress=True)  # fmt: skip
+    assert "5/5" in capsys.readouterr().err
+    x = np.ones((1, 1, 8, 8), np.float32)
+    jaxattr.tiled_occlusion(lambda a: a.sum((1, 2, 3))[:, None], x, window=(1, 4, 4))
+    assert "4/4" in capsys.readouterr().err  # the default show_progress=True, 4 tilings
+    from jaxattr._progress import progress
+
+    seen = list(progress(range(500), desc="many"))
+    assert seen == list(range(500)) and "500/500" in capsys.readouterr().err
