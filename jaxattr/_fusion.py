@@ -59,11 +59,33 @@ def fusion_grad_draws(
 ) -> tuple[PyTree, PyTree]:
     """The random draws of :func:`fusion_grad` for ``key``.
 
+    Noise is drawn for every leaf of ``params``; :func:`fusion_grad` applies it to the
+    perturbed leaves only (never to a bridged model's buffers).
+
+    Args:
+        key: The PRNG key (``fusion_grad`` passes the first half of its key's split).
+        params: The parameter pytree.
+        x: The input (array or pytree), shape (N, ...).
+        mean: Mean of the parameter noise.
+        std: Standard deviation of the parameter noise.
+        n: Number of parameter draws.
+        sg_mean: Mean of the input noise.
+        sg_std: Standard deviation of the input noise.
+        m: Number of input draws per parameter draw.
+
     Returns:
         ``(param_noise, input_noise)``: ``N(mean, std^2)`` draws with leaves of shape
         (n, *param.shape) and ``N(sg_mean, sg_std^2)`` draws with leaves of shape
         (n, m, *x_leaf.shape); how they are applied (added or multiplied) depends on
         ``additive_noise`` and ``sg_additive_noise``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxattr
+        >>> pn, xn = jaxattr.fusion_grad_draws(
+        ...     jax.random.key(0), {"w": jnp.ones(3)}, jnp.ones((2, 4)),
+        ...     mean=0.0, std=0.1, n=5, sg_mean=0.0, sg_std=0.2, m=3)
+        >>> pn["w"].shape, xn.shape
+        ((5, 3), (5, 3, 2, 4))
     """
     k_p, k_x = jax.random.split(key)
     param_noise = _noise(k_p, params, mean, std, n, True)
