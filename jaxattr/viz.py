@@ -52,6 +52,11 @@ __all__ = [
     "visualize_timeseries_attr",
 ]
 
+
+def __dir__() -> list[str]:
+    """``dir(jaxattr.viz)`` lists the public functions only (not ``np``, ``os``, ...)."""
+    return sorted(__all__)
+
 #: The ``sign`` options of Captum's visualizations.
 SIGNS = ("positive", "negative", "absolute_value", "all")
 

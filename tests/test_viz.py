@@ -284,3 +284,10 @@ def test_jaxattr_imports_without_matplotlib():
         env={"JAX_PLATFORMS": "cpu", "PATH": ""},
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_viz_lists_only_its_own_names():
+    import jaxattr.viz as viz
+
+    assert dir(viz) == sorted(viz.__all__)
+    assert not {"np", "os", "re", "zlib"} & set(dir(viz))
