@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 python -m pip install -q --disable-pip-version-check -e ".[test]"
 python -m pip install -q --disable-pip-version-check --no-deps "zennit==0.5.1"
-exec python -m pytest tests jaxattr bridge README.md docs --doctest-modules --doctest-glob="*.md" -q "$@"
+exec python -m pytest tests jaxattr bridge README.md docs --doctest-modules --doctest-glob="*.md" \
+    -v --durations=20 "$@"
