@@ -481,6 +481,65 @@ def test_neuron_methods(cnn):
     )
 
 
+def test_more_layer_and_neuron_classes(cnn):
+    model, x = cnn
+    conv2, base = model.features[3], torch.full((1, 3, 16, 16), -0.1)
+    ours, _ = jc.LayerDeepLift(model, model.fc1).attribute(
+        x, base, target=2, return_convergence_delta=True
+    )
+    ref, _ = ca.LayerDeepLift(model, model.fc1).attribute(
+        x, base, target=2, return_convergence_delta=True
+    )
+    assert_parity("LayerDeepLift", ours, ref)
+    assert_parity(
+        "InternalInfluence",
+        jc.InternalInfluence(model, conv2).attribute(x, target=2, n_steps=8),
+        ca.InternalInfluence(model, conv2).attribute(x, target=2, n_steps=8),
+    )
+    layer_mask = (torch.arange(16) // 4)[None, :]
+    assert_parity(
+        "LayerFeatureAblation",
+        jc.LayerFeatureAblation(model, model.fc1).attribute(x, target=2, layer_mask=layer_mask),
+        ca.LayerFeatureAblation(model, model.fc1).attribute(x, target=2, layer_mask=layer_mask),
+    )
+    assert_parity(
+        "NeuronGuidedBackprop",
+        jc.NeuronGuidedBackprop(model, model.fc1).attribute(x, 3),
+        ca.NeuronGuidedBackprop(model, model.fc1).attribute(x, 3),
+    )
+    assert_parity(
+        "NeuronDeepLift",
+        jc.NeuronDeepLift(model, model.fc1).attribute(x, 3, base),
+        ca.NeuronDeepLift(model, model.fc1).attribute(x, 3, base),
+    )
+    mask = (torch.arange(16)[:, None] // 8 * 2 + torch.arange(16)[None] // 8)[None, None]
+    assert_parity(
+        "NeuronFeatureAblation",
+        jc.NeuronFeatureAblation(model, model.fc1).attribute(x, 3, feature_mask=mask),
+        ca.NeuronFeatureAblation(model, model.fc1).attribute(x, 3, feature_mask=mask),
+    )
+
+
+def test_layer_and_neuron_gradient_shap_with_additional_args(mlp, monkeypatch):
+    model, (a, b) = mlp
+    dist = torch.randn(4, 4, generator=torch.Generator().manual_seed(12))
+    key = jax.random.key(13)
+    kw = dict(n_samples=3, stdevs=0.1, additional_forward_args=(b,))
+    for name, ours_cls, ref_cls, extra in [
+        ("LayerGradientShap", jc.LayerGradientShap, ca.LayerGradientShap, {"target": 1}),
+        ("NeuronGradientShap", jc.NeuronGradientShap, ca.NeuronGradientShap, {}),
+    ]:
+        args = (a, dist) if extra else (a, 2, dist)  # NeuronGradientShap: neuron_selector
+        noise, idx, alphas = jaxattr.gradient_shap_draws(key, a.numpy(), 4, 3, 0.1)
+        monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
+        monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+        monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+        ref = ref_cls(model, model.fc1).attribute(*args, **kw, **extra)
+        monkeypatch.undo()
+        ours = ours_cls(model, model.fc1).attribute(*args, **kw, **extra, key=key)
+        assert_parity(name, ours, ref)
+
+
 # --------------------------------------------------------------------------------------
 # Conversion cache, weights, errors
 # --------------------------------------------------------------------------------------

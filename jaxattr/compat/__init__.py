@@ -193,8 +193,17 @@ def _state(root: torch.nn.Module) -> tuple[dict[str, torch.Tensor], tuple, tuple
         tuple((k, tuple(t.shape), str(t.dtype)) for k, t in sd.items()),
         tuple((n, id(m), type(m), m.training) for n, m in root.named_modules()),
     )
-    values = tuple((t.data_ptr(), t._version) for t in sd.values())
+    values = tuple((t.data_ptr(), _version(t)) for t in sd.values())
     return sd, structure, values
+
+
+def _version(t: torch.Tensor) -> Any:
+    """The tensor's in-place version counter; inference tensors have none, so they count
+    as changed on every call (their values are read again; nothing recompiles)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return object()
 
 
 def _static_key(value: Any) -> Any:
