@@ -160,8 +160,9 @@ def layer_activation(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        The activation (shape of the layer output, leading with N), or a list for a list
-        of layers.
+        The activation (shape of the layer output, leading with N); a tuple, one per tensor,
+        for a layer returning a tuple or, with ``attribute_to_layer_input``, receiving
+        several tensors (its ``forward``'s tensor arguments); a list for a list of layers.
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
@@ -224,7 +225,9 @@ def layer_gradient_x_activation(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        An array shaped like the layer's activation, or a list for a list of layers.
+        An array shaped like the layer's activation; a tuple, one per tensor, for a layer
+        returning a tuple or, with ``attribute_to_layer_input``, receiving several tensors;
+        a list for a list of layers.
 
     Example:
         >>> import jaxattr
@@ -422,7 +425,9 @@ def layer_integrated_gradients(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Attribution shaped like the layer's activation, or ``(attribution, delta)``.
+        Attribution shaped like the layer's activation (a tuple, one per tensor, for a layer
+        returning a tuple or, with ``attribute_to_layer_input``, receiving several tensors),
+        or ``(attribution, delta)``.
 
     Example:
         >>> import jaxattr
@@ -532,7 +537,8 @@ def internal_influence(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Shaped like the layer's activation.
+        Shaped like the layer's activation; a tuple, one per tensor, for a layer returning a
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors.
 
     Example:
         >>> import jaxattr
@@ -622,7 +628,9 @@ def layer_conductance(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Shaped like the layer's activation, or ``(conductance, delta)``.
+        Shaped like the layer's activation (a tuple, one per tensor, for a layer returning a
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors), or
+        ``(conductance, delta)``.
 
     Example:
         >>> import jaxattr
@@ -759,7 +767,8 @@ def layer_gradient_shap(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Shaped like the layer's activation, a tuple for a layer returning a tuple, or
+        Shaped like the layer's activation (a tuple, one per tensor, for a layer returning a
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors), or
         ``(attribution, delta)``.
 
     Example:
@@ -892,10 +901,11 @@ def layer_feature_ablation(
     gets ``f(x) - f(x with the group ablated)``. All groups are one ``vmap``-ped batch
     (the layers before the tapped one run once), chunked by ``batch_size`` groups.
 
-    For a layer returning a tuple of tensors, ``layer_mask`` and ``layer_baselines`` give
-    one entry per tensor (a scalar baseline serves them all); as in Captum, a group id
-    found in several tensors' masks ablates its units in all of them at once, and the
-    default mask numbers the units of all the tensors consecutively (each unit alone).
+    For a layer returning a tuple of tensors (or, with ``attribute_to_layer_input``,
+    receiving several), ``layer_mask`` and ``layer_baselines`` give one entry per tensor
+    (a scalar baseline serves them all); as in Captum, a group id found in several
+    tensors' masks ablates its units in all of them at once, and the default mask
+    numbers the units of all the tensors consecutively (each unit alone).
 
     Args:
         model: A structured model.
@@ -914,7 +924,9 @@ def layer_feature_ablation(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        Shaped like the layer's activation; a tuple for a layer returning a tuple.
+        Shaped like the layer's activation; a tuple, one per tensor, for a layer returning a
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors
+        (``layer_mask`` and ``layer_baselines`` then give one entry per tensor).
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
@@ -939,6 +951,7 @@ def layer_feature_ablation(
     shapes = _taps.tap_shapes(s.model, s.params, s.inputs, s.x, s.args, s.kwargs, s.taps)
     act_shapes = [tuple(shapes[t.key].shape) for t in s.taps]
     n = len(act_shapes)
+    many = "receives" if attribute_to_layer_input else "returns a tuple of"
     if layer_mask is None:  # each unit alone, numbered across the tensors
         masks, offset = [], 0
         for shape in act_shapes:
@@ -949,7 +962,7 @@ def layer_feature_ablation(
         given = _per_tensor(layer_mask, n, "layer_mask", "mask")
         if given is None:  # Captum would ablate the first tensor only: refuse
             raise ValueError(
-                f"layer {layer!r} returns a tuple of {n} tensors of shapes {act_shapes}: "
+                f"layer {layer!r} {many} {n} tensors of shapes {act_shapes}: "
                 f"layer_mask must be a tuple of {n} masks, one per tensor"
             )
         masks = [_layer_mask(m, sh) for m, sh in zip(given, act_shapes, strict=True)]
@@ -957,7 +970,7 @@ def layer_feature_ablation(
     if bases is None:
         if np.ndim(layer_baselines) != 0:
             raise ValueError(
-                f"layer {layer!r} returns a tuple of {n} tensors of shapes {act_shapes}: "
+                f"layer {layer!r} {many} {n} tensors of shapes {act_shapes}: "
                 f"layer_baselines must be a scalar or a tuple of {n}, one per tensor"
             )
         bases = [layer_baselines] * n
@@ -1086,7 +1099,8 @@ def grad_cam(
     Returns:
         (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1), or the full
         activation shape without ``attr_dim_summation``; a tuple for a layer returning a
-        tuple (one map per tensor, each weighted by its own gradient, as Captum).
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors (one map per
+        tensor, each weighted by its own gradient, as Captum).
 
     Example:
         >>> import jaxattr
@@ -1151,8 +1165,9 @@ def grad_cam_plus_plus(
         params: Parameters to run with (default: the model's own).
 
     Returns:
-        (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1); a tuple for a
-        layer returning a tuple (one map per tensor, as :func:`grad_cam`).
+        (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1); a tuple for a layer
+        returning a tuple or, with ``attribute_to_layer_input``, receiving several tensors
+        (one map per tensor, as :func:`grad_cam`).
 
     Example:
         >>> import jaxattr
@@ -2054,7 +2069,9 @@ def layer_lrp(
         kwargs: Keyword model inputs.
 
     Returns:
-        Relevance shaped like the layer's activation (a list for a list of layers).
+        Relevance shaped like the layer's activation (a tuple, one per tensor, for a layer
+        returning a tuple or, with ``attribute_to_layer_input``, receiving several tensors;
+        a list for a list of layers).
 
     Example:
         >>> import jaxattr
@@ -2191,7 +2208,8 @@ def layer_deep_lift(
         kwargs: Keyword model inputs.
 
     Returns:
-        Shaped like the layer's activation, a tuple for a layer returning a tuple, or
+        Shaped like the layer's activation (a tuple, one per tensor, for a layer returning a
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors), or
         ``(attribution, delta)``.
 
     Example:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import jaxattr
+from jaxattr import _taps
 from jaxattr.flax import from_linen
 
 KEY = jax.random.key(0)
@@ -628,6 +629,270 @@ def test_a_tuple_layer_feature_ablation_masks_each_tensor_like_captum():
         jaxattr.layer_feature_ablation(model, x, "multi", target=1, layer_mask=(m0,))
     with pytest.raises(ValueError, match="layer_baselines must be a scalar or a tuple of 2"):
         jaxattr.layer_feature_ablation(model, x, "multi", target=1, layer_baselines=np.ones(4))
+
+
+def _add2(torch):
+    class Add2(torch.nn.Module):  # Captum-style module taking two tensors
+        def forward(self, a, b):
+            return torch.relu(a) * b
+
+    return Add2()
+
+
+def _two_input_model(second=None):
+    """lin -> add2(h, second(h)) -> head; ``second``: a module, default ``torch.tanh``.
+
+    ``b`` is made from ``a``: Captum's gradient for ``a`` (autograd on the tensor its
+    pre-hook saw) includes the path through ``b``.
+    """
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.add2 = _add2(torch)
+            self.second = second
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.lin(x)
+            b = torch.tanh(h) if self.second is None else self.second(h)
+            return self.head(self.add2(h, b))
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_a_layer_receiving_two_tensors_gives_a_tuple_like_captum():
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    net = _two_input_model()
+    x = np.random.default_rng(6).normal(size=(3, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    base = np.array([[0.3, -0.2, 0.1]], np.float32)
+    tb = torch.from_numpy(base)
+    model = from_torch(net, tx)
+    assert [(t.layer, t.index) for t in _taps.resolve_layers(model, "add2", True)] == [
+        ("add2", 0),
+        ("add2", 1),
+    ]
+    kw = {"attribute_to_layer_input": True}
+    _close(jaxattr.layer_activation(model, x, "add2", **kw),
+           captum.LayerActivation(net, net.add2).attribute(tx, **kw))  # fmt: skip
+    for mult in (True, False):
+        _close(
+            jaxattr.layer_gradient_x_activation(
+                model, x, "add2", target=1, multiply_by_inputs=mult, **kw
+            ),
+            captum.LayerGradientXActivation(net, net.add2, multiply_by_inputs=mult).attribute(
+                tx, target=1, **kw
+            ),
+        )
+    quad = {"n_steps": 16, "method": "riemann_trapezoid"}
+    pairs = [
+        (jaxattr.layer_conductance, captum.LayerConductance),
+        (jaxattr.internal_influence, captum.InternalInfluence),
+    ]
+    for ours, theirs in pairs:
+        got = ours(model, x, "add2", base, target=[1, 0, 1], **quad, **kw)
+        _close(got, theirs(net, net.add2).attribute(tx, tb, target=[1, 0, 1], **quad, **kw),
+               rtol=1e-4, atol=1e-6)  # fmt: skip
+    got, delta = jaxattr.layer_integrated_gradients(
+        model, x, "add2", base, target=1, return_delta=True, **quad, **kw
+    )
+    ref, ref_delta = captum.LayerIntegratedGradients(net, net.add2).attribute(
+        tx, tb, target=1, return_convergence_delta=True, **quad, **kw
+    )
+    _close(got, ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(delta, ref_delta.detach().numpy(), rtol=1e-4, atol=1e-6)
+    for relu in (False, True):
+        _close(
+            jaxattr.grad_cam(model, x, "add2", target=0, relu_attributions=relu, **kw),
+            captum.LayerGradCam(net, net.add2).attribute(
+                tx, target=0, relu_attributions=relu, **kw
+            ),
+        )
+    fa = captum.LayerFeatureAblation(net, net.add2)
+    _close(jaxattr.layer_feature_ablation(model, x, "add2", target=1, **kw),
+           fa.attribute(tx, target=1, **kw))  # fmt: skip
+    m0, m1 = np.array([[0, 0, 1, 2]]), np.array([[1, 2, 2, 3]])
+    _close(
+        jaxattr.layer_feature_ablation(
+            model, x, "add2", target=1, layer_mask=(m0, m1), layer_baselines=(0.5, -0.3), **kw
+        ),
+        fa.attribute(tx, target=1, layer_mask=(torch.from_numpy(m0), torch.from_numpy(m1)),
+                     layer_baselines=(0.5, -0.3), **kw),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'add2' receives 2 tensors of shapes"):
+        jaxattr.layer_feature_ablation(model, x, "add2", target=1, layer_mask=m0, **kw)
+    # a layer receiving one tensor: one tensor, as before
+    single = jaxattr.layer_gradient_x_activation(model, x, "head", target=1, **kw)
+    ref = captum.LayerGradientXActivation(net, net.head).attribute(tx, target=1, **kw)
+    np.testing.assert_allclose(single, ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # one tensor only: the named error, listing the inputs
+    msg = r"'add2' receives 2 tensors \(inputs \[\('add2', 0\), \('add2', 1\)\]"
+    with pytest.raises(ValueError, match=msg):
+        jaxattr.probe(model, x, "add2", target=1, **kw)
+    with pytest.raises(ValueError, match=msg):
+        jaxattr.guided_grad_cam(model, x, "add2", target=1, **kw)
+    with pytest.raises(ValueError, match=msg):
+        jaxattr.neuron_gradient(model, x, "add2", (0,), attribute_to_neuron_input=True)
+    with pytest.raises(ValueError, match=msg):
+        jaxattr.neuron_model(model, "add2", (0,), attribute_to_neuron_input=True)
+
+
+def test_a_two_input_layer_deep_lift_and_gradient_shap_match_captum(monkeypatch):
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    from tests.test_parity_captum import _Replay, _samples_interleaved
+
+    # b = lin2(h): Captum's DeepLift treats torch.tanh (a function, not a module) as
+    # linear while the bridge gives it the rescale rule, a difference of DeepLift itself
+    net = _two_input_model(second=torch.nn.Linear(4, 4))
+    x = np.random.default_rng(7).normal(size=(4, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    model = from_torch(net, tx)
+    base = np.array([[0.3, -0.2, 0.1]], np.float32)
+    kw = {"attribute_to_layer_input": True}
+    for mult in (True, False):
+        ref, ref_delta = captum.LayerDeepLift(net, net.add2, multiply_by_inputs=mult).attribute(
+            tx, torch.from_numpy(base), target=[1, 0, 1, 1], return_convergence_delta=True, **kw
+        )
+        got, delta = jaxattr.layer_deep_lift(
+            model, x, "add2", base, target=[1, 0, 1, 1], multiply_by_inputs=mult,
+            return_delta=True, **kw,
+        )  # fmt: skip
+        _close(got, ref)
+        np.testing.assert_allclose(delta, ref_delta.detach().numpy(), rtol=1e-5, atol=1e-6)
+    dist = np.random.default_rng(8).normal(size=(5, 3)).astype(np.float32)
+    key, n_samples, stdevs = jax.random.key(9), 4, 0.2
+    noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, 5, n_samples, stdevs)
+    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    ref, ref_delta = captum.LayerGradientShap(net, net.add2).attribute(
+        tx, torch.from_numpy(dist), n_samples=n_samples, stdevs=stdevs, target=1,
+        return_convergence_delta=True, **kw,
+    )  # fmt: skip
+    monkeypatch.undo()
+    got, delta = jaxattr.layer_gradient_shap(
+        model, x, "add2", dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1,
+        return_delta=True, **kw,
+    )  # fmt: skip
+    _close(got, ref)
+    np.testing.assert_allclose(
+        np.asarray(delta).reshape(-1), ref_delta.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def _res2(torch):
+    class Res2(torch.nn.Module):  # a container: its inputs first meet different layers
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, a, b):
+            return self.fc(a) * b + a  # ``a`` is read by fc and by the residual add
+
+    return Res2()
+
+
+def test_a_container_receiving_two_tensors_gives_a_tuple_like_captum():
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    x = np.random.default_rng(10).normal(size=(3, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    kw = {"attribute_to_layer_input": True}
+    res = _two_input_model()
+    res.add2 = _res2(torch)  # lin -> res(h, tanh(h)) -> head
+    multi = _multi_relu_model(head=torch.nn.Tanh())  # lin1 -> multi(h, -h) -> lin2
+    for net, mod, name, taps in [
+        (res, res.add2, "add2", [("add2.fc", 0), ("add2.mul", 1)]),
+        (multi, multi.multi, "multi", [("multi.relu1", 0), ("multi.relu2", 0)]),
+    ]:
+        model = from_torch(net, tx)
+        assert [(t.layer, t.index) for t in _taps.resolve_layers(model, name, True)] == taps
+        _close(jaxattr.layer_activation(model, x, name, **kw),
+               captum.LayerActivation(net, mod).attribute(tx, **kw))  # fmt: skip
+        _close(
+            jaxattr.layer_gradient_x_activation(model, x, name, target=1, **kw),
+            captum.LayerGradientXActivation(net, mod).attribute(tx, target=1, **kw),
+        )
+        # replaced where the container reads it (both layers reading ``a``), as a pre-hook
+        _close(
+            jaxattr.layer_integrated_gradients(model, x, name, target=1, n_steps=8, **kw),
+            captum.LayerIntegratedGradients(net, mod).attribute(tx, target=1, n_steps=8, **kw),
+            rtol=1e-4,
+        )
+        _close(jaxattr.layer_feature_ablation(model, x, name, target=0, **kw),
+               captum.LayerFeatureAblation(net, mod).attribute(tx, target=0, **kw))  # fmt: skip
+        with pytest.raises(ValueError, match=f"'{name}' receives 2 tensors"):
+            jaxattr.neuron_gradient(model, x, name, (0,), attribute_to_neuron_input=True)
+
+
+def test_a_layer_input_used_elsewhere_is_differentiated_like_captum():
+    """Captum's layer gradient is taken for the input tensor: every use of it counts."""
+    torch = pytest.importorskip("torch")
+    captum = pytest.importorskip("captum.attr")
+    from jaxattr.bridge import from_torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.relu = torch.nn.Linear(3, 4), torch.nn.ReLU()
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.lin(x)
+            return self.head(self.relu(h) + h)
+
+    torch.manual_seed(2)
+    net = Net().eval()
+    x = np.random.default_rng(11).normal(size=(3, 3)).astype(np.float32)
+    tx = torch.from_numpy(x)
+    model = from_torch(net, tx)
+    kw = {"attribute_to_layer_input": True}
+    pairs = [
+        (jaxattr.layer_gradient_x_activation, captum.LayerGradientXActivation, {}),
+        (jaxattr.internal_influence, captum.InternalInfluence, {"n_steps": 8}),
+        (jaxattr.layer_integrated_gradients, captum.LayerIntegratedGradients, {"n_steps": 8}),
+    ]
+    for ours, theirs, opts in pairs:
+        got = ours(model, x, "relu", target=1, **opts, **kw)
+        ref = theirs(net, net.relu).attribute(tx, target=1, **opts, **kw)
+        np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_flax_layer_receiving_two_tensors_is_a_named_error():
+    class Mul2(nn.Module):
+        jaxattr_kind = "mul"
+
+        @nn.compact
+        def __call__(self, a, b):
+            return nn.relu(a) * b
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(4, name="lin")(x)
+            return nn.Dense(2, name="head")(Mul2(name="mul2")(h, jnp.tanh(h)))
+
+    x = jnp.ones((2, 3))
+    model = from_linen(Net(), Net().init(KEY, x))
+    model.discover(x)
+    kw = {"attribute_to_layer_input": True}
+    assert jaxattr.layer_activation(model, x, "head", **kw).shape == (2, 4)
+    with pytest.raises(ValueError, match="'mul2' receives 2 tensors, but this model cannot"):
+        jaxattr.layer_activation(model, x, "mul2", **kw)
+    with pytest.raises(ValueError, match="'mul2' receives 2 tensors, but this model cannot"):
+        jaxattr.layer_gradient_x_activation(model, x, "mul2", target=0, **kw)
 
 
 def test_input_shape_is_checked_against_the_exported_one():
