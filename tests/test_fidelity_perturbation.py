@@ -8,6 +8,7 @@ against its analytic numbers. Tolerance: float32 on both sides (see ``assert_clo
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 
 import captum.attr as ca
@@ -20,6 +21,12 @@ import torch
 import jaxattr
 from tests import twins
 from tests.test_parity_captum import _Replay, assert_close
+
+#: Captum's Lime/KernelShap surrogates (and the host-object test) fit with scikit-learn,
+#: a test oracle only (as Captum's own tests, these skip without it).
+needs_sklearn = pytest.mark.skipif(
+    importlib.util.find_spec("sklearn") is None, reason="Captum's surrogates need scikit-learn"
+)
 
 
 class SmallConv(torch.nn.Module):
@@ -304,6 +311,7 @@ def test_int_inputs_shapley_and_permutation(monkeypatch):
     assert_close(jaxattr.feature_permutation(lin_jax, XI, key=key, target=2), ref)
 
 
+@needs_sklearn
 def test_int_inputs_lime_and_kernel_shap(monkeypatch):
     x = XI[:1]
     key = jax.random.key(2)
@@ -382,6 +390,7 @@ def test_aggregate_forward_ablation_occlusion_shapley(monkeypatch):
         jaxattr.feature_ablation(agg_jax, X4, target=0)
 
 
+@needs_sklearn
 def test_aggregate_forward_permutation_lime_kernel_shap(monkeypatch):
     xt = torch.from_numpy(X4)
     key = jax.random.key(4)
@@ -485,7 +494,6 @@ def test_feature_permutation_edge_batches(monkeypatch):
 
 # ---- 8. Lime / KernelShap options, LimeBase -----------------------------------------
 
-pytest.importorskip("sklearn")  # Captum's default surrogates are scikit-learn models
 from captum._utils.models.linear_model import (  # noqa: E402
     SGDLasso,
     SGDLinearRegression,
@@ -515,6 +523,7 @@ def _lime_rows(key, e, f, s):
     return [torch.from_numpy(r[None]) for r in z.reshape(-1, f)]
 
 
+@needs_sklearn
 @pytest.mark.parametrize(
     "name,captum_model,tol",
     [
@@ -548,6 +557,7 @@ def test_lime_interpretable_models(name, captum_model, tol):
     assert_close(ours, ref, rtol=tol)
 
 
+@needs_sklearn
 def test_lime_sklearn_object_and_jax_function_surrogates():
     from sklearn.linear_model import Ridge
 
@@ -573,6 +583,7 @@ def test_lime_sklearn_object_and_jax_function_surrogates():
         jaxattr.lime(tanh_jax, X6, interpretable_model=3, **kw)
 
 
+@needs_sklearn
 @pytest.mark.parametrize("n", [1, 2])
 def test_return_input_shape_false(n, monkeypatch):
     key = jax.random.key(14)
@@ -605,6 +616,7 @@ def test_return_input_shape_false(n, monkeypatch):
     assert_close(ours, ref.reshape(n, 4), rtol=2e-3)
 
 
+@needs_sklearn
 @pytest.mark.parametrize("width", [0.75, 3.0])
 def test_lime_euclidean_kernel(width):
     key = jax.random.key(15)
@@ -630,6 +642,7 @@ def _keys_draws(fn, key, s, e):
     return [[fn(keys[i, j]) for i in range(s)] for j in range(e)]
 
 
+@needs_sklearn
 def test_lime_custom_similarity_perturb_and_transform():
     key = jax.random.key(16)
     n_samples, n_feat = 30, 4
@@ -689,6 +702,7 @@ def test_lime_custom_similarity_perturb_and_transform():
     assert_close(ours, torch.stack(ref), rtol=1e-3)
 
 
+@needs_sklearn
 @pytest.mark.parametrize("interp_space", [True, False])
 def test_lime_base_matches_captum_limebase(interp_space):
     key = jax.random.key(17)
