@@ -50,7 +50,9 @@ PyTree = Any
 Array = jax.Array
 
 __all__ = [
+    "ArnoldiInfluenceFunction",
     "KMostInfluentialResults",
+    "NaiveInfluenceFunction",
     "SimilarityInfluence",
     "TracInCP",
     "TracInCPFast",
@@ -432,9 +434,13 @@ class _PerExample:
         def scores(acc, test, params, lr, xs, y):
             return acc + lr * (test @ flat(params, xs, y).T)
 
+        def project(params, r, xs, y):
+            return flat(params, xs, y) @ r
+
         self.flat = jax.jit(flat)
         self.self_influence = jax.jit(self_influence)
         self.scores = jax.jit(scores)
+        self.project = jax.jit(project)
 
 
 class TracInCP:
@@ -1274,3 +1280,430 @@ class SimilarityInfluence:
             if zeros:
                 out["zero_acts-" + layer] = jnp.asarray(np.concatenate(zeros))
         return out
+
+
+# --------------------------------------------------------------------------------------
+# Influence functions
+# --------------------------------------------------------------------------------------
+
+
+def _top_eigen(
+    h: np.ndarray, k: int | None, hessian_reg: float, tol: float, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Captum's ``_top_eigen``: eigenpairs of ``h + reg I`` above ``tol``, the ``k``
+    largest, ascending, each eigenvector's sign chosen so that its entries sum >= 0."""
+    h = np.asarray(h, np.float64)
+    h = h + np.eye(len(h)) * hessian_reg
+    if symmetric:
+        ls, vs = np.linalg.eigh((h + h.T) / 2)
+    else:
+        ls, vs = np.linalg.eig(h)
+        ls, vs = ls.real, vs.real
+        order = np.argsort(ls)
+        ls, vs = ls[order], vs[:, order]
+    keep = ls > tol
+    ls, vs = ls[keep], vs[:, keep]
+    if k is not None:
+        ls, vs = ls[-k:], vs[:, -k:]
+    sign = np.where(vs.sum(0) > 0, 1.0, -1.0)
+    return ls, vs * sign[None, :]
+
+
+class _InfluenceFunctionBase:
+    """The set-up shared by the influence functions: one checkpoint, the trained
+    parameters as one flat vector, the Hessian dataset and the per-example gradients."""
+
+    def __init__(
+        self,
+        model: Any,
+        train_dataset: Any,
+        checkpoint: Any,
+        checkpoints_load_func: Callable[[Any], tuple[PyTree, float]] | None,
+        layers: Sequence[str] | None,
+        loss_fn: Callable[..., Array] | None,
+        batch_size: int,
+        hessian_dataset: Any,
+        test_loss_fn: Callable[..., Array] | None,
+        sample_wise_grads_per_batch: bool,
+    ) -> None:
+        from jax.flatten_util import ravel_pytree
+
+        self.model = model
+        self.fn = _model_fn(model)
+        self.batch_size = _core.check_positive_int(batch_size, "batch_size")
+        self.train_dataset = _Data(train_dataset, self.batch_size, "train_dataset", labelled=True)
+        self.hessian_dataset = (
+            self.train_dataset
+            if hessian_dataset is None
+            else _Data(hessian_dataset, self.batch_size, "hessian_dataset", labelled=True)
+        )
+        for name, f in (("loss_fn", loss_fn), ("test_loss_fn", test_loss_fn)):
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable or None, got {type(f).__name__}")
+        self.loss_fn = loss_fn
+        self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
+        self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
+        self.checkpoint = checkpoint
+        self.params, _ = _Checkpoints([checkpoint], checkpoints_load_func).first()
+        self.layers = None if layers is None else list(layers)
+        self.mask = _param_mask(model, self.params, self.layers)
+        self._train = _per_example(self.fn, self.loss_fn, self.mask)
+        self._test = _per_example(self.fn, self.test_loss_fn, self.mask)
+        leaves, treedef = jax.tree_util.tree_flatten(self.params)
+        sel = [a for a, m in zip(leaves, self.mask, strict=True) if m]
+        self._theta, unravel = ravel_pytree(sel)
+        mask, fn, loss = self.mask, self.fn, loss_fn
+        reduction = _reduction(loss_fn, "loss_fn") if loss_fn is not None else "sum"
+
+        def batch_loss(theta, xs, y):
+            it = iter(unravel(theta))
+            p = jax.tree_util.tree_unflatten(
+                treedef, [next(it) if m else a for a, m in zip(leaves, mask, strict=True)]
+            )
+            out = fn(p, *xs)
+            total = jnp.sum(out if loss is None else loss(out, y))
+            return total * y.shape[0] if reduction == "mean" else total
+
+        self._batch_loss = batch_loss
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name (used in progress bars)."""
+        return cls.__name__
+
+    _inputs = TracInCP._inputs
+
+    def _projection(self) -> Array:  # (P, k)
+        raise NotImplementedError
+
+    def compute_intermediate_quantities(
+        self,
+        inputs_dataset: Any,
+        aggregate: bool = False,
+        show_progress: bool = False,
+        return_on_cpu: bool = True,
+        test: bool = False,
+    ) -> Array:
+        """Embeddings ``g^T V L^(-1/2)`` whose dot products are influence scores.
+
+        Args:
+            inputs_dataset: Examples ``(x_1, ..., x_m, labels)`` or batches.
+            aggregate: Sum over the examples (one row).
+            show_progress: Show a progress bar over the batches.
+            return_on_cpu: Accepted for Captum compatibility.
+            test: Use ``test_loss_fn``.
+
+        Returns:
+            (N, k) embeddings ((1, k) with ``aggregate``), ``k`` the kept eigenvectors.
+        """
+        data = self._inputs(inputs_dataset, "inputs_dataset")
+        which = self._test if test else self._train
+        desc = f"{self.get_name()} intermediate quantities"
+        rows = [
+            which.project(self.params, self.R, *_split(b))
+            for b in progress(data, total=data.length(), desc=desc, enabled=show_progress)
+        ]
+        q = rows[0] if len(rows) == 1 else jnp.concatenate(rows)
+        return jnp.sum(q, axis=0, keepdims=True) if aggregate else q
+
+    def influence(
+        self,
+        inputs: Any,
+        k: int | None = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+    ) -> Array | KMostInfluentialResults:
+        """Influence ``g_test^T H^-1 g_train`` (Captum's sign), or the top ``k``.
+
+        Args:
+            inputs: Test examples ``(x_1, ..., x_m, labels)`` or batches.
+            k: ``None`` for all (N_test, N_train) scores; an int for proponents/opponents.
+            proponents: Highest (``True``) or lowest scores.
+            show_progress: Show a progress bar over the training batches.
+
+        Returns:
+            (N_test, N_train) scores or a :class:`KMostInfluentialResults`.
+        """
+        if k is not None:
+            k = _check_k(k)
+        query = self.compute_intermediate_quantities(inputs, test=True)
+        rows, best, offset = [], None, 0
+        desc = f"{self.get_name()} influence"
+        data = self.train_dataset
+        for b in progress(data, total=data.length(), desc=desc, enabled=show_progress):
+            s = query @ self._train.project(self.params, self.R, *_split(b)).T
+            if k is None:
+                rows.append(s)
+            else:
+                best = _top_k_merge(best, s, offset, k, proponents)
+            offset += int(b[-1].shape[0])
+        if k is None:
+            return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
+        return _finish_top_k(best, proponents)
+
+    def self_influence(self, inputs_dataset: Any = None, show_progress: bool = False) -> Array:
+        """Self influence ``g^T H^-1 g`` of each example (default: the training set).
+
+        Args:
+            inputs_dataset: Examples ``(x_1, ..., x_m, labels)`` or batches.
+            show_progress: Show a progress bar over the batches.
+
+        Returns:
+            (N,) scores.
+        """
+        data = self.train_dataset if inputs_dataset is None else inputs_dataset
+        if isinstance(data, _Data):
+            data = data.arrays if data.arrays is not None else data.batches
+        q = self.compute_intermediate_quantities(data, show_progress=show_progress)
+        return jnp.sum(q * q, axis=1)
+
+
+class NaiveInfluenceFunction(_InfluenceFunctionBase):
+    """Influence functions with the exact Hessian, Captum's ``NaiveInfluenceFunction``.
+
+    The Hessian ``H`` of the total training loss (summed over ``hessian_dataset``,
+    default the training set) with respect to the trained parameters is formed
+    explicitly (``jax.hessian`` per batch, P x P: small models only). Its top
+    ``projection_dim`` eigenpairs ``(l, v)`` of ``H + hessian_reg I`` above
+    ``hessian_inverse_tol`` give the embedding ``g^T v / sqrt(l)``, so influence scores
+    ``g_test^T H^-1 g_train`` are dot products (Koh and Liang, 2017; Captum's sign).
+
+    Args:
+        model: ``model(params, *inputs)`` or a structured model.
+        train_dataset: ``(x_1, ..., x_m, labels)`` arrays or batches (module docs).
+        checkpoint: The params pytree to explain (or an item for
+            ``checkpoints_load_func``).
+        checkpoints_load_func: ``load(checkpoint) -> (params, learning_rate)``.
+        layers: Restrict to these layers' parameters.
+        loss_fn: ``loss_fn(outputs, labels)``: per-example losses or their sum.
+        batch_size: Examples per batch for array datasets.
+        hessian_dataset: Data for the Hessian (default ``train_dataset``).
+        test_loss_fn: Loss for test examples.
+        sample_wise_grads_per_batch: Accepted for Captum compatibility.
+        projection_dim: Eigenvectors kept.
+        seed: Accepted for Captum compatibility (nothing is random).
+        hessian_reg: Added to the Hessian's diagonal.
+        hessian_inverse_tol: Eigenvalues at or below it are dropped.
+        projection_on_cpu: Accepted for Captum compatibility.
+        show_progress: Show progress while forming the Hessian.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr.influence import NaiveInfluenceFunction
+        >>> model = lambda p, x: x @ p["w"]
+        >>> loss = lambda out, y: 0.5 * (out[:, 0] - y) ** 2
+        >>> x, y = jnp.array([[1.0, 0.0], [0.0, 2.0]]), jnp.array([1.0, 0.0])
+        >>> inf = NaiveInfluenceFunction(model, (x, y), {"w": jnp.ones((2, 1))}, loss_fn=loss)
+        >>> [round(float(v), 3) for v in inf.self_influence()]   # g^T H^-1 g, H = x^T x
+        [0.0, 4.0]
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        train_dataset: Any,
+        checkpoint: Any,
+        checkpoints_load_func: Callable[[Any], tuple[PyTree, float]] | None = None,
+        layers: Sequence[str] | None = None,
+        loss_fn: Callable[..., Array] | None = None,
+        batch_size: int = 64,
+        hessian_dataset: Any = None,
+        test_loss_fn: Callable[..., Array] | None = None,
+        sample_wise_grads_per_batch: bool = False,
+        projection_dim: int = 50,
+        seed: int = 42,
+        hessian_reg: float = 1e-6,
+        hessian_inverse_tol: float = 1e-5,
+        projection_on_cpu: bool = True,
+        show_progress: bool = False,
+    ) -> None:
+        super().__init__(
+            model,
+            train_dataset,
+            checkpoint,
+            checkpoints_load_func,
+            layers,
+            loss_fn,
+            batch_size,
+            hessian_dataset,
+            test_loss_fn,
+            sample_wise_grads_per_batch,
+        )
+        self.projection_dim = _core.check_positive_int(projection_dim, "projection_dim")
+        self.seed = seed
+        self.hessian_reg = float(hessian_reg)
+        self.hessian_inverse_tol = float(hessian_inverse_tol)
+        hessian = jax.jit(jax.hessian(self._batch_loss))
+        data = self.hessian_dataset
+        h = None
+        desc = f"{self.get_name()} Hessian"
+        for b in progress(data, total=data.length(), desc=desc, enabled=show_progress):
+            hb = hessian(self._theta, *_split(b))
+            h = hb if h is None else h + hb
+        ls, vs = _top_eigen(
+            np.asarray(h), self.projection_dim, self.hessian_reg, self.hessian_inverse_tol, True
+        )
+        if len(ls) == 0:
+            raise ValueError(
+                "the Hessian has no eigenvalue above hessian_inverse_tol="
+                f"{self.hessian_inverse_tol} (after adding hessian_reg={self.hessian_reg}): "
+                "no positive curvature to invert"
+            )
+        self.R = jnp.asarray(vs / np.sqrt(ls)[None, :], self._theta.dtype)
+
+
+class ArnoldiInfluenceFunction(_InfluenceFunctionBase):
+    """Influence functions from Arnoldi iteration, Captum's ``ArnoldiInfluenceFunction``.
+
+    The Hessian is never formed: ``arnoldi_dim`` steps of Arnoldi iteration with
+    Hessian-vector products (``jax.jvp`` of ``jax.grad`` over ``hessian_dataset``) build
+    an orthonormal Krylov basis ``Q`` and the small matrix ``Q^T H Q``, whose top
+    ``projection_dim`` eigenpairs (above ``hessian_inverse_tol``, after adding
+    ``hessian_reg``) approximate the Hessian's (Schioppa et al., 2022). Influence is
+    ``g_test^T H^-1 g_train`` restricted to them, as in :class:`NaiveInfluenceFunction`.
+
+    Args:
+        model: ``model(params, *inputs)`` or a structured model.
+        train_dataset: ``(x_1, ..., x_m, labels)`` arrays or batches (module docs).
+        checkpoint: The params pytree to explain.
+        checkpoints_load_func: ``load(checkpoint) -> (params, learning_rate)``.
+        layers: Restrict to these layers' parameters.
+        loss_fn: ``loss_fn(outputs, labels)``: per-example losses or their sum.
+        batch_size: Examples per batch for array datasets.
+        hessian_dataset: Data for the Hessian (default ``train_dataset``).
+        test_loss_fn: Loss for test examples.
+        sample_wise_grads_per_batch: Accepted for Captum compatibility.
+        projection_dim: Eigenvectors kept.
+        seed: Seed of the random start vector (``jax.random.key(seed)``).
+        arnoldi_dim: Arnoldi steps (Krylov dimension).
+        arnoldi_tol: Stop early when the new direction's norm falls below it.
+        hessian_reg: Added to the restricted Hessian's diagonal.
+        hessian_inverse_tol: Eigenvalues at or below it are dropped.
+        projection_on_cpu: Accepted for Captum compatibility.
+        show_progress: Show progress over the Arnoldi steps.
+        arnoldi_start: The start vector (a pytree of the trained parameters'
+            structure, or a flat (P,) vector) instead of a random one.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr.influence import ArnoldiInfluenceFunction
+        >>> model = lambda p, x: x @ p["w"]
+        >>> loss = lambda out, y: 0.5 * (out[:, 0] - y) ** 2
+        >>> x, y = jnp.array([[1.0, 0.0], [0.0, 2.0]]), jnp.array([1.0, 0.0])
+        >>> inf = ArnoldiInfluenceFunction(model, (x, y), {"w": jnp.ones((2, 1))}, loss_fn=loss,
+        ...                                arnoldi_dim=2, arnoldi_tol=1e-6)
+        >>> inf.R.shape                            # (P, kept eigenvectors)
+        (2, 1)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        train_dataset: Any,
+        checkpoint: Any,
+        checkpoints_load_func: Callable[[Any], tuple[PyTree, float]] | None = None,
+        layers: Sequence[str] | None = None,
+        loss_fn: Callable[..., Array] | None = None,
+        batch_size: int = 64,
+        hessian_dataset: Any = None,
+        test_loss_fn: Callable[..., Array] | None = None,
+        sample_wise_grads_per_batch: bool = False,
+        projection_dim: int = 50,
+        seed: int = 0,
+        arnoldi_dim: int = 200,
+        arnoldi_tol: float = 1e-1,
+        hessian_reg: float = 1e-3,
+        hessian_inverse_tol: float = 1e-4,
+        projection_on_cpu: bool = True,
+        show_progress: bool = False,
+        arnoldi_start: Any = None,
+    ) -> None:
+        super().__init__(
+            model,
+            train_dataset,
+            checkpoint,
+            checkpoints_load_func,
+            layers,
+            loss_fn,
+            batch_size,
+            hessian_dataset,
+            test_loss_fn,
+            sample_wise_grads_per_batch,
+        )
+        self.projection_dim = _core.check_positive_int(projection_dim, "projection_dim")
+        self.seed = seed
+        self.arnoldi_dim = _core.check_positive_int(arnoldi_dim, "arnoldi_dim")
+        self.arnoldi_tol = float(arnoldi_tol)
+        self.hessian_reg = float(hessian_reg)
+        self.hessian_inverse_tol = float(hessian_inverse_tol)
+        b = self._start(arnoldi_start)
+        qs, h = self._arnoldi(b, show_progress)
+        qs, h = qs[:-1], h[:-1]
+        if not qs:
+            raise ValueError(
+                f"the Arnoldi basis is empty: the start vector's Hessian image is below "
+                f"arnoldi_tol={self.arnoldi_tol}; lower arnoldi_tol"
+            )
+        ls, vs = _top_eigen(
+            h, self.projection_dim, self.hessian_reg, self.hessian_inverse_tol, False
+        )
+        if vs.shape[1] == 0:
+            raise ValueError(
+                "the Hessian restricted to the Krylov subspace has no eigenvalue above "
+                f"hessian_inverse_tol={self.hessian_inverse_tol}: no positive curvature"
+            )
+        q = np.stack([np.asarray(v, np.float64) for v in qs], 1)  # (P, m)
+        self.R = jnp.asarray(q @ vs / np.sqrt(ls)[None, :], self._theta.dtype)
+
+    def _start(self, given: Any) -> Array:
+        from jax.flatten_util import ravel_pytree
+
+        p = self._theta.shape[0]
+        if given is None:
+            return jax.random.normal(jax.random.key(self.seed), (p,), self._theta.dtype)
+        if hasattr(given, "shape") and tuple(given.shape) == (p,):
+            return jnp.asarray(given, self._theta.dtype)
+        leaves = jax.tree_util.tree_leaves(given)
+        full = jax.tree_util.tree_leaves(self.params)
+        if len(leaves) == len(full):  # the whole params structure: keep the trained leaves
+            leaves = [a for a, m in zip(leaves, self.mask, strict=True) if m]
+        flat, _ = ravel_pytree([jnp.asarray(a, self._theta.dtype) for a in leaves])
+        if flat.shape != (p,):
+            raise ValueError(
+                f"arnoldi_start must have the trained parameters' structure or shape ({p},), "
+                f"got {flat.shape[0]} values"
+            )
+        return flat
+
+    def _arnoldi(self, b: Array, show_progress: bool) -> tuple[list, np.ndarray]:
+        """Captum's ``_parameter_arnoldi``: the Krylov basis and the Hessenberg matrix."""
+        grad = jax.grad(self._batch_loss)
+        hvp_batch = jax.jit(
+            lambda theta, v, xs, y: jax.jvp(lambda t: grad(t, xs, y), (theta,), (v,))[1]
+        )
+        batches = list(self.hessian_dataset)
+
+        def hvp(v):
+            out = None
+            for b_ in batches:
+                r = hvp_batch(self._theta, v, *_split(b_))
+                out = r if out is None else out + r
+            return out
+
+        n = self.arnoldi_dim
+        h = np.zeros((n + 1, n))
+        qs = [b / jnp.sqrt(jnp.dot(b, b))]
+        k = 0
+        steps = progress(
+            range(1, n + 1), total=n, desc=f"{self.get_name()} Arnoldi", enabled=show_progress
+        )
+        for k in steps:
+            v = hvp(qs[k - 1])
+            for i in range(k):
+                h[i, k - 1] = float(jnp.dot(qs[i], v))
+                v = v - qs[i] * h[i, k - 1]
+            h[k, k - 1] = float(jnp.sqrt(jnp.dot(v, v)))
+            if h[k, k - 1] < self.arnoldi_tol:
+                break
+            qs.append(v / h[k, k - 1])
+        return qs[:k], h[:k, : k - 1]

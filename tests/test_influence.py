@@ -16,6 +16,9 @@ import optax
 import pytest
 import torch
 from captum.influence import (
+    NaiveInfluenceFunction as CNaive,
+)
+from captum.influence import (
     SimilarityInfluence as CSimilarity,
 )
 from captum.influence import (
@@ -293,6 +296,61 @@ def test_cosine_zero_vectors():
     b = np.array([[0.0, 0.0], [3.0, -1.0], [1.0, 1.0]], np.float32)
     ref = cosine_similarity(torch.from_numpy(a), torch.from_numpy(b), replace_nan=-2)
     close(influence.cosine_similarity(a, b, replace_nan=-2), ref)
+
+
+def captum_if(setup, cls, **kw):
+    net, states, x, y, *_ = setup
+    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    return cls(
+        net,
+        train_dataset=ds,
+        checkpoint=1,
+        checkpoints_load_func=loader(states),
+        loss_fn=torch.nn.CrossEntropyLoss(reduction="none"),
+        batch_size=8,
+        **kw,
+    )
+
+
+def test_naive_influence_function(setup):
+    """Exact Hessian (jax.hessian), its top eigenvectors, g^T H^-1 g: as Captum."""
+    *_, x, y, xt, yt, ckpts = setup
+    ref = captum_if(setup, CNaive, projection_dim=8)
+    ours = influence.NaiveInfluenceFunction(
+        mlp_jax, (x, y), ckpts[1], loss_fn=ce, batch_size=8, projection_dim=8
+    )
+    test = (torch.from_numpy(xt), torch.from_numpy(yt))
+    close(ours.influence((xt, yt)), ref.influence(test))
+    close(ours.self_influence(), ref.self_influence())
+    r = ref.influence(test, k=3)
+    o = ours.influence((xt, yt), k=3)
+    np.testing.assert_array_equal(np.asarray(o.indices), r.indices.numpy())
+
+
+def test_arnoldi_influence_function(setup):
+    """Arnoldi iteration with Hessian-vector products from Captum's start vector."""
+    from captum.influence._core.arnoldi_influence_function import (
+        ArnoldiInfluenceFunction as CArnoldi,
+    )
+
+    net, states, x, y, xt, yt, ckpts = setup
+    ref = captum_if(setup, CArnoldi, projection_dim=4, arnoldi_dim=12, seed=0)
+    net.load_state_dict(states[1])
+    torch.manual_seed(0)  # Captum's start vector: randn_like of each parameter, in order
+    start = {n: torch.randn_like(p).numpy() for n, p in net.named_parameters()}
+    ours = influence.ArnoldiInfluenceFunction(
+        mlp_jax,
+        (x, y),
+        ckpts[1],
+        loss_fn=ce,
+        batch_size=8,
+        projection_dim=4,
+        arnoldi_dim=12,
+        arnoldi_start=start,
+    )
+    test = (torch.from_numpy(xt), torch.from_numpy(yt))
+    close(ours.influence((xt, yt)), ref.influence(test))
+    close(ours.self_influence(), ref.self_influence())
 
 
 def test_errors(setup):
