@@ -269,7 +269,13 @@ def _param_mask(model: Any, params: PyTree, layers: Sequence[str] | None) -> tup
             hit = [
                 i
                 for i, n in enumerate(names)
-                if ok[i] and (n in keys or n == layer or n.startswith(layer + "."))
+                if ok[i]
+                and (
+                    n in keys
+                    or any(n.endswith("." + k) for k in keys)  # Flax: "params.fc.kernel"
+                    or n == layer
+                    or n.startswith(layer + ".")
+                )
             ]
             if not hit:
                 shown = ", ".join(repr(n) for n in names[:12]) + (
