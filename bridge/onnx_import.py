@@ -41,9 +41,10 @@ import numpy as np
 
 from .convert import MODULE_KINDS, Converted, _Graph, _Input, _Instr, _module_kind, _Ref
 from .errors import BridgeError, UnsupportedOpsError
-from .onnx_ops import _NP_DTYPES, ONNX_LOWERINGS, STATIC_INPUTS
+from .onnx_ops import _NP_DTYPES, ONNX_LOWERINGS, STATIC_INPUTS, ConcreteInputError
 
-__all__ = ["from_onnx", "supported_onnx_ops", "OnnxFormatError", "MIN_OPSET"]
+__all__ = ["from_onnx", "supported_onnx_ops", "OnnxFormatError", "ConcreteInputError",
+           "MIN_OPSET"]
 
 #: The oldest default-domain opset read as is; older models are upgraded with
 #: ``onnx.version_converter`` first.
@@ -150,7 +151,9 @@ def _check(proto: Any, where: str) -> Any:
         raise OnnxFormatError(
             f"model: {where} is not a valid ONNX model (onnx.checker: {first})") from e
     version = _default_opset(proto)
-    if version < MIN_OPSET:
+    # a model importing only other domains (ai.onnx.ml, com.microsoft) has no default-domain
+    # opset to upgrade: its operators are checked (and listed if unsupported) later
+    if version is not None and version < MIN_OPSET:
         try:
             from onnx import version_converter
 
@@ -165,11 +168,12 @@ def _check(proto: Any, where: str) -> Any:
     return proto
 
 
-def _default_opset(proto: Any) -> int:
+def _default_opset(proto: Any) -> int | None:
+    """The default-domain opset of the model; None when it imports only other domains."""
     for o in proto.opset_import:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)
-    return 0
+    return None
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -290,7 +294,10 @@ def _narrow_cast(node: Any) -> str | None:
     return None
 
 
-def _onnx_graph(proto: Any, where: str) -> _Graph:
+_STRING = 8  # TensorProto.STRING
+
+
+def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
     g = proto.graph
     opsets = {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import}
     opsets.setdefault("ai.onnx", opsets.get("", 0))
@@ -315,12 +322,15 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
             why = "BatchNormalization (training_mode=1)"
         elif n.op_type == "Cast" and _narrow_cast(n):
             why = _narrow_cast(n)
-        elif n.op_type == "GRU" and not any(
-                a.name == "linear_before_reset" and a.i for a in n.attribute):
-            why = "GRU (linear_before_reset=0)"
         if why is not None:
             missing[why].append(label)
             detail[why] = f"{domain} opset {opsets.get(domain, '?')}"
+    strings = [vi.name for vi in list(g.input) + list(g.output)
+               if vi.type.tensor_type.elem_type == _STRING]
+    strings += [t.name for t in g.initializer if t.data_type == _STRING]
+    if strings:
+        missing["string tensors"] = strings
+        detail["string tensors"] = "JAX has no string arrays"
     if missing:
         raise UnsupportedOpsError(
             missing, where=f"the ONNX graph of {where}", detail=detail,
@@ -332,7 +342,8 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
     # graph output). One backward pass: ONNX nodes are topologically sorted.
     all_attrs = [_attrs(n) for n in nodes]
     folded, known = _fold_constants(nodes, all_attrs, g.initializer)
-    static_need, data_need = _value_needs(nodes, folded, [o.name for o in g.output])
+    why_static: dict[str, str] = {}
+    static_need, data_need = _value_needs(nodes, folded, [o.name for o in g.output], why_static)
 
     # initializers: float ones are parameters unless only shapes/axes/pads need them
     params: dict[str, Any] = {}
@@ -370,8 +381,13 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
                           for d in tt.shape.dim)
         inputs.append(_Input(vi.name, dtype, shape))
 
+    # graph inputs read as shapes, axes, pads, scales, k ...: concrete values at call time
+    # (one also read as data is not: a shape computed from data fails, named, in a trace)
+    concrete = {k: why_static[inp.value] for k, inp in enumerate(inputs)
+                if inp.value in static_need and inp.value not in data_need}
+
     # folded nodes (Constant included) are gone; every other node becomes an instruction
-    static: set[str] = set(constants)
+    static: set[str] = set(constants) | {inputs[k].value for k in concrete}
     instrs: list[_Instr] = []
     node_inputs: dict[str, list[str]] = {}
     node_of_instr: dict[str, int] = {}
@@ -389,7 +405,7 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
         args = tuple(_Ref(a) if a else None for a in n.input)
         reads = [a for a in n.input if a]
         is_static = all(a in static for a in reads) or n.op_type in ("Shape", "Size")
-        fn = _select_outputs(ONNX_LOWERINGS[key], len(outs))
+        fn = _select_outputs(ONNX_LOWERINGS[key], len(outs), n.name or f"#{i}", n)
         if len(outs) == 1:
             name = outs[0]
             instrs.append(_Instr(name, f"onnx::{key}", fn, args, attrs, len(instrs)))
@@ -423,7 +439,7 @@ def _onnx_graph(proto: Any, where: str) -> _Graph:
     def unflatten(flat: list[Any]) -> Any:
         return flat[0] if len(flat) == 1 else tuple(flat)
 
-    return _Graph(
+    return concrete, _Graph(
         source=proto, params=params, constants=constants,
         param_ph=[(k, k) for k in params], const_ph=[(k, k) for k in constants],
         ph_target={k: k for k in params}, aliases={}, inputs=inputs, n_args=len(inputs),
@@ -459,7 +475,16 @@ def _fold_constants(nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]],
             continue
         attrs = all_attrs[i]
         if n.op_type == "Constant":
-            known[n.output[0]] = _as_numpy(ONNX_LOWERINGS["Constant"](**attrs))
+            label = n.name or f"#{i} (Constant)"
+            try:
+                value = _as_numpy(ONNX_LOWERINGS["Constant"](**attrs))
+            except NotImplementedError as e:
+                raise UnsupportedOpsError({f"Constant ({e})": [label]},
+                                          where="the ONNX graph") from e
+            if value.dtype.kind in "OSU":
+                raise UnsupportedOpsError({"string tensors": [label]}, where="the ONNX graph",
+                                          detail={"string tensors": "JAX has no string arrays"})
+            known[n.output[0]] = value
             folded.add(i)
             continue
         reads = [a for a in n.input if a]
@@ -487,6 +512,17 @@ def _fold_constants(nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]],
     return folded, known
 
 
+def _input_name(node: Any, j: int) -> str:
+    """The schema's name of input ``j`` of ``node`` (``"shape"`` for Reshape's second)."""
+    import onnx
+
+    try:
+        formal = onnx.defs.get_schema(node.op_type, domain=node.domain or "").inputs
+        return formal[min(j, len(formal) - 1)].name
+    except Exception:  # noqa: BLE001 - unknown schema: the position
+        return f"#{j}"
+
+
 def _as_numpy(v: Any) -> np.ndarray:
     arr = np.asarray(v)
     if arr.dtype == np.float64 and not jax.config.jax_enable_x64:
@@ -494,14 +530,15 @@ def _as_numpy(v: Any) -> np.ndarray:
     return arr
 
 
-def _value_needs(nodes: Sequence[Any], folded: set[int], outputs: Sequence[str]
-                 ) -> tuple[set[str], set[str]]:
+def _value_needs(nodes: Sequence[Any], folded: set[int], outputs: Sequence[str],
+                 why: dict[str, str] | None = None) -> tuple[set[str], set[str]]:
     """Values that must be concrete while tracing, and values read as data.
 
     A value is *static* when a node reads it as a shape, axes, pads, scales, ... input
     (``STATIC_INPUTS``), or computes from it a value that is static; it is *data* when a
     node computing data reads it, or it is a graph output. Operators that read only their
     input's shape (``Shape``) need neither. Folded nodes are gone and read nothing.
+    ``why`` (filled when given) says, per static value, which node needs it.
     """
     static_need: set[str] = set()
     data_need: set[str] = set(outputs)
@@ -518,14 +555,41 @@ def _value_needs(nodes: Sequence[Any], folded: set[int], outputs: Sequence[str]
                 continue
             if j in pos or out_static:
                 static_need.add(a)
+                if why is not None and a not in why:
+                    label = f"node {n.name or '#' + str(i)!r} ({n.op_type})"
+                    why[a] = (f"the {_input_name(n, j)!r} input of {label}" if j in pos else
+                              f"read by {label}, whose output is needed as a shape-like value")
             if j not in pos and out_data:
                 data_need.add(a)
     return static_need, data_need
 
 
-def _select_outputs(fn: Any, n_out: int) -> Any:
+def _select_outputs(fn: Any, n_out: int, label: str = "", node: Any = None) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
+        try:
+            out = fn(*args, **kwargs)
+        except ConcreteInputError as e:
+            if node is None or getattr(e, "node", None) is not None:
+                raise
+            pos = STATIC_INPUTS.get(node.op_type, ())
+            traced = [f"{_input_name(node, j)!r} ({node.input[j]!r})" for j in pos
+                      if j < len(args) and isinstance(args[j], jax.core.Tracer)]
+            err = ConcreteInputError(
+                f"node {label!r} ({node.op_type}): input {' and '.join(traced) or '?'} must be "
+                "concrete when the graph is traced (JAX compiles for fixed shapes), but it is "
+                "computed from traced data (a parameter, or a graph input inside "
+                "jax.jit/vmap/grad). Compute it from constants or Shape, or feed the graph "
+                "inputs it comes from as concrete arrays")
+            err.node = label  # type: ignore[attr-defined]
+            raise err from e
+        except BridgeError:
+            raise
+        except NotImplementedError as e:  # a lowering refusing an attribute or input value
+            op = node.op_type if node is not None else "node"
+            raise UnsupportedOpsError(
+                {f"{op} ({e})": [label or "?"]}, where="the ONNX graph (found while tracing)",
+                hint="This use of the operator has no lowering; see "
+                "jaxattr.bridge.supported_onnx_ops() and docs/onnx.md.") from e
         if isinstance(out, tuple) and n_out == 1:
             return out[0]
         return out
@@ -731,10 +795,74 @@ def from_onnx(model: Any) -> Converted:
     t0 = time.perf_counter()
     proto, where = _load(model)
     proto = _check(proto, where)
-    graph = _onnx_graph(proto, where)
-    conv = Converted(graph)
+    concrete, graph = _onnx_graph(proto, where)
+    conv = _OnnxConverted(graph, concrete)
     conv.conversion_time = time.perf_counter() - t0
     return conv
+
+
+class _Frozen:
+    """A concrete input value as a hashable static argument of ``jax.jit``."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._key = (array.dtype.str, array.shape, array.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Frozen) and self._key == other._key
+
+
+def _call_concrete(model: Converted, fixed: tuple[tuple[int, _Frozen], ...],
+                   *dynamic: Any) -> Any:
+    values = dict((i, f.array) for i, f in fixed)
+    rest = iter(dynamic)
+    flat = [values[i] if i in values else next(rest) for i in range(len(fixed) + len(dynamic))]
+    return model.fn(model.params, *flat)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class _OnnxConverted(Converted):
+    """A :class:`Converted` whose shape-like graph inputs are concrete values.
+
+    A graph input read as a shape, axes, pads, scales, ``k``, ... (``Reshape``'s ``shape``
+    fed by the caller) is taken as a NumPy array when the model is called; ``conv(...)``
+    compiles one program per distinct value of those inputs. Traced there (inside a
+    transformation), it raises :class:`ConcreteInputError` naming the input.
+    """
+
+    def __init__(self, graph: _Graph, concrete: Mapping[int, str]):
+        # set before Converted.__init__, which shares every attribute set so far with the
+        # pytree copies of the model
+        self._concrete = dict(concrete)
+        self._jit_concrete = jax.jit(_call_concrete, static_argnums=1)
+        super().__init__(graph)
+
+    def _prep(self, x: Any, i: int) -> Any:
+        if i not in self._concrete:
+            return super()._prep(x, i)
+        name = self._inputs[i].value
+        if isinstance(x, jax.core.Tracer):
+            raise ConcreteInputError(
+                f"input {name!r} is {self._concrete[i]}, so it must be a concrete array "
+                "(NumPy, or a JAX array outside jax.jit/vmap/grad): the compiled program "
+                "specializes on its value. It is traced here; pass it from outside the "
+                "transformation (e.g. close over it) or make it a constant of the model")
+        if type(x).__module__.startswith("torch"):
+            x = x.detach().cpu().numpy()
+        return np.asarray(x)
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        if not self._concrete:
+            return super().__call__(*inputs, **kwargs)
+        flat = self._flatten_inputs(inputs, kwargs)
+        fixed = tuple((i, _Frozen(flat[i])) for i in sorted(self._concrete))
+        dynamic = [x for i, x in enumerate(flat) if i not in self._concrete]
+        return self._jit_concrete(self, fixed, *dynamic)
 
 
 def supported_onnx_ops() -> list[str]:

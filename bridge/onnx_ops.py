@@ -24,9 +24,21 @@ import numpy as np
 from jax import lax
 
 from . import lowerings as L
-from .errors import UnsupportedOpsError
+from .errors import BridgeError, UnsupportedOpsError
 
-__all__ = ["ONNX_LOWERINGS", "STATIC_INPUTS", "register_onnx_lowering", "onnx_dtype"]
+__all__ = ["ONNX_LOWERINGS", "STATIC_INPUTS", "ConcreteInputError", "register_onnx_lowering",
+           "onnx_dtype"]
+
+
+class ConcreteInputError(BridgeError, TypeError):
+    """A shape, axes, pads, scales, ``k`` ... input of an ONNX node is not a concrete value.
+
+    JAX compiles for fixed shapes, so such inputs must be known when the graph is traced:
+    constants, values computed from constants or from ``Shape``, or graph inputs given as
+    concrete arrays at call time (the compiled program specializes on their values). Raised
+    when one is a traced value (the model called inside ``jax.jit``/``vmap``/``grad`` with that
+    input traced) or is computed from data; the message names the node and the input.
+    """
 
 #: ONNX op type -> lowering ``fn(*inputs, **attributes)``.
 ONNX_LOWERINGS: dict[str, Callable[..., Any]] = {}
@@ -37,7 +49,8 @@ STATIC_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
     "Unsqueeze": (1,), "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 3),
     "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "CumSum": (1,),
-    "OneHot": (1,), "Trilu": (1,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,),
+    "OneHot": (1,), "Trilu": (1,), "Dropout": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,),
+    "ReduceMax": (1,), "LSTM": (4,), "GRU": (4,), "RNN": (4,),
     "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
     "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "ReduceLogSum": (1,),
 }
@@ -112,17 +125,20 @@ def _xp(*xs: Any) -> Any:
     return jnp if _traced(*xs) else np
 
 
+def _concrete(v: Any) -> np.ndarray:
+    """A shape-like value as a NumPy array; a traced one raises :class:`ConcreteInputError`."""
+    if isinstance(v, jax.core.Tracer):
+        raise ConcreteInputError(
+            "a shape, axes, pads, scales or count input is a traced value; it must be "
+            "concrete when the graph is traced")
+    return np.asarray(v)
+
+
 def _ints(v: Any) -> list[int]:
     """A static int vector (NumPy array, list or scalar) as a list of Python ints."""
     if v is None:
         return []
-    if isinstance(v, jax.Array):
-        if isinstance(v, jax.core.Tracer):
-            raise NotImplementedError(
-                "a shape, axes or pads input is computed from traced values; only shapes "
-                "derived from Shape() and constants are supported")
-        v = np.asarray(v)
-    return [int(a) for a in np.asarray(v).reshape(-1)]
+    return [int(a) for a in _concrete(v).reshape(-1)]
 
 
 def _axis(a: int, nd: int) -> int:
@@ -355,9 +371,10 @@ def cast_like(x, like, *, saturate=1):
 
 @reg("Dropout")
 def dropout(x, ratio=None, training_mode=None, *, seed=None):
-    if training_mode is not None and bool(np.asarray(training_mode)):
-        raise NotImplementedError("Dropout: training_mode=True is not supported (export in "
-                                  "eval mode)")
+    training = training_mode is not None and bool(_concrete(training_mode))
+    if training and (ratio is None or float(_concrete(ratio)) != 0.0):
+        raise NotImplementedError("training_mode=1 with a nonzero ratio drops at random; "
+                                  "export in eval mode")
     return x, jnp.ones(jnp.shape(x), bool)
 
 
@@ -397,14 +414,14 @@ def size(x):
 
 @reg("Range")
 def range_(start, limit, delta):
-    a, b, d = (np.asarray(v).item() for v in (start, limit, delta))
+    a, b, d = (_concrete(v).item() for v in (start, limit, delta))
     dtype = np.asarray(start).dtype
     return np.arange(a, b, d, dtype=dtype)
 
 
 @reg("EyeLike")
 def eye_like(x, *, dtype=None, k=0):
-    dt = onnx_dtype(dtype, traced=False) if dtype is not None else np.asarray(x).dtype
+    dt = onnx_dtype(dtype, traced=False) if dtype is not None else np.dtype(x.dtype)
     return np.eye(np.shape(x)[0], np.shape(x)[1], k, dtype=dt)
 
 
@@ -521,10 +538,12 @@ def gather_elements(data, indices, *, axis=0):
 
 @reg("GatherND")
 def gather_nd(data, indices, *, batch_dims=0):
-    if batch_dims:
-        raise NotImplementedError("GatherND: batch_dims > 0 is not supported")
-    idx = jnp.asarray(indices)
-    return jnp.asarray(data)[tuple(jnp.moveaxis(idx, -1, 0))]
+    def take(d, i):
+        return d[tuple(jnp.moveaxis(i, -1, 0))]
+
+    for _ in range(batch_dims):  # the leading batch_dims axes pair data with indices
+        take = jax.vmap(take)
+    return take(jnp.asarray(data), jnp.asarray(indices))
 
 
 @reg("ScatterElements")
@@ -568,10 +587,12 @@ def depth_to_space(x, *, blocksize, mode="DCR"):
 
 
 @reg("SpaceToDepth")
-def space_to_depth(x, *, blocksize):
+def space_to_depth(x, *, blocksize, mode="DCR"):
     n, c, h, w = x.shape
     b = blocksize
-    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    # DCR: output channel (bh, bw, c); CRD (opset 25): (c, bh, bw)
+    perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b).transpose(perm)
     return y.reshape(n, c * b * b, h // b, w // b)
 
 
@@ -635,6 +656,20 @@ def _reduction(kind: str) -> Callable[..., Any]:
         ax = tuple(_axis(a, np.ndim(x)) for a in ax)
         xp = _xp(x)
         kd = bool(keepdims)
+        if kind in ("max", "min") and any(np.shape(x)[a] == 0 for a in ax):
+            # over an empty set: the identity of the reduction (ONNX: -inf/+inf, or the
+            # integer type's lowest/highest value)
+            dt = np.asarray(x).dtype if xp is np else x.dtype
+            if jnp.issubdtype(dt, jnp.floating):
+                fill = -np.inf if kind == "max" else np.inf
+            elif dt == np.bool_:
+                fill = kind == "min"
+            else:
+                info = jnp.iinfo(dt)
+                fill = info.min if kind == "max" else info.max
+            shape = [1 if a in ax else d for a, d in enumerate(np.shape(x))] if kd else [
+                d for a, d in enumerate(np.shape(x)) if a not in ax]
+            return _np_result(xp.full(shape, fill, dt))
         if kind == "sum":
             out = xp.sum(x, axis=ax, keepdims=kd)
         elif kind == "mean":
@@ -772,19 +807,37 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape,
     st = tuple(strides or (1,) * nsp)
     dl = tuple(dilations or (1,) * nsp)
     pp = _pads(x.shape[2:], kernel_shape, st, dl, pads, auto_pad)
-    out = L._max_pool(x, tuple(kernel_shape), st, pp, dl, bool(ceil_mode))
-    return out, None  # Indices: only as an unused output
+    small_int = jnp.issubdtype(x.dtype, jnp.integer) and jnp.dtype(x.dtype).itemsize < 4
+    xx = x.astype(jnp.int32) if small_int else x  # (u)int8/16: pooled in int32, exact
+    out = L._max_pool(xx, tuple(kernel_shape), st, pp, dl, bool(ceil_mode))
+    return out.astype(x.dtype), None  # Indices: only as an unused output
 
 
 @reg("AveragePool")
 def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
                  kernel_shape, pads=None, strides=None):
     nsp = len(kernel_shape)
+    k = tuple(kernel_shape)
     st = tuple(strides or (1,) * nsp)
-    if dilations and any(d != 1 for d in dilations):
-        raise NotImplementedError("AveragePool: dilations other than 1 are not supported")
-    pp = _pads(x.shape[2:], kernel_shape, st, (1,) * nsp, pads, auto_pad)
-    return L._avg_pool(x, tuple(kernel_shape), st, pp, bool(ceil_mode), bool(count_include_pad))
+    dl = tuple(dilations or (1,) * nsp)
+    pp = _pads(x.shape[2:], k, st, dl, pads, auto_pad)
+    if all(d == 1 for d in dl):
+        return L._avg_pool(x, k, st, pp, bool(ceil_mode), bool(count_include_pad))
+    # dilated windows: the sum over each window, divided by the number of its taps that
+    # fall inside the input (and inside the explicit pads with count_include_pad); the
+    # ceil-mode overhang never counts. The count is separable: one 1-D count per axis.
+    full = L._pool_pads(x.shape[2:], k, st, pp, dl, bool(ceil_mode))
+    total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, (1, 1) + k, (1, 1) + st,
+                              [(0, 0), (0, 0)] + full, window_dilation=(1, 1) + dl)
+    count = np.ones((), np.float64)
+    for a in range(nsp):
+        n, (lo, hi), (flo, fhi) = x.shape[2 + a], pp[a], full[a]
+        valid = np.zeros(n + flo + fhi)
+        valid[flo - lo if count_include_pad else flo:
+              flo + n + (hi if count_include_pad else 0)] = 1.0
+        taps = np.arange(total.shape[2 + a])[:, None] * st[a] + np.arange(k[a]) * dl[a]
+        count = np.multiply.outer(count, valid[taps].sum(axis=1))
+    return total / jnp.asarray(np.maximum(count, 1.0), x.dtype)
 
 
 @reg("GlobalAveragePool")
@@ -845,6 +898,139 @@ def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1):
     if b is not None:
         y = y + b
     return y, mu, inv
+
+
+@reg("RMSNormalization")
+def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
+    """Opset 23: ``x / sqrt(mean(x**2 over axes axis..) + epsilon) * scale``, computed in
+    float32 (``stash_type=1``) for narrower inputs."""
+    a = _axis(axis, x.ndim)
+    xf = x.astype(jnp.float32) if stash_type == 1 and jnp.dtype(x.dtype).itemsize < 4 else x
+    ms = jnp.mean(jnp.square(xf), axis=tuple(range(a, x.ndim)), keepdims=True)
+    return (xf * lax.rsqrt(ms + epsilon)).astype(x.dtype) * scale
+
+
+@reg("RotaryEmbedding")
+def rotary_embedding(x, cos_cache, sin_cache, position_ids=None, *, interleaved=0,
+                     num_heads=0, rotary_embedding_dim=0):
+    """Opset 23 rotary position embedding of ``x`` (batch, heads, seq, head) or (batch,
+    seq, heads * head); caches indexed by ``position_ids`` when given."""
+    shape = x.shape
+    if x.ndim == 4:
+        y = jnp.transpose(x, (0, 2, 1, 3))  # (batch, seq, heads, head)
+    else:
+        if not num_heads:
+            raise NotImplementedError("RotaryEmbedding: 3-D input needs num_heads")
+        y = x.reshape(shape[0], shape[1], num_heads, shape[2] // num_heads)
+    rot = rotary_embedding_dim or y.shape[-1]
+    cos, sin = jnp.asarray(cos_cache), jnp.asarray(sin_cache)
+    if position_ids is not None:
+        cos = jnp.take(cos, jnp.asarray(position_ids), axis=0)
+        sin = jnp.take(sin, jnp.asarray(position_ids), axis=0)
+    cos, sin = cos[..., None, :], sin[..., None, :]  # (batch, seq, 1, rot/2)
+    head, rest = y[..., :rot], y[..., rot:]
+    if interleaved:
+        x1, x2 = head[..., 0::2], head[..., 1::2]
+    else:
+        x1, x2 = head[..., : rot // 2], head[..., rot // 2:]
+    real = cos * x1 - sin * x2
+    imag = sin * x1 + cos * x2
+    if interleaved:
+        head = jnp.stack([real, imag], axis=-1).reshape(head.shape)
+    else:
+        head = jnp.concatenate([real, imag], axis=-1)
+    y = jnp.concatenate([head, rest], axis=-1).astype(x.dtype)
+    return jnp.transpose(y, (0, 2, 1, 3)) if x.ndim == 4 else y.reshape(shape)
+
+
+def _safe_softmax(s):
+    """Softmax over the last axis; a row that is all ``-inf`` gives zeros, not NaN."""
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = lax.stop_gradient(jnp.where(jnp.isneginf(m), 0.0, m).astype(s.dtype))
+    e = jnp.exp(s - m)
+    tot = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(tot == 0, 1.0, tot).astype(s.dtype)
+
+
+@reg("Attention")
+def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None,
+              *, is_causal=0, kv_num_heads=None, q_num_heads=None, qk_matmul_output_mode=0,
+              scale=None, softcap=0.0, softmax_precision=None, left_window_size=-1,
+              right_window_size=-1):
+    """Opset 23+ scaled dot-product attention, as ONNX's reference computes it: 3-D inputs
+    (batch, seq, heads * head) or 4-D (batch, heads, seq, head); grouped-query heads; past
+    key/value caches; boolean or additive masks (a shorter mask is padded with -inf);
+    bottom-right-aligned causal masks; sliding windows; softcap; fully masked rows give 0.
+    Returns ``(Y, present_key, present_value, qk_matmul_output)``."""
+    dt = q.dtype
+    three_d = q.ndim == 3
+    if three_d:
+        def heads(t, n):
+            return jnp.transpose(t.reshape(t.shape[0], t.shape[1], n, -1), (0, 2, 1, 3))
+
+        q, k, v = heads(q, q_num_heads), heads(k, kv_num_heads), heads(v, kv_num_heads)
+    sc = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[3])
+    sc = jnp.asarray(math.sqrt(sc), dt)
+    if past_key is not None:
+        k = jnp.concatenate([past_key, k], axis=2)
+    if past_value is not None:
+        v = jnp.concatenate([past_value, v], axis=2)
+    present_k, present_v = k, v
+    nq, nkv = q.shape[2], k.shape[2]
+    neg = jnp.asarray(-jnp.inf, dt)
+    bias = jnp.zeros((nq, nkv), dt)
+    mask = attn_mask
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.shape[-1] < nkv:
+            fill = False if mask.dtype == jnp.bool_ else -jnp.inf
+            mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, nkv - mask.shape[-1])],
+                           constant_values=fill)
+        if mask.dtype == jnp.bool_:
+            mask = jnp.where(mask, jnp.asarray(0, dt), neg)
+        bias = bias + mask.astype(dt)
+    if nonpad_kv_seqlen is not None and past_key is None:
+        offset = jnp.asarray(nonpad_kv_seqlen).reshape(-1, 1, 1, 1) - nq  # per batch
+    else:
+        offset = past_key.shape[2] if past_key is not None else 0
+    i_idx = jnp.arange(nq).reshape(nq, 1)
+    j_idx = jnp.arange(nkv).reshape(1, nkv)
+    if is_causal:
+        bias = bias + jnp.where(j_idx <= i_idx + offset, jnp.asarray(0, dt), neg)
+    if left_window_size >= 0 or right_window_size >= 0:
+        diff = (i_idx + offset) - j_idx
+        allowed = jnp.ones(jnp.shape(diff), bool)
+        if left_window_size >= 0:
+            allowed = allowed & (diff <= left_window_size)
+        if right_window_size >= 0:
+            allowed = allowed & (-diff <= right_window_size)
+        bias = bias + jnp.where(allowed, jnp.asarray(0, dt), neg)
+    if nonpad_kv_seqlen is not None:
+        pad = jnp.arange(nkv) < jnp.asarray(nonpad_kv_seqlen).reshape(-1, 1)
+        bias = bias + jnp.where(pad, jnp.asarray(0, dt), neg).reshape(-1, 1, 1, nkv)
+    nh_q, nh_k = q.shape[1], k.shape[1]
+    if nh_q != nh_k and nh_q % nh_k == 0 and v.shape[1] == nh_k:
+        k = jnp.repeat(k, nh_q // nh_k, axis=1)
+        v = jnp.repeat(v, nh_q // nh_k, axis=1)
+    qk = jnp.matmul(q * sc, jnp.swapaxes(k * sc, -1, -2))
+    if softcap and softcap > 0:
+        qk = softcap * jnp.tanh(qk / softcap)
+    qk_out = qk
+    with_bias = qk + bias
+    if qk_matmul_output_mode == 2:
+        qk_out = with_bias
+    if softmax_precision is not None:
+        with_bias = with_bias.astype(onnx_dtype(softmax_precision))
+    probs = _safe_softmax(with_bias)
+    masked_row = jnp.isneginf(jnp.max(bias, axis=-1, keepdims=True))
+    probs = jnp.where(masked_row, jnp.zeros((), probs.dtype), probs)
+    if qk_matmul_output_mode == 3:
+        qk_out = probs
+    y = jnp.matmul(probs.astype(dt), v)
+    if three_d:
+        y = jnp.transpose(y, (0, 2, 1, 3)).reshape(y.shape[0], y.shape[2], -1)
+    return y, present_k, present_v, jnp.broadcast_to(qk_out, jnp.broadcast_shapes(
+        qk_out.shape, (1, 1, nq, nkv))).astype(dt)
 
 
 @reg("GroupNormalization")
@@ -912,14 +1098,20 @@ def pad(x, pads, constant_value=None, axes=None, *, mode="constant"):
 
 def _resize_coords(n_in: int, n_out: int, scale: float, coord: str,
                    roi: tuple[float, float] | None) -> np.ndarray:
-    """The input coordinate of each output position along one axis (ONNX Resize)."""
+    """The input coordinate of each output position along one axis (ONNX Resize).
+
+    As ONNX's reference, ``align_corners``, ``pytorch_half_pixel`` and
+    ``tf_crop_and_resize`` use the unrounded output length ``scale * n_in``: with scales
+    that do not give a whole length (0.6 * 4 = 2.4), ``align_corners`` maps the last output
+    to ``(n_out - 1) * (n_in - 1) / (2.4 - 1)``, not to the last input."""
     o = np.arange(n_out, dtype=np.float64)
+    width = scale * n_in
     if coord == "half_pixel":
         xs = (o + 0.5) / scale - 0.5
     elif coord == "pytorch_half_pixel":
-        xs = (o + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(o)
+        xs = (o + 0.5) / scale - 0.5 if width != 1 else np.full_like(o, -0.5)
     elif coord == "align_corners":
-        xs = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(o)
+        xs = o * (n_in - 1) / (width - 1) if width != 1 else np.zeros_like(o)
     elif coord == "asymmetric":
         xs = o / scale
     elif coord == "half_pixel_symmetric":
@@ -929,7 +1121,7 @@ def _resize_coords(n_in: int, n_out: int, scale: float, coord: str,
         xs = off + (o + 0.5) / scale - 0.5
     elif coord == "tf_crop_and_resize":
         lo, hi = roi if roi is not None else (0.0, 1.0)
-        xs = (lo * (n_in - 1) + o * (hi - lo) * (n_in - 1) / (n_out - 1) if n_out > 1
+        xs = (lo * (n_in - 1) + o * (hi - lo) * (n_in - 1) / (width - 1) if width != 1
               else 0.5 * (lo + hi) * (n_in - 1) + np.zeros_like(o))
     else:
         raise NotImplementedError(f"Resize: coordinate_transformation_mode={coord!r}")
@@ -986,13 +1178,55 @@ def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
     return m
 
 
+def _antialias_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
+                      cubic_a: float, exclude_outside: int,
+                      roi: tuple[float, float] | None) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of an antialiased linear/cubic Resize along one axis: when
+    downsampling, the interpolation kernel is stretched by ``1 / scale`` (ONNX's
+    reference: ``_linear_coeffs_antialias``, ``_cubic_coeffs_antialias``)."""
+    s = min(scale, 1.0)
+    xs = _resize_coords(n_in, n_out, scale, coord, roi)
+    if coord == "pytorch_half_pixel" and n_out == 1:
+        xs = np.full(1, -0.5)
+    m = np.zeros((n_out, n_in), np.float64)
+    for j, x in enumerate(xs):
+        ratio = 1.0 if float(x).is_integer() else x - math.floor(x)
+        if mode == "linear":
+            start = int(math.floor(-1 / s) + 1)
+            args = (np.arange(start, 2 - start) - ratio) * s
+            c = np.clip(1 - np.abs(args), 0, 1)
+        else:
+            start = int(math.floor(-2 / s) + 1)
+            d = np.abs(s * (np.arange(start, 2 - start) - ratio))
+            c = np.where(d <= 1, (cubic_a + 2) * d ** 3 - (cubic_a + 3) * d ** 2 + 1,
+                         np.where(d < 2, cubic_a * d ** 3 - 5 * cubic_a * d ** 2
+                                  + 8 * cubic_a * d - 4 * cubic_a, 0.0))
+        c = c / c.sum()
+        n = len(c)
+        # the n taps nearest to x (ties to the smaller index), as the reference picks them
+        pad = int(math.ceil(n / 2))
+        xp_ = x + pad
+        p = math.floor(xp_)
+        frac = xp_ - p
+        if n % 2 == 0:
+            off = -(n // 2) if frac == 0 else -(n // 2) + 1
+        else:
+            off = -((n - 1) // 2) + (0 if frac <= 0.5 else 1)
+        idx = p + off + np.arange(n) - pad
+        if exclude_outside:
+            c = np.where((idx < 0) | (idx >= n_in), 0.0, c)
+            c = c / (c.sum() or 1.0)
+        np.add.at(m[j], np.clip(idx, 0, n_in - 1), c)
+    return m
+
+
 @reg("Resize")
 def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
            coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75,
            exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy="stretch",
            mode="nearest", nearest_mode="round_prefer_floor"):
-    if antialias:
-        raise NotImplementedError("Resize: antialias=1 is not supported")
+    if antialias and mode == "nearest":
+        raise NotImplementedError("Resize: antialias=1 with mode='nearest'")
     nd = x.ndim
     ax = [_axis(a, nd) for a in axes] if axes else list(range(nd))
     in_sizes = [x.shape[a] for a in ax]
@@ -1005,9 +1239,10 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
             sc = [s] * len(sc)
             sz = [int(round(i * s)) for i in in_sizes]
     else:
-        sc = [float(v) for v in np.asarray(scales).reshape(-1)]
+        sc = [float(v) for v in _concrete(scales).reshape(-1)]
         sz = [int(math.floor(i * s)) for i, s in zip(in_sizes, sc, strict=True)]
-    roi_v = np.asarray(roi, np.float64).reshape(-1) if roi is not None and np.size(roi) else None
+    roi_v = (_concrete(roi).astype(np.float64).reshape(-1) if roi is not None and np.size(roi)
+             else None)
     crop = coordinate_transformation_mode == "tf_crop_and_resize"
     outside = np.zeros((1,) * nd, bool)  # outputs sampled outside the input (crop and resize)
     out = x
@@ -1020,8 +1255,14 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
             shape = [1] * nd
             shape[a] = sz[j]
             outside = outside | ((xs < 0) | (xs > in_sizes[j] - 1)).reshape(shape)
-        m = _resize_matrix(in_sizes[j], sz[j], sc[j], mode, coordinate_transformation_mode,
-                           nearest_mode, cubic_coeff_a, exclude_outside, r)
+        if antialias:
+            m = _antialias_matrix(in_sizes[j], sz[j], sc[j], mode,
+                                  coordinate_transformation_mode, cubic_coeff_a,
+                                  exclude_outside, r)
+        else:
+            m = _resize_matrix(in_sizes[j], sz[j], sc[j], mode,
+                               coordinate_transformation_mode, nearest_mode, cubic_coeff_a,
+                               exclude_outside, r)
         if mode == "nearest":
             idx = jnp.asarray(np.argmax(m, axis=1))
             out = jnp.take(out, idx, axis=a)
@@ -1035,10 +1276,10 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
 
 # --------------------------------------------------------------------------- recurrent
 def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, direction,
-              hidden_size, layout, linear_before_reset=1):
+              hidden_size, layout, linear_before_reset=1, peepholes=None, input_forget=0):
     if seq_lens is not None:
-        lens = np.asarray(seq_lens) if not _traced(seq_lens) else None
-        if lens is None or np.any(lens != (x.shape[1] if not layout else x.shape[0])):
+        lens = _concrete(seq_lens)  # X is (seq, batch, ...), or (batch, seq, ...) if layout
+        if np.any(lens != (x.shape[0] if not layout else x.shape[1])):
             raise NotImplementedError(f"{kind.upper()}: per-example sequence_lens shorter than "
                                       "the sequence are not supported")
     if clip is not None:
@@ -1050,9 +1291,6 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
             default_acts * ndir and not (kind == "rnn" and activations[0] in ("Relu", b"Relu")):
         raise NotImplementedError(f"{kind.upper()}: activations {activations} are not "
                                   "supported (only the defaults)")
-    if kind == "gru" and not linear_before_reset:
-        raise NotImplementedError("GRU: linear_before_reset=0 is not supported (torch exports "
-                                  "linear_before_reset=1)")
     if layout:
         x = jnp.swapaxes(x, 0, 1)
     hsz = hidden_size
@@ -1062,6 +1300,27 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
     h0 = zeros if h0 is None else (jnp.swapaxes(h0, 0, 1) if layout else h0)
     if kind == "lstm":
         c0 = zeros if c0 is None else (jnp.swapaxes(c0, 0, 1) if layout else c0)
+    own = (kind == "gru" and not linear_before_reset) or (
+        kind == "lstm" and (peepholes is not None or input_forget))
+    if own:  # ONNX's own cell equations, one lax.scan per direction
+        ys, finals = [], []
+        for d in range(ndir):
+            bd = b[d] if b is not None else jnp.zeros((2 * gates * hsz,), x.dtype)
+            rev = direction == "reverse" or d == 1
+            if kind == "gru":
+                y_d, *f_d = _gru_reset_first(x, w[d], r[d], bd, h0[d], reverse=rev)
+            else:
+                pd = peepholes[d] if peepholes is not None else jnp.zeros((3 * hsz,), x.dtype)
+                y_d, *f_d = _lstm_peephole(x, w[d], r[d], bd, pd, h0[d], c0[d], reverse=rev,
+                                           input_forget=bool(input_forget))
+            ys.append(y_d)
+            finals.append(f_d)
+        y = jnp.stack(ys, 1)  # (seq, dir, batch, hidden)
+        states = [jnp.stack([f[i] for f in finals], 0) for i in range(len(finals[0]))]
+        if layout:
+            y = y.transpose(2, 0, 1, 3)
+            states = [jnp.swapaxes(s, 0, 1) for s in states]
+        return (y, *states)
     params: list[Any] = []
     for d in range(ndir):
         wd, rd = w[d], r[d]
@@ -1090,14 +1349,56 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
     return (y, *states)
 
 
+def _gru_reset_first(x, w, r, b, h0, *, reverse):
+    """One direction of an ONNX GRU with ``linear_before_reset=0`` (ONNX's default): the
+    reset gate scales the hidden state before its recurrent product,
+    ``h~ = tanh(x W_h + (r * h) R_h + Rb_h + Wb_h)`` (torch, ``linear_before_reset=1``,
+    scales the product instead). Gates in ONNX order z, r, h. Returns ``(Y, Y_h)``."""
+    hsz = r.shape[-1]
+    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 3 * hsz]
+    rz, rr, rh = r[:hsz], r[hsz:2 * hsz], r[2 * hsz:]
+    bz, br, bh = b[3 * hsz:4 * hsz], b[4 * hsz:5 * hsz], b[5 * hsz:]
+
+    def step(h, xt):
+        z = jax.nn.sigmoid(xt[:, :hsz] + h @ rz.T + bz)
+        rg = jax.nn.sigmoid(xt[:, hsz:2 * hsz] + h @ rr.T + br)
+        cand = jnp.tanh(xt[:, 2 * hsz:] + (rg * h) @ rh.T + bh)
+        h = (1.0 - z) * cand + z * h
+        return h, h
+
+    h_last, ys = lax.scan(step, h0, xw, reverse=reverse)
+    return ys, h_last
+
+
+def _lstm_peephole(x, w, r, b, p, h0, c0, *, reverse, input_forget):
+    """One direction of an ONNX LSTM with peepholes ``P = [Pi, Po, Pf]`` (and optionally
+    ``input_forget``: ``f = 1 - i``). Gates in ONNX order i, o, f, c. Returns
+    ``(Y, Y_h, Y_c)``."""
+    hsz = r.shape[-1]
+    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 4 * hsz] + b[4 * hsz:]
+    pi, po, pf = p[:hsz], p[hsz:2 * hsz], p[2 * hsz:]
+
+    def step(carry, xt):
+        h, c = carry
+        g = xt + h @ r.T
+        i = jax.nn.sigmoid(g[:, :hsz] + pi * c)
+        f = 1.0 - i if input_forget else jax.nn.sigmoid(g[:, 2 * hsz:3 * hsz] + pf * c)
+        c = f * c + i * jnp.tanh(g[:, 3 * hsz:])
+        o = jax.nn.sigmoid(g[:, hsz:2 * hsz] + po * c)
+        h = o * jnp.tanh(c)
+        return (h, c), h
+
+    (h_last, c_last), ys = lax.scan(step, (h0, c0), xw, reverse=reverse)
+    return ys, h_last, c_last
+
+
 @reg("LSTM")
 def lstm(x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None, *, activation_alpha=None,
          activation_beta=None, activations=None, clip=None, direction="forward",
          hidden_size, input_forget=0, layout=0):
-    if p is not None or input_forget:
-        raise NotImplementedError("LSTM: peepholes and input_forget are not supported")
     return _onnx_rnn("lstm", x, w, r, b, seq_lens, h0, c0, activations=activations, clip=clip,
-                     direction=direction, hidden_size=hidden_size, layout=layout)
+                     direction=direction, hidden_size=hidden_size, layout=layout,
+                     peepholes=p, input_forget=input_forget)
 
 
 @reg("GRU")
