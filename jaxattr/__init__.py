@@ -148,6 +148,15 @@ from jaxattr._perturbation import (
     shapley_values,
     tiled_occlusion,
 )
+from jaxattr._pair import (
+    XRAIOutput,
+    XRAIParameters,
+    blur_ig,
+    felzenszwalb,
+    guided_ig,
+    xrai,
+    xrai_segments,
+)
 from jaxattr._rules import (
     ParamMod,
     Rule,
@@ -166,6 +175,17 @@ from jaxattr._rules import (
     z_box,
     z_plus,
 )
+from jaxattr._sensitivity import (
+    HSIC_KERNELS,
+    PERTURBATIONS,
+    SOBOL_ESTIMATORS,
+    hsic_attribution,
+    hsic_indices,
+    sobol_attribution,
+    sobol_design,
+    sobol_sequence,
+    sobol_total_indices,
+)
 
 __version__ = "0.1.0"
 
@@ -176,11 +196,11 @@ __all__ = [
     "Attached",
     "attribute_dataset",
     "AttributionStore",
-    "ResumeMismatchError",
     "beta_smooth",
+    "blur_ig",
     "canonize",
-    "clear_caches",
     "Canonized",
+    "clear_caches",
     "completeness",
     "Composite",
     "contrastive_excitation_backprop",
@@ -203,6 +223,7 @@ __all__ = [
     "extremal_perturbation",
     "feature_ablation",
     "feature_permutation",
+    "felzenszwalb",
     "fgsm",
     "fit_lasso",
     "fit_linear",
@@ -224,6 +245,10 @@ __all__ = [
     "guided_backprop",
     "guided_backprop_composite",
     "guided_grad_cam",
+    "guided_ig",
+    "hsic_attribution",
+    "hsic_indices",
+    "HSIC_KERNELS",
     "infidelity",
     "input_baseline_x_gradient",
     "input_x_gradient",
@@ -264,8 +289,8 @@ __all__ = [
     "neuron_integrated_gradients",
     "neuron_model",
     "NeuronModel",
-    "NonFiniteInputError",
     "noise_tunnel",
+    "NonFiniteInputError",
     "norm",
     "NT_TYPES",
     "occlude_independent",
@@ -274,6 +299,7 @@ __all__ = [
     "ParamMod",
     "pass_rule",
     "permute_feature",
+    "PERTURBATIONS",
     "pgd",
     "pgd_random_start",
     "pointing_game",
@@ -284,6 +310,7 @@ __all__ = [
     "relu_deconvnet",
     "relu_guided_backprop",
     "residual_sums",
+    "ResumeMismatchError",
     "rise",
     "rise_masks",
     "Rule",
@@ -299,21 +326,34 @@ __all__ = [
     "smooth_mask",
     "smoothgrad",
     "smoothgrad_draws",
+    "sobol_attribution",
+    "sobol_design",
+    "SOBOL_ESTIMATORS",
+    "sobol_sequence",
+    "sobol_total_indices",
     "stabilize",
     "structure",
     "tiled_occlusion",
     "uniform_perturb",
     "viz",
     "w_square",
+    "xrai",
+    "xrai_segments",
+    "XRAIOutput",
+    "XRAIParameters",
     "z_box",
     "z_plus",
 ]
 
 
+_LAZY = ("flax", "compat", "concepts", "influence", "robust")
+
+
 def __getattr__(name: str):
-    # jaxattr.flax (the Flax adapters) is imported on first use, not with jaxattr
-    if name == "flax":
+    # namespaces imported on first use, not with jaxattr: the Flax adapters, the Captum /
+    # Zennit front doors (they need torch), concepts, training-data influence, robustness
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module("jaxattr.flax")
+        return importlib.import_module(f"jaxattr.{name}")
     raise AttributeError(f"module 'jaxattr' has no attribute {name!r}")

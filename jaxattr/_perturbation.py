@@ -1146,15 +1146,19 @@ def feature_permutation(
     key = _core.check_key(key, "feature_permutation")
     batch_size = _check_batch_size(batch_size)
     perm_func = permute_feature if perm_func is None else perm_func
+    if target is not None:  # per-example outputs need one batch size; say so before fn runs
+        flat = jax.tree_util.tree_flatten_with_path(x)[0]
+        shaped = [(p, leaf) for p, leaf in flat if getattr(leaf, "ndim", 0) >= 1]
+        for path, leaf in shaped[1:]:
+            if leaf.shape[0] != shaped[0][1].shape[0]:
+                raise ValueError(
+                    f"every leaf of x must lead with the same batch size N when target is "
+                    f"given; x{jax.tree_util.keystr(path)} has shape {tuple(leaf.shape)}, "
+                    f"expected leading dimension {shaped[0][1].shape[0]} (inputs of "
+                    f"different batch sizes need an aggregate fn and target=None)"
+                )
     x, args, inputs, t, out_shape = _prepare(fn, x, target, args, mixed_batch=True)
     leaves = jax.tree_util.tree_leaves(x)
-    sizes = [leaf.shape[0] for leaf in leaves]
-    if len(set(sizes)) > 1 and t is not None:
-        raise ValueError(
-            f"the inputs of x lead with different batch sizes {sizes}: only an aggregate "
-            f"fn (one value for the whole batch, target=None) can explain them, got "
-            f"target={target!r}"
-        )
     fmasks, f = _feature_masks(feature_mask, x, inputs)
     n_out = _n_outputs(t, out_shape, inputs.n)
     _check_mask_outputs(fmasks, n_out, out_shape)

@@ -53,6 +53,8 @@ class Case:
     chunk: str | None = None  # keyword that chunks the expansion
     baselines: str | None = None  # "point" (broadcast) or "distribution"
     delta: bool = False
+    captum_perturbation: bool = False  # int inputs accepted (no gradients taken)
+    every_output: bool = False  # target=None attributes every output element (Captum)
 
     def __call__(self, fn, x, **kw):
         if self.random:
@@ -126,38 +128,66 @@ CASES.update(
             lambda fn, x, **kw: jaxattr.occlusion(fn, x, sliding_window_shapes=(2,), **kw),
             chunk="batch_size",
             baselines="point",
+            captum_perturbation=True,
+            every_output=True,
         ),
         "occlusion(zennit)": Case(
             lambda fn, x, **kw: jaxattr.occlusion(
                 fn, x, window=2, stride=1, occlusion_fn=jaxattr.occlude_independent, **kw
             ),
             chunk="batch_size",
+            captum_perturbation=True,
+            every_output=True,
         ),
         "tiled_occlusion": Case(
             lambda fn, x, **kw: jaxattr.tiled_occlusion(fn, x, k=2, window=2, **kw),
             chunk="batch_size",
             baselines="point",
+            captum_perturbation=True,
+            every_output=True,
         ),
-        "feature_ablation": Case(jaxattr.feature_ablation, chunk="batch_size", baselines="point"),
-        "feature_permutation": Case(jaxattr.feature_permutation, random=True, chunk="batch_size"),
+        "feature_ablation": Case(
+            jaxattr.feature_ablation,
+            chunk="batch_size",
+            baselines="point",
+            captum_perturbation=True,
+            every_output=True,
+        ),
+        "feature_permutation": Case(
+            jaxattr.feature_permutation,
+            random=True,
+            chunk="batch_size",
+            captum_perturbation=True,
+            every_output=True,
+        ),
         "shapley_value_sampling": Case(
             lambda fn, x, **kw: jaxattr.shapley_value_sampling(fn, x, n_samples=3, **kw),
             random=True,
             chunk="batch_size",
             baselines="point",
+            captum_perturbation=True,
+            every_output=True,
         ),
-        "shapley_values": Case(jaxattr.shapley_values, chunk="batch_size", baselines="point"),
+        "shapley_values": Case(
+            jaxattr.shapley_values,
+            chunk="batch_size",
+            baselines="point",
+            captum_perturbation=True,
+            every_output=True,
+        ),
         "kernel_shap": Case(
             lambda fn, x, **kw: jaxattr.kernel_shap(fn, x, n_samples=12, **kw),
             random=True,
             chunk="batch_size",
             baselines="point",
+            captum_perturbation=True,
         ),
         "lime": Case(
             lambda fn, x, **kw: jaxattr.lime(fn, x, n_samples=12, **kw),
             random=True,
             chunk="batch_size",
             baselines="point",
+            captum_perturbation=True,
         ),
         "rise": Case(
             lambda fn, x, **kw: jaxattr.rise(fn, x, num_masks=8, num_cells=2, **kw),
@@ -375,16 +405,25 @@ def test_second_call_does_not_recompile():
 def test_bad_inputs_are_named(case):
     with pytest.raises(ValueError, match=r"target .*out of range"):
         case(mlp, X, target=3)
-    with pytest.raises(ValueError, match="target=None needs one output"):
-        case(mlp, X, target=None)
+    if case.every_output:  # Captum: every output element, one attribution each
+        every = case(mlp, X, target=None)
+        assert every.shape[:2] in ((3 * 3, 4), (3, 3)), every.shape
+    else:
+        with pytest.raises(ValueError, match="target=None needs one output"):
+            case(mlp, X, target=None)
     with pytest.raises(ValueError, match="expected length N=3"):
         case(mlp, X, target=[0, 1])
     with pytest.raises(ValueError, match="broadcast to the output shape"):
         case(mlp, X, target=jnp.ones((3, 4)))
     with pytest.raises(ValueError, match="expected 2 indices"):
         case(mlp_cube, X, target=(1,))
-    with pytest.raises(TypeError, match=r"x must be floating point.*int32"):
-        case(lambda x: mlp(x.astype(jnp.float32)), jnp.ones((3, 4), jnp.int32), target=0)
+    int_x = jnp.ones((3, 4), jnp.int32)
+    if case.captum_perturbation:  # no gradients needed: int inputs are accepted (float out)
+        attr = case(lambda x: mlp(x.astype(jnp.float32)), int_x, target=0)
+        assert attr.shape == (3, 4) and jnp.issubdtype(attr.dtype, jnp.floating)
+    else:
+        with pytest.raises(TypeError, match=r"x must be floating point.*int32"):
+            case(lambda x: mlp(x.astype(jnp.float32)), int_x, target=0)
     with pytest.raises(ValueError, match=r"same batch size N.*x\[1\]"):
         case(mlp2, (X, jnp.ones((2, 2))), target=0)
     if case.baselines == "point":

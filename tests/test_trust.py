@@ -58,6 +58,20 @@ def _fusion(model, x, **kw):
     return fused(model.apply, model.params, x, key=KEY, **kw)
 
 
+def _lb_perturb(key, x0):  # lime_base's functions: module level, so keys stay stable
+    return jax.random.bernoulli(key, 0.5, (1, 4)).astype(jnp.float32)
+
+
+def _lb_from(z, x0):
+    return x0 * z[0][MASK]
+
+
+def _lb_sim(x0, xp, z):
+    return jnp.exp(-jnp.sum((x0 - xp) ** 2))
+
+
+SEGMENTS = (jnp.arange(36).reshape(6, 6) // 9).astype(jnp.int32)
+
 #: How to call each method on the tiny model; anything not named here gets defaults by
 #: parameter name (``target``, ``key``, ``layer``, ...). Keys must cover jaxattr.__all__.
 SPECIAL = {
@@ -96,6 +110,25 @@ SPECIAL = {
     "neuron_model": lambda m, x, **kw: jaxattr.gradient(
         jaxattr.neuron_model(m, "conv2", (0, 1, 2)), x
     ),
+    "lime_base": lambda m, x, **kw: jaxattr.lime_base(
+        m,
+        x,
+        key=KEY,
+        n_samples=16,
+        interpretable_model="linear",
+        similarity_func=_lb_sim,
+        perturb_func=_lb_perturb,
+        from_interp_rep_transform=_lb_from,
+        **kw,
+    ),
+    "xrai": lambda m, x, **kw: jaxattr.xrai(
+        m,
+        x,
+        segments=SEGMENTS,
+        channel_axis=-1,
+        extra_parameters=jaxattr.XRAIParameters(steps=4, experimental_params={"min_pixel_diff": 2}),
+        **kw,
+    ),
     "interpolate": None,  # a resizing helper, no model
     "completeness": lambda m, x, **kw: jaxattr.completeness(m, x, ATTR, **kw),
     "deletion_curve": lambda m, x, **kw: jaxattr.deletion_curve(m, x, ATTR, n_steps=3, **kw).auc,
@@ -111,6 +144,7 @@ SPECIAL = {
 NOT_METHODS = {
     "draw_noise", "fusion_grad_draws", "gradient_shap_draws", "occlude_independent",
     "permute_feature", "pgd_random_start", "smoothgrad_draws", "uniform_perturb", "interpolate",
+    "xrai_segments",
 }  # fmt: skip
 
 
