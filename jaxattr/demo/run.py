@@ -7,6 +7,8 @@ second call), and scores localisation against the known shape masks:
   channels) falls inside the shape;
 - *relevance mass*: the share of ``|attr|`` that lies inside the shape (Arras et al.,
   2022), against the shape's share of the image as the chance level.
+
+``docs/demo.md`` explains the figure and the table.
 """
 
 from __future__ import annotations
@@ -109,8 +111,13 @@ def run_demo(
     """Run the demo and return its report (also written to ``out`` when given).
 
     Args:
-        out: Output directory for ``demo.png`` (heatmap grid), ``demo.md`` and
-            ``demo.json``; ``None`` writes nothing.
+        out: Output directory for ``demo.png`` (the figure: one row per image, one column
+            per method), ``demo.md`` (the table), ``demo.json``, ``inputs/`` (the images
+            as PNG pixels, for ``jaxattr explain jaxattr.demo.torch_model:demo_cnn``) and
+            ``labels.txt`` (the class names, for ``--labels``);
+            ``None`` writes nothing. A directory this function creates gets a
+            ``.gitignore`` holding ``*``, so that git ignores it wherever it is made
+            (:func:`jaxattr.cli.make_output_dir`).
         n: Number of images to explain.
         seed: Seed of the generated images.
         quiet: Do not print the table.
@@ -163,17 +170,64 @@ def run_demo(
     if not quiet:
         print(table)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        from jaxattr.cli import make_output_dir
+
+        out = make_output_dir(Path(out))
         (out / "demo.md").write_text(table + "\n")
         (out / "demo.json").write_text(json.dumps(report, indent=2))
-        png = write_grid(out / "demo.png", images, masks, maps)
+        inputs = write_inputs(out / "inputs", images, labels)
+        (out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+        png = write_figure(out / "demo.png", images, masks, maps, labels, pred, rows)
         report["png"] = str(png)
         if not quiet:
             print(
-                f"\nwrote {out / 'demo.md'}, {out / 'demo.json'}" + (f" and {png}" if png else "")
+                f"\nwrote {png} (the figure), {out / 'demo.md'}, {out / 'demo.json'} and "
+                f"{len(inputs)} input images under {out / 'inputs'}"
             )
     return report
+
+
+def write_inputs(folder: Path, images: np.ndarray, labels: np.ndarray) -> list[Path]:
+    """The demo images as PNG pixels ``(x + 0.5) / 2`` (see ``jaxattr.demo.torch_model``)."""
+    from jaxattr import viz
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.clip((np.asarray(images) + 0.5) / 2.0, 0.0, 1.0)
+    paths = []
+    for i, (img, label) in enumerate(zip(pixels, labels, strict=True)):
+        path = folder / f"{i:02d}_{CLASSES[int(label)]}.png"
+        viz.save_png(path, (img * 255).round().astype(np.uint8))
+        paths.append(path)
+    return paths
+
+
+def write_figure(
+    path: Path,
+    images: np.ndarray,
+    masks: np.ndarray,
+    maps: dict,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    rows: list[dict],
+) -> Path:
+    """The demo's figure (:func:`jaxattr.demo.figure.demo_figure`; the plain grid of
+    :func:`write_grid` without matplotlib)."""
+    from jaxattr.demo.figure import demo_figure, have_matplotlib
+
+    if not have_matplotlib():
+        return write_grid(path, images, masks, maps)
+    row_labels = [
+        f"{CLASSES[int(t)]}" + ("" if p == t else f"\n(predicted {CLASSES[int(p)]})")
+        for t, p in zip(labels, pred, strict=True)
+    ]
+    notes = {
+        r["method"]: f"PG {r['pointing_game']:.0%}  RM {r['relevance_mass']:.0%}" for r in rows
+    }
+    title = (
+        "jaxattr demo: attributions for each image's true class (rows); PG = pointing game, "
+        "RM = relevance mass (docs/demo.md)"
+    )
+    return demo_figure(path, images, masks, maps, row_labels, notes, title)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -200,10 +254,11 @@ def format_table(report: dict[str, Any]) -> str:
 def write_grid(
     path: Path, images: np.ndarray, masks: np.ndarray, maps: dict, scale: int = 3
 ) -> Path:
-    """Write the heatmap grid: one row per image, the input then one column per method.
+    """The figure without matplotlib: one row per image, the input then one column per
+    method, no text.
 
-    Signed maps use Zennit's ``coldnhot`` colormap, symmetric around zero (hot colours
-    positive, cold negative); the true shape's outline is drawn in green on the input.
+    Signed maps use the blue-white-red colormap, symmetric around zero (red positive, blue
+    negative, white zero); the true shape's outline is drawn in green on the input.
     """
     from jaxattr import viz
 
@@ -214,7 +269,7 @@ def write_grid(
         img = np.where(edge[..., None], np.array([0.0, 1.0, 0.0], np.float32), img)
         tiles.append(viz.imgify(img, vmin=0.0, vmax=1.0))
         for name in maps:
-            tiles.append(viz.imgify(maps[name][i], cmap="coldnhot", symmetric=True))
+            tiles.append(viz.imgify(maps[name][i], cmap="bwr", symmetric=True))
     tiles = [t.repeat(scale, 0).repeat(scale, 1) for t in tiles]
     tiles = [np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles]
     sheet = viz.grid(np.stack(tiles), shape=(images.shape[0], 1 + len(maps)))
