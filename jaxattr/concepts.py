@@ -48,6 +48,7 @@ __all__ = [
     "DefaultClassifier",
     "TCAV",
     "compute_cavs",
+    "concept_activations",
     "concepts_to_str",
     "significance",
     "tcav",
@@ -513,6 +514,14 @@ def concept_activations(
 
     Returns:
         ``{layer: (N, F)}``, ``N`` the concept's examples.
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxattr.concepts import Concept, concept_activations
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> c = Concept(0, "shapes", np.asarray(make_shapes(3)[0]))
+        >>> concept_activations(demo_model(), c, ["conv3", "fc"])["fc"].shape
+        (3, 4)
     """
     from jaxattr._layers import layer_activation
 
@@ -659,6 +668,17 @@ def compute_cavs(
 
     Returns:
         ``{concepts_to_str(set): {layer: CAV}}``.
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxattr.concepts import Concept, compute_cavs
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> x = np.asarray(make_shapes(12)[0])
+        >>> a, b, c = (Concept(i, n, x[4 * i : 4 * i + 4] * (i + 1)) for i, n in
+        ...            enumerate(["a", "b", "c"]))
+        >>> cavs = compute_cavs(demo_model(), [[a, b], [a, c], [a, b, c]], "fc")
+        >>> cavs["0-1"]["fc"].stats["weights"].shape, cavs["0-1-2"]["fc"].stats["weights"].shape
+        ((2, 4), (3, 4))
     """
     _check_sets(experimental_sets)
     names = _check_layers(layers)

@@ -69,6 +69,13 @@ class KMostInfluentialResults(NamedTuple):
         indices: (N_test, k) int32, positions in the training dataset, most influential
             first (highest scores for proponents, lowest for opponents).
         influence_scores: (N_test, k), the matching influence scores.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr.influence import KMostInfluentialResults
+        >>> r = KMostInfluentialResults(jnp.array([[2, 0]]), jnp.array([[0.9, 0.4]]))
+        >>> r.indices.tolist(), r.influence_scores.shape
+        ([[2, 0]], (1, 2))
     """
 
     indices: Array

@@ -45,7 +45,15 @@ ORIGINAL_KEY = "Original"
 
 
 class AttackInfo(NamedTuple):
-    """One attack registered with :meth:`AttackComparator.add_attack`."""
+    """One attack registered with :meth:`AttackComparator.add_attack`.
+
+    Example:
+        >>> from jaxattr.robust import AttackComparator
+        >>> comp = AttackComparator(lambda x: x, lambda out: out.mean())
+        >>> comp.add_attack(lambda x: -x, "Negate", num_attempts=2)
+        >>> comp.attacks["Negate"].num_attempts
+        2
+    """
 
     attack_fn: Callable[..., Any]
     name: str
