@@ -343,7 +343,8 @@ class _Checkpoints:
                 f"{type(out).__name__}"
             )
         params, lr = out
-        params = jax.tree_util.tree_map(_to_array, params)
+        # on the device once (placed, not computed), not copied again at every call
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(_to_array(a)), params)
         return params, float(lr)
 
     def __len__(self) -> int:
