@@ -19,7 +19,7 @@ moves them from ``~/.cache/jaxattr``):
   ``jax.config.update("jax_compilation_cache_dir", ...)`` (a config, not an XLA flag) and
   restored when ``main`` returns; no compiled program is rebuilt on a second run.
 - ``programs/<model>/``: for a ``.pt2`` file (keyed by its bytes, the jaxattr source and
-  the JAX version), its weights (``params.npz``), its layer names and each program run on
+  the JAX version), its weights (``params/``), its layer names and each program run on
   it (the forward pass, each method at each input shape) serialized with ``jax.export``.
   A second run of the same command neither imports torch nor converts the model.
 """
@@ -402,28 +402,47 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
 
 
 class _Store:
-    """One model's entry in the program cache: weights, layer names, exported programs."""
+    """One model's entry in the program cache: weights, layer names, exported programs.
+
+    ``params/<i>.npy`` holds the i-th weight (``np.save``: fast, read back memory-mapped),
+    ``model.json`` the layer names and the number of weights (written last: its presence
+    means the entry is complete), ``<key>.jaxexport`` one serialized program each.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
 
     def meta(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.folder / "model.json").read_text())
+            meta = json.loads((self.folder / "model.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and "layers" in meta else None
+
+    def params(self, count: int) -> list[np.ndarray] | None:
+        if count < 0:
+            return None
+        try:
+            return [
+                np.load(self.folder / "params" / f"{i}.npy", mmap_mode="r", allow_pickle=False)
+                for i in range(count)
+            ]
         except (OSError, ValueError):
             return None
 
-    def params(self) -> list[np.ndarray] | None:
-        try:
-            with np.load(self.folder / "params.npz", allow_pickle=False) as data:
-                return [data[str(i)] for i in range(len(data.files))]
-        except (OSError, ValueError, KeyError):
-            return None
-
     def save_model(self, leaves: list[Any], meta: dict[str, Any]) -> None:
+        import shutil
+
         self.folder.mkdir(parents=True, exist_ok=True)
-        arrays = {str(i): np.asarray(v) for i, v in enumerate(leaves)}
-        _write_atomic(self.folder / "params.npz", lambda f: np.savez(f, **arrays))
+        tmp = self.folder / f".params.{os.getpid()}.tmp"
+        tmp.mkdir(exist_ok=True)
+        for i, leaf in enumerate(leaves):
+            np.save(tmp / f"{i}.npy", np.asarray(leaf), allow_pickle=False)
+        try:
+            os.replace(tmp, self.folder / "params")
+        except OSError:  # another process stored them first
+            shutil.rmtree(tmp, ignore_errors=True)
+        meta = {**meta, "n_params": len(leaves)}
         _write_atomic(self.folder / "model.json", lambda f: f.write(json.dumps(meta).encode()))
 
     def program(self, key: str) -> Any:
@@ -490,7 +509,9 @@ class Model:
 
     def leaves(self, x: np.ndarray) -> list[Any]:
         if self._leaves is None:
-            cached = self.store.params() if self.store is not None else None
+            cached = None
+            if self.store is not None and self.meta is not None:
+                cached = self.store.params(int(self.meta.get("n_params", -1)))
             if cached is None:
                 self.convert(x)
             else:

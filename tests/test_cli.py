@@ -195,6 +195,7 @@ def test_explain_second_run_neither_converts_nor_compiles(saved, tmp_path, monke
     assert any((cache / "jax").iterdir())  # JAX's compilation cache
     (programs,) = (cache / "programs").iterdir()
     assert len(list(programs.glob("*.jaxexport"))) == 3  # forward, ig, grad_cam
+    assert len(list((programs / "params").iterdir())) == 6  # the weights, np.save each
 
     def refuse(*a):
         raise AssertionError("converted again")
