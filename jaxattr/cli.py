@@ -18,8 +18,9 @@ moves them from ``~/.cache/jaxattr``):
 - ``jax/``: JAX's persistent compilation cache, set for this process only with
   ``jax.config.update("jax_compilation_cache_dir", ...)`` (a config, not an XLA flag) and
   restored when ``main`` returns; no compiled program is rebuilt on a second run.
-- ``programs/<model>/``: for a ``.pt2`` file (keyed by its bytes, the jaxattr source and
-  the JAX version), its weights (``params/``), its layer names and each program run on
+- ``programs/<model>-<code>/``: for a ``.pt2`` file (keyed by its bytes, then by the
+  jaxattr source and the JAX version; an entry made by older code is deleted when a new
+  one is stored), its weights (``params/``), its layer names and each program run on
   it (the forward pass, each method at each input shape) serialized with ``jax.export``.
   A second run of the same command neither imports torch nor converts the model.
 """
@@ -433,6 +434,10 @@ class _Store:
     def save_model(self, leaves: list[Any], meta: dict[str, Any]) -> None:
         import shutil
 
+        model = self.folder.name.split("-")[0]
+        for old in self.folder.parent.glob(f"{model}-*"):  # made by older code: stale
+            if old != self.folder:
+                shutil.rmtree(old, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".params.{os.getpid()}.tmp"
         tmp.mkdir(exist_ok=True)
@@ -478,10 +483,10 @@ class Model:
         self.store: _Store | None = None
         self.meta: dict[str, Any] | None = None
         if root is not None and spec.endswith(".pt2") and Path(spec).is_file():
-            key = hashlib.sha256(
-                f"{_file_digest(Path(spec))} {allow_pickle} {_code_fingerprint()}".encode()
-            ).hexdigest()[:32]
-            self.store = _Store(root / "programs" / key)
+            model = hashlib.sha256(f"{_file_digest(Path(spec))} {allow_pickle}".encode())
+            code = _code_fingerprint()
+            # <model>-<code>: a new jaxattr or JAX replaces the model's older entries
+            self.store = _Store(root / "programs" / f"{model.hexdigest()[:24]}-{code[:12]}")
             self.meta = self.store.meta()
 
     def convert(self, x: np.ndarray) -> Any:

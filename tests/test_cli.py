@@ -380,3 +380,23 @@ def test_unexpected_failures_are_one_line_too(saved, monkeypatch, capsys):
 def test_allow_pickle_flag_is_kept():
     args = cli._parser().parse_args(["explain", "m.pt2", "x.npy", "--allow-pickle"])
     assert args.allow_pickle is True
+
+
+def test_program_cache_replaces_entries_of_older_code(saved, tmp_path, monkeypatch):
+    d, _, _ = saved
+    cache = tmp_path / "cache"
+    argv = [str(d / "x.npy"), "--target", "0", "--cache-dir", str(cache)]
+    assert _explain(d, *argv, out=tmp_path / "a.npy") == 0
+    (first,) = (cache / "programs").iterdir()
+    monkeypatch.setattr(cli, "_code_fingerprint", lambda: "f" * 64)  # jaxattr was upgraded
+    assert _explain(d, *argv, out=tmp_path / "b.npy") == 0
+    (second,) = (cache / "programs").iterdir()
+    assert second.name.split("-")[0] == first.name.split("-")[0] and second != first
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_overlay_on_a_npy_image_batch(saved, tmp_path):
+    d, _, _ = saved
+    out = tmp_path / "o"
+    assert _explain(d, str(d / "x.npy"), "--overlay", "--no-cache", out=out) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["x_0.png", "x_1.png"]
