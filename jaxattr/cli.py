@@ -722,8 +722,6 @@ def explain(args: argparse.Namespace) -> list[Path]:
     target = _parse_target(args.target)
     labels = _read_labels(args.labels)
     batches = [(p, _load_input(p, args.layout)) for p in inputs]
-    if mode == "dir":
-        make_output_dir(out)
     stems = _stems(inputs)
     root = cache_root(args)
     written: list[Path] = []
@@ -778,6 +776,8 @@ def explain(args: argparse.Namespace) -> list[Path]:
                     first_result = time.perf_counter() - t_start
             explained = _describe_target(t, logits, labels)
             caption = f"{path.name}: attributions for {explained}"
+            if mode == "dir":
+                make_output_dir(out)  # only once there is something to write
             files = _write_outputs(path, x, attrs, titles, caption, args, mode, out, stems)
             written.extend(files)
             print(

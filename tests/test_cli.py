@@ -343,14 +343,16 @@ def test_explain_wrong_layout_or_size_is_one_error_line(
         assert message in err and "the model does not accept this input" in err
 
 
-def test_explain_input_errors(saved, tmp_path, capsys):
+def test_explain_input_errors(saved, tmp_path, capsys, monkeypatch):
     d, _, _ = saved
     bad = tmp_path / "bad.npy"
     bad.write_text("not numpy")
     assert _explain(d, str(bad)) == 2
     assert "not a readable .npy" in _one_error_line(capsys)
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["explain", str(tmp_path / "none.pt2"), str(d / "x.npy")]) == 2
     assert "does not exist" in _one_error_line(capsys)
+    assert not (tmp_path / "jaxattr-explain").exists()  # nothing written, no directory made
     broken = tmp_path / "broken.pt2"
     broken.write_bytes(b"junk")
     assert cli.main(["explain", str(broken), str(d / "x.npy"), "--out", str(tmp_path)]) == 2
