@@ -1177,7 +1177,8 @@ def trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
             x = jnp.expand_dims(x, d)
         xs.append(x)
     total = xs[0].ndim
-    size = [max(x.shape[k] for x in xs) for k in range(total)]
+    size = [0 if any(x.shape[k] == 0 for x in xs) else max(x.shape[k] for x in xs)
+            for k in range(total)]
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     subs, ops = [], []
     for x in xs:  # a size-1 axis that another operand fills is broadcast: leave it out

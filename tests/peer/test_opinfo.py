@@ -4,10 +4,12 @@ Generated at test time from ``torch.testing._internal.common_methods_invocations
 (needs ``expecttest`` and ``hypothesis``): every OpInfo that supports float32 on CPU, up to
 ``SAMPLES`` sample inputs each. Each sample becomes a small ``nn.Module`` (its tensors are
 the forward's inputs, everything else is closed over), is converted with
-``jaxattr.bridge.from_torch`` and run with JAX; outputs and input gradients (a random
-cotangent through ``jax.vjp`` against ``torch.autograd.grad``) are compared with eager torch.
+``jaxattr.bridge.from_torch`` (its default, dynamic batch) and run jitted; outputs and input
+gradients (a random cotangent through ``jax.vjp`` against ``torch.autograd.grad``) are
+compared with eager torch.
 
-Every sample gets one of four outcomes:
+Every sample gets one of four outcomes (or ``skip`` when eager torch itself cannot run it on
+this machine, e.g. CUDA-only jiterator ops):
 
 - ``pass``: outputs and input gradients agree (tolerance below);
 - ``unsupported``: a named bridge error (:class:`jaxattr.bridge.BridgeError`:
@@ -19,7 +21,7 @@ Every sample gets one of four outcomes:
 
 A test is one OpInfo; it fails when a sample is ``wrong`` or ``crash`` and is not listed in
 ``KNOWN`` below (each entry says why). A listed case that now passes is fine (the entry can
-go). Run the whole suite (about half an hour on 2 cores) with::
+go). Run the whole suite (about 25 minutes on 2 free cores, over an hour on busy ones) with::
 
     python -m pytest -m peer tests/peer/test_opinfo.py -q -p no:cacheprovider
 
@@ -64,7 +66,32 @@ ATOL = 1e-5
 #: Known wrong or crashing samples: ``"opinfo name[.variant]": {sample index: reason}``, or
 #: ``{"*": reason}`` for every sample of the OpInfo. The outcome of a listed sample is
 #: recorded, never a failure. Reasons say who has to fix it.
-KNOWN: dict[str, dict[object, str]] = {}
+_CONVERT = "bridge/convert.py: "
+_COMPLEX = (_CONVERT + "complex casts must be refused at conversion (call lowerings.refusal "
+            "on every node); today convert._jdtype raises NotImplementedError at run time")
+_TOKEN = (_CONVERT + "linalg ops check errors through an effect token (InputKind.TOKEN, "
+          "higher_order.with_effects); refused with NotImplementedError, not a named error")
+_BATCH = (_CONVERT + "the dynamic-batch heuristic marks dim 0 of inputs that only happen to "
+          "share the first input's size (or a batch-1 size) as one batch; passes with "
+          "dynamic_batch=False")
+_DECOMP = (_CONVERT + "torch raises during run_decompositions (not wrapped in ExportError)")
+
+KNOWN: dict[str, dict[object, str]] = {
+    # rounding, not a lowering: a saturated softmax whose two tied weights cancel exactly in
+    # the query gradient (torch: 0; JAX eager: 0; XLA's fused softmax gradient under jit:
+    # 1e-3 of noise on logits of size ~100); the float64 lowering gives 1e-52, as torch
+    "nn.functional.multi_head_attention_forward": {2: "jit rounding of a cancelling sum"},
+    # crashes whose fix is in bridge/convert.py (the lowerings are right: see each reason)
+    "cfloat": {"*": _COMPLEX}, "cdouble": {"*": _COMPLEX}, "chalf": {"*": _COMPLEX},
+    "linalg.cholesky": {"*": _TOKEN}, "linalg.inv": {"*": _TOKEN},
+    "linalg.ldl_factor": {"*": _TOKEN}, "linalg.lu_factor": {"*": _TOKEN},
+    "linalg.solve": {"*": _TOKEN}, "linalg.tensorinv": {"*": _TOKEN},
+    "linalg.tensorsolve": {"*": _TOKEN},
+    "block_diag": {0: _BATCH, 2: _BATCH}, "cartesian_prod": {1: _BATCH, 2: _BATCH},
+    "linalg.multi_dot": {0: _BATCH}, "tensordot": {2: _BATCH},
+    "resize_as_": {0: _DECOMP + " (an internal assert in torch)"},
+    "take": {2: _DECOMP + " (a data-dependent guard in torch's decomposition of take)"},
+}
 
 #: OpInfos whose samples draw random numbers: only shapes and dtypes are compared.
 RANDOM = {
@@ -140,6 +167,8 @@ class _Outcome(Exception):
 
 
 def _to_jax(t):
+    if t.dtype == torch.bfloat16:
+        return jnp.asarray(t.detach().float().numpy()).astype(jnp.bfloat16)
     a = t.detach().numpy()
     if a.dtype == np.int64:
         a = a.astype(np.int32)
@@ -150,7 +179,11 @@ def _to_jax(t):
 
 def _compare(got, want, what: str) -> None:
     got = np.asarray(got)
-    want = want.detach().numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
+    if isinstance(want, torch.Tensor):
+        want = want.detach()
+        want = (want.float() if want.dtype in (torch.bfloat16, torch.float16) else want).numpy()
+    else:
+        want = np.asarray(want)
     if got.shape != want.shape:
         raise _Outcome("wrong", f"{what}: shape {got.shape}, torch {want.shape}")
     if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
@@ -181,7 +214,8 @@ def _compare(got, want, what: str) -> None:
 
 
 def _leaves(out):
-    return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+    """Tensors and numbers of an output (``torch.Size`` entries, ``.item()`` results)."""
+    return [x for x in pytree.tree_leaves(out) if isinstance(x, (torch.Tensor, int, float))]
 
 
 def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
@@ -210,8 +244,9 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
         return "skip", failure
     touts = _leaves(tout)
     rng = np.random.default_rng(0)
-    cots = [rng.standard_normal(t.shape).astype(np.float32) for t in touts]
-    diff = [i for i, t in enumerate(touts) if t.is_floating_point() and t.requires_grad]
+    cots = [rng.standard_normal(np.shape(t)).astype(np.float32) for t in touts]
+    diff = [i for i, t in enumerate(touts) if isinstance(t, torch.Tensor)
+            and t.is_floating_point() and t.requires_grad]
     want_grads = None
     wrt = [i for i in grad_in if tin[i].requires_grad]
     if diff and wrt and not random:
@@ -219,7 +254,7 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
             gs = torch.autograd.grad([touts[i] for i in diff], [tin[i] for i in wrt],
                                      [torch.from_numpy(cots[i]) for i in diff],
                                      allow_unused=True)
-            want_grads = [torch.zeros_like(tin[i]) if g is None else g
+            want_grads = [torch.zeros_like(tin[i]) if g is None or g._is_zerotensor() else g
                           for i, g in zip(wrt, gs, strict=True)]
         except Exception:  # noqa: BLE001 - torch has no gradient here: outputs only
             want_grads = None
@@ -234,7 +269,7 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
         jin = [_to_jax(t) for t in tensors]
 
         def fwd(params, *xs):
-            return jax.tree.leaves(conv.fn(params, *xs))
+            return [jnp.asarray(o) for o in jax.tree.leaves(conv.fn(params, *xs))]
 
         grad_error = got_grads = None
         if want_grads is None:
@@ -248,9 +283,9 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
                     return fwd(params, *full)
 
                 outs, vjp = jax.vjp(f, *[xs[i] for i in wrt])
-                ct = [jnp.asarray(cots[i], o.dtype) if i in diff and jnp.issubdtype(
-                    o.dtype, jnp.floating) else np.zeros(o.shape, jax.dtypes.float0)
-                      for i, o in enumerate(outs)]
+                ct = [(jnp.asarray(cots[i], o.dtype) if i in diff else jnp.zeros_like(o))
+                      if jnp.issubdtype(o.dtype, jnp.inexact) else
+                      np.zeros(o.shape, jax.dtypes.float0) for i, o in enumerate(outs)]
                 return outs, vjp(ct)
 
             try:
@@ -262,7 +297,7 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
             raise _Outcome("wrong", f"{len(jleaves)} outputs, torch {len(touts)}")
         for k, (a, b) in enumerate(zip(jleaves, touts, strict=True)):
             if random:
-                if tuple(a.shape) != tuple(b.shape):
+                if tuple(np.shape(a)) != tuple(np.shape(b)):
                     raise _Outcome("wrong", f"output {k}: shape {a.shape}, torch {b.shape}")
                 continue
             _compare(a, b, f"output {k}")
