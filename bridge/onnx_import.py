@@ -382,9 +382,11 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
         inputs.append(_Input(vi.name, dtype, shape))
 
     # graph inputs read as shapes, axes, pads, scales, k ...: concrete values at call time
-    # (one also read as data is not: a shape computed from data fails, named, in a trace)
+    # (an integer one also read as data too, a window size; a float one also read as data
+    # is not: a shape computed from float data fails, named, in a trace)
     concrete = {k: why_static[inp.value] for k, inp in enumerate(inputs)
-                if inp.value in static_need and inp.value not in data_need}
+                if inp.value in static_need and (inp.value not in data_need or (
+                    inp.dtype is not None and not inp.dtype.startswith(("float", "bfloat"))))}
 
     # folded nodes (Constant included) are gone; every other node becomes an instruction
     static: set[str] = set(constants) | {inputs[k].value for k in concrete}

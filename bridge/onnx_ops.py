@@ -48,9 +48,10 @@ ONNX_LOWERINGS: dict[str, Callable[..., Any]] = {}
 STATIC_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
     "Unsqueeze": (1,), "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 3),
-    "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "CumSum": (1,),
+    "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "CumSum": (1,), "CumProd": (1,),
     "OneHot": (1,), "Trilu": (1,), "Dropout": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,),
-    "ReduceMax": (1,), "LSTM": (4,), "GRU": (4,), "RNN": (4,),
+    "ReduceMax": (1,), "LSTM": (4,), "GRU": (4,), "RNN": (4,), "HannWindow": (0,),
+    "HammingWindow": (0,), "BlackmanWindow": (0,),
     "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
     "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "ReduceLogSum": (1,),
 }
@@ -68,7 +69,7 @@ def register_onnx_lowering(*op_types: str) -> Callable[[Callable[..., Any]], Cal
 
     Example:
         >>> from jaxattr import bridge
-        >>> @bridge.register_onnx_lowering("Shrink")
+        >>> @bridge.register_onnx_lowering("com.example::Shrink")
         ... def shrink(x, *, bias=0.0, lambd=0.5):
         ...     return jnp.where(x < -lambd, x + bias, jnp.where(x > lambd, x - bias, 0.0))
     """
@@ -179,6 +180,9 @@ for _name, _np_fn, _j_fn in (
     ("Greater", np.greater, jnp.greater), ("GreaterOrEqual", np.greater_equal, jnp.greater_equal),
     ("And", np.logical_and, jnp.logical_and), ("Or", np.logical_or, jnp.logical_or),
     ("Xor", np.logical_xor, jnp.logical_xor),
+    ("BitwiseAnd", np.bitwise_and, jnp.bitwise_and),
+    ("BitwiseOr", np.bitwise_or, jnp.bitwise_or),
+    ("BitwiseXor", np.bitwise_xor, jnp.bitwise_xor),
 ):
     ONNX_LOWERINGS[_name] = _binary(_np_fn, _j_fn)
 
@@ -215,7 +219,9 @@ for _name, _np_fn, _j_fn in (
     ("Asin", np.arcsin, jnp.arcsin), ("Acos", np.arccos, jnp.arccos),
     ("Atan", np.arctan, jnp.arctan), ("Sinh", np.sinh, jnp.sinh), ("Cosh", np.cosh, jnp.cosh),
     ("Not", np.logical_not, jnp.logical_not), ("IsNaN", np.isnan, jnp.isnan),
-    ("Tanh", np.tanh, jnp.tanh),
+    ("Tanh", np.tanh, jnp.tanh), ("Asinh", np.arcsinh, jnp.arcsinh),
+    ("Acosh", np.arccosh, jnp.arccosh), ("Atanh", np.arctanh, jnp.arctanh),
+    ("BitwiseNot", np.bitwise_not, jnp.bitwise_not),
     ("Erf", None, jax.scipy.special.erf), ("Sigmoid", None, jax.nn.sigmoid),
     ("Relu", None, jax.nn.relu), ("Softsign", None, jax.nn.soft_sign),
     ("Mish", None, lambda x: x * jnp.tanh(jax.nn.softplus(x))),
@@ -606,6 +612,40 @@ def one_hot(indices, depth, values, *, axis=-1):
     return jnp.where(hot, on, off)
 
 
+@reg("CumProd")
+def cumprod(x, axis, *, exclusive=0, reverse=0):
+    a = _axis(_ints(axis)[0], np.ndim(x))
+    xp = _xp(x)
+    y = xp.flip(x, a) if reverse else x
+    if exclusive:  # shift by one along the axis, a 1 first
+        pad = [(0, 0)] * np.ndim(x)
+        pad[a] = (1, 0)
+        y = xp.take(xp.pad(y, pad, constant_values=1), np.arange(np.shape(x)[a]), axis=a)
+    out = xp.cumprod(y, axis=a)
+    return _np_result(xp.flip(out, a) if reverse else out)
+
+
+@reg("BitShift")
+def bit_shift(x, y, *, direction):
+    xp = _xp(x, y)
+    return _np_result((xp.left_shift if direction == "LEFT" else xp.right_shift)(x, y))
+
+
+@reg("Shrink")
+def shrink(x, *, bias=0.0, lambd=0.5):
+    return jnp.where(x < -lambd, x + bias, jnp.where(x > lambd, x - bias, 0)).astype(x.dtype)
+
+
+@reg("Swish")
+def swish(x, *, alpha=1.0):
+    return x * jax.nn.sigmoid(alpha * x)
+
+
+@reg("Det")
+def det(x):
+    return jnp.linalg.det(x)
+
+
 @reg("CumSum")
 def cumsum(x, axis, *, exclusive=0, reverse=0):
     a = _axis(_ints(axis)[0], np.ndim(x))
@@ -712,6 +752,79 @@ def softmax(x, *, axis=-1):
 @reg("LogSoftmax")
 def log_softmax(x, *, axis=-1):
     return jax.nn.log_softmax(x, axis=axis)
+
+
+def _nll(logp, target, weight, reduction, ignore_index, weight_ignored_only):
+    """Negative log-likelihood of ``target`` classes (axis 1 of ``logp``), as ONNX's
+    reference computes it (weights gathered per target; ``mean`` divides by their sum)."""
+    t = jnp.asarray(target)
+    c = logp.shape[1]
+    safe = jnp.clip(t, 0, c - 1)
+    loss = -jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+    if ignore_index is not None:
+        loss = jnp.where(t == ignore_index, 0.0, loss).astype(logp.dtype)
+    w = None
+    if weight is not None:
+        w = jnp.take(jnp.asarray(weight), safe)
+        if ignore_index is not None:
+            w = jnp.where(t == ignore_index, 0.0, w).astype(logp.dtype)
+    elif ignore_index is not None and not (weight_ignored_only and ignore_index == -1):
+        w = jnp.where(t == ignore_index, 0.0, 1.0).astype(logp.dtype)
+    if w is not None:
+        loss = w * loss
+        if reduction == "mean":
+            return jnp.sum(loss) / jnp.sum(w)
+    if reduction == "mean":
+        return jnp.mean(loss)
+    return jnp.sum(loss) if reduction == "sum" else loss
+
+
+@reg("NegativeLogLikelihoodLoss")
+def nll_loss(x, target, weight=None, *, ignore_index=None, reduction="mean"):
+    # ONNX's reference weighs by ones unless ignore_index is exactly -1 (then a plain mean)
+    return _nll(x, target, weight, reduction, ignore_index, True)
+
+
+@reg("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy_loss(x, target, weight=None, *, ignore_index=None,
+                               reduction="mean"):
+    logp = jax.nn.log_softmax(x, axis=1)
+    return _nll(logp, target, weight, reduction, ignore_index, False), logp
+
+
+@reg("MeanVarianceNormalization")
+def mean_variance_normalization(x, *, axes=(0, 2, 3)):
+    # ONNX's function body: (x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9)
+    ax = tuple(_axis(a, x.ndim) for a in axes)
+    mu = jnp.mean(x, axis=ax, keepdims=True)
+    var = jnp.mean(jnp.square(x), axis=ax, keepdims=True) - jnp.square(mu)
+    return (x - mu) / (jnp.sqrt(var) + 1e-9)
+
+
+@reg("SwiGLU")
+def swiglu(a, b, *, alpha=1.0):
+    return a * jax.nn.sigmoid(alpha * a) * b
+
+
+def _window(kind: str) -> Callable[..., Any]:
+    def fn(size, *, output_datatype=1, periodic=1):
+        n = int(_concrete(size).reshape(()))
+        d = n if periodic else n - 1
+        i = np.arange(n, dtype=np.float64)
+        if kind == "hann":
+            w = np.sin(i * np.pi / d) ** 2
+        elif kind == "hamming":
+            w = 25.0 / 46.0 - np.cos(i * np.pi * 2 / d) * (1 - 25.0 / 46.0)
+        else:
+            w = 0.42 - 0.5 * np.cos(i * np.pi * 2 / d) + 0.08 * np.cos(i * np.pi * 4 / d)
+        return w.astype(onnx_dtype(output_datatype, traced=False))
+
+    return fn
+
+
+ONNX_LOWERINGS["HannWindow"] = _window("hann")
+ONNX_LOWERINGS["HammingWindow"] = _window("hamming")
+ONNX_LOWERINGS["BlackmanWindow"] = _window("blackman")
 
 
 @reg("Hardmax")

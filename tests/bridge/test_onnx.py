@@ -781,6 +781,19 @@ BACKEND_FIXES = [
      {"kernel_shape": [2, 2]}, 1, 13, "ort"),
     ("GatherND", {"x": _f(2, 3, 4), "i": np.array([[[1], [2]], [[0], [1]]])}, ["x"],
      {"batch_dims": 1}, 1, 13, "ort"),
+    # operators lowered since the backend suite listed them as unsupported
+    ("CumProd", {"x": _f(3, 4), "axis": np.array(1)}, ["x", "axis"],
+     {"exclusive": 1, "reverse": 1}, 1, 26, "onnx"),
+    ("HannWindow", {"size": np.array(7)}, ["size"], {"periodic": 0}, 1, 17, "ort"),
+    ("NegativeLogLikelihoodLoss", {"x": _f(3, 4, 2), "t": np.array([[0, 3], [1, -1], [2, 2]]),
+                                   "w": np.abs(_f(4))}, ["x", "t", "w"],
+     {"ignore_index": -1, "reduction": "mean"}, 1, 13, "ort"),
+    ("SoftmaxCrossEntropyLoss", {"x": _f(3, 4), "t": np.array([0, 3, 1])}, ["x", "t"],
+     {"reduction": "none"}, 2, 13, "ort"),
+    ("MeanVarianceNormalization", {"x": _f(2, 3, 4, 5)}, ["x"], {}, 1, 13, "ort"),
+    ("Shrink", {"x": _f(3, 4)}, ["x"], {"bias": 0.2, "lambd": 0.3}, 1, 13, "ort"),
+    ("BitShift", {"x": np.array([16, 4, 1], np.uint32), "y": np.array([1, 2, 3], np.uint32)},
+     ["x", "y"], {"direction": "RIGHT"}, 1, 13, "ort"),
 ]
 
 
@@ -788,8 +801,8 @@ BACKEND_FIXES = [
                                                      enumerate(BACKEND_FIXES)])
 def test_fixes_found_by_the_onnx_backend_suite(case):
     op, arrays, graph_inputs, attrs, n_out, opset, oracle = case
-    types = {1: TensorProto.BOOL} if op == "Dropout" else (
-        {0: TensorProto.UINT8} if op == "MaxPool" else None)
+    types = {"Dropout": {1: TensorProto.BOOL}, "MaxPool": {0: TensorProto.UINT8},
+             "BitShift": {0: TensorProto.UINT32}}.get(op)
     model, feeds = _node_model(op, arrays, graph_inputs, attrs, n_out, opset, out_types=types)
     conv = bridge.from_onnx(model)
     _check_outputs(conv(*feeds.values()), _reference(model, feeds, oracle), op)
