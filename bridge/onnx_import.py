@@ -757,6 +757,11 @@ def from_onnx(model: Any) -> Converted:
     upgraded with ``onnx.version_converter``). Float initializers become ``params`` (never
     constants baked into the trace), so parameter gradients and weight-noise methods work;
     integer initializers and those only used as shapes, axes or pads are ``constants``.
+    ``Constant`` nodes and everything computed from constants alone are evaluated at
+    conversion; a float array of more than one element read as data (a kernel built by
+    ``ConstantOfShape``) is a ``params`` leaf too. A graph input read only as a shape, axes,
+    pads, scales, ``k``, ... is a concrete value at call time (``conv(...)`` compiles one
+    program per value; traced, it raises :class:`ConcreteInputError`).
     Shapes are read from the arrays at trace time, so a symbolic (or any) batch dimension
     stays dynamic unless the graph itself hard-codes it (a ``Reshape`` to a fixed batch).
 
@@ -774,7 +779,8 @@ def from_onnx(model: Any) -> Converted:
         FileNotFoundError: No file at the path.
         OnnxFormatError: Not ONNX, truncated, or rejected by ``onnx.checker``.
         UnsupportedOpsError: Some operators have no lowering (all are listed, with node
-            names and opset, before anything runs).
+            names and opset, before anything runs). An attribute or input value that a
+            lowering refuses is reported the same way when the model is first traced.
 
     Example:
         >>> import numpy as np, onnx

@@ -13,7 +13,7 @@ were NumPy constants baked into the trace. They are ``params`` leaves now; the t
 checks that every ``ConstantOfShape``-built kernel is one.
 
 Run: ``python -m pytest -m peer tests/peer/test_onnx_light.py -q -p no:cacheprovider``
-(about 7 minutes on 2 CPU cores, most of it eager DenseNet-121 and Inception).
+(about 4 minutes on 2 CPU cores, most of it DenseNet-121 and Inception).
 """
 
 from __future__ import annotations
