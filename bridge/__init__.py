@@ -31,13 +31,14 @@ if __name__ != "jaxattr.bridge":  # the repository's bridge/ folder imported dir
 from .convert import Converted, from_exported, from_torch, load
 from .errors import BridgeError, ExportError, TrainModeError, UnsupportedOpsError
 from .lowerings import CONFIG, register_lowering, supported_ops
-from .onnx_import import OnnxFormatError, from_onnx, supported_onnx_ops
+from .onnx_import import ConcreteInputError, OnnxFormatError, from_onnx, supported_onnx_ops
 from .onnx_ops import register_onnx_lowering
 from .pt2 import UnsafeArchiveError
 
 __all__ = [
     "CONFIG",
     "BridgeError",
+    "ConcreteInputError",
     "Converted",
     "ExportError",
     "OnnxFormatError",
