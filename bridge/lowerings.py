@@ -2261,3 +2261,69 @@ for _name in (
     "transpose.int",
 ):
     LOWERINGS[f"aten.{_name}"] = _scalar_as_vector(LOWERINGS[f"aten.{_name}"])
+
+
+# --------------------------------------------------------------------------- linear algebra
+# torch.export writes these ops' error checks as ``with_effects(token,
+# aten._linalg_check_errors, info, ...)``; the check has nothing to do in a traced program
+# (JAX returns NaN where torch would raise), so it is a no-op and ``info`` is 0.
+LOWERINGS["aten._linalg_check_errors.default"] = _nothing
+
+
+@reg("torch.ops.higher_order.with_effects")
+def with_effects(token, op, *args, **kwargs):
+    """``with_effects(token, op, *args)``: ``(token, *op(*args))`` with ``op`` lowered."""
+    out = LOWERINGS[str(op)](*args, **kwargs)
+    if out is None:
+        return (token,)
+    return (token, *out) if isinstance(out, (tuple, list)) else (token, out)
+
+
+def _info(a):
+    return jnp.zeros(a.shape[:-2], jnp.int32)
+
+
+@reg("aten.linalg_inv_ex.default")
+def linalg_inv_ex(A, *, check_errors=False):
+    return jnp.linalg.inv(A), _info(A)
+
+
+@reg("aten.linalg_cholesky_ex.default")
+def linalg_cholesky_ex(self, *, upper=False, check_errors=False):
+    """Lower Cholesky factor (upper: its transpose). The value reads the lower triangle
+    (as torch); the gradient is symmetric, as torch's (that of ``(A + A^T) / 2``)."""
+    lower = jnp.tril(self) + jnp.swapaxes(jnp.tril(self, -1), -1, -2)
+    half = (self + jnp.swapaxes(self, -1, -2)) / 2
+    sym = half + lax.stop_gradient(lower - half)
+    factor = lax.linalg.cholesky(sym, symmetrize_input=False)
+    return (jnp.swapaxes(factor, -1, -2) if upper else factor), _info(self)
+
+
+def _lu(A):
+    lu, piv, _ = lax.linalg.lu(A)
+    return lu, (piv + 1).astype(jnp.int32)  # torch's pivots count from 1
+
+
+@reg("aten.linalg_lu_factor_ex.default")
+def linalg_lu_factor_ex(A, *, pivot=True, check_errors=False):
+    if not pivot:
+        raise UnsupportedArgumentsError("aten.linalg_lu_factor_ex.default", "pivot=False")
+    lu, piv = _lu(A)
+    return lu, piv, _info(A)
+
+
+@reg("aten._linalg_solve_ex.default", "aten.linalg_solve_ex.default")
+def linalg_solve_ex(A, B, *, left=True, check_errors=False):
+    """``A X = B`` (``left=False``: ``X A = B``); ``B`` of ``A``'s batch shape is a vector
+    right-hand side, as in torch. ``_linalg_solve_ex`` also returns ``A``'s LU factors."""
+    vector = B.ndim == 1 or (B.ndim == A.ndim - 1 and B.shape == A.shape[:-1])
+    b = B[..., None] if vector else B
+    if left:
+        x = jnp.linalg.solve(A, b) if not vector or b.ndim == A.ndim else jnp.linalg.solve(
+            A, jnp.broadcast_to(b, A.shape[:-2] + b.shape[-2:]))
+    else:
+        x = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(A, -1, -2), jnp.swapaxes(b, -1, -2)),
+                         -1, -2)
+    x = x[..., 0] if vector else x
+    lu, piv = _lu(A)
+    return x, lu, piv, _info(A)
