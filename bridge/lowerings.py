@@ -2327,3 +2327,56 @@ def linalg_solve_ex(A, B, *, left=True, check_errors=False):
     x = x[..., 0] if vector else x
     lu, piv = _lu(A)
     return x, lu, piv, _info(A)
+
+
+# --------------------------------------------------------------------------- small extras
+# the *_copy forms of view ops compute the same values as the views
+for _view in ("view.default", "permute.default", "unbind.int", "narrow.default",
+              "expand.default", "transpose.int", "select.int", "slice.Tensor",
+              "squeeze.default", "squeeze.dim", "squeeze.dims", "unsqueeze.default",
+              "diagonal.default", "alias.default", "t.default"):
+    _base, _ov = _view.split(".")
+    LOWERINGS[f"aten.{_base}_copy.{_ov}"] = LOWERINGS[f"aten.{_view}"]
+
+
+@reg("aten.logcumsumexp.default")
+def logcumsumexp(self, dim):
+    if self.ndim == 0:
+        return self
+    return lax.cumlogsumexp(self, axis=_axis(dim, self.ndim))
+
+
+@reg("aten.diagonal_scatter.default")
+def diagonal_scatter(self, src, offset=0, dim1=0, dim2=1):
+    """``self`` with its ``offset`` diagonal over ``(dim1, dim2)`` replaced by ``src``."""
+    d1, d2 = _axis(dim1, self.ndim), _axis(dim2, self.ndim)
+    x = jnp.moveaxis(self, (d1, d2), (-2, -1))
+    n = src.shape[-1]
+    i = np.arange(n)
+    x = x.at[..., i + max(-offset, 0), i + max(offset, 0)].set(src.astype(self.dtype))
+    return jnp.moveaxis(x, (-2, -1), (d1, d2))
+
+
+@reg("aten.dist.default")
+def dist(self, other, p=2):
+    """``torch.dist``: the p-norm of ``self - other`` over all entries."""
+    return linalg_vector_norm(self - other, p)
+
+
+@reg("aten.scatter.reduce", "aten.scatter.value_reduce")
+def scatter_reduce_legacy(self, dim, index, src, *, reduce):
+    """``scatter(..., reduce="add" | "multiply")`` (the older API)."""
+    if not isinstance(src, jax.Array):
+        src = jnp.full(index.shape, src, self.dtype)
+    kind = {"add": "sum", "multiply": "prod"}.get(reduce)
+    if kind is None:
+        raise UnsupportedArgumentsError("aten.scatter.reduce", f"reduce={reduce!r}")
+    return scatter_reduce(self, dim, index, src, kind)
+
+
+for _name, _fn in {
+    "special_ndtri": jax.scipy.special.ndtri, "i0": jax.scipy.special.i0,
+    "special_i0e": jax.scipy.special.i0e, "special_i1": jax.scipy.special.i1,
+    "special_i1e": jax.scipy.special.i1e,
+}.items():
+    _unary(_name, _fn)

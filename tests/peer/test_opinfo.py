@@ -213,6 +213,26 @@ def _compare(got, want, what: str) -> None:
                                 f"{err.max():.3g} (max |torch| {scale:.3g})")
 
 
+def _no_worse(got, torch32, torch64) -> bool:
+    """Whether ``got`` is at most twice as far from float64 torch as float32 torch is (for
+    ill-conditioned samples, where float32 rounding alone exceeds the tolerance), with
+    NaN and inf where float64 torch has them."""
+    if not isinstance(torch32, torch.Tensor) or not torch32.is_floating_point():
+        return False
+    got = np.asarray(got, np.float64)
+    t32 = torch32.detach().double().numpy()
+    t64 = torch64.detach().double().numpy()
+    if got.shape != t64.shape:
+        return False
+    fin = np.isfinite(t64)
+    if not (np.isfinite(got) == fin).all() or not np.array_equal(got[~fin], t64[~fin],
+                                                                equal_nan=True):
+        return False
+    if not fin.any():
+        return True
+    return np.abs(got - t64)[fin].max() <= 2 * np.abs(t32 - t64)[fin].max()
+
+
 def _leaves(out):
     """Tensors and numbers of an output (``torch.Size`` entries, ``.item()`` results)."""
     return [x for x in pytree.tree_leaves(out) if isinstance(x, (torch.Tensor, int, float))]
@@ -259,6 +279,44 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
         except Exception:  # noqa: BLE001 - torch has no gradient here: outputs only
             want_grads = None
 
+    exact: list = []
+
+    def double():
+        """torch's outputs and gradients in float64 (computed once, on a mismatch), or
+        None: torch's float32 can be the less accurate side (e.g. logcumsumexp's gradient
+        next to an entry of 1e4), so a result that matches float64 torch passes."""
+        if not exact:
+            try:
+                t64 = [t.double().requires_grad_(i in wrt) if t.dtype == torch.float32
+                       else t.clone() for i, t in enumerate(tensors)]
+                o64 = _leaves(model(*t64))
+                g64 = None
+                if want_grads is not None:
+                    gs = torch.autograd.grad(
+                        [o64[i] for i in diff], [t64[i] for i in wrt],
+                        [torch.from_numpy(cots[i]).double() for i in diff], allow_unused=True)
+                    g64 = [torch.zeros_like(t64[i]) if g is None or g._is_zerotensor() else g
+                           for i, g in zip(wrt, gs, strict=True)]
+                exact.append((o64, g64))
+            except Exception:  # noqa: BLE001 - no float64 reference: float32 decides
+                exact.append(None)
+        return exact[0]
+
+    def compare(got, k, what, grad=False):
+        try:
+            _compare(got, (want_grads if grad else touts)[k], what)
+        except _Outcome as first:
+            ref = double()
+            if ref is None or (grad and ref[1] is None) or len(ref[0]) != len(touts):
+                raise
+            want = (want_grads if grad else touts)[k]
+            exact64 = (ref[1] if grad else ref[0])[k]
+            try:
+                _compare(got, exact64, what)
+            except _Outcome:
+                if not _no_worse(got, want, exact64):
+                    raise first from None
+
     # ---- bridge
     stage = "conversion"
     try:
@@ -300,13 +358,13 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
                 if tuple(np.shape(a)) != tuple(np.shape(b)):
                     raise _Outcome("wrong", f"output {k}: shape {a.shape}, torch {b.shape}")
                 continue
-            _compare(a, b, f"output {k}")
+            compare(a, k, f"output {k}")
         if want_grads is not None:
             stage = "gradient"
             if grad_error is not None:
                 raise grad_error
-            for k, (a, b) in enumerate(zip(got_grads, want_grads, strict=True)):
-                _compare(a, b, f"gradient of input {wrt[k]}")
+            for k, a in enumerate(got_grads):
+                compare(a, k, f"gradient of input {wrt[k]}", grad=True)
     except _Outcome as o:
         return o.kind, o.detail
     except bridge.BridgeError as e:
