@@ -123,6 +123,15 @@ from jaxattr._noise import (
     smoothgrad,
     smoothgrad_draws,
 )
+from jaxattr._pair import (
+    XRAIOutput,
+    XRAIParameters,
+    blur_ig,
+    felzenszwalb,
+    guided_ig,
+    xrai,
+    xrai_segments,
+)
 from jaxattr._perturbation import (
     INTERPRETABLE_MODELS,
     MAX_EXACT_SHAPLEY_FEATURES,
@@ -147,15 +156,6 @@ from jaxattr._perturbation import (
     shapley_value_sampling,
     shapley_values,
     tiled_occlusion,
-)
-from jaxattr._pair import (
-    XRAIOutput,
-    XRAIParameters,
-    blur_ig,
-    felzenszwalb,
-    guided_ig,
-    xrai,
-    xrai_segments,
 )
 from jaxattr._rules import (
     ParamMod,

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-
 from jaxattr.bridge import conv as C
 
 CASES = [

@@ -10,9 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from jaxattr.bridge.pt2 import check_archive
 
 from jaxattr import bridge
-from jaxattr.bridge.pt2 import check_archive
 
 
 class _Payload:
