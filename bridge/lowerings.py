@@ -2312,10 +2312,10 @@ def linalg_lu_factor_ex(A, *, pivot=True, check_errors=False):
     return lu, piv, _info(A)
 
 
-@reg("aten._linalg_solve_ex.default", "aten.linalg_solve_ex.default")
-def linalg_solve_ex(A, B, *, left=True, check_errors=False):
+@reg("aten._linalg_solve_ex.default")
+def linalg_solve_ex_lu(A, B, *, left=True, check_errors=False):
     """``A X = B`` (``left=False``: ``X A = B``); ``B`` of ``A``'s batch shape is a vector
-    right-hand side, as in torch. ``_linalg_solve_ex`` also returns ``A``'s LU factors."""
+    right-hand side, as in torch. Returns ``(X, LU, pivots, info)``."""
     vector = B.ndim == 1 or (B.ndim == A.ndim - 1 and B.shape == A.shape[:-1])
     b = B[..., None] if vector else B
     if left:
@@ -2327,6 +2327,13 @@ def linalg_solve_ex(A, B, *, left=True, check_errors=False):
     x = x[..., 0] if vector else x
     lu, piv = _lu(A)
     return x, lu, piv, _info(A)
+
+
+@reg("aten.linalg_solve_ex.default")
+def linalg_solve_ex(A, B, *, left=True, check_errors=False):
+    """``torch.linalg.solve_ex``: ``(X, info)``."""
+    x, _, _, info = linalg_solve_ex_lu(A, B, left=left)
+    return x, info
 
 
 # --------------------------------------------------------------------------- small extras

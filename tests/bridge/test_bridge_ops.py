@@ -370,15 +370,16 @@ def _add_through_mask(x):
 # linear algebra: torch.export checks errors through an effect token (with_effects)
 _A = _r(2, 4, 4, seed=5) + 4 * torch.eye(4)
 _SPD = _A @ _A.transpose(-1, -2) + torch.eye(4)
-LINALG = {
-    "inv_ex": (lambda a: torch.ops.aten.linalg_inv_ex(a), (_A,)),
-    "cholesky_ex": (lambda a: torch.ops.aten.linalg_cholesky_ex(a), (_SPD,)),
-    "cholesky_ex_upper": (lambda a: torch.ops.aten.linalg_cholesky_ex(a, upper=True), (_SPD,)),
-    "solve_ex": (lambda a, b: torch.ops.aten._linalg_solve_ex(a, b), (_A, _r(2, 4, 3))),
-    "solve_ex_vector": (lambda a, b: torch.ops.aten._linalg_solve_ex(a, b), (_A, _r(2, 4))),
-    "solve_ex_right": (lambda a, b: torch.ops.aten._linalg_solve_ex(a, b, left=False),
-                       (_A, _r(2, 3, 4))),
-    "lu_factor_ex": (lambda a: torch.ops.aten.linalg_lu_factor_ex(a), (_A,)),
+_AT = torch.ops.aten
+LINALG = {  # name: (torch op, inputs, keyword arguments)
+    "inv_ex": (_AT.linalg_inv_ex.default, (_A,), {}),
+    "cholesky_ex": (_AT.linalg_cholesky_ex.default, (_SPD,), {}),
+    "cholesky_ex_upper": (_AT.linalg_cholesky_ex.default, (_SPD,), {"upper": True}),
+    "solve_ex": (_AT._linalg_solve_ex.default, (_A, _r(2, 4, 3)), {}),
+    "solve_ex_vector": (_AT._linalg_solve_ex.default, (_A, _r(2, 4)), {}),
+    "solve_ex_right": (_AT._linalg_solve_ex.default, (_A, _r(2, 3, 4)), {"left": False}),
+    "solve_ex_public": (_AT.linalg_solve_ex.default, (_A, _r(2, 4, 3)), {}),  # (X, info)
+    "lu_factor_ex": (_AT.linalg_lu_factor_ex.default, (_A,), {}),
 }
 
 
@@ -392,23 +393,18 @@ def test_linalg_lowering(name):
     from bridge_harness import assert_close
     from jaxattr.bridge.lowerings import LOWERINGS
 
-    fn, xs = LINALG[name]
+    op, xs, kw = LINALG[name]
     tx = [x.clone().requires_grad_() for x in xs]
-    tout = fn(*tx)
+    tout = op(*tx, **kw)
     diff = [i for i, o in enumerate(tout) if o.requires_grad]
     rng = np.random.default_rng(0)
     cots = {i: rng.standard_normal(tout[i].shape).astype(np.float32) for i in diff}
     want = torch.autograd.grad([tout[i] for i in diff], tx,
                                [torch.from_numpy(cots[i]) for i in diff])
-    op = {"inv_ex": "aten.linalg_inv_ex.default", "lu_factor_ex":
-          "aten.linalg_lu_factor_ex.default"}.get(
-        name, "aten._linalg_solve_ex.default" if name.startswith("solve") else
-        "aten.linalg_cholesky_ex.default")
-    kw = {"upper": True} if name.endswith("upper") else {"left": False} if name.endswith(
-        "right") else {}
-    lowering = LOWERINGS[op]
+    lowering = LOWERINGS[str(op)]
     jx = [jnp.asarray(x.numpy()) for x in xs]
     jout = lowering(*jx, **kw)
+    assert len(jout) == len(tout)
     for k, (a, b) in enumerate(zip(jout, tout, strict=True)):
         if b.is_floating_point():
             assert_close(a, b, what=f"output {k}", atol=1e-5)
