@@ -118,6 +118,11 @@ class NonFiniteInputError(ValueError):
 _CHECK_FINITE = contextvars.ContextVar("jaxattr_check_finite", default=True)
 
 
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]))
+
+
 def check_finite(tree: PyTree, name: str = "x") -> None:
     """Raise :class:`NonFiniteInputError` naming the first leaf of ``tree`` with NaN/Inf.
 
@@ -136,16 +141,17 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
     ]
     if not leaves:
         return
-    for _, leaf in leaves:
-        if isinstance(leaf, (np.ndarray, np.generic)):
-            ok = np.isfinite(leaf).all()
-        else:
-            ok = jnp.isfinite(leaf).all()
-            if isinstance(ok, jax.core.Tracer):  # called inside a trace: nothing to look at
-                return
-        if not bool(ok):
-            break
-    else:
+    host = [leaf for _, leaf in leaves if isinstance(leaf, (np.ndarray, np.generic))]
+    device = [leaf for _, leaf in leaves if not isinstance(leaf, (np.ndarray, np.generic))]
+    # NumPy leaves are checked on the host; device leaves in one compiled reduction (one
+    # dispatch and one transfer of a bool, whatever the number of leaves)
+    ok = all(bool(np.isfinite(leaf).all()) for leaf in host)
+    if ok and device:
+        flag = _all_finite(device)
+        if isinstance(flag, jax.core.Tracer):  # called inside a trace: nothing to look at
+            return
+        ok = bool(flag)
+    if ok:
         return
     for path, leaf in leaves:
         ok = np.isfinite(np.asarray(leaf))
