@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxattr import _core
+from jaxattr import _core, _torchray
 from jaxattr._core import Inputs, PyTree, Target
 
 __all__ = [
@@ -39,12 +39,31 @@ def _run_gradient(fn, x, target, args, mode):
 
 
 @_core.contract
-def gradient(fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
+def gradient(
+    fn: Callable[..., Any],
+    x: PyTree,
+    *,
+    target: Any = None,
+    args: tuple = (),
+    saliency_layer: str | None = None,
+    gradient_to_saliency: bool | Callable[[jax.Array], jax.Array] = False,
+    resize: bool | str | Sequence[int] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
+    channel_axis: int = 1,
+) -> PyTree:
     """The plain gradient of the explained output with respect to the input.
 
     Zennit's ``Gradient`` attributor (and Captum's ``Saliency(abs=False)``). With a
     cotangent or callable ``target`` this is the vector-Jacobian product Zennit computes
     with its ``attr_output``.
+
+    TorchRay's ``gradient`` takes the same options as its ``saliency``; here they default
+    to the raw gradient. ``gradient_to_saliency=True`` gives TorchRay's map (the max of
+    ``|gradient|`` over ``channel_axis``, kept with size 1), ``saliency_layer`` reads the
+    gradient at a layer's output instead of the input (``fn`` must then be a structured
+    model such as a bridged torch module), ``resize`` upsamples the map and ``smooth``
+    blurs it, in that order, exactly as TorchRay.
 
     Args:
         fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...). A tuple
@@ -53,17 +72,56 @@ def gradient(fn: Callable[..., Any], x: PyTree, *, target: Any = None, args: tup
         target: What to explain; see :func:`jaxattr.select_target` for every form (``None``,
             int, tuple, per-example list/array, cotangent array, callable).
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+        saliency_layer: Read the gradient at this layer's output (TorchRay's
+            ``saliency_layer``; ``None`` or ``""``: the input).
+        gradient_to_saliency: ``False`` (the raw gradient), ``True`` (TorchRay's
+            ``gradient_to_saliency``: max of ``|g|`` over ``channel_axis``) or a function
+            of the gradient array.
+        resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
+            a tuple gives the size in TorchRay's (width, height) order, i.e. the spatial
+            sizes reversed.
+        resize_mode: ``"bilinear"`` (TorchRay's default, ``align_corners=False``),
+            ``"linear"``, ``"trilinear"`` or ``"nearest"``.
+        smooth: If > 0, blur with TorchRay's ``imsmooth`` (Gaussian, replicate padding) of
+            standard deviation ``smooth * max(spatial size)``, after resizing.
+        channel_axis: The channel axis of the map (1 for NCHW, -1 for NHWC).
 
     Returns:
-        The gradient, with the structure, shapes and dtypes of ``x``.
+        The gradient, with the structure, shapes and dtypes of ``x``; with
+        ``saliency_layer``, the layer output's shape; ``gradient_to_saliency`` reduces the
+        channel axis to size 1 and ``resize`` changes the spatial sizes.
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
         >>> fn = lambda x: jnp.stack([x.sum(1), (x ** 2).sum(1)], axis=1)
         >>> jaxattr.gradient(fn, jnp.array([[1.0, 2.0]]), target=1)
         Array([[2., 4.]], dtype=float32)
+        >>> img = jnp.arange(2 * 3 * 4.0).reshape(1, 2, 3, 4)   # TorchRay's saliency map
+        >>> sal = jaxattr.gradient(lambda x: (x ** 2).sum((1, 2, 3))[:, None], img, target=0,
+        ...                        gradient_to_saliency=True, resize=(8, 6), smooth=0.02)
+        >>> sal.shape
+        (1, 1, 6, 8)
     """
-    return _run_gradient(fn, x, target, args, "plain")
+    if saliency_layer:
+        g = _torchray.layer_gradient(fn, x, target, args, saliency_layer, None)
+    else:
+        g = _run_gradient(fn, x, target, args, "plain")
+    return _torchray_finish(g, x, gradient_to_saliency, resize, resize_mode, smooth, channel_axis)
+
+
+def _torchray_finish(g, x, gradient_to_saliency, resize, resize_mode, smooth, channel_axis):
+    """TorchRay's post-processing (conversion, resize, smoothing); the identity by default."""
+    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
+    reduce = _torchray.reducer(gradient_to_saliency, channel_axis)
+    return _torchray.finish_tree(
+        g,
+        _core.to_arrays(x),
+        reduce=reduce,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
+    )
 
 
 @_core.contract

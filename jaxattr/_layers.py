@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _caching, _core, _taps
+from jaxattr import _caching, _core, _taps, _torchray
 from jaxattr._core import PyTree
 from jaxattr._gradient import gradient
 from jaxattr._integrated import QUADRATURES, _quadrature, checked_quadrature, integrated_gradients
@@ -1073,12 +1073,20 @@ def grad_cam(
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     params: Any = None,
+    resize: bool | str | Sequence[int] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """Grad-CAM (Selvaraju et al., 2017), Captum's ``LayerGradCam``.
 
     Each channel of the layer is weighted by its spatially averaged gradient; the weighted
     activations are summed over channels (``attr_dim_summation``) and optionally passed
     through a ReLU (``relu_attributions``).
+
+    TorchRay's ``grad_cam(model, x, target, saliency_layer=layer)`` is
+    ``relu_attributions=True``; its ``resize`` (bilinear by default) and ``smooth``
+    (Gaussian of standard deviation ``smooth * max(spatial size)``, replicate padding)
+    are the options of the same names, applied in that order after the ReLU.
 
     Args:
         model: A structured model.
@@ -1095,6 +1103,12 @@ def grad_cam(
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
         params: Parameters to run with (default: the model's own).
+        resize: TorchRay's ``resize``: ``False``; ``True`` (or ``"input"``) for x's
+            spatial size; a tuple in TorchRay's (width, height) order. Not together with
+            ``interpolate_to``.
+        resize_mode: TorchRay's ``resize_mode``: ``"bilinear"`` (``align_corners=False``),
+            ``"linear"``, ``"trilinear"`` or ``"nearest"``.
+        smooth: If > 0, TorchRay's smoothing after resizing (see above).
 
     Returns:
         (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1), or the full
@@ -1110,8 +1124,19 @@ def grad_cam(
         ...                        channel_axis=-1, interpolate_to="input")
         >>> cam.shape
         (2, 32, 32, 1)
+        >>> tr = jaxattr.grad_cam(model, make_shapes(2)[0], "conv3", target=[0, 1],
+        ...                       channel_axis=-1, relu_attributions=True, resize=True,
+        ...                       smooth=0.02)   # TorchRay's grad_cam(resize=True, smooth=.02)
+        >>> tr.shape
+        (2, 32, 32, 1)
     """
-    return _cam(
+    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
+    if resize is not False and interpolate_to is not None:
+        raise ValueError(
+            f"pass interpolate_to (Captum-style) or resize (TorchRay's), not both; got "
+            f"interpolate_to={interpolate_to!r} and resize={resize!r}"
+        )
+    cam = _cam(
         model,
         x,
         layer,
@@ -1126,6 +1151,15 @@ def grad_cam(
         args,
         kwargs,
         params,
+    )
+    return _torchray.finish_tree(
+        cam,
+        _core.to_arrays(x),
+        reduce=None,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
     )
 
 
@@ -1395,13 +1429,19 @@ def linear_approx(
     *,
     target: Any = None,
     channel_axis: int = 1,
-    resize: Sequence[int] | str | None = None,
+    resize: bool | str | Sequence[int] | None = False,
     resize_mode: str = "bilinear",
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     params: Any = None,
+    smooth: float = 0.0,
 ) -> jax.Array:
     """TorchRay's linear approximation: ``sum_c(activation * gradient)`` at a layer.
+
+    ``linear_approx(model, x, layer, target=t, resize=..., smooth=...)`` is TorchRay's
+    ``linear_approx(model, x, t, saliency_layer=layer, resize=..., smooth=...)``: the map
+    is resized, then smoothed with a Gaussian of standard deviation
+    ``smooth * max(spatial size)`` (replicate padding).
 
     Args:
         model: A structured model.
@@ -1409,11 +1449,15 @@ def linear_approx(
         layer: The layer name (TorchRay's ``saliency_layer``).
         target: What to explain (see :func:`jaxattr.select_target`).
         channel_axis: 1 for NCHW layers, -1 for NHWC.
-        resize: Resize to this spatial size, or ``"input"`` (TorchRay's ``resize=True``).
-        resize_mode: See :func:`interpolate` (TorchRay's default is bilinear).
+        resize: TorchRay's ``resize``: ``False``/``None``; ``True`` (or ``"input"``) for
+            x's spatial size; a tuple in TorchRay's (width, height) order, i.e. the
+            spatial sizes reversed.
+        resize_mode: ``"bilinear"`` (TorchRay's default, ``align_corners=False``),
+            ``"linear"``, ``"trilinear"`` or ``"nearest"``.
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
         params: Parameters to run with (default: the model's own).
+        smooth: If > 0, TorchRay's smoothing after resizing.
 
     Returns:
         (N, 1, *spatial) for ``channel_axis=1`` (channels last for -1).
@@ -1426,11 +1470,20 @@ def linear_approx(
         ...                       channel_axis=-1, resize="input").shape
         (1, 32, 32, 1)
     """
+    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
     gx = layer_gradient_x_activation(
         model, x, layer, target=target, args=args, kwargs=kwargs, params=params
     )
     sal = gx.sum(axis=channel_axis, keepdims=True)
-    return _maybe_interpolate(sal, resize, resize_mode, channel_axis, _core.to_arrays(x))
+    return _torchray.finish_tree(
+        sal,
+        _core.to_arrays(x),
+        reduce=None,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
+    )
 
 
 # --------------------------------------------------------------------------------------

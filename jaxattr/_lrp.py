@@ -16,13 +16,13 @@ by the explained output, so the relevance sums to about ``f(x)[target]``; pass
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxattr import _caching, _core, _rules
+from jaxattr import _caching, _core, _rules, _torchray
 from jaxattr._canonizers import canonize
 from jaxattr._composites import (
     LINEAR,
@@ -440,13 +440,40 @@ def _with_layers(model: Any, x, args, wanted: Callable[[Layer], bool], method: s
     return _function_model(model)
 
 
-def _relu_method(model, x, target, args, composite, method):
+def _relu_method(model, x, target, args, composite, method, torchray_options):
+    saliency_layer, g2s, resize, resize_mode, smooth, channel_axis = torchray_options
+    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
+    reduce = _torchray.reducer(g2s, channel_axis)
     model = _with_layers(model, x, args, is_relu, method)
-    return _run_rules(model, x, composite, None, target, args, False, False, method)
+    if saliency_layer:
+        g = _torchray.layer_gradient(model, x, target, args, saliency_layer, composite)
+    else:
+        g = _run_rules(model, x, composite, None, target, args, False, False, method)
+    return _torchray.finish_tree(
+        g,
+        _core.to_arrays(x),
+        reduce=reduce,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
+    )
 
 
 @_core.contract
-def guided_backprop(model: Any, x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
+def guided_backprop(
+    model: Any,
+    x: PyTree,
+    *,
+    target: Any = None,
+    args: tuple = (),
+    saliency_layer: str | None = None,
+    gradient_to_saliency: bool | Callable[[jax.Array], jax.Array] = False,
+    resize: bool | str | Sequence[int] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
+    channel_axis: int = 1,
+) -> PyTree:
     """Guided backpropagation (Springenberg et al., 2015).
 
     The gradient with every ReLU's backward replaced by ``grad * (R_out > 0)``: Captum's
@@ -454,14 +481,32 @@ def guided_backprop(model: Any, x: PyTree, *, target: Any = None, args: tuple = 
     model (its ReLU layers are rewritten) or a plain JAX function (its ``jax.nn.relu``
     calls are rewritten in the jaxpr).
 
+    TorchRay's ``guided_backprop``: pass ``gradient_to_saliency=True`` (and its
+    ``saliency_layer``, ``resize``, ``smooth``). TorchRay's guided ReLU keeps the gradient
+    where the ReLU's input is exactly 0 (it zeroes ``x < 0``); Captum, Zennit and jaxattr
+    zero it there (``x <= 0``), which only differs at exact zeros.
+
     Args:
         model: A structured model or a batch-first function ``fn(x) -> y``.
         x: Input array (N, ...) or a tuple of them.
         target: What to explain (see :func:`jaxattr.select_target`).
         args: Extra positional inputs after ``x``; not attributed.
+        saliency_layer: Read the pseudo-gradient at this layer's output (TorchRay's
+            ``saliency_layer``; ``None`` or ``""``: the input; needs a structured model).
+        gradient_to_saliency: ``False`` (the raw pseudo-gradient), ``True`` (TorchRay's
+            map: max of ``|g|`` over ``channel_axis``, kept with size 1) or a function of
+            the pseudo-gradient array.
+        resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
+            a tuple gives the size in TorchRay's (width, height) order.
+        resize_mode: ``"bilinear"`` (TorchRay's default), ``"linear"``, ``"trilinear"``
+            or ``"nearest"``.
+        smooth: If > 0, blur with TorchRay's ``imsmooth`` of standard deviation
+            ``smooth * max(spatial size)`` (replicate padding), after resizing.
+        channel_axis: The channel axis of the map (1 for NCHW, -1 for NHWC).
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure, shapes and dtypes (see :func:`jaxattr.gradient`
+        for how the TorchRay options change the shape).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -470,24 +515,59 @@ def guided_backprop(model: Any, x: PyTree, *, target: Any = None, args: tuple = 
         >>> jaxattr.guided_backprop(fn, jnp.array([[1.0, 2.0]]), target=0)
         Array([[1., 1.]], dtype=float32)
     """
-    return _relu_method(model, x, target, args, guided_backprop_composite(), "guided_backprop")
+    return _relu_method(
+        model,
+        x,
+        target,
+        args,
+        guided_backprop_composite(),
+        "guided_backprop",
+        (saliency_layer, gradient_to_saliency, resize, resize_mode, smooth, channel_axis),
+    )
 
 
 @_core.contract
-def deconvolution(model: Any, x: PyTree, *, target: Any = None, args: tuple = ()) -> PyTree:
+def deconvolution(
+    model: Any,
+    x: PyTree,
+    *,
+    target: Any = None,
+    args: tuple = (),
+    saliency_layer: str | None = None,
+    gradient_to_saliency: bool | Callable[[jax.Array], jax.Array] = False,
+    resize: bool | str | Sequence[int] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
+    channel_axis: int = 1,
+) -> PyTree:
     """Deconvolution (Zeiler & Fergus, 2014): ReLUs pass ``max(R_out, 0)`` back.
 
     Captum's ``Deconvolution`` and Zennit's ``DeconvNet`` composite. ``model`` is a
     structured model or a plain JAX function (its ``jax.nn.relu`` calls are rewritten).
+    TorchRay's ``deconvnet``: pass ``gradient_to_saliency=True`` (and its
+    ``saliency_layer``, ``resize``, ``smooth``).
 
     Args:
         model: A structured model or a batch-first function ``fn(x) -> y``.
         x: Input array (N, ...) or a tuple of them.
         target: What to explain (see :func:`jaxattr.select_target`).
         args: Extra positional inputs after ``x``; not attributed.
+        saliency_layer: Read the pseudo-gradient at this layer's output (TorchRay's
+            ``saliency_layer``; ``None`` or ``""``: the input; needs a structured model).
+        gradient_to_saliency: ``False`` (the raw pseudo-gradient), ``True`` (TorchRay's
+            map: max of ``|g|`` over ``channel_axis``, kept with size 1) or a function of
+            the pseudo-gradient array.
+        resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
+            a tuple gives the size in TorchRay's (width, height) order.
+        resize_mode: ``"bilinear"`` (TorchRay's default), ``"linear"``, ``"trilinear"``
+            or ``"nearest"``.
+        smooth: If > 0, blur with TorchRay's ``imsmooth`` of standard deviation
+            ``smooth * max(spatial size)`` (replicate padding), after resizing.
+        channel_axis: The channel axis of the map (1 for NCHW, -1 for NHWC).
 
     Returns:
-        The attribution with x's structure, shapes and dtypes.
+        The attribution with x's structure, shapes and dtypes (see :func:`jaxattr.gradient`
+        for how the TorchRay options change the shape).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
@@ -496,7 +576,15 @@ def deconvolution(model: Any, x: PyTree, *, target: Any = None, args: tuple = ()
         >>> jaxattr.deconvolution(fn, jnp.array([[1.0, 2.0]]), target=0)
         Array([[1., 1.]], dtype=float32)
     """
-    return _relu_method(model, x, target, args, deconvnet(), "deconvolution")
+    return _relu_method(
+        model,
+        x,
+        target,
+        args,
+        deconvnet(),
+        "deconvolution",
+        (saliency_layer, gradient_to_saliency, resize, resize_mode, smooth, channel_axis),
+    )
 
 
 # ---- excitation backprop (TorchRay) ----
@@ -690,30 +778,45 @@ def excitation_backprop(
     sum_channels: bool = True,
     channel_axis: int = 1,
     args: tuple = (),
+    saliency_layer: str | None = None,
+    resize: bool | str | Sequence[int] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
 ) -> PyTree:
     """Excitation backprop (Zhang et al., 2016) with TorchRay's rules.
 
     Linear and conv layers pass ``x * J(w+)^T (p / (z(x, w+) + 1e-20))`` back (positive
     weights, no bias), average pools ``x * J^T (p / (z + 1e-20))``, residual sums
     ``x_i / z * p``, batch norms pass ``p`` unchanged; ReLUs and max pools keep their
-    gradient. The map is the pseudo-gradient at the input (or at ``layer``'s output),
-    summed over channels as TorchRay's ``excitation_backprop`` does. Zennit's
-    ``ExcitationBackprop`` composite is :func:`excitation_backprop_composite` (with
-    :func:`lrp`).
+    gradient. The map is the pseudo-gradient at the input (or at ``saliency_layer``'s
+    output), summed over channels as TorchRay's ``excitation_backprop`` does, then
+    resized (``resize``) and smoothed (``smooth``) as TorchRay's ``saliency``: with the
+    defaults this is TorchRay's ``excitation_backprop(model, x, target, saliency_layer)``.
+    Zennit's ``ExcitationBackprop`` composite is :func:`excitation_backprop_composite`
+    (with :func:`lrp`). TorchRay applies the residual-sum rule only to a ResNet passed
+    through its ``update_resnet``; jaxattr applies it to every ``add`` layer.
 
     Args:
         model: A structured model.
         x: Input array (N, C, ...) or a tuple of them.
         target: What to explain (see :func:`jaxattr.select_target`).
-        layer: Take the map at this layer's output instead of the input (TorchRay's
-            ``saliency_layer``).
+        layer: The same as ``saliency_layer`` (its older name here).
         sum_channels: Sum over ``channel_axis`` (keeping it, size 1), as TorchRay.
         channel_axis: The channel axis.
         args: Extra positional model inputs after ``x``; not attributed.
+        saliency_layer: Take the map at this layer's output instead of the input
+            (TorchRay's ``saliency_layer``; ``None`` or ``""``: the input).
+        resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
+            a tuple gives the size in TorchRay's (width, height) order.
+        resize_mode: ``"bilinear"`` (TorchRay's default), ``"linear"``, ``"trilinear"``
+            or ``"nearest"``.
+        smooth: If > 0, blur with TorchRay's ``imsmooth`` of standard deviation
+            ``smooth * max(spatial size)`` (replicate padding), after resizing.
 
     Returns:
-        With ``layer=None``: x's structure, each leaf (N, 1, ...) when summed, x's shape
-        otherwise; with ``layer``: the map at that layer's output.
+        With no layer: x's structure, each leaf (N, 1, ...) when summed, x's shape
+        otherwise; with a layer: the map at that layer's output; ``resize`` changes the
+        spatial sizes.
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
@@ -728,8 +831,10 @@ def excitation_backprop(
         ...                             sum_channels=False)
         Array([[1., 0.]], dtype=float32)
     """
+    layer = _torchray.saliency_layer_alias(layer, saliency_layer)
+    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
     x, args, inputs, t = _prep_structured(model, x, target, args, "excitation_backprop")
-    return _ebp_core(
+    sal = _ebp_core(
         model=model,
         inputs=inputs,
         params=model.params,
@@ -741,6 +846,15 @@ def excitation_backprop(
         classifier_layer=None,
         sum_channels=sum_channels,
         channel_axis=channel_axis,
+    )
+    return _torchray.finish_tree(
+        sal,
+        x,
+        reduce=None,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
     )
 
 
@@ -763,13 +877,20 @@ def contrastive_excitation_backprop(
     sum_channels: bool = True,
     channel_axis: int = 1,
     args: tuple = (),
+    saliency_layer: str | None = None,
+    resize: bool | str | Sequence[int] = False,
+    resize_mode: str = "bilinear",
+    smooth: float = 0.0,
 ) -> PyTree:
     """Contrastive excitation backprop (Zhang et al., 2016), TorchRay's definition.
 
     First the excitation of the target is propagated with the classifier layer's weights
     negated, down to ``contrast_layer``'s output (the contrast). Then it is propagated with
     the real weights, and at ``contrast_layer`` the contrast is subtracted before going on
-    to the input (or ``layer``). The map is ``max(sum over channels, 0)``.
+    to the input (or ``saliency_layer``). The map is ``max(sum over channels, 0)``,
+    optionally resized: TorchRay's ``contrastive_excitation_backprop(model, x, target,
+    saliency_layer, contrast_layer, classifier_layer, resize)``. ``smooth`` is an
+    addition (TorchRay's contrastive variant has none).
 
     Args:
         model: A structured model.
@@ -777,10 +898,18 @@ def contrastive_excitation_backprop(
         target: What to explain (see :func:`jaxattr.select_target`).
         contrast_layer: Name of the layer whose output receives the contrast.
         classifier_layer: The last linear layer (default: the last linear/conv layer).
-        layer: Take the map at this layer's output instead of the input.
+        layer: The same as ``saliency_layer`` (its older name here).
         sum_channels: Sum over ``channel_axis`` (keeping it), then clamp at 0.
         channel_axis: The channel axis.
         args: Extra positional model inputs after ``x``; not attributed.
+        saliency_layer: Take the map at this layer's output instead of the input
+            (TorchRay's ``saliency_layer``).
+        resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
+            a tuple gives the size in TorchRay's (width, height) order.
+        resize_mode: ``"bilinear"`` (TorchRay's default), ``"linear"``, ``"trilinear"``
+            or ``"nearest"``.
+        smooth: If > 0, blur with TorchRay's ``imsmooth`` of standard deviation
+            ``smooth * max(spatial size)`` (replicate padding), after resizing.
 
     Returns:
         The map (see :func:`excitation_backprop`).
@@ -801,17 +930,19 @@ def contrastive_excitation_backprop(
         ...     Mlp(), jnp.array([[1.0, 1.0]]), target=1, contrast_layer="fc1").shape
         (1, 1)
     """
+    layer = _torchray.saliency_layer_alias(layer, saliency_layer)
+    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
     x, args, inputs, t = _prep_structured(model, x, target, args, "contrastive_excitation_backprop")
     for nm, val in (
         ("contrast_layer", contrast_layer),
         ("classifier_layer", classifier_layer),
-        ("layer", layer),
+        ("saliency_layer", layer),
     ):
         if val is not None and val not in model.layers:
             raise ValueError(f"{nm}: {val!r} is not a layer of the model")
     if classifier_layer is None:
         classifier_layer = _last_linear(model)
-    return _ebp_core(
+    sal = _ebp_core(
         model=model,
         inputs=inputs,
         params=model.params,
@@ -823,6 +954,15 @@ def contrastive_excitation_backprop(
         classifier_layer=classifier_layer,
         sum_channels=sum_channels,
         channel_axis=channel_axis,
+    )
+    return _torchray.finish_tree(
+        sal,
+        x,
+        reduce=None,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
     )
 
 

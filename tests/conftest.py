@@ -3,8 +3,10 @@
 Zennit 0.5.1 imports torchvision at import time, only for isinstance checks in its
 torchvision canonizers. torchvision cannot load here, so a stub
 ``torchvision.models.resnet`` with placeholder ``BasicBlock``/``Bottleneck`` classes is
-installed before anything imports zennit. Reference ResNets used with Zennit's ResNet
-canonizer subclass these placeholders.
+installed before anything imports zennit. TorchRay also imports ``ResNet`` from it, and
+``torchray.benchmark`` imports ``torchvision.datasets`` (``ImageFolder``,
+``VOCDetection``, ``CocoDetection``) and ``torchvision.transforms``: placeholders too.
+Reference ResNets used with Zennit's ResNet canonizer subclass these placeholders.
 """
 
 from __future__ import annotations
@@ -41,16 +43,32 @@ def _install_torchvision_stub() -> None:
 
         expansion = 4
 
+    class ResNet(nn.Module):
+        """Placeholder for torchvision.models.resnet.ResNet (TorchRay imports it)."""
+
     tv = types.ModuleType("torchvision")
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
-    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
+    resnet.BasicBlock, resnet.Bottleneck, resnet.ResNet = BasicBlock, Bottleneck, ResNet
     tv.models, models.resnet = models, resnet
     tv.__path__, models.__path__ = [], []
+    # torchray.benchmark (its PointingGame) subclasses these datasets and imports
+    # transforms at import time; placeholders suffice, nothing here loads a dataset.
+    datasets = types.ModuleType("torchvision.datasets")
+    for name in ("ImageFolder", "VOCDetection", "CocoDetection"):
+        setattr(datasets, name, type(name, (), {"__doc__": f"Placeholder for {name}."}))
+    transforms = types.ModuleType("torchvision.transforms")
+    tv.datasets, tv.transforms = datasets, transforms
     # No __spec__: transformers would then believe torchvision is installed and import its
     # transforms; tests/torch_models.py hides the stub while it builds transformers models.
     sys.modules.update(
-        {"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet}
+        {
+            "torchvision": tv,
+            "torchvision.models": models,
+            "torchvision.models.resnet": resnet,
+            "torchvision.datasets": datasets,
+            "torchvision.transforms": transforms,
+        }
     )
 
 
