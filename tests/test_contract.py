@@ -193,6 +193,7 @@ CASES.update(
             lambda fn, x, **kw: jaxattr.rise(fn, x, num_masks=8, num_cells=2, **kw),
             random=True,
             chunk="batch_size",
+            every_output=True,  # TorchRay's rise: one map per output element
         ),
         "extremal_perturbation": Case(
             lambda fn, x, **kw: jaxattr.extremal_perturbation(fn, x, max_iter=3, **kw),

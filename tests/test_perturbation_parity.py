@@ -302,12 +302,12 @@ def test_rise_mask_upsampling_matches_torchray_recipe():
     from jaxattr._perturbation import _upsample_reflect
 
     grid = (np.random.default_rng(3).uniform(size=(4, 1, 7, 7)) < 0.5).astype(np.float32)
-    cell = (5, 5)
-    up_size = (32 + 5, 32 + 5)
+    up_size = (32 + 5, 32 + 5)  # the input plus one cell of ceil(32 / 7) = 5
+    cell = 6  # TorchRay's interpolation cell is ceil(up_size / 7) = 6, not 5
     padded = torch.nn.functional.pad(torch.from_numpy(grid), (1, 1, 1, 1), mode="reflect")
     up = torch.nn.functional.interpolate(
-        padded, (5 * 9, 5 * 9), mode="bilinear", align_corners=False
+        padded, (cell * 9, cell * 9), mode="bilinear", align_corners=False
     )
-    ref = up[:, :, 5 : 5 + up_size[0], 5 : 5 + up_size[1]][:, 0]
-    ours = _upsample_reflect(jnp.asarray(grid[:, 0]), cell, up_size)
+    ref = up[:, :, cell : cell + up_size[0], cell : cell + up_size[1]][:, 0]
+    ours = _upsample_reflect(jnp.asarray(grid[:, 0]), up_size)
     assert_close(ours, ref, rtol=1e-5)
