@@ -32,6 +32,8 @@ __all__ = [
     "canonize",
     "layer_graph",
     "merge_batch_norm",
+    "NamedMergeBatchNorm",
+    "named_merge_batch_norm",
     "residual_sums",
 ]
 
@@ -94,7 +96,7 @@ def _spec(inputs) -> tuple:
     return tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(inputs))
 
 
-@_caching.model_pytree(["base"], static=["rewrite", "name"])
+@_caching.model_pytree(["base"], static=["rewrite", "name", "with_params"])
 @dataclasses.dataclass(eq=False)
 class Canonized:
     """A structured model rewritten by canonizers; see :func:`canonize`.
@@ -109,6 +111,8 @@ class Canonized:
     base: Any
     rewrite: Callable[..., Callable[..., Any]]
     name: str = "canonized"
+    #: ``rewrite(inputs, user, params)`` instead of ``rewrite(inputs, user)``.
+    with_params: bool = False
 
     @property
     def params(self) -> Any:
@@ -123,7 +127,10 @@ class Canonized:
         from jaxattr.structure import default_intercept
 
         user = intercept or default_intercept
-        inner = self.rewrite(inputs, user)
+        if self.with_params:
+            inner = self.rewrite(inputs, user, params)
+        else:
+            inner = self.rewrite(inputs, user)
         return self.base.apply(params, *inputs, intercept=inner)
 
     def __call__(self, *inputs: Any) -> Any:
@@ -255,7 +262,12 @@ def merge_batch_norm(model: Any) -> Canonized:
     return Canonized(model, rewrite, name="merge_batch_norm")
 
 
-def _merged_call(lin_layer, lin_fn, lin_params, lin_xs, bn_layer, bn_params, bn_fn, user):
+def _merge_linear(lin_layer, lin_fn, lin_params, bn_layer, bn_params):
+    """The linear layer with a batch norm's affine map folded in (Zennit's merge).
+
+    Returns ``(merged_layer, merged_fn, merged_params)``: weight ``w * s`` per output
+    channel and bias ``(b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``.
+    """
     weight_key = "kernel" if "kernel" in lin_params else "weight"
     flax = _flax_style(lin_params) or _flax_style(bn_params)
     gamma, beta, mean, var, eps = _bn_parts(bn_params, bn_layer)
@@ -295,7 +307,11 @@ def _merged_call(lin_layer, lin_fn, lin_params, lin_xs, bn_layer, bn_params, bn_
         if "bias" not in lin_layer.param_names
         else lin_layer.param_names,
     )
-    h = user(merged_layer, merged_fn, merged, *lin_xs)
+    return merged_layer, merged_fn, merged
+
+
+def _identity_bn(bn_params):
+    """A batch norm's parameters made an identity (mean 0, var 1, weight 1, bias 0)."""
     ident = dict(bn_params)
     for k in ("running_mean", "mean"):
         if k in ident and ident[k] is not None:
@@ -308,7 +324,170 @@ def _merged_call(lin_layer, lin_fn, lin_params, lin_xs, bn_layer, bn_params, bn_
             ident[k] = jnp.ones_like(ident[k])
     if ident.get("bias") is not None:
         ident["bias"] = jnp.zeros_like(ident["bias"])
-    return user(bn_layer, bn_fn, ident, h)
+    return ident
+
+
+def _merged_call(lin_layer, lin_fn, lin_params, lin_xs, bn_layer, bn_params, bn_fn, user):
+    merged_layer, merged_fn, merged = _merge_linear(
+        lin_layer, lin_fn, lin_params, bn_layer, bn_params
+    )
+    h = user(merged_layer, merged_fn, merged, *lin_xs)
+    return user(bn_layer, bn_fn, _identity_bn(bn_params), h)
+
+
+_LINEAR_KINDS = ("linear", "conv", "conv_transpose")
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedMergeBatchNorm:
+    """Zennit's ``NamedMergeBatchNorm``: fold named batch norms into named linear layers.
+
+    A canonizer (``model -> model``); build it with :func:`named_merge_batch_norm`.
+
+    Attributes:
+        name_map: ``((linear layer names, batch norm name), ...)``.
+    """
+
+    name_map: tuple[tuple[tuple[str, ...], str], ...]
+
+    def __call__(self, model: Any) -> Canonized:
+        """Return ``model`` with the batch norms merged (see :func:`named_merge_batch_norm`)."""
+        layers = model.layers
+        by_base: dict[str, list[str]] = {}
+        for name in layers:
+            by_base.setdefault(name.split(":", 1)[0], []).append(name)
+
+        def find(name: str, kinds: tuple, what: str) -> list[str]:
+            found = by_base.get(name)
+            if not found:
+                shown = ", ".join(repr(n) for n in list(layers)[:12])
+                raise ValueError(
+                    f"named_merge_batch_norm: name_map names {what} {name!r}, which is not a "
+                    f"layer of the model (layers: {shown}{', ...' if len(layers) > 12 else ''})"
+                )
+            kind = layers[found[0]].kind
+            if kind not in kinds:
+                raise ValueError(
+                    f"named_merge_batch_norm: {what} {name!r} must be a layer of kind "
+                    f"{' or '.join(kinds)}, got kind {kind!r}"
+                )
+            return found
+
+        bn_of: dict[str, str] = {}  # linear layer -> batch norm module name
+        bns: dict[str, str] = {}  # batch norm layer -> its module name
+        for linears, bn in self.name_map:
+            for b in find(bn, ("batch_norm",), "batch norm"):
+                bns[b] = bn
+            for lin in linears:
+                for name in find(lin, _LINEAR_KINDS, "linear layer"):
+                    bn_of[name] = bn
+        bn_first = {bn: next(n for n in layers if n.split(":", 1)[0] == bn) for bn in bns.values()}
+
+        def rewrite(inputs, user, params):
+            bn_params = _layer_params(model, params, inputs, set(bn_first.values()))
+
+            def intercept(layer, layer_fn, lp, *xs):
+                if layer.name in bn_of:
+                    bn_name = bn_first[bn_of[layer.name]]
+                    merged_layer, merged_fn, merged = _merge_linear(
+                        layer, layer_fn, lp, layers[bn_name], bn_params[bn_name]
+                    )
+                    return user(merged_layer, merged_fn, merged, *xs)
+                if layer.name in bns:
+                    return user(layer, layer_fn, _identity_bn(lp), *xs)
+                return user(layer, layer_fn, lp, *xs)
+
+            return intercept
+
+        return Canonized(model, rewrite, name="named_merge_batch_norm", with_params=True)
+
+
+def _layer_params(model, params, inputs, names: set) -> dict[str, Any]:
+    """The local parameters of the layers ``names`` as the model hands them to its layers.
+
+    Read from a flat ``params`` dict by the layers' ``param_names`` when possible (a bridged
+    model); otherwise recorded from a run of the model whose outputs are unused (a
+    compiled program drops that run).
+    """
+    layers = model.layers
+    if isinstance(params, Mapping):
+        try:
+            return {n: {k: params[g] for k, g in layers[n].param_names.items()} for n in names}
+        except (KeyError, TypeError):
+            pass
+    got: dict[str, Any] = {}
+
+    def grab(layer, layer_fn, lp, *xs):
+        if layer.name in names and layer.name not in got:
+            got[layer.name] = lp
+        return layer_fn(lp, *xs)
+
+    model.apply(params, *inputs, intercept=grab)
+    missing = sorted(names - set(got))
+    if missing:
+        raise ValueError(f"named_merge_batch_norm: batch norm layer(s) {missing} did not run")
+    return got
+
+
+def named_merge_batch_norm(name_map: Sequence[tuple[Sequence[str], str]]) -> NamedMergeBatchNorm:
+    """Zennit's ``NamedMergeBatchNorm``: fold batch norms into the linear layers named.
+
+    ``name_map`` pairs linear layers (conv, dense or transposed conv) with the batch norm
+    whose affine map is folded into them, as Zennit's canonizer of the same name: every
+    listed layer gets weight ``w * s`` (per output channel) and bias
+    ``(b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``; the batch norm then runs
+    with identity statistics (it computes ``x / sqrt(1 + eps)``). Unlike
+    :func:`merge_batch_norm` the pairing is by name, not found from the graph, so a batch
+    norm after a sum of two convolutions can be folded into both. A name matches every
+    call of a layer (``"relu"`` names ``"relu:1"`` too).
+
+    Args:
+        name_map: ``[((linear names...), batch norm name), ...]``.
+
+    Returns:
+        A canonizer (``model -> model``), hashable: equal name maps share compiled
+        programs.
+
+    Raises:
+        ValueError: When applied, a name that is not a layer of the model or a layer of the
+            wrong kind.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr.structure import Layer
+        >>> from jaxattr import named_merge_batch_norm
+        >>> class M:
+        ...     params = {"w": jnp.array([[2.0]]), "m": jnp.array([1.0]),
+        ...               "v": jnp.array([4.0]), "g": jnp.array([1.0]), "b": jnp.array([0.0])}
+        ...     layers = {"fc": Layer("fc", "linear", param_names={"weight": "w"}),
+        ...               "bn": Layer("bn", "batch_norm", attrs={"eps": 0.0}, param_names={
+        ...                   "running_mean": "m", "running_var": "v", "weight": "g",
+        ...                   "bias": "b"})}
+        ...     def apply(self, p, x, intercept=None):
+        ...         h = intercept(self.layers["fc"], lambda q, v: v @ q["weight"].T,
+        ...                       {"weight": p["w"]}, x)
+        ...         bn = lambda q, v: (v - q["running_mean"]) / jnp.sqrt(
+        ...             q["running_var"]) * q["weight"] + q["bias"]
+        ...         return intercept(self.layers["bn"], bn, {"running_mean": p["m"],
+        ...             "running_var": p["v"], "weight": p["g"], "bias": p["b"]}, h)
+        >>> named_merge_batch_norm([(("fc",), "bn")])(M())(jnp.array([[3.0]]))
+        Array([[2.5]], dtype=float32)
+    """
+    pairs = []
+    for entry in name_map:
+        try:
+            linears, bn = entry
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"name_map entries must be ((linear names...), batch norm name), got {entry!r}"
+            ) from None
+        linears = (linears,) if isinstance(linears, str) else tuple(linears)
+        if not isinstance(bn, str) or not all(isinstance(n, str) for n in linears):
+            raise TypeError(
+                f"name_map entries must be ((linear names...), batch norm name), got {entry!r}"
+            )
+        pairs.append((linears, bn))
+    return NamedMergeBatchNorm(tuple(pairs))
 
 
 def residual_sums(model: Any) -> Any:

@@ -147,7 +147,8 @@ def attach(model: Any, composite: Composite, *, canonizers: Any = None) -> Attac
     Args:
         model: A structured model.
         composite: The composite assigning rules to layers.
-        canonizers: A canonizer or a sequence of them (e.g. ``[merge_batch_norm]``).
+        canonizers: A canonizer or a sequence of them (e.g. ``[merge_batch_norm]``), applied
+            after the composite's own ``canonizers``.
 
     Returns:
         An :class:`Attached` callable, ``fn(*inputs) -> output``, batch-first like the model.
@@ -168,7 +169,10 @@ def attach(model: Any, composite: Composite, *, canonizers: Any = None) -> Attac
     _check_structured(model, "attach")
     if not isinstance(composite, Composite):
         raise TypeError(f"composite must be a jaxattr.Composite, got {type(composite).__name__}")
-    return Attached(_canonized(model, _canon_key(canonizers)), composite)
+    cans = _canon_key(canonizers) or ()
+    # the composite's own canonizers first (Zennit's composite(canonizers=...)), then these
+    cans = (*composite.canonizers, *(c for c in cans if c not in composite.canonizers))
+    return Attached(_canonized(model, cans or None), composite)
 
 
 # --------------------------------------------------------------------------------------
@@ -254,7 +258,8 @@ def lrp(
         model: A structured model (bridged torch, Flax adapter, ...).
         x: Input array (N, ...) or a tuple of them (passed as ``apply(params, *x)``).
         composite: Which rule runs on which layer (e.g. :func:`jaxattr.epsilon_plus_flat`).
-        canonizers: A canonizer or a sequence of them (e.g. ``[merge_batch_norm]``).
+        canonizers: A canonizer or a sequence of them (e.g. ``[merge_batch_norm]``), applied
+            after the composite's own ``canonizers``.
         target: What to explain (see :func:`jaxattr.select_target`).
         return_delta: Also return the conservation gap ``R_out - sum(relevance)`` per
             example, shape (N,) (``R_out`` is the total output relevance).

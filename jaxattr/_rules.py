@@ -32,8 +32,11 @@ from jaxattr.structure import Layer
 __all__ = [
     "ParamMod",
     "Rule",
+    "Stabilizer",
     "alpha_beta",
     "apply_rule",
+    "captum_alpha1_beta0",
+    "captum_gamma",
     "epsilon",
     "flat",
     "gamma",
@@ -51,16 +54,27 @@ __all__ = [
 Array = jax.Array
 
 
-def stabilize(z: Array, epsilon: float = 1e-6, *, clip: bool = False) -> Array:
+def stabilize(
+    z: Array,
+    epsilon: float = 1e-6,
+    *,
+    clip: bool = False,
+    norm_scale: bool = False,
+    dim: int | Sequence[int] | None = None,
+) -> Array:
     """Zennit's stabilizer: shift ``z`` away from zero by ``epsilon`` with ``z``'s sign.
 
     Zeros count as positive. With ``clip=True`` the magnitude is clipped to at least
-    ``epsilon`` instead of shifted.
+    ``epsilon`` instead of shifted. With ``norm_scale=True`` (Zennit's ``norm_scale``)
+    ``epsilon`` is first scaled by the root mean square of ``z`` over the axes ``dim``
+    (default: every axis but the batch axis 0), per example.
 
     Args:
-        z: Any array (a layer output about to divide the relevance).
+        z: Any array (a layer output about to divide the relevance), shape (N, ...).
         epsilon: The shift (or the clip floor).
         clip: Clip instead of shift.
+        norm_scale: Scale ``epsilon`` by ``sqrt(mean(z**2, dim))``.
+        dim: The axes of that mean (an int or a tuple; ``None``: all but axis 0).
 
     Returns:
         An array of ``z``'s shape and dtype with no zeros.
@@ -70,11 +84,63 @@ def stabilize(z: Array, epsilon: float = 1e-6, *, clip: bool = False) -> Array:
         >>> from jaxattr import stabilize
         >>> stabilize(jnp.array([-1.0, 0.0, 2.0]), 0.5)
         Array([-1.5,  0.5,  2.5], dtype=float32)
+        >>> stabilize(jnp.array([[3.0, -4.0]]), 0.1, norm_scale=True)   # rms = 3.5355
+        Array([[ 3.3535533, -4.3535533]], dtype=float32)
     """
     sign = jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+    eps = jnp.asarray(epsilon, z.dtype)
+    if norm_scale:
+        axes = tuple(range(1, z.ndim)) if dim is None else dim
+        eps = eps * jnp.sqrt(jnp.mean(z * z, axis=axes, keepdims=True))
     if clip:
-        return sign * jnp.maximum(jnp.abs(z), epsilon)
-    return z + sign * jnp.asarray(epsilon, z.dtype)
+        return sign * jnp.maximum(jnp.abs(z), eps)
+    return z + sign * eps
+
+
+@dataclasses.dataclass(frozen=True)
+class Stabilizer:
+    """Zennit's ``Stabilizer``: a hashable ``z -> stabilized z`` for a rule's ``stabilizer``.
+
+    Pass it where a rule takes ``epsilon``/``stabilizer`` to use Zennit's ``clip``,
+    ``norm_scale`` and ``dim`` options (a float there is ``Stabilizer(float)``). Equal
+    stabilizers compare and hash equal, so rules built from them are cached and compiled
+    programs are reused.
+
+    Attributes:
+        epsilon: The shift (or the clip floor).
+        clip: Clip the magnitude to at least ``epsilon`` instead of shifting.
+        norm_scale: Scale ``epsilon`` by the root mean square of ``z`` over ``dim``.
+        dim: Axes of that mean (an int or a tuple; ``None``: every axis but 0).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import Stabilizer, epsilon
+        >>> stab = Stabilizer(0.25, norm_scale=True)
+        >>> stab(jnp.array([[1.0, -1.0]]))
+        Array([[ 1.25, -1.25]], dtype=float32)
+        >>> epsilon(stab) is epsilon(Stabilizer(0.25, norm_scale=True))
+        True
+    """
+
+    epsilon: float = 1e-6
+    clip: bool = False
+    norm_scale: bool = False
+    dim: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)):
+            raise TypeError(f"Stabilizer epsilon must be a float, got {self.epsilon!r}")
+        object.__setattr__(self, "epsilon", float(self.epsilon))
+        if isinstance(self.dim, list):
+            object.__setattr__(self, "dim", tuple(self.dim))
+        if self.dim is not None and not isinstance(self.dim, (int, tuple)):
+            raise TypeError(
+                f"Stabilizer dim must be an int, a tuple of ints or None, got {self.dim!r}"
+            )
+
+    def __call__(self, z: Array) -> Array:
+        """Stabilize ``z`` (see :func:`stabilize`)."""
+        return stabilize(z, self.epsilon, clip=self.clip, norm_scale=self.norm_scale, dim=self.dim)
 
 
 def _stabilizer(value: Any, name: str = "stabilizer") -> Callable[[Array], Array]:
@@ -83,7 +149,10 @@ def _stabilizer(value: Any, name: str = "stabilizer") -> Callable[[Array], Array
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         eps = float(value)
         return lambda z: stabilize(z, eps)
-    raise TypeError(f"{name} must be a float or a callable z -> stabilized z, got {value!r}")
+    raise TypeError(
+        f"{name} must be a float, a jaxattr.Stabilizer or a callable z -> stabilized z, "
+        f"got {value!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -748,3 +817,83 @@ def relu_beta_smooth(beta_smooth: float = 10.0) -> Rule:
         return tuple(jax.nn.sigmoid(beta_smooth * x) * out_grad for x in inputs)
 
     return Rule("relu_beta_smooth", backward=backward)
+
+
+def _captum_weight_rule(name: str, weight_mod, set_bias_to_zero: bool, epsilon: float) -> Rule:
+    def modifier(p, key):
+        return weight_mod(p) if key == "weight" else p
+
+    stab = _stabilizer(epsilon, "epsilon")
+    return Rule(
+        name,
+        param_modifiers=[
+            ParamMod(
+                modifier,
+                param_keys=("weight", "bias"),
+                zero_params=("bias",) if set_bias_to_zero else (),
+            )
+        ],
+        gradient_mapper=lambda g, zs: [g / stab(zs[0])],
+        reducer=lambda xs, gs: xs[0] * gs[0],
+    )
+
+
+@_cached
+def captum_gamma(
+    gamma: float = 0.25, set_bias_to_zero: bool = False, epsilon: float = 1e-9
+) -> Rule:
+    """Captum's ``GammaRule``: epsilon-LRP through the weights ``w + gamma * max(w, 0)``.
+
+    ``R_in = x * W'^T (R_out / stabilize(W' x + b))`` with ``W' = w + gamma w+``, the
+    whole input (both signs) and the layer's bias (zero with ``set_bias_to_zero``);
+    Captum's stabilizer ``1e-9``. Only a parameter named ``weight`` is changed (a batch
+    norm's scale included, as in Captum). This is not Zennit's generalised
+    :func:`gamma`, which splits inputs and outputs by sign.
+
+    Args:
+        gamma: Weight of the added positive weight part.
+        set_bias_to_zero: Run the layer without its bias in the backward pass.
+        epsilon: The stabilizer (Captum's ``STABILITY_FACTOR``).
+
+    Returns:
+        The rule.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxattr import apply_rule, captum_gamma
+        >>> dense = lambda p, x: x @ p["weight"].T + p["bias"]
+        >>> p = {"weight": jnp.array([[1.0, -1.0]]), "bias": jnp.array([0.0])}
+        >>> jax.grad(lambda x: apply_rule(captum_gamma(1.0), None, dense, p, x).sum())(
+        ...     jnp.array([[1.0, 1.0]]))
+        Array([[ 2., -1.]], dtype=float32)
+    """
+    g = float(gamma)
+    return _captum_weight_rule(
+        "captum_gamma", lambda w: w + g * jnp.clip(w, 0, None), set_bias_to_zero, epsilon
+    )
+
+
+@_cached
+def captum_alpha1_beta0(set_bias_to_zero: bool = False, epsilon: float = 1e-9) -> Rule:
+    """Captum's ``Alpha1_Beta0_Rule``: epsilon-LRP through the positive weights ``max(w, 0)``.
+
+    ``R_in = x * W+^T (R_out / stabilize(W+ x + b))`` on the whole input with the layer's
+    bias (zero with ``set_bias_to_zero``); Captum's stabilizer ``1e-9``. Unlike Zennit's
+    :func:`z_plus` / :func:`alpha_beta` the input is not split by sign. Only a parameter
+    named ``weight`` is changed.
+
+    Args:
+        set_bias_to_zero: Run the layer without its bias in the backward pass.
+        epsilon: The stabilizer (Captum's ``STABILITY_FACTOR``).
+
+    Returns:
+        The rule.
+
+    Example:
+        >>> from jaxattr import captum_alpha1_beta0
+        >>> captum_alpha1_beta0()
+        Rule('captum_alpha1_beta0')
+    """
+    return _captum_weight_rule(
+        "captum_alpha1_beta0", lambda w: jnp.clip(w, 0, None), set_bias_to_zero, epsilon
+    )
