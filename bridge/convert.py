@@ -1207,6 +1207,9 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
             (LRP, Grad-CAM, layer IG) can use it; the layer names stay the module's own.
             Default: the whole output.
 
+    A Hugging Face model whose ``config.use_cache`` is True is exported with it set to
+    False (restored afterwards): its KV cache (``DynamicCache``) is no array output.
+
     Returns:
         A :class:`Converted` with ``params``, ``fn``, ``apply`` and ``layers``.
 
@@ -1236,7 +1239,17 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
                 "close over non-tensor arguments with a wrapper module")
     kwargs = dict(kwargs or {})
     t0 = time.perf_counter()
-    ep = _export(module, args, kwargs, dynamic_batch)
+    # A Hugging Face model with config.use_cache returns a KV cache (DynamicCache), which
+    # torch.export cannot output and a pure function has no use for: export without it.
+    config = getattr(module, "config", None)
+    no_cache = getattr(config, "use_cache", None) is True and "use_cache" not in kwargs
+    if no_cache:
+        config.use_cache = False
+    try:
+        ep = _export(module, args, kwargs, dynamic_batch)
+    finally:
+        if no_cache:
+            config.use_cache = True
     return from_exported(ep, _t0=t0, dynamic_batch=dynamic_batch, output=output)
 
 
