@@ -294,6 +294,7 @@ __all__ = [
     "MAX_EXACT_SHAPLEY_FEATURES",
     "memory_budget",
     "merge_batch_norm",
+    "metrics",
     "named_merge_batch_norm",
     "NamedMergeBatchNorm",
     "model_buffers",
@@ -365,7 +366,7 @@ __all__ = [
 ]
 
 
-_LAZY = ("flax", "compat", "concepts", "influence", "robust")
+_LAZY = ("flax", "compat", "concepts", "influence", "robust", "metrics")
 
 
 def __getattr__(name: str):

@@ -1,0 +1,428 @@
+"""Localisation and complexity metrics of Quantus 0.6.0 in JAX.
+
+Localisation: attribution localisation, top-k intersection, relevance mass accuracy,
+relevance rank accuracy and AUC compare an attribution map with a ground-truth mask
+(Quantus's ``s_batch``). Complexity: sparseness, complexity and effective complexity
+describe the map alone. All are pure array functions of (N, ...) attributions, jitted,
+one value per example; examples with an empty mask score NaN, as in Quantus. No model is
+needed (Quantus's classes take one but do not use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxattr import _core
+from jaxattr import _quantus_common as qc
+
+__all__ = [
+    "attribution_localisation",
+    "auc",
+    "complexity",
+    "effective_complexity",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "sparseness",
+    "top_k_intersection",
+]
+
+
+def _maps(attributions: Any, masks: Any | None, *, abs, normalise, normalise_func):  # noqa: A002
+    a = jnp.asarray(attributions)
+    if a.ndim < 2:
+        raise ValueError(
+            f"attributions must have shape (N, ...) with N examples, got {tuple(a.shape)}"
+        )
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        a = a.astype(jnp.float32)
+    _core.check_finite(a, "attributions")
+    a = qc.postprocess(
+        a, abs=qc.check_bool(abs, "abs"), normalise=qc.check_bool(normalise, "normalise"),
+        normalise_func=normalise_func,
+    )
+    n = a.shape[0]
+    af = a.reshape(n, -1)
+    if masks is None:
+        return af, None
+    s = jnp.asarray(masks)
+    if s.shape[0] != n or s.size // max(n, 1) != af.shape[1]:
+        raise ValueError(
+            f"masks must have one element per attribution value: attributions have shape "
+            f"{tuple(a.shape)}, masks {tuple(s.shape)} (e.g. both (N, 1, H, W))"
+        )
+    return af, s.reshape(n, -1).astype(bool)
+
+
+def _nan_where(values: jax.Array, empty: jax.Array) -> jax.Array:
+    return jnp.where(empty, jnp.nan, values)
+
+
+def attribution_localisation(
+    attributions: Any,
+    masks: Any,
+    *,
+    weighted: bool = False,
+    max_size: float = 1.0,
+    positive_attributions: bool = False,
+    abs: bool = True,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Attribution localisation (Kohlbrenner et al., 2020), Quantus's ``AttributionLocalisation``.
+
+    The share of the attribution inside the mask, ``sum(a * s) / (sum(a) + 1e-9)``; NaN for
+    an empty mask or a share above 1. With ``weighted`` it is multiplied by the mask's
+    share of the map, ``|s| / size`` (``max_size`` only bounds that share in Quantus's
+    warning). ``positive_attributions`` clips negative values first.
+
+    Quantus divides ``|s|`` by the size of ``x_batch[2:]`` (every example after the
+    second, all channels) where the per-example size is meant; jaxattr uses the size of an
+    example's mask, so weighted scores differ from Quantus's by that factor.
+
+    Args:
+        attributions: (N, ...) maps, e.g. (N, 1, H, W).
+        masks: Ground truth with one element per attribution value (boolean or 0/1).
+        weighted: Multiply by the mask's share of the map.
+        max_size: Kept for Quantus's signature (a warning threshold there).
+        positive_attributions: Clip negative attributions to 0.
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The share per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> a = jnp.array([[3.0, 1.0, 0.0, 0.0]])
+        >>> s = jnp.array([[True, False, False, False]])
+        >>> metrics.attribution_localisation(a, s).round(4)
+        Array([0.75], dtype=float32)
+    """
+    qc.check_number(max_size, "max_size")
+    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    if qc.check_bool(positive_attributions, "positive_attributions"):
+        af = jnp.clip(af, 0, None)
+    inside = jnp.sum(af * s, axis=1)
+    ratio = inside / (jnp.sum(af, axis=1) + 1e-9)
+    size = jnp.sum(s, axis=1)
+    ratio = jnp.where((size == 0) | (ratio > 1), jnp.nan, ratio)
+    if qc.check_bool(weighted, "weighted"):
+        ratio = ratio * size / s.shape[1]
+    return qc.aggregate(ratio, return_aggregate, aggregate_func)
+
+
+def _descending_order(af: jax.Array) -> jax.Array:
+    return jnp.argsort(-af, axis=1, stable=True)
+
+
+def top_k_intersection(
+    attributions: Any,
+    masks: Any,
+    *,
+    k: int = 1000,
+    concept_influence: bool = False,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Top-k intersection (Theiner et al., 2021), Quantus's ``TopKIntersection``.
+
+    The fraction of the ``k`` highest attributions that lie inside the mask; with
+    ``concept_influence`` divided by the mask's share of the map. Ties are broken in index
+    order (a stable sort; Quantus's numpy sort leaves them unspecified).
+
+    Args:
+        attributions: (N, ...) maps.
+        masks: Ground truth with one element per attribution value.
+        k: Number of top features (smaller than the map).
+        concept_influence: Divide by the mask's share.
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The fraction per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> a = jnp.array([[4.0, 3.0, 2.0, 1.0]])
+        >>> s = jnp.array([[True, False, True, False]])
+        >>> metrics.top_k_intersection(a, s, k=2)
+        Array([0.5], dtype=float32)
+    """
+    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    k = _core.check_positive_int(k, "k")
+    if k > af.shape[1]:
+        raise ValueError(f"k must be at most the map size {af.shape[1]}, got {k}")
+    top = _descending_order(af)[:, :k]
+    tki = jnp.take_along_axis(s, top, axis=1).mean(axis=1)
+    sums = jnp.sum(s, axis=1)
+    if qc.check_bool(concept_influence, "concept_influence"):
+        tki = tki * af.shape[1] / sums
+    return qc.aggregate(_nan_where(tki, sums == 0), return_aggregate, aggregate_func)
+
+
+def relevance_mass_accuracy(
+    attributions: Any,
+    masks: Any,
+    *,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Relevance mass accuracy (Arras et al., 2021), Quantus's ``RelevanceMassAccuracy``.
+
+    The attribution inside the mask over the total, ``sum(a * s) / sum(a)``.
+
+    Args:
+        attributions: (N, ...) maps.
+        masks: Ground truth with one element per attribution value.
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The accuracy per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> a = jnp.array([[3.0, 1.0, 0.0, 0.0]])
+        >>> metrics.relevance_mass_accuracy(a, jnp.array([[1, 0, 0, 0]]))
+        Array([0.75], dtype=float32)
+    """
+    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    acc = jnp.sum(af * s, axis=1) / jnp.sum(af, axis=1)
+    return qc.aggregate(_nan_where(acc, jnp.sum(s, axis=1) == 0), return_aggregate,
+                        aggregate_func)
+
+
+def relevance_rank_accuracy(
+    attributions: Any,
+    masks: Any,
+    *,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Relevance rank accuracy (Arras et al., 2021), Quantus's ``RelevanceRankAccuracy``.
+
+    With ``K`` the mask size, the fraction of the ``K`` highest attributions inside the
+    mask (ties broken in index order).
+
+    Args:
+        attributions: (N, ...) maps.
+        masks: Ground truth with one element per attribution value.
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The accuracy per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> a = jnp.array([[4.0, 3.0, 2.0, 1.0]])
+        >>> metrics.relevance_rank_accuracy(a, jnp.array([[1, 0, 1, 0]]))
+        Array([0.5], dtype=float32)
+    """
+    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    sums = jnp.sum(s, axis=1)
+    ranked = jnp.take_along_axis(s, _descending_order(af), axis=1)
+    within = jnp.arange(af.shape[1])[None] < sums[:, None]
+    acc = jnp.sum(ranked & within, axis=1) / jnp.maximum(sums, 1)
+    return qc.aggregate(_nan_where(acc, sums == 0), return_aggregate, aggregate_func)
+
+
+def auc(
+    attributions: Any,
+    masks: Any,
+    *,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Area under the ROC curve of the attribution as a detector of the mask (Fawcett,
+    2006), Quantus's ``AUC`` (scikit-learn's ``roc_curve`` and ``auc``).
+
+    Computed as the Mann-Whitney statistic: the fraction of (inside, outside) pairs whose
+    inside value is larger, ties counting one half, which equals the trapezoid area of the
+    ROC curve with tied scores merged. NaN for an empty mask or a mask covering the map.
+
+    Args:
+        attributions: (N, ...) maps.
+        masks: Ground truth with one element per attribution value.
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The AUC per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> a = jnp.array([[4.0, 3.0, 2.0, 1.0]])
+        >>> metrics.auc(a, jnp.array([[1, 0, 1, 0]]))
+        Array([0.75], dtype=float32)
+    """
+    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    ranks = qc.rankdata(af)
+    pos = jnp.sum(s, axis=1).astype(af.dtype)
+    neg = af.shape[1] - pos
+    u = jnp.sum(jnp.where(s, ranks, 0.0), axis=1) - pos * (pos + 1) / 2
+    value = u / (pos * neg)
+    return qc.aggregate(_nan_where(value, (pos == 0) | (neg == 0)), return_aggregate,
+                        aggregate_func)
+
+
+# --------------------------------------------------------------------------------------
+# Complexity
+# --------------------------------------------------------------------------------------
+
+
+def sparseness(
+    attributions: Any,
+    *,
+    abs: bool = True,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Sparseness (Chalasani et al., 2020), Quantus's ``Sparseness``: the Gini index of the
+    attribution values (plus 1e-7, as Quantus), in [0, 1]; higher is sparser.
+
+    Args:
+        attributions: (N, ...) maps (flattened per example).
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The Gini index per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> a = jnp.array([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+        >>> [round(float(v), 3) for v in metrics.sparseness(a)]
+        [0.75, 0.0]
+    """
+    af, _ = _maps(attributions, None, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    m = af.shape[1]
+    v = jnp.sort(af + 1e-7, axis=1)
+    coef = 2 * jnp.arange(1, m + 1, dtype=v.dtype) - m - 1
+    score = jnp.sum(coef * v, axis=1) / (m * jnp.sum(v, axis=1))
+    return qc.aggregate(score, return_aggregate, aggregate_func)
+
+
+def complexity(
+    attributions: Any,
+    *,
+    abs: bool = True,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Complexity (Bhatt et al., 2020), Quantus's ``Complexity``: the entropy of the
+    attribution's distribution ``p = a / sum|a|``, ``-sum p log(p + 1e-12)``; lower is
+    simpler.
+
+    Args:
+        attributions: (N, ...) maps (flattened per example).
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The entropy per example (N,), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> metrics.complexity(jnp.array([[1.0, 1.0, 1.0, 1.0]])).round(4)   # log 4
+        Array([1.3863], dtype=float32)
+    """
+    af, _ = _maps(attributions, None, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    p = af / jnp.sum(jnp.abs(af), axis=1, keepdims=True)
+    score = -jnp.sum(p * jnp.log(p + 1e-12), axis=1)
+    return qc.aggregate(score, return_aggregate, aggregate_func)
+
+
+def effective_complexity(
+    attributions: Any,
+    *,
+    eps: float = 1e-5,
+    abs: bool = True,  # noqa: A002
+    normalise: bool = True,
+    normalise_func: Callable[[jax.Array], jax.Array] | None = None,
+    return_aggregate: bool = False,
+    aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """Effective complexity (Nguyen & Martinez, 2020), Quantus's ``EffectiveComplexity``:
+    the number of attribution values above ``eps``; lower is simpler.
+
+    Args:
+        attributions: (N, ...) maps.
+        eps: The threshold.
+        abs: Absolute attributions (after ``normalise``).
+        normalise: Apply ``normalise_func`` (default :func:`normalise_by_max`, per example).
+        normalise_func: ``(N, ...) -> (N, ...)``.
+        return_aggregate: Return ``aggregate_func`` of the scores.
+        aggregate_func: Default the mean.
+
+    Returns:
+        The count per example (N,) (int32), or its aggregate.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import metrics
+        >>> metrics.effective_complexity(jnp.array([[1.0, 1e-7, -0.5, 0.0]]))
+        Array([2], dtype=int32)
+    """
+    eps = qc.check_number(eps, "eps")
+    af, _ = _maps(attributions, None, abs=abs, normalise=normalise,
+                  normalise_func=normalise_func)
+    score = jnp.sum(af > eps, axis=1).astype(jnp.int32)
+    return qc.aggregate(score, return_aggregate, aggregate_func)
