@@ -82,8 +82,10 @@ SPECIAL = {
     "shapley_values": lambda m, x, **kw: jaxattr.shapley_values(m, x, feature_mask=MASK, **kw),
     "feature_permutation": lambda m, x, **kw: jaxattr.feature_permutation(m, x, key=KEY, **kw),
     "rise": lambda m, x, **kw: jaxattr.rise(m, x, key=KEY, num_masks=4, num_cells=2, **kw),
+    # with the history: on this 6x2 "spatial" input TorchRay's first step empties the mask
+    # (the area regulariser wins) whatever the weights; the rewards show the new weights
     "extremal_perturbation": lambda m, x, **kw: jaxattr.extremal_perturbation(
-        m, x, max_iter=2, **kw
+        m, x, max_iter=2, return_history=True, **kw
     ),
     "fgsm": lambda m, x, **kw: jaxattr.fgsm(m, x, epsilon=0.1, **kw),
     "pgd": lambda m, x, **kw: jaxattr.pgd(m, x, radius=0.1, step_size=0.05, step_num=2, **kw),
