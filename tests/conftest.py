@@ -12,6 +12,7 @@ Reference ResNets used with Zennit's ResNet canonizer subclass these placeholder
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import types
 
@@ -84,6 +85,33 @@ def _release_compiled_programs():
     jaxattr.clear_caches()
     gc.collect()
     _return_freed_memory()
+
+
+#: Resident memory (MiB) above which a test's compiled programs are released at once
+#: instead of at the end of its module (``JAXATTR_TEST_RSS_LIMIT_MB``). Tests that each
+#: compile a model of their own (closures over weights are constants of their programs)
+#: otherwise pile up 100-250 MiB apiece within one module.
+RSS_LIMIT_MB = float(os.environ.get("JAXATTR_TEST_RSS_LIMIT_MB", "2048"))
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux: no bound
+        return 0.0
+
+
+@pytest.fixture(autouse=True)
+def _bound_memory_within_a_module():
+    """Release compiled programs after a test that leaves the process above the limit."""
+    yield
+    if _rss_mb() > RSS_LIMIT_MB:
+        import jaxattr
+
+        jaxattr.clear_caches()
+        gc.collect()
+        _return_freed_memory()
 
 
 def _return_freed_memory() -> None:
