@@ -19,10 +19,14 @@ from jaxattr import _caching, _core, _taps, _torchray
 from jaxattr._core import PyTree
 from jaxattr._gradient import gradient
 from jaxattr._integrated import QUADRATURES, _quadrature, checked_quadrature, integrated_gradients
-from jaxattr._noise import gradient_shap, gradient_shap_draws
+from jaxattr._noise import gradient_shap, gradient_shap_draws, resolve_baselines
 
 __all__ = [
     "NeuronModel",
+    "layer_deep_lift_shap",
+    "layer_feature_permutation",
+    "neuron_deconvolution",
+    "neuron_deep_lift_shap",
     "neuron_guided_backprop",
     "neuron_feature_ablation",
     "neuron_deep_lift",
@@ -753,7 +757,8 @@ def layer_gradient_shap(
         model: A structured model.
         x: Floating model input of shape (N, ...), or a tuple.
         layer: The layer name.
-        baselines: Baseline distribution, per input shape (M, ...).
+        baselines: Baseline distribution, per input shape (M, ...), or Captum's callable
+            form (``baselines()`` or ``baselines(x)`` returns it).
         key: PRNG key (noise, baseline choice, alpha).
         n_samples: Samples per example.
         stdevs: Input noise standard deviation(s).
@@ -794,7 +799,7 @@ def layer_gradient_shap(
         tuple_ok=True,
     )
     _check_float_x(s.x)
-    dist = _core.baseline_distribution(baselines, s.x)
+    dist = _core.baseline_distribution(resolve_baselines(baselines, s.x), s.x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     noise, idx, alphas = gradient_shap_draws(key, s.x, m, n_samples, stdevs)
     out = _layer_gshap_core(
@@ -1787,7 +1792,8 @@ def neuron_gradient_shap(
         x: Floating model input of shape (N, ...), or a tuple.
         layer: The layer name.
         neuron_selector: See :func:`neuron_model`.
-        baselines: Baseline distribution, per input shape (M, ...).
+        baselines: Baseline distribution, per input shape (M, ...), or Captum's callable
+            form (``baselines()`` or ``baselines(x)`` returns it).
         key: PRNG key.
         n_samples: Samples per example.
         stdevs: Input noise standard deviation(s).
@@ -2074,18 +2080,37 @@ def for_each_neuron(
 # --------------------------------------------------------------------------------------
 
 
-@_core.cached_jit(("model", "inputs", "taps", "intercept", "captum_normalize"))
+@_core.cached_jit(("model", "inputs", "taps", "intercept", "captum_normalize", "return_delta"))
 def _layer_lrp_core(
-    *, model, inputs, taps, params, x, args, kwargs, target, intercept, captum_normalize
+    *,
+    model,
+    inputs,
+    taps,
+    params,
+    x,
+    args,
+    kwargs,
+    target,
+    intercept,
+    captum_normalize,
+    return_delta=False,
 ):
     grads, _, y = _taps.layer_gradients(
         model, params, inputs, x, args, kwargs, taps, target, intercept=intercept
     )
     out = [grads[t.key] for t in taps]
+    s = _core.target_score(y, target)
     if captum_normalize:
-        s = _core.target_score(y, target)
         out = [g * s.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype) for g in out]
-    return out
+    if not return_delta:
+        return out
+    # the output relevance: the cotangent the target puts on y (times the score for Captum)
+    cot = jax.grad(lambda y_: jnp.sum(_core.target_score(y_, target)))(jax.lax.stop_gradient(y))
+    total = jnp.sum(cot.reshape(cot.shape[0], -1).astype(jnp.float32), axis=1)
+    if captum_normalize:
+        total = total * s.astype(jnp.float32)
+    sums = [jnp.sum(g.reshape(g.shape[0], -1).astype(jnp.float32), axis=1) for g in out]
+    return out, total, sums
 
 
 @_core.contract
@@ -2099,6 +2124,7 @@ def layer_lrp(
     target: Any = None,
     attribute_to_layer_input: bool = False,
     captum_normalize: bool = False,
+    return_delta: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -2118,13 +2144,17 @@ def layer_lrp(
         attribute_to_layer_input: The relevance at the layer's input instead of its output.
         captum_normalize: Multiply by the explained output (Captum's convention, as in
             :func:`jaxattr.lrp`).
+        return_delta: Also return the conservation gap at the layer, ``R_out -
+            sum(relevance at the layer)`` per example, shape (N,) (Captum's convergence
+            delta; all tensors of a tuple-valued layer summed; a list, one per layer, for a
+            list of layers).
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
 
     Returns:
         Relevance shaped like the layer's activation (a tuple, one per tensor, for a layer
         returning a tuple or, with ``attribute_to_layer_input``, receiving several tensors;
-        a list for a list of layers).
+        a list for a list of layers), or ``(relevance, delta)``.
 
     Example:
         >>> import jaxattr
@@ -2159,11 +2189,19 @@ def layer_lrp(
     )
     _check_float_x(s.x)
     intercept = _cached_intercept(attached.model, attached.composite)
-    return s.out(
-        _layer_lrp_core(
-            **s.common(), target=s.target, intercept=intercept, captum_normalize=captum_normalize
-        )
+    out = _layer_lrp_core(
+        **s.common(),
+        target=s.target,
+        intercept=intercept,
+        captum_normalize=captum_normalize,
+        return_delta=return_delta,
     )
+    if not return_delta:
+        return s.out(out)
+    rel, total, sums = out
+    it = iter(sums)
+    deltas = [total - sum(next(it) for _ in range(k)) for k in s.sizes]
+    return s.out(rel), (deltas[0] if s.single else deltas)
 
 
 def _cached_intercept(model, composite):
@@ -2176,7 +2214,9 @@ def _intercept_for(structure, composite):
     return composite.intercept(structure.placeholder().layers)
 
 
-@_core.cached_jit(("model", "inputs", "taps", "eps", "multiply_by_inputs", "return_delta"))
+@_core.cached_jit(
+    ("model", "inputs", "taps", "eps", "multiply_by_inputs", "custom", "return_delta")
+)
 def _layer_deep_lift_core(
     *,
     model,
@@ -2191,8 +2231,9 @@ def _layer_deep_lift_core(
     eps,
     multiply_by_inputs,
     return_delta,
+    custom=None,
 ):
-    from jaxattr._lrp import _deeplift_intercept, _halves
+    from jaxattr._lrp import _call_custom, _deeplift_intercept, _halves
 
     baselines = _core.expand_baselines(baselines, x)
     n2 = 2 * inputs.n
@@ -2213,12 +2254,21 @@ def _layer_deep_lift_core(
         return total, acts
 
     grads, acts = jax.grad(score, has_aux=True)(zeros)
-    attr = []
+    attr, mults, ins, bases = [], [], [], []
     for t in taps:  # several for a layer returning a tuple: one attribution per tensor
         g, _ = _halves(grads[t.key])
         a1, a0 = _halves(acts[t.key])
+        mults.append(g)
+        ins.append(a1)
+        bases.append(a0)
         attr.append(g * (a1 - a0) if multiply_by_inputs else g)
     attr = tuple(attr)
+    if custom is not None:  # Captum's form: the layer's tensors (a tuple for several)
+        one = len(taps) == 1
+        pack = (lambda v: v[0]) if one else tuple
+        out = _call_custom(custom, pack(mults), pack(ins), pack(bases))
+        attr = (out,) if one else tuple(out)
+        attr = tuple(jnp.asarray(a, m.dtype) for a, m in zip(attr, mults, strict=True))
     if not return_delta:
         return attr
     # Captum's delta: the attributions of every tensor summed, less f(x) - f(baselines)
@@ -2235,6 +2285,7 @@ def layer_deep_lift(
     target: Any = None,
     eps: float = 1e-10,
     multiply_by_inputs: bool = True,
+    custom_attribution_func: Callable[..., Any] | None = None,
     attribute_to_layer_input: bool = False,
     return_delta: bool = False,
     args: tuple = (),
@@ -2254,6 +2305,10 @@ def layer_deep_lift(
         target: What to explain (see :func:`jaxattr.select_target`).
         eps: Below this ``|x - b|`` a nonlinearity keeps its gradient.
         multiply_by_inputs: Multiply by the layer's activation difference.
+        custom_attribution_func: ``f(multipliers[, layer_inputs[, layer_baselines]])``
+            returning the attribution, as Captum's: each argument is the layer's activation
+            (its multipliers, its value at x, its value at the baselines), a tuple of them
+            for a layer with several tensors. Replaces the multiplication.
         attribute_to_layer_input: Use the layer's input instead of its output.
         return_delta: Also return ``sum(attr) - (f(x) - f(baselines))``, shape (N,)
             (Captum's convergence delta; all tensors of a tuple-valued layer summed).
@@ -2285,6 +2340,7 @@ def layer_deep_lift(
         tuple_ok=True,
     )
     _check_float_x(s.x)
+    _check_custom(custom_attribution_func)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
     out = _layer_deep_lift_core(
         **s.common(),
@@ -2292,9 +2348,18 @@ def layer_deep_lift(
         target=s.target,
         eps=float(eps),
         multiply_by_inputs=multiply_by_inputs,
+        custom=custom_attribution_func,
         return_delta=return_delta,
     )
     return (s.out(out[0]), out[1]) if return_delta else s.out(out)
+
+
+def _check_custom(func: Any) -> None:
+    if func is not None and not callable(func):
+        raise TypeError(
+            f"custom_attribution_func must be callable (multipliers[, inputs[, baselines]]) "
+            f"-> attribution, got {type(func).__name__}"
+        )
 
 
 @_core.contract
@@ -2558,3 +2623,328 @@ def neuron_feature_ablation(
         show_progress=show_progress,
         args=nm.extra,
     )
+
+
+# --------------------------------------------------------------------------------------
+# DeepLIFT SHAP at a layer or a neuron, deconvolution of a neuron, layer permutation
+# --------------------------------------------------------------------------------------
+
+
+def _distribution(baselines: Any, x: PyTree, method: str) -> tuple[PyTree, int]:
+    """A baseline distribution of M > 1 examples (Captum's callable form resolved)."""
+    dist = _core.baseline_distribution(resolve_baselines(baselines, x), x)
+    m = jax.tree_util.tree_leaves(dist)[0].shape[0]
+    if m < 2:
+        raise ValueError(
+            f"baselines must hold more than one baseline (M > 1) for {method}, got M={m}; "
+            f"use {method.replace('_shap', '')} for a single baseline"
+        )
+    return dist, m
+
+
+@_core.contract
+def layer_deep_lift_shap(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    baselines: Any,
+    *,
+    target: Any = None,
+    eps: float = 1e-10,
+    multiply_by_inputs: bool = True,
+    custom_attribution_func: Callable[..., Any] | None = None,
+    attribute_to_layer_input: bool = False,
+    return_delta: bool = False,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """DeepLIFT SHAP at a layer, Captum's ``LayerDeepLiftShap``.
+
+    Every example is paired with every baseline of the distribution (M of them), the
+    pairs run through :func:`layer_deep_lift` as one batch of N * M, and the layer
+    attributions are averaged over the baselines.
+
+    Args:
+        model: A structured model whose nonlinearities are layers (e.g. a bridged model).
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        baselines: The distribution, per input an array (M, ...) with M > 1, or Captum's
+            callable form (``baselines()`` or ``baselines(x)`` returns it).
+        target: What to explain (see :func:`jaxattr.select_target`).
+        eps: See :func:`jaxattr.deep_lift`.
+        multiply_by_inputs: Multiply by the layer's activation difference.
+        custom_attribution_func: See :func:`layer_deep_lift`.
+        attribute_to_layer_input: Use the layer's input instead of its output.
+        return_delta: Also return the delta of every (example, baseline) pair, shape
+            (N, M) (``delta.reshape(-1)`` is Captum's order).
+        args: Extra positional model inputs (repeated with the examples).
+        kwargs: Keyword model inputs (repeated with the examples).
+
+    Returns:
+        Shaped like the layer's activation (a tuple, one per tensor, for a layer returning a
+        tuple or, with ``attribute_to_layer_input``, receiving several tensors), or
+        ``(attribution, delta)``.
+
+    Raises:
+        ValueError: Fewer than two baselines.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> x = make_shapes(1)[0]
+        >>> attr, delta = jaxattr.layer_deep_lift_shap(
+        ...     demo_model(), x, "conv3", jnp.stack([x[0] * 0, x[0] * 0.5]), target=0,
+        ...     return_delta=True)
+        >>> attr.shape, delta.shape
+        ((1, 8, 8, 32), (1, 2))
+    """
+    from jaxattr._lrp import _repeat_target
+
+    s = _Setup(
+        model,
+        x,
+        layer,
+        target=target,
+        args=args,
+        kwargs=kwargs,
+        params=None,
+        to_input=attribute_to_layer_input,
+        tuple_ok=True,
+    )
+    _check_float_x(s.x)
+    _check_custom(custom_attribution_func)
+    dist, m = _distribution(baselines, s.x, "layer_deep_lift_shap")
+    n = s.inputs.n
+
+    def rep(a):
+        return jnp.repeat(a, m, axis=0) if hasattr(a, "ndim") and a.ndim else a
+
+    out = _layer_deep_lift_core(
+        model=s.model,
+        inputs=_core.Inputs(is_tuple=s.inputs.is_tuple, n=n * m),
+        taps=s.taps,
+        params=s.params,
+        x=jax.tree_util.tree_map(rep, s.x),
+        baselines=jax.tree_util.tree_map(lambda b: jnp.tile(b, (n,) + (1,) * (b.ndim - 1)), dist),
+        args=tuple(rep(a) for a in s.args),
+        kwargs={k: rep(v) for k, v in s.kwargs.items()},
+        target=_repeat_target(s.target, m),
+        eps=float(eps),
+        multiply_by_inputs=multiply_by_inputs,
+        custom=custom_attribution_func,
+        return_delta=return_delta,
+    )
+    attr, delta = out if return_delta else (out, None)
+    attr = tuple(jnp.mean(a.reshape(n, m, *a.shape[1:]), axis=1).astype(a.dtype) for a in attr)
+    return (s.out(attr), delta.reshape(n, m)) if return_delta else s.out(attr)
+
+
+@_core.contract
+def neuron_deep_lift_shap(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    neuron_selector: Any,
+    baselines: Any,
+    *,
+    eps: float = 1e-10,
+    multiply_by_inputs: bool = True,
+    custom_attribution_func: Callable[..., Any] | None = None,
+    attribute_to_neuron_input: bool = False,
+    args: tuple = (),
+) -> PyTree:
+    """DeepLIFT SHAP of one neuron, Captum's ``NeuronDeepLiftShap``.
+
+    :func:`jaxattr.deep_lift_shap` of the neuron's value (its layer's activation selected
+    by ``neuron_selector``), every example paired with every baseline and averaged.
+
+    Args:
+        model: A structured model whose nonlinearities are layers.
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        neuron_selector: See :func:`neuron_model`.
+        baselines: The distribution, per input an array (M, ...) with M > 1, or Captum's
+            callable form (``baselines()`` or ``baselines(x)`` returns it).
+        eps: See :func:`jaxattr.deep_lift`.
+        multiply_by_inputs: Multiply by ``x - baselines``.
+        custom_attribution_func: See :func:`jaxattr.deep_lift`.
+        attribute_to_neuron_input: Select the neuron from the layer's input.
+        args: Extra positional model inputs.
+
+    Returns:
+        The attribution, with x's structure.
+
+    Raises:
+        ValueError: Fewer than two baselines.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> x = make_shapes(1)[0]
+        >>> jaxattr.neuron_deep_lift_shap(demo_model(), x, "conv3", (3, 3, 0),
+        ...                               jnp.stack([x[0] * 0, x[0] * 0.5])).shape
+        (1, 32, 32, 3)
+    """
+    from jaxattr._lrp import deep_lift_shap
+
+    nm = _neuron_as_model(model, layer, neuron_selector, attribute_to_neuron_input)
+    return deep_lift_shap(
+        nm,
+        x,
+        baselines,
+        target=None,
+        eps=eps,
+        multiply_by_inputs=multiply_by_inputs,
+        custom_attribution_func=custom_attribution_func,
+        args=args,
+    )
+
+
+@_core.contract
+def neuron_deconvolution(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    neuron_selector: Any,
+    *,
+    attribute_to_neuron_input: bool = False,
+    args: tuple = (),
+) -> PyTree:
+    """Deconvolution (DeconvNet) of one neuron, Captum's ``NeuronDeconvolution``.
+
+    :func:`jaxattr.deconvolution` of the neuron's value: every ReLU passes
+    ``max(R_out, 0)`` back, whatever its input.
+
+    Args:
+        model: A structured model.
+        x: Floating model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        neuron_selector: See :func:`neuron_model`.
+        attribute_to_neuron_input: Select the neuron from the layer's input.
+        args: Extra positional model inputs.
+
+    Returns:
+        The attribution, with x's structure.
+
+    Example:
+        >>> import jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> jaxattr.neuron_deconvolution(demo_model(), make_shapes(1)[0], "fc", 1).shape
+        (1, 32, 32, 3)
+    """
+    from jaxattr._lrp import deconvolution
+
+    nm = _neuron_as_model(model, layer, neuron_selector, attribute_to_neuron_input)
+    return deconvolution(nm, x, target=None, args=args)
+
+
+@_caching.model_pytree(["model"], static=["taps", "inputs", "treedef", "n_args", "kw_names"])
+class _LayerReplaced:
+    """``fn(*activations, *x_leaves, *args, *kw_values)``: the model with the tapped
+    layer's activations replaced by the given ones (the layers after it run on them)."""
+
+    def __init__(self, model, taps, inputs, treedef, n_args, kw_names):
+        self.model = model
+        self.taps = taps
+        self.inputs = inputs
+        self.treedef = treedef
+        self.n_args = n_args
+        self.kw_names = kw_names
+
+    def __call__(self, *a: Any) -> Any:
+        k = len(self.taps)
+        acts, rest = a[:k], a[k:]
+        n_leaves = self.treedef.num_leaves
+        x = jax.tree_util.tree_unflatten(self.treedef, rest[:n_leaves])
+        rest = rest[n_leaves:]
+        args, kw_values = rest[: self.n_args], rest[self.n_args :]
+        y, _ = _taps.run_tapped(
+            self.model,
+            self.model.params,
+            self.inputs,
+            x,
+            tuple(args),
+            dict(zip(self.kw_names, kw_values, strict=True)),
+            self.taps,
+            replace={t.key: v for t, v in zip(self.taps, acts, strict=True)},
+        )
+        return y
+
+
+@_core.contract
+def layer_feature_permutation(
+    model: Model,
+    x: PyTree,
+    layer: str,
+    *,
+    key: jax.Array | None = None,
+    target: Any = None,
+    layer_mask: Any = None,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> jax.Array | tuple[jax.Array, ...]:
+    """Permutation importance of a layer's units, Captum's ``LayerFeaturePermutation``.
+
+    :func:`jaxattr.feature_permutation` applied to the layer's activation: each group of
+    units (``layer_mask``; default each unit alone) is shuffled across the batch while
+    the model input stays, and every unit of the group gets ``f(x) - f(x with the group
+    permuted)``. The layers before the tapped one run once.
+
+    Args:
+        model: A structured model.
+        x: Model input of shape (N, ...), or a tuple.
+        layer: The layer name.
+        key: PRNG key of the permutations (as :func:`jaxattr.feature_permutation`'s).
+        target: What to explain (see :func:`jaxattr.select_target`).
+        layer_mask: Integer group ids broadcastable to the activation, with a leading
+            dimension of 1 or N (Captum's ``layer_mask``); a tuple, one per tensor, for a
+            layer returning a tuple.
+        batch_size: At most this many permutations per compiled call (Captum's
+            ``perturbations_per_eval``).
+        show_progress: Show a progress bar over the chunks (eager calls).
+        args: Extra positional model inputs.
+        kwargs: Keyword model inputs.
+
+    Returns:
+        Shaped like the layer's activation (a tuple, one per tensor, for a layer returning
+        a tuple).
+
+    Example:
+        >>> import jax, jaxattr
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> jaxattr.layer_feature_permutation(demo_model(), make_shapes(3)[0], "fc",
+        ...                                   key=jax.random.key(0), target=0).shape
+        (3, 4)
+    """
+    from jaxattr._perturbation import feature_permutation
+
+    s = _Setup(
+        model,
+        x,
+        layer,
+        target=None,
+        args=args,
+        kwargs=kwargs,
+        params=None,
+        to_input=False,
+        need_target=False,
+        tuple_ok=True,
+    )
+    if not s.single:
+        raise TypeError(f"layer must be one layer name (str), got {type(layer).__name__}")
+    values = _activation_core(**s.common())
+    leaves, treedef = jax.tree_util.tree_flatten(s.x)
+    fn = _LayerReplaced(s.model, s.taps, s.inputs, treedef, len(s.args), s.kw_names)
+    attr = feature_permutation(
+        fn,
+        values[0] if len(values) == 1 else tuple(values),
+        key=key,
+        target=target,
+        feature_mask=layer_mask,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        args=(*leaves, *s.args, *s.kw_values),
+    )
+    return attr

@@ -1220,7 +1220,8 @@ def deep_lift_shap(
     Args:
         model: A structured model or a batch-first function (see :func:`deep_lift`).
         x: Input array (N, ...) or a tuple of them.
-        baselines: The distribution: per input an array (M, ...) with M > 1.
+        baselines: The distribution: per input an array (M, ...) with M > 1, or Captum's
+            callable form (``baselines()`` or ``baselines(x)`` returns it).
         target: What to explain (see :func:`jaxattr.select_target`).
         eps: See :func:`deep_lift`.
         multiply_by_inputs: See :func:`deep_lift`.
@@ -1247,9 +1248,11 @@ def deep_lift_shap(
         >>> jaxattr.deep_lift_shap(Relu(), jnp.array([[2.0]]), jnp.array([[0.0], [1.0]]))
         Array([[1.5]], dtype=float32)
     """
+    from jaxattr._noise import resolve_baselines
+
     model = _with_layers(model, x, args, _has_deeplift_rule, "deep_lift_shap")
     x, args, inputs, t = _prep_structured(model, x, target, args, "deep_lift_shap")
-    dist = _core.baseline_distribution(baselines, x)
+    dist = _core.baseline_distribution(resolve_baselines(baselines, x), x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     if m < 2:
         raise ValueError(

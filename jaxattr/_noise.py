@@ -367,6 +367,48 @@ def smoothgrad(
     return _core.cast_like(jax.tree_util.tree_map(lambda a: a / n_iter, total), x)
 
 
+def resolve_baselines(baselines: Any, x: PyTree) -> Any:
+    """Captum's callable baselines: call ``baselines()`` or ``baselines(x)`` for the value.
+
+    A baseline *distribution* can be made by a function rather than passed (Captum's
+    ``GradientShap``, ``DeepLiftShap`` and their layer and neuron variants accept
+    ``Callable[..., Tensor | tuple]``): a function without parameters is called as is,
+    any other with the inputs ``x`` (as given to the method). Anything else is returned
+    unchanged.
+
+    Args:
+        baselines: Baselines, or a callable making them.
+        x: The inputs being attributed.
+
+    Returns:
+        The baselines (the callable's value).
+
+    Raises:
+        TypeError: The callable returned no array or tuple of arrays.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr._noise import resolve_baselines
+        >>> resolve_baselines(lambda: jnp.zeros((2, 3)), jnp.ones((1, 3))).shape
+        (2, 3)
+        >>> resolve_baselines(lambda x: 0.5 * x, jnp.ones((1, 3)))
+        Array([[0.5, 0.5, 0.5]], dtype=float32)
+    """
+    if not callable(baselines) or hasattr(baselines, "shape"):
+        return baselines
+    try:
+        n_params = len(inspect.signature(baselines).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: give it the inputs
+        n_params = 1
+    value = baselines() if n_params == 0 else baselines(x)
+    if value is None or callable(value) and not hasattr(value, "shape"):
+        raise TypeError(
+            f"baselines: a callable must return the baselines (an array or one per input), "
+            f"got {type(value).__name__} from {getattr(baselines, '__name__', baselines)!r}"
+        )
+    return value
+
+
 def gradient_shap_draws(
     key: jax.Array, x: PyTree, n_baselines: int, n_samples: int, stdevs: Any
 ) -> tuple[PyTree, jax.Array, jax.Array]:
@@ -444,7 +486,9 @@ def gradient_shap(
         x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
         baselines: The baseline distribution: per input an array of shape (M, ...)
             (a single baseline (1, ...) works too). One baseline example is drawn whole
-            (the same index for every input of a tuple).
+            (the same index for every input of a tuple). A callable is Captum's form:
+            ``baselines()`` or ``baselines(x)`` gives the distribution
+            (:func:`resolve_baselines`).
         key: PRNG key for the noise, baselines and alphas (:func:`gradient_shap_draws`).
         n_samples: Samples per example.
         stdevs: Input noise standard deviation, or one per input.
@@ -470,7 +514,7 @@ def gradient_shap(
     args = tuple(args)
     inputs = _core.as_inputs(x)
     t = _core.prepare_target(target, fn, inputs, x, args)
-    dist = _core.baseline_distribution(baselines, x)
+    dist = _core.baseline_distribution(resolve_baselines(baselines, x), x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     noise, idx, alphas = gradient_shap_draws(key, x, m, n_samples, stdevs)
     return _gradient_shap_core(

@@ -206,7 +206,8 @@ def resolve_layer(model: StructuredModel, layer: str, to_input: bool = False) ->
     layer reading each input on a bridged model).
 
     Raises:
-        KeyError: No such layer; the message lists what exists.
+        KeyError: No such layer, or one the forward pass never reaches; the message names
+            it and lists the layers that run.
     """
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a layer name (str), got {type(layer).__name__}")
@@ -222,7 +223,11 @@ def resolve_layer(model: StructuredModel, layer: str, to_input: bool = False) ->
         pass
     names = list(model.layers)
     shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
-    raise KeyError(f"layer {layer!r} is not a layer of the model; layers are: {shown}")
+    raise KeyError(
+        f"layer {layer!r} is not a layer of the model: no layer or module of that name is "
+        f"reached by its forward pass (a module the forward never runs has no activation to "
+        f"attribute); layers are: {shown}"
+    )
 
 
 def run_tapped(

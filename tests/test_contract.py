@@ -258,6 +258,65 @@ CASES.update(
         ),
     }
 )
+
+
+@functools.cache
+def _inputs_as_layer(fn, n):
+    """The contract's function as a structured model whose ``n`` inputs each pass an
+    identity layer (``in0``, ``in1``, ...); the container name ``"x"`` stands for all of
+    them (a tuple of tensors for a tuple input), so a layer method at ``"x"`` attributes
+    the inputs themselves."""
+    from jaxattr.structure import Layer
+
+    names = [f"in{i}" for i in range(n)]
+
+    class InputsAsLayer:
+        params: dict = {}
+        layers = {**{k: Layer(k, "other", "identity") for k in names}, "f": Layer("f", "linear")}
+
+        def output_layers(self, path):
+            if path != "x":
+                raise KeyError(path)
+            return names
+
+        def output_layer(self, path):
+            return self.output_layers(path)[0]
+
+        def apply(self, params, *xs, intercept=None):
+            intercept = intercept or jaxattr.structure.default_intercept
+            xs = [
+                intercept(self.layers[k], lambda p, a: a, params, v)
+                for k, v in zip(names, xs, strict=True)
+            ]
+            return intercept(self.layers["f"], lambda p, *a: fn(*a), params, *xs)
+
+    return InputsAsLayer()
+
+
+def _at_inputs(method, **method_kw):
+    """A layer method run at the inputs' identity layers (see :func:`_inputs_as_layer`)."""
+
+    def call(fn, x, **kw):
+        n = len(x) if isinstance(x, tuple) else 1
+        return method(_inputs_as_layer(fn, n), x, "x", **method_kw, **kw)
+
+    return call
+
+
+CASES.update(
+    {
+        "layer_deep_lift_shap": Case(
+            _at_inputs(jaxattr.layer_deep_lift_shap), baselines="distribution", delta=True
+        ),
+        "layer_feature_permutation": Case(
+            _at_inputs(jaxattr.layer_feature_permutation),
+            random=True,
+            chunk="batch_size",
+            captum_perturbation=True,
+            every_output=True,
+        ),
+    }
+)
 ids = list(CASES)
 params = [CASES[k] for k in ids]
 
@@ -300,6 +359,8 @@ def test_every_public_method_is_in_the_contract():
         "contrastive_excitation_backprop",
         "deep_lift",
         "deep_lift_shap",
+        "layer_deep_lift_shap",
+        "layer_feature_permutation",
     }
     covered = {k.split("(")[0] for k in CASES}
     assert public <= covered

@@ -390,3 +390,348 @@ def test_layer_errors(resnet):
         jaxattr.layer_integrated_gradients(conv, x, "layer4", target=10)
     with pytest.raises(ValueError, match="size must give one entry per spatial axis"):
         jaxattr.interpolate(jnp.ones((1, 1, 2, 2)), (4,))
+
+
+# --------------------------------------------------------------------------------------
+# Issue 15: Captum's remaining layer and neuron variants, callable baselines, LRP rules,
+# on the small models of test_rules_parity (every nonlinearity its own module)
+# --------------------------------------------------------------------------------------
+
+from captum.attr._utils.lrp_rules import (  # noqa: E402
+    Alpha1_Beta0_Rule,
+    EpsilonRule,
+    GammaRule,
+)
+
+from tests.test_rules_parity import _x, small, small_avg  # noqa: E402, F401 - fixtures
+
+
+def _dist_fn_torch(inp):
+    inp = inp[0] if isinstance(inp, tuple) else inp  # Captum's layer classes pass a tuple
+    return torch.cat([inp * 0.0, inp * 0.5])
+
+
+def _dist_fn_jax(x):
+    return jnp.concatenate([x * 0.0, x * 0.5])
+
+
+def test_layer_deep_lift_shap_matches_captum(small_avg):  # noqa: F811
+    model, conv, x = small_avg
+    xt = torch.from_numpy(x)
+    dist = _x((4, 3, 16, 16), 7)
+    for lay, mod, to_input in [("conv2", model.conv2, False), ("fc1", model.fc1, True)]:
+        ref, ref_delta = ca.LayerDeepLiftShap(model, mod).attribute(
+            xt,
+            torch.from_numpy(dist),
+            target=[2, 2, 6],
+            return_convergence_delta=True,
+            attribute_to_layer_input=to_input,
+        )
+        ours, delta = jaxattr.layer_deep_lift_shap(
+            conv,
+            x,
+            lay,
+            dist,
+            target=[2, 2, 6],
+            return_delta=True,
+            attribute_to_layer_input=to_input,
+        )
+        assert_close(ours, ref)
+        assert delta.shape == (3, 4)
+        np.testing.assert_allclose(np.asarray(delta).reshape(-1), ref_delta.numpy(), atol=1e-5)
+    # Captum's callable baselines (called with the inputs) and custom attribution function
+    func_t = lambda m, i, b: (m[0] * (i[0] - b[0]) ** 2,)  # noqa: E731
+    ref = ca.LayerDeepLiftShap(model, model.conv2, multiply_by_inputs=False).attribute(
+        xt, _dist_fn_torch, target=1, custom_attribution_func=func_t
+    )
+    ours = jaxattr.layer_deep_lift_shap(
+        conv,
+        x,
+        "conv2",
+        _dist_fn_jax,
+        target=1,
+        multiply_by_inputs=False,
+        custom_attribution_func=lambda m, i, b: m * (i - b) ** 2,
+    )
+    assert_close(ours, ref)
+    with pytest.raises(ValueError, match="more than one baseline"):
+        jaxattr.layer_deep_lift_shap(conv, x, "conv2", dist[:1], target=0)
+
+
+def test_neuron_deep_lift_shap_and_deconvolution_match_captum(small_avg):  # noqa: F811
+    model, conv, x = small_avg
+    xt = torch.from_numpy(x)
+    dist = _x((3, 3, 16, 16), 8)
+    ref = ca.NeuronDeepLiftShap(model, model.conv2).attribute(xt, (2, 3, 3), torch.from_numpy(dist))
+    assert_close(jaxattr.neuron_deep_lift_shap(conv, x, "conv2", (2, 3, 3), dist), ref)
+    ref = ca.NeuronDeepLiftShap(model, model.fc1, multiply_by_inputs=False).attribute(
+        xt, 5, lambda: torch.from_numpy(dist), attribute_to_neuron_input=True
+    )
+    ours = jaxattr.neuron_deep_lift_shap(
+        conv, x, "fc1", 5, lambda: dist, multiply_by_inputs=False, attribute_to_neuron_input=True
+    )
+    assert_close(ours, ref)
+    for lay, mod, sel in [("conv2", model.conv2, (1, 2, 2)), ("fc1", model.fc1, 3)]:
+        ref = ca.NeuronDeconvolution(model, mod).attribute(xt, sel)
+        assert_close(jaxattr.neuron_deconvolution(conv, x, lay, sel), ref)
+
+
+def test_layer_deep_lift_custom_attribution_func_and_delta(small_avg):  # noqa: F811
+    model, conv, x = small_avg
+    xt = torch.from_numpy(x)
+    base = _x((1, 3, 16, 16), 9) * 0.1
+    for arity, ours_f, ref_f in [
+        (1, lambda m: 2.0 * m, lambda m: (2.0 * m[0],)),
+        (2, lambda m, i: m * i, lambda m, i: (m[0] * i[0],)),
+        (3, lambda m, i, b: m * (i - b) ** 2, lambda m, i, b: (m[0] * (i[0] - b[0]) ** 2,)),
+    ]:
+        ref, ref_delta = ca.LayerDeepLift(model, model.fc1).attribute(
+            xt,
+            torch.from_numpy(base),
+            target=[1, 0, 4],
+            custom_attribution_func=ref_f,
+            return_convergence_delta=True,
+        )
+        ours, delta = jaxattr.layer_deep_lift(
+            conv,
+            x,
+            "fc1",
+            base,
+            target=[1, 0, 4],
+            custom_attribution_func=ours_f,
+            return_delta=True,
+        )
+        assert_close(ours, ref)
+        np.testing.assert_allclose(delta, ref_delta.numpy(), atol=1e-4, err_msg=str(arity))
+    ref = ca.LayerDeepLift(model, model.conv2).attribute(xt, torch.from_numpy(base), target=3)
+    assert_close(jaxattr.layer_deep_lift(conv, x, "conv2", base, target=3), ref)
+    with pytest.raises(TypeError, match="custom_attribution_func must be callable"):
+        jaxattr.layer_deep_lift(conv, x, "fc1", base, target=0, custom_attribution_func=3)
+
+
+def _captum_rules(model, rules):
+    for name, rule in rules.items():
+        getattr(model, name).rule = rule
+
+
+CAPTUM_RULE_CASES = {
+    "default": ({}, {}),
+    "gamma": (
+        {"conv1": GammaRule(), "conv2": GammaRule(gamma=0.5, set_bias_to_zero=True)},
+        {"conv1": jaxattr.captum_gamma(), "conv2": jaxattr.captum_gamma(0.5, True)},
+    ),
+    "alpha1_beta0": (
+        {
+            "conv1": Alpha1_Beta0_Rule(),
+            "fc1": Alpha1_Beta0_Rule(set_bias_to_zero=True),
+            "pool2": EpsilonRule(epsilon=1e-3),
+            "fc2": EpsilonRule(epsilon=0.1),
+        },
+        {
+            "conv1": jaxattr.captum_alpha1_beta0(),
+            "fc1": jaxattr.captum_alpha1_beta0(True),
+            "pool2": jaxattr.epsilon(1e-3),
+            "fc2": jaxattr.epsilon(0.1),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CAPTUM_RULE_CASES))
+def test_lrp_captum_rules_match_captum(small, case):  # noqa: F811
+    model, conv, x = small
+    xt = torch.from_numpy(x)
+    ref_rules, our_rules = CAPTUM_RULE_CASES[case]
+    comp = jaxattr.captum_lrp_composite(name_map=tuple(our_rules.items()))
+    _captum_rules(model, ref_rules)
+    ref, ref_delta = ca.LRP(model).attribute(xt, target=[3, 1, 8], return_convergence_delta=True)
+    ours, delta = jaxattr.lrp(
+        conv, x, composite=comp, target=[3, 1, 8], captum_normalize=True, return_delta=True
+    )
+    assert_close(ours, ref)
+    scale = float(np.abs(model(xt).detach().numpy()).max())
+    np.testing.assert_allclose(delta, ref_delta.detach().numpy(), atol=1e-4 * scale)
+
+
+def test_layer_lrp_with_and_without_delta_matches_captum(small):  # noqa: F811
+    model, conv, x = small
+    xt = torch.from_numpy(x)
+    ref_rules, our_rules = CAPTUM_RULE_CASES["gamma"]
+    comp = jaxattr.captum_lrp_composite(name_map=tuple(our_rules.items()))
+    scale = float(np.abs(model(xt).detach().numpy()).max())
+    _captum_rules(model, ref_rules)
+    ref, ref_delta = ca.LayerLRP(model, model.conv2).attribute(
+        xt, target=[3, 1, 8], return_convergence_delta=True
+    )
+    ours, delta = jaxattr.layer_lrp(
+        conv, x, "conv2", composite=comp, target=[3, 1, 8], captum_normalize=True, return_delta=True
+    )
+    assert_close(ours, ref)
+    np.testing.assert_allclose(delta, ref_delta.detach().numpy(), atol=1e-4 * scale)
+    _captum_rules(model, ref_rules)
+    ref = ca.LayerLRP(model, model.conv2).attribute(xt, target=5, attribute_to_layer_input=True)
+    ours = jaxattr.layer_lrp(
+        conv,
+        x,
+        "conv2",
+        composite=comp,
+        target=5,
+        attribute_to_layer_input=True,
+        captum_normalize=True,
+    )
+    assert_close(ours, ref)
+
+
+def test_layer_lrp_delta_for_a_list_of_layers(small):  # noqa: F811
+    model, conv, x = small
+    xt = torch.from_numpy(x)
+    ref, ref_delta = ca.LayerLRP(model, [model.conv1, model.fc1]).attribute(
+        xt, target=2, return_convergence_delta=True
+    )
+    ours, delta = jaxattr.layer_lrp(
+        conv,
+        x,
+        ["conv1", "fc1"],
+        composite=jaxattr.captum_lrp_composite(),
+        target=2,
+        captum_normalize=True,
+        return_delta=True,
+    )
+    scale = float(np.abs(model(xt).detach().numpy()).max())
+    for o, r, d, rd in zip(ours, ref, delta, ref_delta, strict=True):
+        assert_close(o, r)
+        np.testing.assert_allclose(d, rd.detach().numpy(), atol=1e-4 * scale)
+
+
+def test_layer_feature_permutation_matches_captum(small_avg, monkeypatch):  # noqa: F811
+    from tests.test_parity_captum import _Replay
+
+    model, conv, x = small_avg
+    x6 = np.concatenate([x, x[::-1] * 0.5])  # N = 6
+    key = jax.random.key(6)
+    mask = (np.arange(16).reshape(1, 16) // 4).astype(np.int64)  # 4 groups of fc1's units
+    perms = []
+    for k in jax.random.split(key, 4):  # jaxattr.permute_feature's draw for each group
+        p = np.asarray(jax.random.permutation(jax.random.fold_in(k, 0), 6))
+        if (p == np.arange(6)).all():
+            p = np.roll(np.arange(6), 1)
+        perms.append(torch.from_numpy(p.astype(np.int64)))
+    monkeypatch.setattr(torch, "randperm", _Replay(perms))
+
+    class Score(torch.nn.Module):  # Captum 0.9's LayerFeaturePermutation fails with a
+        def __init__(self, net):  # target (it selects the column twice): one score each
+            super().__init__()
+            self.net = net
+
+        def forward(self, a):
+            return self.net(a)[:, 4]
+
+    ref = ca.LayerFeaturePermutation(Score(model), model.fc1).attribute(
+        torch.from_numpy(x6), layer_mask=torch.from_numpy(mask)
+    )
+    monkeypatch.undo()
+    ours = jaxattr.layer_feature_permutation(conv, x6, "fc1", key=key, target=4, layer_mask=mask)
+    assert_close(ours, ref)
+    # default mask: each unit alone
+    a = jaxattr.layer_feature_permutation(conv, x6, "fc1", key=key, target=1, batch_size=8)
+    assert a.shape == (6, 16) and np.all(np.isfinite(a))
+
+
+@pytest.mark.parametrize("which", ["layer", "neuron"])
+def test_callable_baselines_in_layer_and_neuron_gradient_shap(small_avg, monkeypatch, which):  # noqa: F811
+    from tests.test_parity_captum import _Replay, _samples_interleaved
+
+    model, conv, x = small_avg
+    xt = torch.from_numpy(x)
+    key = jax.random.key(8)
+    m = 2 * x.shape[0]  # the callable returns two baselines per example
+    noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, m, 2, 0.1)
+    cases = {
+        "layer": (jaxattr.layer_gradient_shap, ca.LayerGradientShap, ("conv2",)),
+        "neuron": (jaxattr.neuron_gradient_shap, ca.NeuronGradientShap, ("conv2", (1, 2, 3))),
+    }
+    for method, ref_cls, args in [cases[which]]:
+        monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
+        monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+        monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+        kw = {"target": 3} if ref_cls is ca.LayerGradientShap else {}
+        if ref_cls is ca.LayerGradientShap:
+            ref = ref_cls(model, model.conv2).attribute(
+                xt, _dist_fn_torch, n_samples=2, stdevs=0.1, **kw
+            )
+        else:
+            ref = ref_cls(model, model.conv2).attribute(
+                xt, (1, 2, 3), _dist_fn_torch, n_samples=2, stdevs=0.1
+            )
+        monkeypatch.undo()
+        ours = method(conv, x, *args, _dist_fn_jax, key=key, n_samples=2, stdevs=0.1, **kw)
+        assert_close(ours, ref)
+
+
+def test_a_layer_the_forward_never_runs_is_named(small):  # noqa: F811
+    from jaxattr.compat.captum import LayerGradientXActivation
+
+    model, conv, x = small
+    with pytest.raises(
+        KeyError,
+        match=r"layer 'dropout' is not a layer of the model: no layer "
+        r"or module of that name is reached by its forward",
+    ):
+        jaxattr.layer_activation(conv, x, "dropout")
+    model.unused = torch.nn.Linear(2, 2)  # registered, never called by forward
+    try:
+        with pytest.raises(
+            KeyError,
+            match=r"layer 'unused' \(Linear\) is a sub-module of the "
+            r"model, but the forward pass never reaches it",
+        ):
+            LayerGradientXActivation(model, model.unused).attribute(torch.from_numpy(x), target=0)
+    finally:
+        del model.unused
+
+
+@pytest.mark.parametrize("which", ["deconv", "layer_dls", "neuron_dls", "permutation"])
+def test_compat_front_door_new_classes_match_captum(small_avg, which):  # noqa: F811
+    from jaxattr.compat import captum as cc
+
+    model, conv, x = small_avg
+    xt = torch.from_numpy(x)
+    dist = torch.from_numpy(_x((2, 3, 16, 16), 10))
+    if which == "deconv":
+        ref = ca.NeuronDeconvolution(model, model.conv2).attribute(xt, (1, 2, 2))
+        assert_close(cc.NeuronDeconvolution(model, model.conv2).attribute(xt, (1, 2, 2)), ref)
+    elif which == "layer_dls":
+        ref, ref_delta = ca.LayerDeepLiftShap(model, model.fc1).attribute(
+            xt, dist, target=[1, 2, 3], return_convergence_delta=True
+        )
+        ours, delta = cc.LayerDeepLiftShap(model, model.fc1).attribute(
+            xt, dist, target=[1, 2, 3], return_convergence_delta=True
+        )
+        assert_close(ours, ref)
+        assert delta.shape == ref_delta.shape == (6,)
+        np.testing.assert_allclose(delta.numpy(), ref_delta.numpy(), atol=1e-5)
+    elif which == "neuron_dls":
+        ref = ca.NeuronDeepLiftShap(model, model.fc1).attribute(xt, 2, lambda: dist)
+        assert_close(cc.NeuronDeepLiftShap(model, model.fc1).attribute(xt, 2, lambda: dist), ref)
+    else:
+        key = jax.random.key(3)
+        ours = cc.LayerFeaturePermutation(model, model.fc1).attribute(xt, target=4, key=key)
+        assert_close(ours, jaxattr.layer_feature_permutation(conv, x, "fc1", key=key, target=4))
+
+
+def test_compat_lrp_takes_captum_gamma_and_alpha1_beta0_rules(small):  # noqa: F811
+    from jaxattr.compat import captum as cc
+
+    model, _, x = small
+    xt = torch.from_numpy(x)
+    rules = {"conv1": GammaRule(gamma=0.5), "fc1": Alpha1_Beta0_Rule(set_bias_to_zero=True)}
+    _captum_rules(model, rules)
+    ref = ca.LRP(model).attribute(xt, target=2)
+    _captum_rules(model, rules)
+    try:
+        ours = cc.LRP(model).attribute(xt, target=2)
+    finally:
+        for name in rules:
+            if hasattr(getattr(model, name), "rule"):
+                delattr(getattr(model, name), "rule")
+    assert_close(ours, ref)

@@ -235,3 +235,48 @@ def test_input_baseline_x_gradient_matches_captum(cnn, monkeypatch):
     monkeypatch.undo()
     ours = jaxattr.input_baseline_x_gradient(fn, x, 0.1, alphas=jnp.asarray(alphas), target=0)
     assert_close(ours, ref)
+
+
+@pytest.fixture(scope="module")
+def mlp_relu():
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)
+    ).eval()
+    w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
+
+    def fn(x):
+        return jax.nn.relu(x @ w1.T + b1) @ w2.T + b2
+
+    return model, fn, np.random.default_rng(7).normal(size=(2, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("form", ["no_arguments", "of_the_inputs"])
+def test_callable_baselines_gradient_shap_and_deep_lift_shap(mlp_relu, form, monkeypatch):
+    """Captum's ``baselines`` may be a function making the distribution: called with no
+    arguments, or with the inputs (issue 15: a bare TypeError before)."""
+    model, fn, x = mlp_relu
+    dist = np.random.default_rng(6).normal(size=(3, 6)).astype(np.float32)
+    if form == "no_arguments":
+        ref_base, our_base = (lambda: twins.to_torch(dist)), (lambda: dist)
+    else:
+
+        def ref_base(inp):
+            return torch.cat([inp * 0.0, inp * 0.25])
+
+        def our_base(x_):
+            return jnp.concatenate([x_ * 0.0, x_ * 0.25])
+
+    m = 3 if form == "no_arguments" else 2 * x.shape[0]
+    key = jax.random.key(9)
+    noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, m, 2, 0.0)
+    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    ref = ca.GradientShap(model).attribute(twins.to_torch(x), ref_base, n_samples=2, target=3)
+    monkeypatch.undo()
+    assert_close(jaxattr.gradient_shap(fn, x, our_base, key=key, n_samples=2, target=3), ref)
+    ref = ca.DeepLiftShap(model).attribute(twins.to_torch(x), ref_base, target=[1, 2])
+    assert_close(jaxattr.deep_lift_shap(fn, x, our_base, target=[1, 2]), ref)
+    with pytest.raises(TypeError, match="a callable must return the baselines"):
+        jaxattr.gradient_shap(fn, x, lambda: None, key=key, target=3)

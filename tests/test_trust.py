@@ -99,6 +99,12 @@ SPECIAL = {
     "layer_gradient_shap": lambda m, x, **kw: jaxattr.layer_gradient_shap(
         m, x, "conv2", baselines=X * 0.5, key=KEY, **kw
     ),
+    "layer_deep_lift_shap": lambda m, x, **kw: jaxattr.layer_deep_lift_shap(
+        m, x, "conv2", baselines=X * 0.5, **kw
+    ),
+    "neuron_deep_lift_shap": lambda m, x, **kw: jaxattr.neuron_deep_lift_shap(
+        m, x, "conv2", (0, 1, 2), baselines=X * 0.5
+    ),
     "neuron_gradient_shap": lambda m, x, **kw: jaxattr.neuron_gradient_shap(
         m, x, "conv2", (0, 1, 2), baselines=X * 0.5, key=KEY
     ),

@@ -322,7 +322,28 @@ class TorchModel:
                 "that was converted (pass a module reached from the model's attributes, "
                 "e.g. model.layer4)"
             )
+        if not _reached(entry.conv, path):
+            raise KeyError(
+                f"{self.where}: layer {path!r} ({type(layer).__name__}) is a sub-module of the "
+                "model, but the forward pass never reaches it, so it has no activation to "
+                "attribute (Captum 0.9 fails there too: 'Forward hook did not obtain any "
+                "outputs for given layer')"
+            )
         return path
+
+
+def _reached(conv: Any, path: str) -> bool:
+    """Whether a layer runs at ``path`` (a layer, or a container with layers inside)."""
+    layers = getattr(conv, "layers", {})
+    if path in layers:
+        return True
+    finder = getattr(conv, "module_layers", None)
+    if finder is None:
+        return True  # cannot tell: let the method's own lookup decide
+    try:
+        return bool(finder(path))
+    except (KeyError, ValueError):
+        return False
 
 
 def split_args(additional_forward_args: Any, n_inputs: int) -> tuple[list[Any], tuple]:

@@ -29,8 +29,9 @@ jaxattr's, not Captum's: the same seed gives other samples than Captum.
 What Captum does with hooks or torch callables inside the computation is not served and
 raises :class:`UnsupportedOptionError` naming the option: ``custom_attribution_func``,
 LIME's ``similarity_func``/``perturb_func``, a non-default ``perm_func``,
-``grad_kwargs``, LRP rules other than ``EpsilonRule``/``IdentityRule``, and forward
-functions returning futures. See ``docs/compat.md`` for the full table.
+``grad_kwargs``, LRP rules other than ``EpsilonRule``/``GammaRule``/``Alpha1_Beta0_Rule``/
+``IdentityRule``, and forward functions returning futures. See ``docs/compat.md`` for the
+full table.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ __all__ = [
     "LayerAttribution",
     "LayerConductance",
     "LayerDeepLift",
+    "LayerDeepLiftShap",
     "LayerFeatureAblation",
+    "LayerFeaturePermutation",
     "LayerGradCam",
     "LayerGradientShap",
     "LayerGradientXActivation",
@@ -84,7 +87,9 @@ __all__ = [
     "LayerLRP",
     "Lime",
     "NeuronConductance",
+    "NeuronDeconvolution",
     "NeuronDeepLift",
+    "NeuronDeepLiftShap",
     "NeuronFeatureAblation",
     "NeuronGradient",
     "NeuronGradientShap",
@@ -614,8 +619,9 @@ _LRP_PASS_TYPES = ("ReLU", "Dropout", "Tanh")
 
 
 def _captum_lrp_composite(tm: TorchModel, entry, where: str) -> jaxattr.Composite:
-    """Captum's LRP rules for this model: ``module.rule`` where set (EpsilonRule,
-    IdentityRule), else Captum's defaults (epsilon 1e-9 on conv/linear/pool/batch norm,
+    """Captum's LRP rules for this model: ``module.rule`` where set (EpsilonRule, GammaRule,
+    Alpha1_Beta0_Rule, IdentityRule), else Captum's defaults
+    (:func:`jaxattr.captum_lrp_composite`: epsilon 1e-9 on conv/linear/pool/batch norm,
     relevance passed through ReLU/Dropout/Tanh)."""
     name_map = []
     for path, m in entry.root.named_modules():
@@ -631,12 +637,21 @@ def _captum_lrp_composite(tm: TorchModel, entry, where: str) -> jaxattr.Composit
                 r = jaxattr.pass_rule()
             elif rcls == "EpsilonRule":
                 r = jaxattr.epsilon(float(rule.STABILITY_FACTOR))
+            elif rcls == "GammaRule":
+                r = jaxattr.captum_gamma(
+                    float(rule.gamma), bool(rule.set_bias_to_zero), float(rule.STABILITY_FACTOR)
+                )
+            elif rcls == "Alpha1_Beta0_Rule":
+                r = jaxattr.captum_alpha1_beta0(
+                    bool(rule.set_bias_to_zero), float(rule.STABILITY_FACTOR)
+                )
             else:
                 raise unsupported(
                     where,
                     {
-                        f"{path}.rule = {rcls}": "Captum's own weight-hook rules other than "
-                        "EpsilonRule/IdentityRule; use jaxattr.lrp with a jaxattr.Composite"
+                        f"{path}.rule = {rcls}": "rules other than Captum's EpsilonRule, "
+                        "GammaRule, Alpha1_Beta0_Rule and IdentityRule; use jaxattr.lrp with a "
+                        "jaxattr.Composite"
                     },
                 )
             try:
@@ -650,13 +665,8 @@ def _captum_lrp_composite(tm: TorchModel, entry, where: str) -> jaxattr.Composit
                 "rule exists for this module type (as in Captum); set module.rule = "
                 "EpsilonRule() or IdentityRule() from captum.attr._utils.lrp_rules"
             )
-    return jaxattr.Composite(
-        layer_map=(
-            ("activation", jaxattr.pass_rule()),
-            (("conv", "linear", "max_pool", "avg_pool", "batch_norm"), jaxattr.epsilon(1e-9)),
-        ),
-        name_map=tuple(name_map),
-        name="captum_lrp",
+    return jaxattr.captum_lrp_composite(
+        name_map=tuple(name_map), layer_map=(("activation", jaxattr.pass_rule()),)
     )
 
 
@@ -1542,3 +1552,104 @@ class NeuronFeatureAblation(NeuronAttribution):
             batch_size=_per_eval(perturbations_per_eval),
             attribute_to_neuron_input=attribute_to_neuron_input,
         )
+
+
+# --------------------------------------------------------------------------------------
+# DeepLIFT SHAP at a layer or a neuron, deconvolution of a neuron, layer permutation
+# --------------------------------------------------------------------------------------
+
+
+class NeuronDeconvolution(NeuronAttribution):
+    """Captum's ``NeuronDeconvolution`` (:func:`jaxattr.neuron_deconvolution`)."""
+
+    def _plan(
+        self, inputs, neuron_selector, additional_forward_args=None, attribute_to_neuron_input=False
+    ):
+        return self._layer_plan(
+            jaxattr.neuron_deconvolution,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )
+
+
+class LayerDeepLiftShap(LayerDeepLift):
+    """Captum's ``LayerDeepLiftShap`` (:func:`jaxattr.layer_deep_lift_shap`); the delta has
+    one value per (example, baseline) pair, in Captum's order."""
+
+    def _plan(
+        self,
+        inputs,
+        baselines,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta=False,
+        attribute_to_layer_input=False,
+        custom_attribution_func=None,
+    ):
+        self._reject(custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC))
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
+        p = self._layer_plan(
+            jaxattr.layer_deep_lift_shap,
+            inputs,
+            additional_forward_args,
+            baselines=_baselines(baselines, xs),
+            target=_target(target),
+            multiply_by_inputs=self._multiply_by_inputs,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
+        p.return_delta = bool(return_convergence_delta)
+        return p
+
+
+class NeuronDeepLiftShap(NeuronDeepLift):
+    """Captum's ``NeuronDeepLiftShap`` (:func:`jaxattr.neuron_deep_lift_shap`)."""
+
+    def _plan(
+        self,
+        inputs,
+        neuron_selector,
+        baselines,
+        additional_forward_args=None,
+        attribute_to_neuron_input=False,
+        custom_attribution_func=None,
+    ):
+        self._reject(custom_attribution_func=(custom_attribution_func is not None, _CUSTOM_FUNC))
+        xs = inputs if isinstance(inputs, tuple) else (inputs,)
+        return self._layer_plan(
+            jaxattr.neuron_deep_lift_shap,
+            inputs,
+            additional_forward_args,
+            neuron_selector=_selector(neuron_selector),
+            baselines=_baselines(baselines, xs),
+            multiply_by_inputs=self._multiply_by_inputs,
+            attribute_to_neuron_input=attribute_to_neuron_input,
+        )
+
+
+class LayerFeaturePermutation(LayerAttribution):
+    """Captum's ``LayerFeaturePermutation`` (:func:`jaxattr.layer_feature_permutation`);
+    random (see the module doc). Unlike Captum 0.9, whose forward hook selects the target
+    column twice, a ``target`` works here."""
+
+    def _plan(
+        self,
+        inputs,
+        target=None,
+        additional_forward_args=None,
+        layer_mask=None,
+        perturbations_per_eval=1,
+        *,
+        key=None,
+    ):
+        p = self._layer_plan(
+            jaxattr.layer_feature_permutation,
+            inputs,
+            additional_forward_args,
+            target=_target(target),
+            layer_mask=torch_tree_to_numpy(layer_mask),
+            batch_size=_per_eval(perturbations_per_eval),
+        )
+        p.key = torch_key(key)
+        return p
