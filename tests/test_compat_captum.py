@@ -271,9 +271,18 @@ def test_lrp_with_delta_and_a_module_rule(cnn):
     ref = ca.LRP(model).attribute(x, target=2)
     assert not hasattr(model.fc1, "rule")
     assert_parity("LRP(fc1.rule = EpsilonRule(0.25))", ours, ref)
+    # GammaRule and Alpha1_Beta0_Rule are served (jaxattr.captum_gamma / captum_alpha1_beta0)
     model.features[0].rule = GammaRule()
+    ours = jc.LRP(model).attribute(x, target=2)
+    model.features[0].rule = GammaRule()
+    assert_parity("LRP(features.0.rule = GammaRule())", ours, ca.LRP(model).attribute(x, target=2))
+
+    class OwnRule(EpsilonRule):  # a rule of one's own: not translatable
+        pass
+
+    model.features[0].rule = OwnRule()
     try:
-        with pytest.raises(compat.UnsupportedOptionError, match=r"features\.0\.rule = GammaRule"):
+        with pytest.raises(compat.UnsupportedOptionError, match=r"features\.0\.rule = OwnRule"):
             jc.LRP(model).attribute(x, target=2)
     finally:
         del model.features[0].rule
