@@ -133,9 +133,18 @@ def smooth_mask(params: jax.Array, spatial: tuple, step: int = 7, sigma: float =
         >>> jaxattr.smooth_mask(jnp.ones((2, 2)), (8, 8), step=4, sigma=4.0).shape
         (8, 8)
     """
-    spatial = tuple(int(s) for s in spatial)
-    crop = _mask_tables(spatial, int(step), float(sigma))[5]
-    return _crop(_full_mask(jnp.asarray(params), spatial, int(step), float(sigma)), spatial, crop)
+    return _smooth_mask(
+        jnp.asarray(params),
+        spatial=tuple(int(s) for s in spatial),
+        step=int(step),
+        sigma=float(sigma),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("spatial", "step", "sigma"))
+def _smooth_mask(params, *, spatial, step, sigma):
+    crop = _mask_tables(spatial, step, sigma)[5]
+    return _crop(_full_mask(params, spatial, step, sigma), spatial, crop)
 
 
 def _pyramid(leaf, axes, num_levels, kind, max_blur):
