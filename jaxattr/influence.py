@@ -31,6 +31,12 @@ so with an attribute ``reduction = "mean"`` (as ``torch.nn`` losses do). Checkpo
 a sequence of params pytrees (each may hold a ``"learning_rate"`` entry, Captum's
 default loader) or anything ``checkpoints_load_func(checkpoint) -> (params,
 learning_rate)`` understands.
+
+Sharding. Every class takes ``mesh=`` (a ``jax.sharding.Mesh``): each batch of
+per-example work is then padded to a multiple of the mesh size (its last example
+repeated), split over the mesh's devices along the batch axis, run by the same jitted
+programs, and cut back to its real examples before anything is summed, merged or
+concatenated. ``mesh=None`` (the default) runs on the default device.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxattr import _caching, _core
 from jaxattr._progress import progress
@@ -186,6 +193,60 @@ def _zeros(shape: tuple) -> Array:
 
 def _split(batch: tuple) -> tuple[tuple, Array]:
     return batch[:-1], batch[-1]
+
+
+def _pad_rows(a: Any, n: int, size: int) -> Any:
+    """Repeat the last row of ``a`` (leading dim ``n``) up to ``size`` rows (NumPy on the
+    host, a jax array where it is)."""
+    if size == n or n == 0:
+        return a
+    xp = jnp if isinstance(a, jax.Array) else np
+    return xp.concatenate([a, xp.repeat(a[-1:], size - n, axis=0)], axis=0)
+
+
+def _trim(a: Any, n: int, axis: int = 0) -> Any:
+    """The first ``n`` rows (``axis=0``) or columns (``axis=1``) of ``a``: the padding of
+    :meth:`_Placement.put` dropped (``a`` itself when there is none)."""
+    if a.shape[axis] == n:
+        return a
+    return jax.lax.slice_in_dim(a, 0, n, axis=axis)
+
+
+class _Placement:
+    """Where a batch of per-example work runs (the ``mesh`` option).
+
+    ``mesh=None``: the batch as given, on the default device (nothing added). A mesh: the
+    batch is padded to a multiple of the mesh size by repeating its last example and
+    placed with its batch axis split over all the mesh's devices
+    (``NamedSharding(mesh, PartitionSpec(mesh.axis_names))``, as
+    :func:`jaxattr.attribute_dataset`); the jitted programs are partitioned by jit, and
+    the callers drop the padded rows (:func:`_trim`) before any reduction, top-k merge
+    or concatenation.
+    """
+
+    def __init__(self, mesh: Any):
+        if mesh is not None and not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+        self.mesh = mesh
+        if mesh is not None:
+            axes = tuple(mesh.axis_names)
+            self.rows = NamedSharding(mesh, PartitionSpec(axes))
+            self.cols = NamedSharding(mesh, PartitionSpec(None, axes))
+            self.multiple = int(mesh.devices.size)
+
+    def put(self, batch: tuple) -> tuple[tuple, int]:
+        """``(placed batch, n)``: ``n`` the examples before padding."""
+        n = int(batch[0].shape[0])
+        if self.mesh is None:
+            return batch, n
+        size = -(-n // self.multiple) * self.multiple
+        return tuple(jax.device_put(_pad_rows(a, n, size), self.rows) for a in batch), n
+
+    def zeros(self, shape: tuple, axis: int = 0) -> Array:
+        """An accumulator whose ``axis`` is the (padded) batch axis of :meth:`put`."""
+        if self.mesh is None:
+            return _zeros(shape)
+        return jax.device_put(np.zeros(shape, np.float32), self.rows if axis == 0 else self.cols)
 
 
 # --------------------------------------------------------------------------------------
@@ -488,6 +549,13 @@ class TracInCP:
         test_loss_fn: Loss for the test examples (default ``loss_fn``), e.g. one logit.
         sample_wise_grads_per_batch: Accepted for Captum compatibility; per-example
             gradients are always computed by ``vmap``.
+        mesh: A ``jax.sharding.Mesh`` to split every batch of per-example work over
+            (training and test batches): each batch is padded to a multiple of the mesh
+            size by repeating its last example, placed with its batch axis split over
+            all the mesh's devices, and the padded examples are dropped before any sum,
+            top-k merge or concatenation, so results equal ``mesh=None`` (the default:
+            the default device, no padding). See docs/influence.md, "Sharding over
+            devices".
 
     Example:
         >>> import jax.numpy as jnp
@@ -514,7 +582,11 @@ class TracInCP:
         batch_size: int = 64,
         test_loss_fn: Callable[..., Array] | None = None,
         sample_wise_grads_per_batch: bool = False,
+        *,
+        mesh: Mesh | None = None,
     ) -> None:
+        self._placement = _Placement(mesh)
+        self.mesh = mesh
         self.model = model
         self.fn = _model_fn(model)
         self.batch_size = _core.check_positive_int(batch_size, "batch_size")
@@ -554,8 +626,12 @@ class TracInCP:
     def _test_vectors(self, data: _Data, params: list, aggregate: bool) -> list[Array]:
         """Per checkpoint, the (N_test, P) test gradients or their (1, P) sum."""
         out = []
+        put = self._placement.put
         for p in params:
-            parts = [self._test.flat(p, *_split(b)) for b in data]
+            parts = []
+            for b in data:
+                b, n = put(b)
+                parts.append(_trim(self._test.flat(p, *_split(b)), n))
             g = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
             out.append(jnp.sum(g, axis=0, keepdims=True) if aggregate else g)
         return out
@@ -583,11 +659,12 @@ class TracInCP:
         params, lrs = self._ckpts()
 
         def batch_scores(b, ps, ls):
+            b, n = self._placement.put(b)
             xs, y = _split(b)
-            acc = _zeros((y.shape[0],))
+            acc = self._placement.zeros((y.shape[0],))
             for p, lr in zip(ps, ls, strict=True):
                 acc = self._train.self_influence(acc, p, lr, xs, y)
-            return acc
+            return _trim(acc, n)
 
         # the outer loop over checkpoints loads each checkpoint once (a custom loader)
         groups = (
@@ -639,17 +716,19 @@ class TracInCP:
             self.train_dataset, total=self.train_dataset.length(), desc=desc, enabled=show_progress
         )
         for b in batches:
+            b, n = self._placement.put(b)
             xs, y = _split(b)
-            s = _zeros((tests[0].shape[0], y.shape[0]))
+            s = self._placement.zeros((tests[0].shape[0], y.shape[0]), axis=1)
             for t, p, lr in zip(tests, params, lrs, strict=True):
                 s = self._train.scores(s, t, p, lr, xs, y)
+            s = _trim(s, n, axis=1)
             if k is None:
                 rows.append(s)
                 if show_progress:
                     jax.block_until_ready(s)
             else:
                 best = _top_k_merge(best, s, offset, k, proponents)
-            offset += int(y.shape[0])
+            offset += n
         if k is None:
             return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
         return _finish_top_k(best, proponents)
@@ -673,8 +752,12 @@ class TracInCP:
         data = self._inputs(inputs)
         params, lrs = self._ckpts()
         parts = []
+        put = self._placement.put
         for p, lr in zip(params, lrs, strict=True):
-            g = [self._train.flat(p, *_split(b)) for b in data]
+            g = []
+            for b in data:
+                b, n = put(b)
+                g.append(_trim(self._train.flat(p, *_split(b)), n))
             g = g[0] if len(g) == 1 else jnp.concatenate(g)
             parts.append(lr * (jnp.sum(g, axis=0, keepdims=True) if aggregate else g))
         return jnp.concatenate(parts, axis=1)
@@ -776,6 +859,8 @@ class TracInCPFast:
         batch_size: Examples per batch for array datasets.
         test_loss_fn: Loss for test examples (default ``loss_fn``).
         vectorize: Accepted for Captum compatibility (no effect).
+        mesh: Split every batch (training and test) over this ``jax.sharding.Mesh``,
+            as :class:`TracInCP`'s ``mesh``; ``None``: the default device.
 
     Example:
         >>> import jax.numpy as jnp
@@ -801,7 +886,11 @@ class TracInCPFast:
         batch_size: int = 64,
         test_loss_fn: Callable[..., Array] | None = None,
         vectorize: bool = False,
+        *,
+        mesh: Mesh | None = None,
     ) -> None:
+        self._placement = _Placement(mesh)
+        self.mesh = mesh
         if loss_fn is None or not callable(loss_fn):
             raise TypeError(
                 f"loss_fn is required: loss_fn(outputs, labels) -> per-example losses, got "
@@ -827,8 +916,12 @@ class TracInCPFast:
     def _factors(self, data: _Data, params: list) -> list[tuple[Array, Array]]:
         """Per checkpoint: (N, outputs) test loss gradients and (N, D) layer inputs."""
         out = []
+        put = self._placement.put
         for p in params:
-            parts = [self._test.run(p, *_split(b)) for b in data]
+            parts = []
+            for b in data:
+                b, n = put(b)
+                parts.append(tuple(_trim(a, n) for a in self._test.run(p, *_split(b))))
             if len(parts) == 1:
                 out.append(parts[0])
             else:
@@ -857,10 +950,12 @@ class TracInCPFast:
         out = []
         desc = f"{self.get_name()} self influence"
         for b in progress(data, total=data.length(), desc=desc, enabled=show_progress):
+            b, n = self._placement.put(b)
             xs, y = _split(b)
-            acc = _zeros((y.shape[0],))
+            acc = self._placement.zeros((y.shape[0],))
             for p, lr in zip(params, lrs, strict=True):
                 acc = self._train.self_influence(acc, p, lr, xs, y)
+            acc = _trim(acc, n)
             out.append(acc)
             if show_progress:
                 jax.block_until_ready(acc)
@@ -895,17 +990,19 @@ class TracInCPFast:
             self.train_dataset, total=self.train_dataset.length(), desc=desc, enabled=show_progress
         )
         for b in batches:
+            b, n = self._placement.put(b)
             xs, y = _split(b)
-            s = _zeros((tests[0][0].shape[0], y.shape[0]))
+            s = self._placement.zeros((tests[0][0].shape[0], y.shape[0]), axis=1)
             for (jt, ht), p, lr in zip(tests, params, lrs, strict=True):
                 s = self._train.scores(s, jt, ht, p, lr, xs, y)
+            s = _trim(s, n, axis=1)
             if k is None:
                 rows.append(s)
                 if show_progress:
                     jax.block_until_ready(s)
             else:
                 best = _top_k_merge(best, s, offset, k, proponents)
-            offset += int(b[-1].shape[0])
+            offset += n
         if k is None:
             return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
         return _finish_top_k(best, proponents)
@@ -952,6 +1049,10 @@ class TracInCPFastRandProj(TracInCPFast):
         seed: Seed of the projections.
         projection_quantities: ``(P_1, P_2)`` to use instead of drawing them (e.g.
             Captum's ``projection_quantities`` for a like-for-like comparison).
+        mesh: Split every batch (the training vectors computed here, the test vectors
+            of :meth:`influence`) over this ``jax.sharding.Mesh``, as :class:`TracInCP`'s
+            ``mesh``; the stored training vectors are the unpadded rows. The
+            neighbour search runs on the stored vectors as they are.
 
     Example:
         >>> import jax.numpy as jnp
@@ -982,6 +1083,8 @@ class TracInCPFastRandProj(TracInCPFast):
         projection_dim: int | None = None,
         seed: int = 0,
         projection_quantities: tuple[Array, Array] | None = None,
+        *,
+        mesh: Mesh | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -993,6 +1096,7 @@ class TracInCPFastRandProj(TracInCPFast):
             batch_size,
             test_loss_fn,
             vectorize,
+            mesh=mesh,
         )
         if projection_dim is not None:
             projection_dim = _core.check_positive_int(projection_dim, "projection_dim")
@@ -1013,8 +1117,8 @@ class TracInCPFastRandProj(TracInCPFast):
 
     def _projections(self, given: Any) -> tuple[Array, Array] | None:
         params, _ = self.checkpoints.first()
-        batch = next(iter(self.train_dataset))
-        jac, h = self._train.run(params, *_split(batch))
+        batch, _ = self._placement.put(next(iter(self.train_dataset)))
+        jac, h = self._train.run(params, *_split(batch))  # (shapes and dtypes only)
         c, d = int(jac.shape[1]), int(h.shape[1])
         if given is not None:
             if not (isinstance(given, (tuple, list)) and len(given) == 2):
@@ -1042,8 +1146,12 @@ class TracInCPFastRandProj(TracInCPFast):
         params, lrs = self.checkpoints.lists()
         proj = self.projection_quantities
         parts = []
+        put = self._placement.put
         for p, lr in zip(params, lrs, strict=True):
-            rows = [which.vectors(p, lr, proj, *_split(b)) for b in data]
+            rows = []
+            for b in data:
+                b, n = put(b)
+                rows.append(_trim(which.vectors(p, lr, proj, *_split(b)), n))
             parts.append(rows[0] if len(rows) == 1 else jnp.concatenate(rows))
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
@@ -1168,6 +1276,13 @@ class SimilarityInfluence:
         similarity_direction: ``"max"`` (most similar: cosine) or ``"min"`` (closest:
             distances).
         batch_size: Source examples per batch.
+        mesh: A ``jax.sharding.Mesh`` to split the activation forward passes over: each
+            source batch, and the inputs of :meth:`influence` when no
+            ``additional_forward_args`` are given (they may or may not be per-example,
+            so inputs with them run on the default device), is padded to a multiple of
+            the mesh size by repeating its last example, placed with its batch axis
+            split over the mesh, and its activations are cut back to the real examples
+            before any similarity or top-k. ``None`` (default): the default device.
         **kwargs: ``replace_nan`` for the cosine similarity (default -2 for ``"max"``,
             2 for ``"min"``, as Captum).
 
@@ -1192,10 +1307,14 @@ class SimilarityInfluence:
         similarity_metric: Callable[[Array, Array], Array] = cosine_similarity,
         similarity_direction: str = "max",
         batch_size: int = 1,
+        *,
+        mesh: Mesh | None = None,
         **kwargs: Any,
     ) -> None:
         from jaxattr import _taps
 
+        self._placement = _Placement(mesh)
+        self.mesh = mesh
         self.module = _taps.as_structured(module, "module")
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.layers:
@@ -1233,9 +1352,13 @@ class SimilarityInfluence:
         acts = layer_activation(self.module, x if len(x) > 1 else x[0], self.layers, args=args)
         return [a.reshape(a.shape[0], -1) for a in acts]
 
+    def _placed_activations(self, x: tuple) -> list[Array]:
+        x, n = self._placement.put(x)
+        return [_trim(a, n) for a in self._activations(x)]
+
     def _source(self) -> list[list[Array]]:
         if self._src is None:
-            self._src = [self._activations(b) for b in self.influence_src_dataset]
+            self._src = [self._placed_activations(b) for b in self.influence_src_dataset]
         return self._src
 
     def influence(
@@ -1268,7 +1391,7 @@ class SimilarityInfluence:
         x = tuple(_to_array(a) for a in x)
         args = () if additional_forward_args is None else additional_forward_args
         args = args if isinstance(args, tuple) else (args,)
-        tests = self._activations(x, args)
+        tests = self._activations(x, args) if args else self._placed_activations(x)
         n = int(tests[0].shape[0])
         largest = self.similarity_direction == "max"
         out: dict[str, Any] = {}
@@ -1339,9 +1462,12 @@ class _InfluenceFunctionBase:
         hessian_dataset: Any,
         test_loss_fn: Callable[..., Array] | None,
         sample_wise_grads_per_batch: bool,
+        mesh: Mesh | None = None,
     ) -> None:
         from jax.flatten_util import ravel_pytree
 
+        self._placement = _Placement(mesh)
+        self.mesh = mesh
         self.model = model
         self.fn = _model_fn(model)
         self.batch_size = _core.check_positive_int(batch_size, "batch_size")
@@ -1413,10 +1539,10 @@ class _InfluenceFunctionBase:
         data = self._inputs(inputs_dataset, "inputs_dataset")
         which = self._test if test else self._train
         desc = f"{self.get_name()} intermediate quantities"
-        rows = [
-            which.project(self.params, self.R, *_split(b))
-            for b in progress(data, total=data.length(), desc=desc, enabled=show_progress)
-        ]
+        rows = []
+        for b in progress(data, total=data.length(), desc=desc, enabled=show_progress):
+            b, n = self._placement.put(b)
+            rows.append(_trim(which.project(self.params, self.R, *_split(b)), n))
         q = rows[0] if len(rows) == 1 else jnp.concatenate(rows)
         return jnp.sum(q, axis=0, keepdims=True) if aggregate else q
 
@@ -1445,12 +1571,13 @@ class _InfluenceFunctionBase:
         desc = f"{self.get_name()} influence"
         data = self.train_dataset
         for b in progress(data, total=data.length(), desc=desc, enabled=show_progress):
-            s = query @ self._train.project(self.params, self.R, *_split(b)).T
+            b, n = self._placement.put(b)
+            s = query @ _trim(self._train.project(self.params, self.R, *_split(b)), n).T
             if k is None:
                 rows.append(s)
             else:
                 best = _top_k_merge(best, s, offset, k, proponents)
-            offset += int(b[-1].shape[0])
+            offset += n
         if k is None:
             return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
         return _finish_top_k(best, proponents)
@@ -1500,6 +1627,12 @@ class NaiveInfluenceFunction(_InfluenceFunctionBase):
         hessian_inverse_tol: Eigenvalues at or below it are dropped.
         projection_on_cpu: Accepted for Captum compatibility.
         show_progress: Show progress while forming the Hessian.
+        mesh: A ``jax.sharding.Mesh`` to split the per-example gradient work over
+            (the training and test embeddings of :meth:`influence`,
+            :meth:`self_influence` and :meth:`compute_intermediate_quantities`), as
+            :class:`TracInCP`'s ``mesh``. The Hessian stays on the default device: it
+            is a sum over each batch of ``loss_fn``, which may itself return the batch
+            sum, so padded examples could not be taken out of it.
 
     Example:
         >>> import jax.numpy as jnp
@@ -1530,6 +1663,8 @@ class NaiveInfluenceFunction(_InfluenceFunctionBase):
         hessian_inverse_tol: float = 1e-5,
         projection_on_cpu: bool = True,
         show_progress: bool = False,
+        *,
+        mesh: Mesh | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -1542,6 +1677,7 @@ class NaiveInfluenceFunction(_InfluenceFunctionBase):
             hessian_dataset,
             test_loss_fn,
             sample_wise_grads_per_batch,
+            mesh,
         )
         self.projection_dim = _core.check_positive_int(projection_dim, "projection_dim")
         self.seed = seed
@@ -1597,6 +1733,13 @@ class ArnoldiInfluenceFunction(_InfluenceFunctionBase):
         show_progress: Show progress over the Arnoldi steps.
         arnoldi_start: The start vector (a pytree of the trained parameters'
             structure, or a flat (P,) vector) instead of a random one.
+        mesh: A ``jax.sharding.Mesh`` to split the per-example gradient work over
+            (the training and test embeddings of :meth:`influence`,
+            :meth:`self_influence` and :meth:`compute_intermediate_quantities`), as
+            :class:`TracInCP`'s ``mesh``. The Hessian-vector products of the Arnoldi
+            iteration stay on the default device: they are sums over each batch of
+            ``loss_fn``, which may itself return the batch sum, so padded examples
+            could not be taken out of them.
 
     Example:
         >>> import jax.numpy as jnp
@@ -1631,6 +1774,8 @@ class ArnoldiInfluenceFunction(_InfluenceFunctionBase):
         projection_on_cpu: bool = True,
         show_progress: bool = False,
         arnoldi_start: Any = None,
+        *,
+        mesh: Mesh | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -1643,6 +1788,7 @@ class ArnoldiInfluenceFunction(_InfluenceFunctionBase):
             hessian_dataset,
             test_loss_fn,
             sample_wise_grads_per_batch,
+            mesh,
         )
         self.projection_dim = _core.check_positive_int(projection_dim, "projection_dim")
         self.seed = seed

@@ -9,6 +9,11 @@ one compiled program per method: the suite stays fast).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -395,3 +400,202 @@ def test_jit_composes(setup):
     again.self_influence()  # another instance, other weights: the same programs
     assert again._train.self_influence._cache_size() == n
     assert jnp.isfinite(ours.self_influence()).all()
+
+
+# --------------------------------------------------------------------------------------
+# mesh=: sharded over 8 forced CPU devices equals unsharded
+# --------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The device count is fixed when jax starts, and this pytest process already started jax
+# with one CPU device: the sharded runs are subprocesses (XLA flags are never set here).
+SHARD_SETUP = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh
+    from jaxattr import influence
+
+    assert jax.device_count() == 8, jax.devices()
+    mesh = Mesh(np.asarray(jax.devices()), ("batch",))
+    rng = np.random.default_rng(0)
+    N, NT = 21, 7  # training and test examples: neither a multiple of 8
+    x = rng.normal(size=(N, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=N)
+    # the first test example is the last training example: the padding of the last training
+    # batch (its copies) would be its top proponents if it were not dropped
+    xt = np.concatenate([x[-1:], rng.normal(size=(NT - 1, 5)).astype(np.float32)])
+    yt = np.concatenate([y[-1:], rng.integers(0, 3, size=NT - 1)])
+    test = (xt, yt)
+    ckpts = [
+        {"w1": rng.normal(size=(5, 8)).astype(np.float32), "b1": np.zeros(8, np.float32),
+         "w2": rng.normal(size=(8, 3)).astype(np.float32), "learning_rate": lr}
+        for lr in (0.5, 1.0, 2.0)
+    ]
+    feats = lambda p, x: jnp.tanh(x @ p["w1"] + p["b1"])
+    mlp = lambda p, x: feats(p, x) @ p["w2"]
+    loss = optax.softmax_cross_entropy_with_integer_labels
+    placed = []  # (examples, padded rows, devices) of every batch the sharded instances place
+
+    def spy(obj):
+        put = obj._placement.put
+        def recording(batch):
+            out, n = put(batch)
+            placed.append((n, out[0].shape[0], len(out[0].sharding.device_set)))
+            return out, n
+        obj._placement.put = recording
+        return obj
+
+    def both(cls, *args, **kw):  # unsharded and (spied) sharded instances
+        return cls(*args, **kw), spy(cls(*args, **kw, mesh=mesh))
+
+    def check_placed(need):
+        assert {n for n, _, _ in placed} >= need, placed  # the short batches were padded
+        assert all(r % 8 == 0 and r - n < 8 and d == 8 for n, r, d in placed), placed
+        placed.clear()
+
+    def close(a, b, what):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, (what, a.shape, b.shape)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=what)
+
+    def same_top(a, b, what):
+        ia = np.asarray(a.indices)
+        assert ia.min() >= 0 and ia.max() < N, (what, ia)  # never a padded example
+        assert all(len(set(r)) == len(r) for r in ia.tolist()), (what, ia)  # nor a copy
+        np.testing.assert_array_equal(ia, np.asarray(b.indices), err_msg=what)
+        close(a.influence_scores, b.influence_scores, what)
+    """
+)
+
+SHARDED_TRACIN = textwrap.dedent(
+    """
+    # batches of 8, 8 and 5 training examples (the 5 padded to 8), 7 test examples
+    one = influence.TracInCP(mlp, (x, y), ckpts, loss_fn=loss, batch_size=8)
+    many = spy(influence.TracInCP(mlp, (x, y), ckpts, loss_fn=loss, batch_size=8, mesh=mesh))
+    close(many.self_influence(), one.self_influence(), "self_influence")
+    close(many.influence(test), one.influence(test), "influence")
+    for proponents in (True, False):
+        same_top(many.influence(test, k=3, proponents=proponents),
+                 one.influence(test, k=3, proponents=proponents), f"k=3 {proponents}")
+    assert int(many.influence(test, k=1).indices[0, 0]) == N - 1  # itself, not a copy
+    q = many.compute_intermediate_quantities(test)
+    close(q, one.compute_intermediate_quantities(test), "intermediate quantities")
+    close(many.compute_intermediate_quantities(test, aggregate=True),
+          one.compute_intermediate_quantities(test, aggregate=True), "aggregate")
+    assert len(q.sharding.device_set) == 8, q.sharding
+    check_placed({5, 7})
+    print("OK")
+    """
+)
+
+SHARDED_OTHERS = {
+    "fast": textwrap.dedent(
+        """
+        # TracInCPFast with a batch-mean loss: the padded batch size must not leak into it
+        def mean_loss(out, y):
+            return loss(out, y).mean()
+        mean_loss.reduction = "mean"
+        one, many = both(influence.TracInCPFast, mlp, feats, (x, y), ckpts, loss_fn=mean_loss,
+                         batch_size=8)
+        close(many.self_influence(), one.self_influence(), "Fast self_influence")
+        close(many.influence(test), one.influence(test), "Fast influence")
+        same_top(many.influence(test, k=3), one.influence(test, k=3), "Fast k=3")
+        check_placed({5, 7})
+
+        # TracInCPFastRandProj: the stored training vectors are the real examples only
+        one, many = both(influence.TracInCPFastRandProj, mlp, feats, (x, y), ckpts, loss_fn=loss,
+                         batch_size=8, projection_dim=4)
+        close(many.src_intermediate_quantities, one.src_intermediate_quantities, "RandProj vectors")
+        same_top(many.influence(test, k=3, proponents=False),
+                 one.influence(test, k=3, proponents=False), "RandProj k=3")
+        check_placed({7})
+        print("OK")
+        """
+    ),
+    "functions_and_similarity": textwrap.dedent(
+        """
+        # NaiveInfluenceFunction: embeddings sharded (the Hessian stays on one device)
+        p1 = {k: v for k, v in ckpts[1].items() if k != "learning_rate"}
+        one, many = both(influence.NaiveInfluenceFunction, mlp, (x, y), p1, loss_fn=loss,
+                         batch_size=8, projection_dim=10, hessian_dataset=(x[:8], y[:8]))
+        close(many.self_influence(), one.self_influence(), "Naive self_influence")
+        close(many.influence(test), one.influence(test), "Naive influence")
+        same_top(many.influence(test, k=3), one.influence(test, k=3), "Naive k=3")
+        check_placed({5, 7})
+
+        # SimilarityInfluence on a structured model: source batches and inputs sharded
+        from jaxattr.structure import Layer, default_intercept
+
+        class MLP:
+            params = {k: v for k, v in ckpts[0].items() if k != "learning_rate"}
+            layers = {"hidden": Layer("hidden", "linear"), "out": Layer("out", "linear")}
+
+            def apply(self, params, x, intercept=default_intercept):
+                h = intercept(self.layers["hidden"], lambda q, v: jnp.tanh(v @ q["w"] + q["b"]),
+                              {"w": params["w1"], "b": params["b1"]}, x)
+                out = lambda q, v: v @ q["w"]
+                return intercept(self.layers["out"], out, {"w": params["w2"]}, h)
+
+        model = MLP()
+        one, many = both(influence.SimilarityInfluence, model, ["hidden", "out"], x,
+                         batch_size=8)
+        a, b = many.influence(xt, top_k=3), one.influence(xt, top_k=3)
+        for layer in ("hidden", "out"):
+            same_top(influence.KMostInfluentialResults(*a[layer]),
+                     influence.KMostInfluentialResults(*b[layer]), "Similarity " + layer)
+        check_placed({5, 7})
+        print("OK")
+        """
+    ),
+}
+
+
+def _on_8_devices(script):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(
+        [sys.executable, "-c", SHARD_SETUP + script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_tracincp_sharded_over_8_devices_equals_unsharded():
+    """TracInCP with mesh= over 8 devices: self influence, influence (all scores, k=3
+    proponents and opponents) and intermediate quantities equal mesh=None within 1e-5;
+    21 training examples in batches of 8, 8, 5 and 7 test examples (padded to 8), and
+    no top-k index points at a padded example."""
+    _on_8_devices(SHARDED_TRACIN)
+
+
+@pytest.mark.parametrize("which", sorted(SHARDED_OTHERS))
+def test_other_classes_sharded_over_8_devices_equal_unsharded(which):
+    """TracInCPFast (a batch-mean loss) and TracInCPFastRandProj; NaiveInfluenceFunction
+    and SimilarityInfluence: with mesh= over 8 devices they equal mesh=None."""
+    _on_8_devices(SHARDED_OTHERS[which])
+
+
+def test_mesh_is_checked_and_a_one_device_mesh_changes_nothing(setup):
+    *_, x, y, xt, yt, ckpts = setup
+    for make in (
+        lambda m: influence.TracInCP(mlp_jax, (x, y), ckpts, loss_fn=ce, mesh=m),
+        lambda m: influence.TracInCPFast(mlp_jax, features_jax, (x, y), ckpts, loss_fn=ce, mesh=m),
+        lambda m: influence.NaiveInfluenceFunction(mlp_jax, (x, y), ckpts[1], loss_fn=ce, mesh=m),
+    ):
+        with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh or None, got str"):
+            make("batch")
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh or None, got list"):
+        influence.SimilarityInfluence(lambda p, x: x, "fc", x, mesh=jax.devices())
+    one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("batch",))
+    ref = influence.TracInCP(mlp_jax, (x, y), ckpts, loss_fn=ce, batch_size=8)
+    ours = influence.TracInCP(mlp_jax, (x, y), ckpts, loss_fn=ce, batch_size=8, mesh=one)
+    np.testing.assert_allclose(ours.self_influence(), ref.self_influence(), rtol=1e-6)
+    np.testing.assert_allclose(ours.influence((xt, yt)), ref.influence((xt, yt)), rtol=1e-6)
