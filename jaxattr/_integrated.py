@@ -13,6 +13,7 @@ import numpy as np
 from jaxattr import _core
 from jaxattr._core import PyTree
 from jaxattr._gradient import completeness_delta
+from jaxattr._noise import resolve_baselines
 
 __all__ = ["QUADRATURES", "integrated_gradients", "quadrature"]
 
@@ -154,7 +155,8 @@ def integrated_gradients(
         fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
         x: Input array of shape (N, ...), or a tuple/pytree of such arrays.
         baselines: The reference input ``b``: ``None`` (zeros), a scalar, an array
-            broadcastable to x, or one entry per input of a tuple ``x``.
+            broadcastable to x, one entry per input of a tuple ``x``, or a callable
+            ``x -> b`` (Zennit's ``baseline_fn``; one without parameters is called as is).
         target: What to explain (see :func:`jaxattr.select_target`).
         n_steps: Number of integration points.
         method: One of ``riemann_left``, ``riemann_right``, ``riemann_middle``,
@@ -180,6 +182,9 @@ def integrated_gradients(
         ...     fn, jnp.array([[1.0, 2.0]]), n_steps=8, return_delta=True)
         >>> attr.round(4), delta.round(4)
         (Array([[1., 4.]], dtype=float32), Array([0.], dtype=float32))
+        >>> jaxattr.integrated_gradients(fn, jnp.array([[1.0, 2.0]]),   # Zennit's baseline_fn
+        ...                              baselines=lambda x: 0.5 * x, n_steps=8).round(4)
+        Array([[0.75, 3.  ]], dtype=float32)
     """
     alphas, weights = checked_quadrature(method, n_steps)
     if batch_size is not None:
@@ -188,7 +193,7 @@ def integrated_gradients(
     args = tuple(args)
     inputs = _core.as_inputs(x)
     t = _core.prepare_target(target, fn, inputs, x, args)
-    b = _core.broadcast_baselines(baselines, x, inputs)
+    b = _core.broadcast_baselines(resolve_baselines(baselines, x), x, inputs)
     chunks = _core.batched_chunks(len(alphas), batch_size)
     if len(chunks) == 1:
         return _integrated_gradients_core(

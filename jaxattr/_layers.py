@@ -2693,8 +2693,8 @@ def layer_deep_lift_shap(
         >>> from jaxattr.demo import demo_model, make_shapes
         >>> x = make_shapes(1)[0]
         >>> attr, delta = jaxattr.layer_deep_lift_shap(
-        ...     demo_model(), x, "conv3", jnp.stack([x[0] * 0, x[0] * 0.5]), target=0,
-        ...     return_delta=True)
+        ...     demo_model(), x, "conv3", baselines=jnp.stack([x[0] * 0, x[0] * 0.5]),
+        ...     target=0, return_delta=True)
         >>> attr.shape, delta.shape
         ((1, 8, 8, 32), (1, 2))
     """
@@ -2782,7 +2782,7 @@ def neuron_deep_lift_shap(
         >>> from jaxattr.demo import demo_model, make_shapes
         >>> x = make_shapes(1)[0]
         >>> jaxattr.neuron_deep_lift_shap(demo_model(), x, "conv3", (3, 3, 0),
-        ...                               jnp.stack([x[0] * 0, x[0] * 0.5])).shape
+        ...                               baselines=jnp.stack([x[0] * 0, x[0] * 0.5])).shape
         (1, 32, 32, 3)
     """
     from jaxattr._lrp import deep_lift_shap
