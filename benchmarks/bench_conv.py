@@ -15,10 +15,8 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
-
 from jaxattr.bridge import conv as C
 
 # (batch, channels in, channels out, map, kernel, stride)

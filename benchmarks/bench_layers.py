@@ -108,7 +108,7 @@ def main(argv=None) -> list[harness.Row]:
         ids_np, mask_np = ids.numpy(), mask.numpy()
         first, t_ours = harness.time_call(
             lambda: jaxattr.layer_integrated_gradients(
-                model, ids_np, "bert.embeddings", 0, args=(mask_np,), target=1, n_steps=50
+                model, ids_np, "bert.embeddings", baselines=0, args=(mask_np,), target=1, n_steps=50
             ),
             repeat=repeat,
         )

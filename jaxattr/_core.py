@@ -165,18 +165,56 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
         )
 
 
+#: The parameters a public method takes positionally: what is explained (``fn``/``model``,
+#: ``x``, a ``layer``, a neuron), and a metric's data. Every parameter after the first one
+#: not named here is keyword-only: ``integrated_gradients(fn, x, 0)`` must not read 0 as
+#: the baselines when the caller meant the target.
+POSITIONAL = frozenset({
+    "method", "fn", "model", "x", "layer", "neuron_selector", "neuron_selectors",
+    "perturb_func", "attributions", "targets",
+})
+
+
+def _positional_count(sig: inspect.Signature) -> int:
+    k = 0
+    for p in sig.parameters.values():
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.name not in POSITIONAL:
+            break
+        k += 1
+    return k
+
+
+def _too_many_positional(name: str, sig: inspect.Signature, k: int, args: tuple) -> TypeError:
+    names = [n for n, p in sig.parameters.items() if p.kind is not p.VAR_KEYWORD]
+    keywords = names[k:]
+    meant = (["target"] if "target" in keywords else []) + [n for n in keywords if n != "target"]
+    shown = ", ".join(f"<array {tuple(a.shape)}>" if hasattr(a, "shape") else repr(a)
+                      for a in args[k:])
+    return TypeError(
+        f"{name}() takes {k} positional argument(s) ({', '.join(names[:k])}) but {len(args)} "
+        f"were given; the options after them are keyword-only: pass {shown} by name, e.g. "
+        f"{', '.join(f'{n}=...' for n in meant[:3])}"
+    )
+
+
 def contract(method: Callable[..., Any]) -> Callable[..., Any]:
     """Give a public method the contract's keyword options (today: ``check_finite``).
 
     ``check_finite=True`` (the default) rejects NaN/Inf in ``x`` and ``baselines`` with a
     :class:`NonFiniteInputError` before anything runs; ``False`` attributes them anyway.
+    Parameters after the explained model, input, layer and neuron (see
+    :data:`POSITIONAL`) become keyword-only; a surplus positional argument is a
+    ``TypeError`` that says to pass ``target=...`` (or the option meant) by name.
     """
     sig = inspect.signature(method)
     if "check_finite" in sig.parameters:
         return method
+    k = _positional_count(sig)
 
     @functools.wraps(method)
     def wrapper(*args: Any, check_finite: bool = True, **kwargs: Any) -> Any:
+        if len(args) > k:
+            raise _too_many_positional(method.__name__, sig, k, args)
         tokens = [_SCOPE.set(_CallScope())]
         if not check_finite:
             tokens.append(_CHECK_FINITE.set(False))
@@ -186,7 +224,11 @@ def contract(method: Callable[..., Any]) -> Callable[..., Any]:
             for var, token in zip((_SCOPE, _CHECK_FINITE), tokens, strict=False):
                 var.reset(token)
 
-    params = list(sig.parameters.values())
+    params = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        if i >= k and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else p
+        for i, p in enumerate(sig.parameters.values())
+    ]
     at = len(params) - (params and params[-1].kind is inspect.Parameter.VAR_KEYWORD)
     params.insert(at, inspect.Parameter("check_finite", inspect.Parameter.KEYWORD_ONLY,
                                         default=True, annotation="bool"))

@@ -1759,7 +1759,7 @@ def neuron_integrated_gradients(
     return integrated_gradients(
         nm.fn,
         nm.x,
-        baselines,
+        baselines=baselines,
         n_steps=n_steps,
         method=method,
         multiply_by_inputs=multiply_by_inputs,
@@ -1827,7 +1827,7 @@ def neuron_gradient_shap(
     return gradient_shap(
         nm.fn,
         nm.x,
-        baselines,
+        baselines=baselines,
         key=key,
         n_samples=n_samples,
         stdevs=stdevs,
@@ -2552,7 +2552,7 @@ def neuron_deep_lift(
     return deep_lift(
         nm,
         x,
-        baselines,
+        baselines=baselines,
         target=None,
         eps=eps,
         multiply_by_inputs=multiply_by_inputs,
@@ -2791,7 +2791,7 @@ def neuron_deep_lift_shap(
     return deep_lift_shap(
         nm,
         x,
-        baselines,
+        baselines=baselines,
         target=None,
         eps=eps,
         multiply_by_inputs=multiply_by_inputs,

@@ -1245,7 +1245,7 @@ def deep_lift_shap(
         ...     def apply(self, p, x, intercept=None):
         ...         return intercept(self.layers["relu"], lambda q, v: jax.nn.relu(v), {},
         ...                          x).sum(1)
-        >>> jaxattr.deep_lift_shap(Relu(), jnp.array([[2.0]]), jnp.array([[0.0], [1.0]]))
+        >>> jaxattr.deep_lift_shap(Relu(), jnp.array([[2.0]]), baselines=jnp.array([[0.0], [1.0]]))
         Array([[1.5]], dtype=float32)
     """
     from jaxattr._noise import resolve_baselines

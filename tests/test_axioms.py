@@ -28,7 +28,7 @@ def test_linear_function_is_exact(method):
     fn = lambda x: x @ w
     x = jnp.array([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 2.0, 1.0]])
     b = jnp.array([0.5, 0.5, 0.5, 0.5])
-    attr = jaxattr.integrated_gradients(fn, x, b, n_steps=3, method=method)
+    attr = jaxattr.integrated_gradients(fn, x, baselines=b, n_steps=3, method=method)
     # trapezoid's weights sum to (n-1)/n as in Captum, so it is exact up to that factor
     factor = (3 - 1) / 3 if method == "riemann_trapezoid" else 1.0
     np.testing.assert_allclose(attr, factor * (x - b) * w, rtol=1e-6)
@@ -78,7 +78,7 @@ def test_sensitivity_axiom():
     fn = lambda x: jax.nn.relu(x[:, 0] - 1.0)
     x = jnp.array([[3.0, 5.0]])
     b = jnp.array([[0.0, 5.0]])
-    attr = jaxattr.integrated_gradients(fn, x, b)
+    attr = jaxattr.integrated_gradients(fn, x, baselines=b)
     assert attr[0, 0] == pytest.approx(2.0, rel=0.05)  # a kink at 1/3 of the path
     assert attr[0, 1] == 0.0
 
@@ -107,7 +107,7 @@ def test_gradient_shap_expectation_is_ig_average():
     fn = lambda x: (x**2).sum(1)  # gradient 2(b + a(x - b)); E_a = x + b
     x = jnp.array([[1.0, 2.0]])
     dist = jnp.array([[0.0, 0.0], [1.0, -1.0]])
-    attr = jaxattr.gradient_shap(fn, x, dist, key=jax.random.key(0), n_samples=4000)
+    attr = jaxattr.gradient_shap(fn, x, baselines=dist, key=jax.random.key(0), n_samples=4000)
     expected = ((x - dist) * (x + dist)).mean(0)  # closed form, average over baselines
     np.testing.assert_allclose(attr[0], expected, atol=0.05)
 

@@ -555,3 +555,34 @@ def test_grad_through_a_method():
     """Methods are differentiable (e.g. for attribution-regularised training)."""
     g = jax.grad(lambda x: jaxattr.integrated_gradients(mlp, x, target=1, n_steps=4).sum())(X)
     assert g.shape == X.shape and bool(jnp.all(jnp.isfinite(g)))
+
+
+def _contract_methods():
+    import inspect
+
+    return sorted(
+        name
+        for name in jaxattr.__all__
+        if inspect.isfunction(getattr(jaxattr, name))
+        and "check_finite" in inspect.signature(getattr(jaxattr, name)).parameters
+    )
+
+
+@pytest.mark.parametrize("name", _contract_methods())
+def test_options_after_the_explained_things_are_keyword_only(name):
+    """``integrated_gradients(fn, x, 0)`` is an error that says ``target=``, not a baseline."""
+    import inspect
+
+    from jaxattr._core import POSITIONAL
+
+    method = getattr(jaxattr, name)
+    params = list(inspect.signature(method).parameters.values())
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert set(positional) <= POSITIONAL, positional
+    assert positional and positional == [p.name for p in params[: len(positional)]]
+    extra = [object()] * (len(positional) + 1)
+    with pytest.raises(TypeError, match=r"keyword-only.*by name, e\.g\. "):
+        method(*extra)
+    if "target" in inspect.signature(method).parameters:
+        with pytest.raises(TypeError, match=r"e\.g\. target=\.\.\."):
+            method(*extra)

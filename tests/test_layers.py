@@ -93,7 +93,7 @@ def test_layer_integrated_gradients_bert_embeddings(bert):
         conv,
         ids.numpy(),
         "bert.embeddings",
-        0,
+        baselines=0,
         kwargs={"attention_mask": mask.numpy()},
         target=1,
         n_steps=20,
@@ -164,7 +164,7 @@ def test_layer_gradient_shap(resnet, monkeypatch):
     )
     monkeypatch.undo()
     ours = jaxattr.layer_gradient_shap(
-        conv, x, "layer4.0.conv1", dist, key=key, n_samples=3, stdevs=0.1, target=1
+        conv, x, "layer4.0.conv1", baselines=dist, key=key, n_samples=3, stdevs=0.1, target=1
     )
     assert_close(ours, ref)
 
@@ -263,7 +263,7 @@ def test_neuron_gradient_shap(resnet, monkeypatch):
     )
     monkeypatch.undo()
     assert_close(
-        jaxattr.neuron_gradient_shap(conv, x, "fc", 3, dist, key=key, n_samples=2, stdevs=0.2), ref
+        jaxattr.neuron_gradient_shap(conv, x, "fc", 3, baselines=dist, key=key, n_samples=2, stdevs=0.2), ref
     )
 
 
@@ -431,7 +431,7 @@ def test_layer_deep_lift_shap_matches_captum(small_avg):  # noqa: F811
             conv,
             x,
             lay,
-            dist,
+            baselines=dist,
             target=[2, 2, 6],
             return_delta=True,
             attribute_to_layer_input=to_input,
@@ -448,14 +448,14 @@ def test_layer_deep_lift_shap_matches_captum(small_avg):  # noqa: F811
         conv,
         x,
         "conv2",
-        _dist_fn_jax,
+        baselines=_dist_fn_jax,
         target=1,
         multiply_by_inputs=False,
         custom_attribution_func=lambda m, i, b: m * (i - b) ** 2,
     )
     assert_close(ours, ref)
     with pytest.raises(ValueError, match="more than one baseline"):
-        jaxattr.layer_deep_lift_shap(conv, x, "conv2", dist[:1], target=0)
+        jaxattr.layer_deep_lift_shap(conv, x, "conv2", baselines=dist[:1], target=0)
 
 
 def test_neuron_deep_lift_shap_and_deconvolution_match_captum(small_avg):  # noqa: F811
@@ -463,12 +463,12 @@ def test_neuron_deep_lift_shap_and_deconvolution_match_captum(small_avg):  # noq
     xt = torch.from_numpy(x)
     dist = _x((3, 3, 16, 16), 8)
     ref = ca.NeuronDeepLiftShap(model, model.conv2).attribute(xt, (2, 3, 3), torch.from_numpy(dist))
-    assert_close(jaxattr.neuron_deep_lift_shap(conv, x, "conv2", (2, 3, 3), dist), ref)
+    assert_close(jaxattr.neuron_deep_lift_shap(conv, x, "conv2", (2, 3, 3), baselines=dist), ref)
     ref = ca.NeuronDeepLiftShap(model, model.fc1, multiply_by_inputs=False).attribute(
         xt, 5, lambda: torch.from_numpy(dist), attribute_to_neuron_input=True
     )
     ours = jaxattr.neuron_deep_lift_shap(
-        conv, x, "fc1", 5, lambda: dist, multiply_by_inputs=False, attribute_to_neuron_input=True
+        conv, x, "fc1", 5, baselines=lambda: dist, multiply_by_inputs=False, attribute_to_neuron_input=True
     )
     assert_close(ours, ref)
     for lay, mod, sel in [("conv2", model.conv2, (1, 2, 2)), ("fc1", model.fc1, 3)]:
@@ -496,7 +496,7 @@ def test_layer_deep_lift_custom_attribution_func_and_delta(small_avg):  # noqa: 
             conv,
             x,
             "fc1",
-            base,
+            baselines=base,
             target=[1, 0, 4],
             custom_attribution_func=ours_f,
             return_delta=True,
@@ -504,9 +504,9 @@ def test_layer_deep_lift_custom_attribution_func_and_delta(small_avg):  # noqa: 
         assert_close(ours, ref)
         np.testing.assert_allclose(delta, ref_delta.numpy(), atol=1e-4, err_msg=str(arity))
     ref = ca.LayerDeepLift(model, model.conv2).attribute(xt, torch.from_numpy(base), target=3)
-    assert_close(jaxattr.layer_deep_lift(conv, x, "conv2", base, target=3), ref)
+    assert_close(jaxattr.layer_deep_lift(conv, x, "conv2", baselines=base, target=3), ref)
     with pytest.raises(TypeError, match="custom_attribution_func must be callable"):
-        jaxattr.layer_deep_lift(conv, x, "fc1", base, target=0, custom_attribution_func=3)
+        jaxattr.layer_deep_lift(conv, x, "fc1", baselines=base, target=0, custom_attribution_func=3)
 
 
 def _captum_rules(model, rules):

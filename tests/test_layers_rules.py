@@ -51,7 +51,7 @@ def test_layer_deep_lift_matches_captum(small_avg):  # noqa: F811
         for mult in (True, False):
             ref = ca.LayerDeepLift(model, mod, multiply_by_inputs=mult).attribute(
                 torch.from_numpy(x), torch.from_numpy(base), target=[0, 5, 9])
-            ours = jaxattr.layer_deep_lift(conv, x, lay, base, target=[0, 5, 9],
+            ours = jaxattr.layer_deep_lift(conv, x, lay, baselines=base, target=[0, 5, 9],
                                            multiply_by_inputs=mult)
             assert_close(ours, ref)
 
@@ -61,7 +61,7 @@ def test_neuron_deep_lift_and_guided_backprop_match_captum(small_avg):  # noqa: 
     xt = torch.from_numpy(x)
     base = np.zeros((1, 3, 16, 16), np.float32)
     ref = ca.NeuronDeepLift(model, model.conv2).attribute(xt, (2, 3, 3), torch.from_numpy(base))
-    assert_close(jaxattr.neuron_deep_lift(conv, x, "conv2", (2, 3, 3), base), ref)
+    assert_close(jaxattr.neuron_deep_lift(conv, x, "conv2", (2, 3, 3), baselines=base), ref)
     ref = ca.NeuronGuidedBackprop(model, model.fc1).attribute(xt, 4)
     assert_close(jaxattr.neuron_guided_backprop(conv, x, "fc1", 4), ref)
 

@@ -133,7 +133,7 @@ def test_blur_ig_errors():
 def test_guided_ig_parity(numpy2_quantile, max_dist, fraction):
     base = 0.2
     ours = guided_ig(
-        cnn, X, base, target=TARGET, steps=16, max_dist=max_dist, fraction=fraction
+        cnn, X, baselines=base, target=TARGET, steps=16, max_dist=max_dist, fraction=fraction
     )
     for n in range(len(X)):
         ref = sc.GuidedIG().GetMask(
@@ -145,9 +145,9 @@ def test_guided_ig_parity(numpy2_quantile, max_dist, fraction):
 
 def test_guided_ig_without_deviation_is_left_riemann_ig_and_jits():
     # max_dist=0 keeps the path on the straight line: integrated gradients, left Riemann
-    attr = guided_ig(cnn, X, 0.1, target=TARGET, steps=8, max_dist=0.0)
+    attr = guided_ig(cnn, X, baselines=0.1, target=TARGET, steps=8, max_dist=0.0)
     ig = jaxattr.integrated_gradients(
-        cnn, X, 0.1, target=TARGET, n_steps=8, method="riemann_left"
+        cnn, X, baselines=0.1, target=TARGET, n_steps=8, method="riemann_left"
     )
     np.testing.assert_allclose(attr, ig, rtol=0, atol=1e-5 * np.abs(ig).max())
     j = jax.jit(lambda x: guided_ig(cnn, x, target=TARGET, steps=4))(X)
@@ -160,7 +160,7 @@ def test_guided_ig_errors():
     with pytest.raises(ValueError, match="max_dist must be >= 0.0"):
         guided_ig(cnn, X, target=TARGET, max_dist=-0.1)
     with pytest.raises(ValueError, match="baselines has shape"):
-        guided_ig(cnn, X, jnp.zeros((5, 3, 12, 12)), target=TARGET)
+        guided_ig(cnn, X, baselines=jnp.zeros((5, 3, 12, 12)), target=TARGET)
 
 
 # ---- Felzenszwalb segmentation --------------------------------------------------------
@@ -287,7 +287,7 @@ def test_xrai_base_attribution_masks_and_baselines(segs32):
     nhwc = lambda x: cnn32(jnp.moveaxis(x, -1, 1))  # noqa: E731
     params = jaxattr_pair.XRAIParameters(steps=4, experimental_params={"min_pixel_diff": 8})
     xl = jnp.moveaxis(X32, 1, -1)
-    a = jaxattr_pair.xrai(nhwc, xl, [0.0, 1.0], target=TARGET, segments=labels,
+    a = jaxattr_pair.xrai(nhwc, xl, baselines=[0.0, 1.0], target=TARGET, segments=labels,
                           channel_axis=-1, extra_parameters=params)
     ref = sc.XRAI().GetMask(
         hwc(X32[1]), call_model32, segments=[labels == i for i in range(16)], batch_size=4,
@@ -297,7 +297,7 @@ def test_xrai_base_attribution_masks_and_baselines(segs32):
     assert_close(a[1], ref, 1e-4)
     masks = jnp.asarray(labels[None] == np.arange(16)[:, None, None])
     j = jax.jit(lambda x: jaxattr_pair.xrai(
-        nhwc, x, [0.0, 1.0], target=TARGET, segments=masks, channel_axis=-1,
+        nhwc, x, baselines=[0.0, 1.0], target=TARGET, segments=masks, channel_axis=-1,
         extra_parameters=params))(xl)
     np.testing.assert_allclose(j, a, atol=1e-6)
 

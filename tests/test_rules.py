@@ -592,9 +592,9 @@ def test_deep_lift_on_flax_model_finds_activations_in_the_jaxpr():
     base = RNG.normal(size=(1, 4)).astype(np.float32)
     variables = net.init(jax.random.key(2), x)
     model = from_linen(net, variables)
-    attr, delta = jaxattr.deep_lift(model, x, base, target=1, return_delta=True)
+    attr, delta = jaxattr.deep_lift(model, x, baselines=base, target=1, return_delta=True)
     np.testing.assert_allclose(delta, 0.0, atol=1e-5)  # rescale rule: complete
-    plain = jaxattr.deep_lift(lambda v: net.apply(variables, v), x, base, target=1)
+    plain = jaxattr.deep_lift(lambda v: net.apply(variables, v), x, baselines=base, target=1)
     np.testing.assert_allclose(attr, plain, rtol=1e-5, atol=1e-7)
     grad_x_diff = jaxattr.gradient(lambda v: net.apply(variables, v), x, target=1) * (x - base)
     assert not np.allclose(attr, grad_x_diff, rtol=1e-3)  # the rules did take effect

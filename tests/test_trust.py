@@ -574,11 +574,11 @@ def test_a_tuple_layer_deep_lift_and_delta_match_captum():
             tx, torch.from_numpy(base), target=[1, 0, 1, 1], return_convergence_delta=True
         )
         got, delta = jaxattr.layer_deep_lift(
-            model, x, "multi", base, target=[1, 0, 1, 1], multiply_by_inputs=mult,
+            model, x, "multi", baselines=base, target=[1, 0, 1, 1], multiply_by_inputs=mult,
             return_delta=True,
         )  # fmt: skip
         _close(got, ref)
-        _close(jaxattr.layer_deep_lift(model, x, "multi", base, target=[1, 0, 1, 1],
+        _close(jaxattr.layer_deep_lift(model, x, "multi", baselines=base, target=[1, 0, 1, 1],
                                        multiply_by_inputs=mult), ref)  # fmt: skip
         # the delta sums the attributions of both tensors (large without multipliers)
         assert delta.shape == (4,)
@@ -614,7 +614,7 @@ def test_a_tuple_layer_gradient_shap_and_delta_match_captum(monkeypatch):
     )  # fmt: skip
     monkeypatch.undo()
     got, delta = jaxattr.layer_gradient_shap(
-        model, x, "multi", dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1,
+        model, x, "multi", baselines=dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1,
         return_delta=True,
     )  # fmt: skip
     _close(got, ref)
@@ -623,7 +623,7 @@ def test_a_tuple_layer_gradient_shap_and_delta_match_captum(monkeypatch):
     assert np.abs(ref_delta).max() > 1e-3  # a delta that can tell one tensor from two
     np.testing.assert_allclose(np.asarray(delta).reshape(-1), ref_delta, rtol=1e-5, atol=1e-6)
     plain = jaxattr.layer_gradient_shap(
-        model, x, "multi", dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1
+        model, x, "multi", baselines=dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1
     )
     _close(plain, ref)
 
@@ -743,7 +743,7 @@ def test_a_layer_receiving_two_tensors_gives_a_tuple_like_captum():
         _close(got, theirs(net, net.add2).attribute(tx, tb, target=[1, 0, 1], **quad, **kw),
                rtol=1e-4, atol=1e-6)  # fmt: skip
     got, delta = jaxattr.layer_integrated_gradients(
-        model, x, "add2", base, target=1, return_delta=True, **quad, **kw
+        model, x, "add2", baselines=base, target=1, return_delta=True, **quad, **kw
     )
     ref, ref_delta = captum.LayerIntegratedGradients(net, net.add2).attribute(
         tx, tb, target=1, return_convergence_delta=True, **quad, **kw
@@ -806,7 +806,7 @@ def test_a_two_input_layer_deep_lift_and_gradient_shap_match_captum(monkeypatch)
             tx, torch.from_numpy(base), target=[1, 0, 1, 1], return_convergence_delta=True, **kw
         )
         got, delta = jaxattr.layer_deep_lift(
-            model, x, "add2", base, target=[1, 0, 1, 1], multiply_by_inputs=mult,
+            model, x, "add2", baselines=base, target=[1, 0, 1, 1], multiply_by_inputs=mult,
             return_delta=True, **kw,
         )  # fmt: skip
         _close(got, ref)
@@ -823,7 +823,7 @@ def test_a_two_input_layer_deep_lift_and_gradient_shap_match_captum(monkeypatch)
     )  # fmt: skip
     monkeypatch.undo()
     got, delta = jaxattr.layer_gradient_shap(
-        model, x, "add2", dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1,
+        model, x, "add2", baselines=dist, key=key, n_samples=n_samples, stdevs=stdevs, target=1,
         return_delta=True, **kw,
     )  # fmt: skip
     _close(got, ref)
