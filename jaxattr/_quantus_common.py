@@ -57,20 +57,39 @@ BASELINES = ("black", "white", "mean", "uniform")
 # --------------------------------------------------------------------------------------
 
 
-def as_x(x: Any, name: str = "x", min_ndim: int = 2) -> jax.Array:
-    """A floating input array (N, ...)."""
+def as_x(x: Any, name: str = "x", min_ndim: int = 2, check: bool = True) -> jax.Array:
+    """A floating input array (N, ...) (numpy input converted on the host, no compile)."""
     if isinstance(x, (tuple, list, dict)):
         raise TypeError(f"{name} must be one array (N, ...) for the Quantus metrics, got a "
                         f"{type(x).__name__}")
-    x = jnp.asarray(x)
+    if not isinstance(x, jax.Array):
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+    elif not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
     if x.ndim < min_ndim:
         raise ValueError(
             f"{name} must have at least {min_ndim} dimensions (N, ...), got shape {tuple(x.shape)}"
         )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    _core.check_finite(x, name)
-    return x
+    if check:
+        _core.check_finite(x, name)
+    return jnp.asarray(x)
+
+
+def as_attr(attributions: Any, x: jax.Array, name: str = "attributions"):
+    """``(array, expanded shape)``: the raw attributions and the shape Quantus's channel
+    expansion gives them (applied inside the compiled metric, see :func:`expand_shape`)."""
+    a = attributions
+    if not isinstance(a, jax.Array):
+        a = np.asarray(a)
+        if not np.issubdtype(a.dtype, np.floating):
+            a = a.astype(np.float32)
+    elif not jnp.issubdtype(a.dtype, jnp.floating):
+        a = a.astype(jnp.float32)
+    shape = expand_shape(tuple(a.shape), tuple(x.shape), name)
+    _core.check_finite(a, name)
+    return jnp.asarray(a), shape
 
 
 def check_image(x: jax.Array, name: str = "x") -> None:
@@ -80,12 +99,46 @@ def check_image(x: jax.Array, name: str = "x") -> None:
         )
 
 
-def expand_attributions(attributions: Any, x: jax.Array, name: str = "attributions") -> jax.Array:
-    """Attributions with x's number of dimensions, broadcastable to x (Quantus's expansion).
+def expand_shape(a_shape: tuple, x_shape: tuple, name: str = "attributions") -> tuple:
+    """The shape of attributions after Quantus's channel expansion, checked against x.
 
-    ``attributions`` may have x's shape, size 1 on some axes, or fewer dimensions that
+    ``a_shape`` may be x's shape, have size 1 on some axes, or have fewer dimensions that
     match a leading or trailing run of x's non-batch axes (an (N, H, W) map for an
     (N, C, H, W) input), which get axes of size 1.
+    """
+    if len(a_shape) == 0 or a_shape[0] != x_shape[0]:
+        raise ValueError(
+            f"{name} must lead with the batch size N={x_shape[0]} of x, got shape {a_shape}"
+        )
+    if len(a_shape) > len(x_shape):
+        raise ValueError(
+            f"{name} must not have more dimensions than x {x_shape}, got shape {a_shape}"
+        )
+    shape = a_shape
+    if len(a_shape) < len(x_shape):
+        inner, rest = a_shape[1:], x_shape[1:]
+        k = len(rest) - len(inner)
+        if inner == rest[k:]:
+            shape = (x_shape[0],) + (1,) * k + inner
+        elif inner == rest[: len(inner)]:
+            shape = (x_shape[0],) + inner + (1,) * k
+        else:
+            raise ValueError(
+                f"{name} of shape {a_shape} must match a leading or trailing run of x's axes "
+                f"{x_shape} (e.g. (N, H, W) for (N, C, H, W))"
+            )
+    for i, (da, dx) in enumerate(zip(shape, x_shape, strict=True)):
+        if da not in (1, dx):
+            raise ValueError(
+                f"{name} of shape {a_shape} must broadcast to x's shape {x_shape} (axis {i}: "
+                f"{da} vs {dx})"
+            )
+    return tuple(shape)
+
+
+def expand_attributions(attributions: Any, x: jax.Array, name: str = "attributions") -> jax.Array:
+    """Attributions with x's number of dimensions, broadcastable to x (Quantus's expansion,
+    see :func:`expand_shape`).
 
     Example:
         >>> import jax.numpy as jnp
@@ -96,34 +149,7 @@ def expand_attributions(attributions: Any, x: jax.Array, name: str = "attributio
     a = jnp.asarray(attributions)
     if not jnp.issubdtype(a.dtype, jnp.floating):
         a = a.astype(jnp.float32)
-    xs = tuple(x.shape)
-    if a.ndim == 0 or a.shape[0] != xs[0]:
-        raise ValueError(
-            f"{name} must lead with the batch size N={xs[0]} of x, got shape {tuple(a.shape)}"
-        )
-    if a.ndim > x.ndim:
-        raise ValueError(
-            f"{name} must not have more dimensions than x {xs}, got shape {tuple(a.shape)}"
-        )
-    if a.ndim < x.ndim:
-        inner, rest = tuple(a.shape[1:]), xs[1:]
-        k = len(rest) - len(inner)
-        if inner == rest[k:]:
-            a = a.reshape((xs[0],) + (1,) * k + inner)
-        elif inner == rest[: len(inner)]:
-            a = a.reshape((xs[0],) + inner + (1,) * k)
-        else:
-            raise ValueError(
-                f"{name} of shape {tuple(a.shape)} must match a leading or trailing run of "
-                f"x's axes {xs} (e.g. (N, H, W) for (N, C, H, W))"
-            )
-    for i, (da, dx) in enumerate(zip(a.shape, xs, strict=True)):
-        if da not in (1, dx):
-            raise ValueError(
-                f"{name} of shape {tuple(a.shape)} must broadcast to x's shape {xs} (axis {i}: "
-                f"{da} vs {dx})"
-            )
-    return a
+    return a.reshape(expand_shape(tuple(a.shape), tuple(x.shape), name))
 
 
 def normalise_by_max(a: jax.Array) -> jax.Array:
@@ -192,6 +218,17 @@ def prepare_attributions(
     return postprocess(a, abs=abs, normalise=normalise, normalise_func=normalise_func)
 
 
+def post_options(abs: Any, normalise: Any, normalise_func: Any) -> tuple:  # noqa: A002
+    """The static ``(abs, normalise, normalise_func)`` of a metric, validated."""
+    if normalise_func is not None and not callable(normalise_func):
+        raise TypeError(f"normalise_func must be callable, got {type(normalise_func).__name__}")
+    return (check_bool(abs, "abs"), check_bool(normalise, "normalise"), normalise_func)
+
+
+def apply_post(a: jax.Array, post: tuple) -> jax.Array:
+    return postprocess(a, abs=post[0], normalise=post[1], normalise_func=post[2])
+
+
 def postprocess(a, *, abs, normalise, normalise_func):  # noqa: A002
     if normalise:
         a = (normalise_by_max if normalise_func is None else normalise_func)(a)
@@ -221,19 +258,19 @@ def prepare_target(target: Any, fn: Callable, x: jax.Array) -> _core.Target:
     return _core.prepare_target(target, fn, inputs, x, ())
 
 
-def labels(target: Any, n: int, name: str = "target") -> jax.Array:
+def labels(target: Any, n: int, name: str = "target") -> Any:
     """Integer class labels (N,) from an int or one int per example."""
     if isinstance(target, (bool, np.bool_)) or target is None:
         raise TypeError(f"{name} must be an int class index or N of them, got {target!r}")
     if isinstance(target, (int, np.integer)):
-        return jnp.full((n,), int(target), jnp.int32)
-    arr = np.asarray(target) if not isinstance(target, jax.Array) else target
+        return np.full((n,), int(target), np.int32)
+    arr = target if isinstance(target, jax.Array) else np.asarray(target)
     if not jnp.issubdtype(arr.dtype, jnp.integer) or tuple(arr.shape) != (n,):
         raise ValueError(
             f"{name} must be an int class index or N={n} of them (shape ({n},), integer), got "
             f"shape {tuple(arr.shape)} dtype {arr.dtype}"
         )
-    return jnp.asarray(arr, jnp.int32)
+    return arr.astype(np.int32) if isinstance(arr, np.ndarray) else arr
 
 
 def outputs(fn: Callable, softmax: bool, x: jax.Array) -> jax.Array:
@@ -256,6 +293,17 @@ def aggregate(scores: Any, return_aggregate: bool, aggregate_func: Callable | No
 # --------------------------------------------------------------------------------------
 # Baselines
 # --------------------------------------------------------------------------------------
+
+
+def uniform(key: jax.Array, shape: tuple, dtype: Any, low: Any = 0.0, high: Any = 1.0):
+    """``jax.random.uniform`` drawn flat and reshaped: the same values, but XLA on CPU
+    compiles the flat draw several times faster than a 4-D one."""
+    return jax.random.uniform(key, (math.prod(shape),), dtype, low, high).reshape(shape)
+
+
+def normal(key: jax.Array, shape: tuple, dtype: Any):
+    """``jax.random.normal`` drawn flat and reshaped (see :func:`uniform`)."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
 
 
 def check_baseline(value: Any, name: str = "perturb_baseline") -> str | float:
@@ -318,7 +366,7 @@ def step_fills(
     n = xf.shape[0]
     if kind == "uniform":
         lo, hi = bounds
-        return jax.random.uniform(key, extra + (n_steps, n), xf.dtype, lo, hi)
+        return uniform(key, extra + (n_steps, n), xf.dtype, lo, hi)
     if kind == "mean" and cumulative:
         fill = _sequential_mean(xf, step_of, n_steps)
     else:

@@ -113,38 +113,126 @@ def _run_steps(
     m = steps.shape[0]
     n = x.shape[0]
     if fmap is None:
-        fmap = jnp.zeros((n, 1), x.dtype)
+        fmap = np.zeros((n, 1), x.dtype)
     if fills is None:
-        fills = jnp.zeros((m, n), x.dtype)
+        fills = np.zeros((m, n), x.dtype)
     if keys is None:
         keys = jax.random.split(jax.random.key(0), m)
     parts = []
     for start, stop in _core.batched_chunks(m, batch_size, backward=False):
+        whole = (start, stop) == (0, m)
         parts.append(
             _step_scores(
                 fn=fn, softmax=softmax, mode=mode, perturb_func=perturb_func, crop=crop, x=x,
-                step_of=step_of, fmap=fmap, steps=steps[start:stop], fills=fills[start:stop],
-                keys=keys[start:stop], target=target,
+                step_of=step_of, fmap=fmap, steps=steps if whole else steps[start:stop],
+                fills=fills if whole else fills[start:stop],
+                keys=keys if whole else keys[start:stop], target=target,
             )
         )
-    return jnp.concatenate(parts, axis=0)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
-@_core.cached_jit(("fn", "softmax"))
-def _clean_scores(*, fn, softmax, x, target):
-    return qc.scores(fn, softmax, x, target)
-
-
-def _setup(fn, x, attributions, target, *, abs, normalise, normalise_func):  # noqa: A002
+def _inputs(fn, x, attributions, target, abs, normalise, normalise_func):  # noqa: A002
+    """Validate the common arguments: ``(x, target, raw attributions, their expanded
+    shape, post options)``; the numerics run inside the compiled cores."""
     if not callable(fn):
         raise TypeError(f"fn must be a callable model, got {type(fn).__name__}")
     x = qc.as_x(x)
     t = qc.prepare_target(target, fn, x)
-    a = qc.prepare_attributions(
-        attributions, x, abs=qc.check_bool(abs, "abs"),
-        normalise=qc.check_bool(normalise, "normalise"), normalise_func=normalise_func,
-    )
-    return x, t, a
+    a, shape = qc.as_attr(attributions, x)
+    return x, t, a, shape, qc.post_options(abs, normalise, normalise_func)
+
+
+def _features(a, shape, post, x):
+    """Post-processed attributions broadcast to x, flattened: (N, F)."""
+    a = qc.apply_post(a.reshape(shape), post)
+    return jnp.broadcast_to(a, x.shape).reshape(x.shape[0], -1)
+
+
+@_core.cached_jit(
+    ("fn", "softmax", "post", "shape", "order", "fis", "kind", "mode", "n_steps", "samples")
+)
+def _prep_ranked(
+    *, fn, softmax, post, shape, order, fis, kind, mode, n_steps, samples, x, a, target, key,
+    bounds,
+):
+    """Everything before the perturbed forward passes of the ranked-feature metrics: the
+    step of every feature, the baseline values, the item keys, f(x) and the attribution
+    sums per step."""
+    n = x.shape[0]
+    af = _features(a, shape, post, x)
+    xf = x.reshape(n, -1)
+    f = xf.shape[1]
+    if order == "index":
+        step_of = jnp.broadcast_to(jnp.arange(f)[None] // fis, (n, f))
+    else:
+        step_of = _ranks(af, descending=order == "descending") // fis
+    k_fill, k_func = jax.random.split(key)
+    m = n_steps * samples
+    fills = jnp.zeros((m, n), x.dtype)
+    fmap = jnp.zeros((n, 1), x.dtype)
+    lo, hi = bounds[0], bounds[1]
+    if mode == "single":
+        if kind == "uniform":
+            fills = qc.uniform(k_fill, (n_steps, samples, n), x.dtype, lo, hi)
+            fills = fills.reshape(m, n)
+        else:
+            fills = jnp.broadcast_to(qc.static_fill(kind, xf)[None], (m, n)).astype(x.dtype)
+    elif mode == "cumulative":
+        per_step = qc.step_fills(kind, xf, step_of, n_steps, cumulative=True, key=k_fill,
+                                 bounds=(lo, hi))
+        fmap = qc.fill_map(per_step, step_of).astype(x.dtype)
+    else:  # insert: the all-baseline start
+        if kind == "uniform":
+            start = qc.uniform(k_fill, (n,), x.dtype, lo, hi)
+        else:
+            start = qc.static_fill(kind, xf)
+        fmap = jnp.broadcast_to(start[:, None], xf.shape).astype(x.dtype)
+    steps = jnp.repeat(jnp.arange(n_steps), samples)
+    y = qc.scores(fn, softmax, x, target)
+    return step_of, steps, fills, fmap, jax.random.split(k_func, m), y, _segment_sums(
+        af, step_of, n_steps), af
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "fis", "agg"))
+def _finish_non_sensitivity(perturbed, y, af, *, eps, fis, agg):
+    n, f = af.shape
+    s = perturbed.shape[0]
+    insensitive = jnp.abs(perturbed.T - y[:, None]) < eps
+    low = jnp.pad(af < eps, ((0, 0), (0, s * fis - f)), constant_values=True)
+    non_feature = jnp.all(low.reshape(n, s, fis), axis=2)
+    count = jnp.sum(insensitive ^ non_feature, axis=1).astype(jnp.int32)
+    return count if agg is None else agg(count)
+
+
+def _bounds(perturb_func_kwargs):
+    return jnp.asarray(qc.uniform_bounds(perturb_func_kwargs), jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "sim", "agg", "eps"))
+def _finish(perturbed, y, sums, *, kind, sim, agg, eps=0.0):
+    """The score from the perturbed outputs (M, N) and f(x) (N,)."""
+    if kind == "correlation":  # faithfulness estimate / correlation
+        result = sim(sums, (y[None] - perturbed).T)
+    elif kind == "monotonic":
+        result = jnp.all(jnp.diff(perturbed.T, axis=1) >= 0, axis=1)
+    elif kind == "effects":  # monotonicity correlation: perturbed (S, samples, N)
+        inv = jnp.where(jnp.abs(y) >= eps, 1.0 / jnp.where(y == 0, 1.0, jnp.abs(y)), 1.0) ** 2
+        effects = (jnp.mean((perturbed - y[None, None]) ** 2, axis=1) * inv[None]).T
+        result = sim(sums, effects)
+    elif kind == "curve":
+        result = perturbed.T
+    elif kind == "auc":
+        result = jnp.trapezoid(perturbed.T, dx=1.0, axis=1)
+    else:  # "drop"
+        result = y[:, None] - perturbed.T
+    return result if agg is None else agg(result)
+
+
+def _agg(return_aggregate, aggregate_func):
+    if not qc.check_bool(return_aggregate, "return_aggregate"):
+        return None
+    return jnp.mean if aggregate_func is None else aggregate_func
 
 
 def _segment_sums(values: jax.Array, step_of: jax.Array, n_steps: int) -> jax.Array:
@@ -165,6 +253,48 @@ def _check_fis(features_in_step: int, n_features: int) -> int:
 
 
 
+def _ranked(
+    fn, x, attributions, *, target, key, name, order, features_in_step, perturb_baseline,
+    perturb_func, perturb_func_kwargs, mode, abs, normalise, normalise_func, softmax,  # noqa: A002
+    batch_size, finish, similarity_func=None, return_aggregate=False, aggregate_func=None,
+    samples=1, eps=0.0, random_samples=False,
+):
+    """The ranked-feature metrics: validate, prepare (one compiled call), run the
+    perturbed forward passes in chunks, finish (one compiled call)."""
+    x, t, a, shape, post = _inputs(fn, x, attributions, target, abs, normalise, normalise_func)
+    n_features = math.prod(x.shape[1:])
+    fis = _check_fis(features_in_step, n_features)
+    kind = qc.check_baseline(perturb_baseline)
+    bounds = _bounds(perturb_func_kwargs)
+    _check_perturb_func(perturb_func)
+    if batch_size is not None:
+        batch_size = _core.check_positive_int(batch_size, "batch_size")
+    if random_samples and not (kind == "uniform" or perturb_func is not None):
+        samples = 1  # a deterministic perturbation: every sample would be the same
+    key = _key(key, name, kind == "uniform")
+    s = qc.n_steps(n_features, fis)
+    step_of, steps, fills, fmap, keys, y, sums, af = _prep_ranked(
+        fn=fn, softmax=bool(softmax), post=post, shape=shape, order=order, fis=fis,
+        kind=kind, mode=mode, n_steps=s, samples=samples, x=x, a=a, target=t, key=key,
+        bounds=bounds,
+    )
+    perturbed = _run_steps(
+        fn=fn, softmax=bool(softmax), mode=mode, perturb_func=perturb_func, x=x,
+        step_of=step_of, steps=steps, fmap=fmap, fills=fills, keys=keys, target=t,
+        batch_size=batch_size,
+    )
+    if finish == "effects":
+        perturbed = perturbed.reshape(s, samples, x.shape[0])
+    if finish == "non_sensitivity":
+        return _finish_non_sensitivity(perturbed, y, af, eps=float(eps), fis=fis,
+                                       agg=_agg(return_aggregate, aggregate_func))
+    sim = similarity_func
+    if sim is None and finish in ("correlation", "effects"):
+        sim = qc.correlation_pearson if finish == "correlation" else qc.correlation_spearman
+    return _finish(perturbed, y, sums, kind=finish, sim=sim,
+                   agg=_agg(return_aggregate, aggregate_func), eps=float(eps))
+
+
 # --------------------------------------------------------------------------------------
 # Faithfulness correlation and estimate
 # --------------------------------------------------------------------------------------
@@ -176,6 +306,22 @@ def _subsets(key: jax.Array, nr_runs: int, n: int, n_features: int, subset_size:
     keys = jax.random.split(key, nr_runs * n).reshape(nr_runs, n)
     draw = lambda k: jax.random.choice(k, n_features, (subset_size,), replace=False)  # noqa: E731
     return jax.vmap(jax.vmap(draw))(keys)
+
+
+@_core.cached_jit(("fn", "softmax", "post", "shape", "kind", "runs", "size"))
+def _prep_subsets(*, fn, softmax, post, shape, kind, runs, size, x, a, target, key, bounds):
+    n = x.shape[0]
+    af = _features(a, shape, post, x)
+    xf = x.reshape(n, -1)
+    k_sub, k_fill, k_func = jax.random.split(key, 3)
+    idx = _subsets(k_sub, runs, n, xf.shape[1], size)
+    if kind == "uniform":
+        fills = qc.uniform(k_fill, (runs, n), x.dtype, bounds[0], bounds[1])
+    else:
+        fills = jnp.broadcast_to(qc.static_fill(kind, xf)[None], (runs, n)).astype(x.dtype)
+    sums = jnp.take_along_axis(af[None], idx, axis=2).sum(-1).T  # (N, R)
+    y = qc.scores(fn, softmax, x, target)
+    return idx, fills, jax.random.split(k_func, runs), y, sums
 
 
 @_core.cached_jit(("fn", "softmax", "perturb_func"))
@@ -264,9 +410,7 @@ def faithfulness_correlation(
         ...                                  return_aggregate=False)
         Array([1., 1.], dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
-    n = x.shape[0]
+    x, t, a, shape, post = _inputs(fn, x, attributions, target, abs, normalise, normalise_func)
     n_features = math.prod(x.shape[1:])
     runs = _core.check_positive_int(nr_runs, "nr_runs")
     size = _core.check_positive_int(subset_size, "subset_size")
@@ -275,34 +419,28 @@ def faithfulness_correlation(
             f"subset_size must be at most the number of features {n_features}, got {size}"
         )
     kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
+    bounds = _bounds(perturb_func_kwargs)
     _check_perturb_func(perturb_func)
     key = _core.check_key(key, "faithfulness_correlation")
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
-    k_sub, k_fill, k_func = jax.random.split(key, 3)
-    idx = _subsets(k_sub, runs, n, n_features, size)
-    xf = x.reshape(n, -1)
-    if kind == "uniform":
-        fills = jax.random.uniform(k_fill, (runs, n), x.dtype, *bounds)
-    else:
-        fills = jnp.broadcast_to(qc.static_fill(kind, xf)[None], (runs, n))
-    keys = jax.random.split(k_func, runs)
+    idx, fills, keys, y, sums = _prep_subsets(
+        fn=fn, softmax=bool(softmax), post=post, shape=shape, kind=kind, runs=runs, size=size,
+        x=x, a=a, target=t, key=key, bounds=bounds,
+    )
     parts = []
     for start, stop in _core.batched_chunks(runs, batch_size, backward=False):
+        cut = slice(None) if (start, stop) == (0, runs) else slice(start, stop)
         parts.append(
             _subset_scores(
-                fn=fn, softmax=bool(softmax), perturb_func=perturb_func, x=x,
-                idx=idx[start:stop], fills=fills[start:stop], keys=keys[start:stop], target=t,
+                fn=fn, softmax=bool(softmax), perturb_func=perturb_func, x=x, idx=idx[cut],
+                fills=fills[cut], keys=keys[cut], target=t,
             )
         )
-    perturbed = jnp.concatenate(parts, axis=0)  # (R, N)
-    y = _clean_scores(fn=fn, softmax=bool(softmax), x=x, target=t)
-    deltas = (y[None] - perturbed).T
-    af = jnp.broadcast_to(a, x.shape).reshape(n, -1)
-    sums = jnp.take_along_axis(af[None], idx, axis=2).sum(-1).T
-    sim = (qc.correlation_pearson if similarity_func is None else similarity_func)(sums, deltas)
-    return qc.aggregate(sim, return_aggregate, aggregate_func)
+    perturbed = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)  # (R, N)
+    return _finish(perturbed, y, sums, kind="correlation",
+                   sim=qc.correlation_pearson if similarity_func is None else similarity_func,
+                   agg=_agg(return_aggregate, aggregate_func))
 
 
 @_core.contract
@@ -371,31 +509,15 @@ def faithfulness_estimate(
         >>> metrics.faithfulness_estimate(fn, x, a, target=0, perturb_baseline=0.0)
         Array([1.], dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
-    n = x.shape[0]
-    n_features = math.prod(x.shape[1:])
-    fis = _check_fis(features_in_step, n_features)
-    kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
-    _check_perturb_func(perturb_func)
-    key = _key(key, "faithfulness_estimate", kind == "uniform")
-    af = jnp.broadcast_to(a, x.shape).reshape(n, -1)
-    step_of = _ranks(af, descending=True) // fis
-    s = qc.n_steps(n_features, fis)
-    k_fill, k_func = jax.random.split(key)
-    fills = qc.step_fills(kind, x.reshape(n, -1), step_of, s, cumulative=False, key=k_fill,
-                          bounds=bounds)
-    perturbed = _run_steps(
-        fn=fn, softmax=bool(softmax), mode="single", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=jnp.arange(s), fills=fills, keys=jax.random.split(k_func, s),
-        target=t, batch_size=batch_size,
+    return _ranked(
+        fn, x, attributions, target=target, key=key, name="faithfulness_estimate",
+        order="descending", features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline, perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs, mode="single", abs=abs, normalise=normalise,
+        normalise_func=normalise_func, softmax=softmax, batch_size=batch_size,
+        finish="correlation", similarity_func=similarity_func,
+        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
     )
-    y = _clean_scores(fn=fn, softmax=bool(softmax), x=x, target=t)
-    deltas = (y[None] - perturbed).T
-    sums = _segment_sums(af, step_of, s)
-    sim = (qc.correlation_pearson if similarity_func is None else similarity_func)(sums, deltas)
-    return qc.aggregate(sim, return_aggregate, aggregate_func)
 
 
 # --------------------------------------------------------------------------------------
@@ -468,32 +590,14 @@ def monotonicity(
         >>> metrics.monotonicity(fn, x, x, target=0, perturb_baseline=0.0, softmax=False)
         Array([ True], dtype=bool)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
-    n = x.shape[0]
-    n_features = math.prod(x.shape[1:])
-    fis = _check_fis(features_in_step, n_features)
-    kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
-    _check_perturb_func(perturb_func)
-    key = _key(key, "monotonicity", kind == "uniform")
-    af = jnp.broadcast_to(a, x.shape).reshape(n, -1)
-    step_of = _ranks(af, descending=False) // fis
-    s = qc.n_steps(n_features, fis)
-    k_fill, k_func = jax.random.split(key)
-    xf = x.reshape(n, -1)
-    if kind == "uniform":
-        start = jax.random.uniform(k_fill, (n,), x.dtype, *bounds)
-    else:
-        start = qc.static_fill(kind, xf)
-    fmap = jnp.broadcast_to(start[:, None], xf.shape).astype(x.dtype)
-    preds = _run_steps(
-        fn=fn, softmax=bool(softmax), mode="insert", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=jnp.arange(s), fmap=fmap, keys=jax.random.split(k_func, s),
-        target=t, batch_size=batch_size,
-    ).T
-    result = jnp.all(jnp.diff(preds, axis=1) >= 0, axis=1)
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+    return _ranked(
+        fn, x, attributions, target=target, key=key, name="monotonicity", order="ascending",
+        features_in_step=features_in_step, perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func, perturb_func_kwargs=perturb_func_kwargs, mode="insert",
+        abs=abs, normalise=normalise, normalise_func=normalise_func, softmax=softmax,
+        batch_size=batch_size, finish="monotonic", return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
+    )
 
 
 @_core.contract
@@ -568,40 +672,17 @@ def monotonicity_correlation(
         ...                                  softmax=False).round(4)
         Array([1.], dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
-    n = x.shape[0]
-    n_features = math.prod(x.shape[1:])
-    fis = _check_fis(features_in_step, n_features)
-    samples = _core.check_positive_int(nr_samples, "nr_samples")
-    eps = qc.check_number(eps, "eps", minimum=0.0)
-    kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
-    _check_perturb_func(perturb_func)
-    random = kind == "uniform" or perturb_func is not None
-    key = _key(key, "monotonicity_correlation", kind == "uniform")
-    af = jnp.broadcast_to(a, x.shape).reshape(n, -1)
-    step_of = _ranks(af, descending=False) // fis
-    s = qc.n_steps(n_features, fis)
-    k_fill, k_func = jax.random.split(key)
-    per_step = samples if random else 1
-    if kind == "uniform":
-        fills = jax.random.uniform(k_fill, (s, per_step, n), x.dtype, *bounds)
-    else:
-        fills = jnp.broadcast_to(qc.static_fill(kind, x.reshape(n, -1))[None, None],
-                                 (s, per_step, n))
-    steps = jnp.repeat(jnp.arange(s), per_step)
-    perturbed = _run_steps(
-        fn=fn, softmax=bool(softmax), mode="single", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=steps, fills=fills.reshape(s * per_step, n),
-        keys=jax.random.split(k_func, s * per_step), target=t, batch_size=batch_size,
-    ).reshape(s, per_step, n)
-    y = _clean_scores(fn=fn, softmax=bool(softmax), x=x, target=t)
-    inv = jnp.where(jnp.abs(y) >= eps, 1.0 / jnp.where(y == 0, 1.0, jnp.abs(y)), 1.0) ** 2
-    effects = (jnp.mean((perturbed - y[None, None]) ** 2, axis=1) * inv[None]).T  # (N, S)
-    sums = _segment_sums(af, step_of, s)
-    sim = (qc.correlation_spearman if similarity_func is None else similarity_func)(sums, effects)
-    return qc.aggregate(sim, return_aggregate, aggregate_func)
+    return _ranked(
+        fn, x, attributions, target=target, key=key, name="monotonicity_correlation",
+        order="ascending", features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline, perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs, mode="single", abs=abs, normalise=normalise,
+        normalise_func=normalise_func, softmax=softmax, batch_size=batch_size,
+        finish="effects", similarity_func=similarity_func, return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
+        samples=_core.check_positive_int(nr_samples, "nr_samples"),
+        eps=qc.check_number(eps, "eps", minimum=0.0), random_samples=True,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -609,12 +690,6 @@ def monotonicity_correlation(
 # --------------------------------------------------------------------------------------
 
 
-def _cumulative_fmap(kind, xf, step_of, s, key, bounds):
-    fills = qc.step_fills(kind, xf, step_of, s, cumulative=True, key=key, bounds=bounds)
-    return qc.fill_map(fills, step_of).astype(xf.dtype)
-
-
-@_core.contract
 def pixel_flipping(
     fn: Callable[..., Any],
     x: jax.Array,
@@ -678,28 +753,17 @@ def pixel_flipping(
         >>> metrics.pixel_flipping(fn, x, x, target=0, perturb_baseline=0.0, softmax=False)
         Array([[3., 1., 0.]], dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
-    n = x.shape[0]
-    n_features = math.prod(x.shape[1:])
-    fis = _check_fis(features_in_step, n_features)
-    kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
-    _check_perturb_func(perturb_func)
-    key = _key(key, "pixel_flipping", kind == "uniform")
-    af = jnp.broadcast_to(a, x.shape).reshape(n, -1)
-    step_of = _ranks(af, descending=True) // fis
-    s = qc.n_steps(n_features, fis)
-    k_fill, k_func = jax.random.split(key)
-    fmap = _cumulative_fmap(kind, x.reshape(n, -1), step_of, s, k_fill, bounds)
-    curves = _run_steps(
-        fn=fn, softmax=bool(softmax), mode="cumulative", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=jnp.arange(s), fmap=fmap, keys=jax.random.split(k_func, s),
-        target=t, batch_size=batch_size,
-    ).T
-    if return_auc_per_sample:
-        curves = jnp.trapezoid(curves, dx=1.0, axis=1)
-    return qc.aggregate(curves, return_aggregate, aggregate_func)
+    return _ranked(
+        fn, x, attributions, target=target, key=key, name="pixel_flipping",
+        order="descending", features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline, perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs, mode="cumulative", abs=abs,
+        normalise=normalise, normalise_func=normalise_func, softmax=softmax,
+        batch_size=batch_size,
+        finish="auc" if qc.check_bool(return_auc_per_sample, "return_auc_per_sample")
+        else "curve",
+        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
+    )
 
 
 def _padding(size: int, patch: int) -> tuple[int, int]:
@@ -725,34 +789,57 @@ def _patches(x, a, patch_size):
     return xpad, jnp.asarray(pid), sums, (ph[0], ph[1], pw[0], pw[1])
 
 
-def _patch_curve(fn, x, a, t, *, patch_size, order, regions, kind, bounds, perturb_func, key,
-                 softmax, batch_size):
+@_core.cached_jit(("fn", "softmax", "post", "shape", "patch", "order", "steps", "kind"))
+def _prep_patches(
+    *, fn, softmax, post, shape, patch, order, steps, kind, x, a, target, key, bounds
+):
+    n = x.shape[0]
+    a = qc.apply_post(a.reshape(shape), post)
+    xpad, pid, sums, _ = _patches(x, a, patch)
+    n_patches = sums.shape[1]
+    k_order, k_fill, k_func = jax.random.split(key, 3)
+    if order == "random":
+        perm = jax.vmap(lambda k: jax.random.permutation(k, n_patches))(
+            jax.random.split(k_order, n)
+        )
+        prank = jnp.zeros_like(perm).at[jnp.arange(n)[:, None], perm].set(
+            jnp.arange(n_patches)[None]
+        )
+    else:
+        prank = _ranks(sums, descending=order == "morf")
+    step_of = prank[:, pid]  # (N, C*Hp*Wp)
+    xf = xpad.reshape(n, -1)
+    per_step = qc.step_fills(kind, xf, step_of, steps, cumulative=True, key=k_fill,
+                             bounds=(bounds[0], bounds[1]))
+    fmap = qc.fill_map(per_step, step_of).astype(x.dtype)
+    y = qc.scores(fn, softmax, x, target)
+    return xpad, step_of, fmap, jax.random.split(k_func, steps), y
+
+
+def _patch_curve(fn, x, a, shape, post, t, *, patch_size, order, regions, kind, bounds,
+                 perturb_func, key, softmax, batch_size, finish, agg):
     patch = _core.check_positive_int(patch_size, "patch_size")
     if patch > min(x.shape[2:]):
         raise ValueError(
             f"patch_size must be at most the image's height and width {tuple(x.shape[2:])}, "
             f"got {patch}"
         )
-    n = x.shape[0]
-    xpad, pid, sums, crop = _patches(x, a, patch)
-    n_patches = sums.shape[1]
-    k_order, k_fill, k_func = jax.random.split(key, 3)
-    if order == "random":
-        keys = jax.random.split(k_order, n)
-        perm = jax.vmap(lambda k: jax.random.permutation(k, n_patches))(keys)
-        prank = jnp.zeros_like(perm).at[jnp.arange(n)[:, None], perm].set(
-            jnp.arange(n_patches)[None]
-        )
-    else:
-        prank = _ranks(sums, descending=order == "morf")
+    if batch_size is not None:
+        batch_size = _core.check_positive_int(batch_size, "batch_size")
+    h, w = x.shape[2:]
+    n_patches = math.ceil(h / patch) * math.ceil(w / patch)
     steps = n_patches if regions is None else min(regions, n_patches)
-    step_of = prank[:, pid]  # (N, C*Hp*Wp)
-    fmap = _cumulative_fmap(kind, xpad.reshape(n, -1), step_of, steps, k_fill, bounds)
-    return _run_steps(
+    ph, pw = _padding(h, patch), _padding(w, patch)
+    xpad, step_of, fmap, keys, y = _prep_patches(
+        fn=fn, softmax=softmax, post=post, shape=shape, patch=patch, order=order, steps=steps,
+        kind=kind, x=x, a=a, target=t, key=key, bounds=bounds,
+    )
+    perturbed = _run_steps(
         fn=fn, softmax=softmax, mode="cumulative", perturb_func=perturb_func, x=xpad,
-        step_of=step_of, steps=jnp.arange(steps), fmap=fmap,
-        keys=jax.random.split(k_func, steps), target=t, batch_size=batch_size, crop=crop,
-    ).T
+        step_of=step_of, steps=jnp.arange(steps), fmap=fmap, keys=keys, target=t,
+        batch_size=batch_size, crop=(ph[0], ph[1], pw[0], pw[1]),
+    )
+    return _finish(perturbed, y, y, kind=finish, sim=None, agg=agg)
 
 
 @_core.contract
@@ -821,22 +908,19 @@ def region_perturbation(
         ...                             perturb_baseline=0.0, softmax=False)
         Array([[ 50.,  92., 110., 120.]], dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
+    x, t, a, shape, post = _inputs(fn, x, attributions, target, abs, normalise, normalise_func)
     qc.check_image(x)
     order = _core.check_choice(str(order).lower(), "order", ("morf", "lerf", "random"))
     regions = _core.check_positive_int(regions_evaluation, "regions_evaluation")
     kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
+    bounds = _bounds(perturb_func_kwargs)
     _check_perturb_func(perturb_func)
     key = _key(key, "region_perturbation", kind == "uniform" or order == "random")
-    curves = _patch_curve(
-        fn, x, a, t, patch_size=patch_size, order=order, regions=regions, kind=kind,
-        bounds=bounds, perturb_func=perturb_func, key=key, softmax=bool(softmax),
-        batch_size=batch_size,
+    return _patch_curve(
+        fn, x, a, shape, post, t, patch_size=patch_size, order=order, regions=regions,
+        kind=kind, bounds=bounds, perturb_func=perturb_func, key=key, softmax=bool(softmax),
+        batch_size=batch_size, finish="drop", agg=_agg(return_aggregate, aggregate_func),
     )
-    y = _clean_scores(fn=fn, softmax=bool(softmax), x=x, target=t)
-    return qc.aggregate(y[:, None] - curves, return_aggregate, aggregate_func)
 
 
 @_core.contract
@@ -895,19 +979,17 @@ def selectivity(
         ...                     softmax=False)
         Array([[70., 28., 10.,  0.]], dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
+    x, t, a, shape, post = _inputs(fn, x, attributions, target, abs, normalise, normalise_func)
     qc.check_image(x)
     kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
+    bounds = _bounds(perturb_func_kwargs)
     _check_perturb_func(perturb_func)
     key = _key(key, "selectivity", kind == "uniform")
-    curves = _patch_curve(
-        fn, x, a, t, patch_size=patch_size, order="morf", regions=None, kind=kind,
-        bounds=bounds, perturb_func=perturb_func, key=key, softmax=bool(softmax),
-        batch_size=batch_size,
+    return _patch_curve(
+        fn, x, a, shape, post, t, patch_size=patch_size, order="morf", regions=None,
+        kind=kind, bounds=bounds, perturb_func=perturb_func, key=key, softmax=bool(softmax),
+        batch_size=batch_size, finish="curve", agg=_agg(return_aggregate, aggregate_func),
     )
-    return qc.aggregate(curves, return_aggregate, aggregate_func)
 
 
 # --------------------------------------------------------------------------------------
@@ -1021,7 +1103,7 @@ def noisy_linear_imputation(
 @functools.partial(jax.jit, static_argnames=("tol", "maxiter"))
 def _impute_batch(x, mask, key, noise, *, tol, maxiter):
     imputed = jax.vmap(lambda xi, mi: _impute(xi, mi, tol, maxiter))(x, mask)
-    eps = noise * jax.random.normal(key, x.shape, x.dtype)
+    eps = noise * qc.normal(key, x.shape, x.dtype)
     return jnp.where(mask[:, None], imputed + eps, x)
 
 
@@ -1030,11 +1112,26 @@ def _road_chunk(*, fn, tol, maxiter, x, rank, counts, keys, noise, labels):
     def one(count, key):
         m = rank < count  # (N, H, W)
         imputed = jax.vmap(lambda xi, mi: _impute(xi, mi, tol, maxiter))(x, m)
-        eps = noise * jax.random.normal(key, x.shape, x.dtype)
+        eps = noise * qc.normal(key, x.shape, x.dtype)
         xp = jnp.where(m[:, None], imputed + eps, x)
         return jnp.argmax(fn(xp), axis=-1) == labels
 
     return jax.vmap(one)(counts, keys)
+
+
+@_core.cached_jit(("post", "shape"))
+def _prep_road(*, post, shape, a, key, count):
+    a = qc.apply_post(a.reshape(shape), post)
+    n, _, h, w = shape
+    pix = a.sum(axis=1) if shape[1] != 1 else a[:, 0]
+    rank = _ranks(pix.reshape(n, -1), descending=True).reshape(n, h, w)
+    return rank, jax.random.split(key, count.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("agg",))
+def _finish_road(parts, *, agg):
+    result = jnp.concatenate(parts, axis=0).T.astype(jnp.int32)
+    return result if agg is None else agg(result)
 
 
 @_core.contract
@@ -1105,14 +1202,12 @@ def road(
     x = qc.as_x(x)
     qc.check_image(x)
     n, c, h, w = x.shape
-    ya = qc.prepare_attributions(
-        attributions, x, abs=qc.check_bool(abs, "abs"),
-        normalise=qc.check_bool(normalise, "normalise"), normalise_func=normalise_func,
-    )
+    a, shape = qc.as_attr(attributions, x)
+    if shape[2:] != (h, w):
+        raise ValueError(f"attributions must have the image's height and width {(h, w)}, got "
+                         f"shape {tuple(a.shape)}")
+    post = qc.post_options(abs, normalise, normalise_func)
     labels = qc.labels(target, n)
-    pix = ya.sum(axis=1) if ya.shape[1] != 1 else ya[:, 0]
-    pix = jnp.broadcast_to(pix, (n, h, w)).reshape(n, -1)
-    rank = _ranks(pix, descending=True).reshape(n, h, w)
     pcts = list(range(1, 100, 2)) if percentages is None else list(percentages)
     if not pcts:
         raise ValueError("percentages must not be empty")
@@ -1127,18 +1222,19 @@ def road(
     key = _key(key, "road", noise > 0)
     maxiter = 10 * (h + w) + 100 if maxiter is None else _core.check_positive_int(
         maxiter, "maxiter")
-    keys = jax.random.split(key, len(pcts))
+    if batch_size is not None:
+        batch_size = _core.check_positive_int(batch_size, "batch_size")
+    rank, keys = _prep_road(post=post, shape=shape, a=a, key=key, count=counts)
     parts = []
     for start, stop in _core.batched_chunks(len(pcts), batch_size, backward=False):
         parts.append(
             _road_chunk(
                 fn=fn, tol=float(tol), maxiter=maxiter, x=x, rank=rank,
-                counts=jnp.asarray(counts[start:stop]), keys=keys[start:stop],
-                noise=jnp.asarray(noise, x.dtype), labels=labels,
+                counts=counts[start:stop], keys=keys[start:stop],
+                noise=np.asarray(noise, np.float32), labels=labels,
             )
         )
-    result = jnp.concatenate(parts, axis=0).T.astype(jnp.int32)
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+    return _finish_road(parts, agg=_agg(return_aggregate, aggregate_func))
 
 
 # --------------------------------------------------------------------------------------
@@ -1161,6 +1257,42 @@ def _segment(x: np.ndarray, method: str) -> np.ndarray:
             "segmentation), or segmentation_method='felzenszwalb' (built in)"
         ) from err
     return slic(img, start_label=0)
+
+
+@_core.cached_jit(("fn", "softmax", "post", "shape", "kind", "s_max"))
+def _prep_irof(*, fn, softmax, post, shape, kind, s_max, x, a, lab, counts, target, key, bounds):
+    n, c = x.shape[:2]
+    a = qc.apply_post(a.reshape(shape), post)
+    apix = jnp.broadcast_to(a, x.shape).mean(axis=1).reshape(n, -1)
+    flat = lab.reshape(n, -1)
+    seg_sum = jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=s_max))(apix, flat)
+    seg_cnt = jax.vmap(
+        lambda s: jax.ops.segment_sum(jnp.ones(s.shape, apix.dtype), s, num_segments=s_max)
+    )(flat)
+    present = jnp.arange(s_max)[None] < counts[:, None]
+    seg_mean = jnp.where(present, seg_sum / jnp.maximum(seg_cnt, 1), -jnp.inf)
+    srank = _ranks(seg_mean, descending=True)  # absent segments last
+    step_pix = jnp.take_along_axis(srank, flat, axis=1)  # (N, H*W)
+    step_of = jnp.broadcast_to(step_pix[:, None], (n, c, flat.shape[1])).reshape(n, -1)
+    k_fill, k_func = jax.random.split(key)
+    xf = x.reshape(n, -1)
+    if kind == "uniform":  # Quantus's mask replacement draws one value per element
+        fmap = qc.uniform(k_fill, xf.shape, x.dtype, bounds[0], bounds[1])
+    else:
+        per_step = qc.step_fills(kind, xf, step_of, s_max, cumulative=True, key=k_fill,
+                                 bounds=(bounds[0], bounds[1]))
+        fmap = qc.fill_map(per_step, step_of).astype(x.dtype)
+    y = qc.scores(fn, softmax, x, target)
+    return step_of, fmap, jax.random.split(k_func, s_max), y
+
+
+@functools.partial(jax.jit, static_argnames=("agg",))
+def _finish_irof(preds, y, counts, *, agg):
+    ratio = preds.T / y[:, None]
+    valid = jnp.arange(ratio.shape[1] - 1)[None] < (counts[:, None] - 1)
+    trap = jnp.sum(jnp.where(valid, (ratio[:, :-1] + ratio[:, 1:]) / 2, 0.0), axis=1)
+    aoc = counts.astype(ratio.dtype) - trap
+    return aoc if agg is None else agg(aoc)
 
 
 @_core.contract
@@ -1237,13 +1369,14 @@ def irof(
         ...              softmax=False)
         Array(1.75, dtype=float32)
     """
-    x, t, a = _setup(fn, x, attributions, target, abs=abs, normalise=normalise,
-                     normalise_func=normalise_func)
+    x, t, a, shape, post = _inputs(fn, x, attributions, target, abs, normalise, normalise_func)
     qc.check_image(x)
     n, c, h, w = x.shape
     kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
+    bounds = _bounds(perturb_func_kwargs)
     _check_perturb_func(perturb_func)
+    if batch_size is not None:
+        batch_size = _core.check_positive_int(batch_size, "batch_size")
     key = _key(key, "irof", kind == "uniform")
     if segments is None:
         method = _core.check_choice(segmentation_method, "segmentation_method",
@@ -1263,44 +1396,41 @@ def irof(
         uniq, inv = np.unique(np.asarray(sg), return_inverse=True)
         if uniq.size < 2:
             raise ValueError(f"IROF needs more than one segment; image {i} has {uniq.size}")
-        labels.append(inv.reshape(h, w))
+        labels.append(inv.reshape(h, w).astype(np.int32))
         counts.append(uniq.size)
     s_max = max(counts)
-    lab = jnp.asarray(np.stack(labels), jnp.int32)  # (N, H, W)
-    apix = jnp.broadcast_to(a, x.shape).mean(axis=1).reshape(n, -1)
-    flat = lab.reshape(n, -1)
-    seg_sum = jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=s_max))(apix, flat)
-    seg_cnt = jax.vmap(lambda s: jax.ops.segment_sum(jnp.ones(s.shape), s, num_segments=s_max))(
-        flat
+    counts = np.asarray(counts, np.int32)
+    step_of, fmap, keys, y = _prep_irof(
+        fn=fn, softmax=bool(softmax), post=post, shape=shape, kind=kind, s_max=s_max, x=x,
+        a=a, lab=np.stack(labels), counts=counts, target=t, key=key, bounds=bounds,
     )
-    present = jnp.arange(s_max)[None] < jnp.asarray(counts)[:, None]
-    seg_mean = jnp.where(present, seg_sum / jnp.maximum(seg_cnt, 1), -jnp.inf)
-    srank = _ranks(seg_mean, descending=True)  # absent segments last
-    step_pix = jnp.take_along_axis(srank, flat, axis=1)  # (N, H*W)
-    step_of = jnp.broadcast_to(step_pix[:, None], (n, c, h * w)).reshape(n, -1)
-    k_fill, k_func = jax.random.split(key)
-    xf = x.reshape(n, -1)
-    if kind == "uniform":
-        fmap = jax.random.uniform(k_fill, xf.shape, x.dtype, *bounds)
-    else:
-        fmap = _cumulative_fmap(kind, xf, step_of, s_max, k_fill, bounds)
     preds = _run_steps(
         fn=fn, softmax=bool(softmax), mode="cumulative", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=jnp.arange(s_max), fmap=fmap,
-        keys=jax.random.split(k_func, s_max), target=t, batch_size=batch_size,
-    ).T
-    y = _clean_scores(fn=fn, softmax=bool(softmax), x=x, target=t)
-    ratio = preds / y[:, None]
-    cnt = jnp.asarray(counts)
-    seg_valid = jnp.arange(s_max - 1)[None] < (cnt[:, None] - 1)
-    trap = jnp.sum(jnp.where(seg_valid, (ratio[:, :-1] + ratio[:, 1:]) / 2, 0.0), axis=1)
-    aoc = cnt.astype(ratio.dtype) - trap
-    return qc.aggregate(aoc, return_aggregate, aggregate_func)
+        step_of=step_of, steps=np.arange(s_max), fmap=fmap, keys=keys, target=t,
+        batch_size=batch_size,
+    )
+    return _finish_irof(preds, y, counts, agg=_agg(return_aggregate, aggregate_func))
 
 
 # --------------------------------------------------------------------------------------
 # Sufficiency
 # --------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "post", "shape", "metric", "agg"))
+def _sufficiency_core(x, a, threshold, *, fn, post, shape, metric, agg):
+    n = x.shape[0]
+    a = qc.apply_post(a.reshape(shape), post)
+    d = _pairwise(a.reshape(n, -1), metric)
+    top = jnp.max(jnp.abs(d))
+    d = jnp.where(top == 0, d, d / jnp.where(top == 0, 1, top))
+    close = (d <= threshold) & ~jnp.eye(n, dtype=bool)
+    cls = jnp.argmax(fn(x), axis=-1)
+    same = cls[None, :] == cls[:, None]
+    hits = jnp.sum(close & same, axis=1).astype(x.dtype)
+    total = jnp.sum(close, axis=1)
+    result = jnp.where(total == 0, 0.0, hits / jnp.maximum(total, 1))
+    return result if agg is None else agg(result)
 
 
 def _pairwise(a: jax.Array, metric: Any) -> jax.Array:
@@ -1321,10 +1451,11 @@ def _pairwise(a: jax.Array, metric: Any) -> jax.Array:
     if metric == "cosine":
         u = a / jnp.linalg.norm(a, axis=1, keepdims=True)
         return 1.0 - u @ u.T
-    raise ValueError(
-        "distance_func must be a callable (a, a) -> (N, N) or one of 'seuclidean', "
-        f"'euclidean', 'sqeuclidean', 'cityblock', 'chebyshev', 'cosine', got {metric!r}"
-    )
+    raise ValueError(f"distance_func must be a callable or one of {list(_DISTANCES)}, got "
+                     f"{metric!r}")
+
+
+_DISTANCES = ("seuclidean", "euclidean", "sqeuclidean", "cityblock", "chebyshev", "cosine")
 
 
 @_core.contract
@@ -1381,20 +1512,17 @@ def sufficiency(
         raise TypeError(f"fn must be a callable model, got {type(fn).__name__}")
     x = qc.as_x(x)
     threshold = qc.check_number(threshold, "threshold")
-    a = qc.prepare_attributions(
-        attributions, x, abs=qc.check_bool(abs, "abs"),
-        normalise=qc.check_bool(normalise, "normalise"), normalise_func=normalise_func,
-    )
+    a, shape = qc.as_attr(attributions, x)
+    post = qc.post_options(abs, normalise, normalise_func)
+    if not (callable(distance_func) or distance_func in _DISTANCES):
+        raise ValueError(
+            f"distance_func must be a callable (a, a) -> (N, N) or one of {list(_DISTANCES)}, "
+            f"got {distance_func!r}"
+        )
     n = x.shape[0]
-    d = _pairwise(a.reshape(n, -1), distance_func)
-    if d.shape != (n, n):
-        raise ValueError(f"distance_func must return an (N, N) matrix, got {tuple(d.shape)}")
-    top = jnp.max(jnp.abs(d))
-    d = jnp.where(top == 0, d, d / top)
-    close = (d <= threshold) & ~jnp.eye(n, dtype=bool)
-    cls = jnp.argmax(fn(x), axis=-1)
-    same = cls[None, :] == cls[:, None]
-    hits = jnp.sum(close & same, axis=1).astype(jnp.float32)
-    total = jnp.sum(close, axis=1)
-    result = jnp.where(total == 0, 0.0, hits / jnp.maximum(total, 1))
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+    out = jax.eval_shape(lambda aa: _pairwise(aa.reshape(n, -1), distance_func),
+                         jax.ShapeDtypeStruct(shape, a.dtype))
+    if out.shape != (n, n):
+        raise ValueError(f"distance_func must return an (N, N) matrix, got {tuple(out.shape)}")
+    return _sufficiency_core(x, a, threshold, fn=fn, post=post, shape=shape,
+                             metric=distance_func, agg=_agg(return_aggregate, aggregate_func))

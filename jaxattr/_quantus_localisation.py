@@ -10,11 +10,14 @@ needed (Quantus's classes take one but do not use it).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxattr import _core
 from jaxattr import _quantus_common as qc
@@ -31,34 +34,135 @@ __all__ = [
 ]
 
 
-def _maps(attributions: Any, masks: Any | None, *, abs, normalise, normalise_func):  # noqa: A002
-    a = jnp.asarray(attributions)
+def _check(attributions: Any, masks: Any | None, abs, normalise, normalise_func):  # noqa: A002
+    """Validate on the host: ``(attributions, masks or None, post options)``."""
+    a = attributions
+    if not isinstance(a, jax.Array):
+        a = np.asarray(a)
+        if not np.issubdtype(a.dtype, np.floating):
+            a = a.astype(np.float32)
     if a.ndim < 2:
         raise ValueError(
             f"attributions must have shape (N, ...) with N examples, got {tuple(a.shape)}"
         )
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-        a = a.astype(jnp.float32)
     _core.check_finite(a, "attributions")
-    a = qc.postprocess(
-        a, abs=qc.check_bool(abs, "abs"), normalise=qc.check_bool(normalise, "normalise"),
-        normalise_func=normalise_func,
-    )
-    n = a.shape[0]
-    af = a.reshape(n, -1)
+    post = qc.post_options(abs, normalise, normalise_func)
     if masks is None:
-        return af, None
-    s = jnp.asarray(masks)
-    if s.shape[0] != n or s.size // max(n, 1) != af.shape[1]:
+        return jnp.asarray(a), None, post
+    s = masks if isinstance(masks, jax.Array) else np.asarray(masks)
+    n = a.shape[0]
+    per = math.prod(a.shape[1:])
+    if s.ndim < 1 or s.shape[0] != n or math.prod(s.shape[1:]) != per:
         raise ValueError(
             f"masks must have one element per attribution value: attributions have shape "
             f"{tuple(a.shape)}, masks {tuple(s.shape)} (e.g. both (N, 1, H, W))"
         )
-    return af, s.reshape(n, -1).astype(bool)
+    return jnp.asarray(a), jnp.asarray(s), post
+
+
+def _flat(a, s, post):
+    """Inside the compiled cores: post-processed (N, K) attributions and boolean masks."""
+    n = a.shape[0]
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        a = a.astype(jnp.float32)
+    af = qc.apply_post(a, post).reshape(n, -1)
+    return af, (None if s is None else s.reshape(n, -1).astype(bool))
 
 
 def _nan_where(values: jax.Array, empty: jax.Array) -> jax.Array:
     return jnp.where(empty, jnp.nan, values)
+
+
+def _agg(return_aggregate, aggregate_func):
+    if not qc.check_bool(return_aggregate, "return_aggregate"):
+        return None
+    return jnp.mean if aggregate_func is None else aggregate_func
+
+
+def _out(value, agg):
+    return value if agg is None else agg(value)
+
+
+_jit = functools.partial(jax.jit, static_argnames=("post", "agg", "opts"))
+
+
+@_jit
+def _attribution_localisation(a, s, *, post, agg, opts):
+    weighted, positive = opts
+    af, s = _flat(a, s, post)
+    if positive:
+        af = jnp.clip(af, 0, None)
+    inside = jnp.sum(af * s, axis=1)
+    ratio = inside / (jnp.sum(af, axis=1) + 1e-9)
+    size = jnp.sum(s, axis=1)
+    ratio = jnp.where((size == 0) | (ratio > 1), jnp.nan, ratio)
+    if weighted:
+        ratio = ratio * size / s.shape[1]
+    return _out(ratio, agg)
+
+
+def _descending_order(af: jax.Array) -> jax.Array:
+    return jnp.argsort(-af, axis=1, stable=True)
+
+
+@_jit
+def _top_k(a, s, *, post, agg, opts):
+    k, concept = opts
+    af, s = _flat(a, s, post)
+    tki = jnp.take_along_axis(s, _descending_order(af)[:, :k], axis=1).mean(axis=1)
+    sums = jnp.sum(s, axis=1)
+    if concept:
+        tki = tki * af.shape[1] / sums
+    return _out(_nan_where(tki, sums == 0), agg)
+
+
+@_jit
+def _mass(a, s, *, post, agg, opts):
+    af, s = _flat(a, s, post)
+    acc = jnp.sum(af * s, axis=1) / jnp.sum(af, axis=1)
+    return _out(_nan_where(acc, jnp.sum(s, axis=1) == 0), agg)
+
+
+@_jit
+def _rank(a, s, *, post, agg, opts):
+    af, s = _flat(a, s, post)
+    sums = jnp.sum(s, axis=1)
+    ranked = jnp.take_along_axis(s, _descending_order(af), axis=1)
+    within = jnp.arange(af.shape[1])[None] < sums[:, None]
+    acc = jnp.sum(ranked & within, axis=1) / jnp.maximum(sums, 1)
+    return _out(_nan_where(acc, sums == 0), agg)
+
+
+@_jit
+def _auc(a, s, *, post, agg, opts):
+    af, s = _flat(a, s, post)
+    ranks = qc.rankdata(af)
+    pos = jnp.sum(s, axis=1).astype(af.dtype)
+    neg = af.shape[1] - pos
+    u = jnp.sum(jnp.where(s, ranks, 0.0), axis=1) - pos * (pos + 1) / 2
+    return _out(_nan_where(u / (pos * neg), (pos == 0) | (neg == 0)), agg)
+
+
+@_jit
+def _sparseness(a, s, *, post, agg, opts):
+    af, _ = _flat(a, None, post)
+    m = af.shape[1]
+    v = jnp.sort(af + 1e-7, axis=1)
+    coef = 2 * jnp.arange(1, m + 1, dtype=v.dtype) - m - 1
+    return _out(jnp.sum(coef * v, axis=1) / (m * jnp.sum(v, axis=1)), agg)
+
+
+@_jit
+def _complexity(a, s, *, post, agg, opts):
+    af, _ = _flat(a, None, post)
+    p = af / jnp.sum(jnp.abs(af), axis=1, keepdims=True)
+    return _out(-jnp.sum(p * jnp.log(p + 1e-12), axis=1), agg)
+
+
+@_jit
+def _effective(a, s, *, post, agg, opts):
+    af, _ = _flat(a, None, post)
+    return _out(jnp.sum(af > opts, axis=1).astype(jnp.int32), agg)
 
 
 def attribution_localisation(
@@ -109,21 +213,11 @@ def attribution_localisation(
         Array([0.75], dtype=float32)
     """
     qc.check_number(max_size, "max_size")
-    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    if qc.check_bool(positive_attributions, "positive_attributions"):
-        af = jnp.clip(af, 0, None)
-    inside = jnp.sum(af * s, axis=1)
-    ratio = inside / (jnp.sum(af, axis=1) + 1e-9)
-    size = jnp.sum(s, axis=1)
-    ratio = jnp.where((size == 0) | (ratio > 1), jnp.nan, ratio)
-    if qc.check_bool(weighted, "weighted"):
-        ratio = ratio * size / s.shape[1]
-    return qc.aggregate(ratio, return_aggregate, aggregate_func)
-
-
-def _descending_order(af: jax.Array) -> jax.Array:
-    return jnp.argsort(-af, axis=1, stable=True)
+    a, s, post = _check(attributions, masks, abs, normalise, normalise_func)
+    opts = (qc.check_bool(weighted, "weighted"),
+            qc.check_bool(positive_attributions, "positive_attributions"))
+    return _attribution_localisation(a, s, post=post, opts=opts,
+                                     agg=_agg(return_aggregate, aggregate_func))
 
 
 def top_k_intersection(
@@ -166,17 +260,13 @@ def top_k_intersection(
         >>> metrics.top_k_intersection(a, s, k=2)
         Array([0.5], dtype=float32)
     """
-    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
+    a, s, post = _check(attributions, masks, abs, normalise, normalise_func)
     k = _core.check_positive_int(k, "k")
-    if k > af.shape[1]:
-        raise ValueError(f"k must be at most the map size {af.shape[1]}, got {k}")
-    top = _descending_order(af)[:, :k]
-    tki = jnp.take_along_axis(s, top, axis=1).mean(axis=1)
-    sums = jnp.sum(s, axis=1)
-    if qc.check_bool(concept_influence, "concept_influence"):
-        tki = tki * af.shape[1] / sums
-    return qc.aggregate(_nan_where(tki, sums == 0), return_aggregate, aggregate_func)
+    size = math.prod(a.shape[1:])
+    if k > size:
+        raise ValueError(f"k must be at most the map size {size}, got {k}")
+    opts = (k, qc.check_bool(concept_influence, "concept_influence"))
+    return _top_k(a, s, post=post, opts=opts, agg=_agg(return_aggregate, aggregate_func))
 
 
 def relevance_mass_accuracy(
@@ -212,11 +302,8 @@ def relevance_mass_accuracy(
         >>> metrics.relevance_mass_accuracy(a, jnp.array([[1, 0, 0, 0]]))
         Array([0.75], dtype=float32)
     """
-    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    acc = jnp.sum(af * s, axis=1) / jnp.sum(af, axis=1)
-    return qc.aggregate(_nan_where(acc, jnp.sum(s, axis=1) == 0), return_aggregate,
-                        aggregate_func)
+    a, s, post = _check(attributions, masks, abs, normalise, normalise_func)
+    return _mass(a, s, post=post, opts=None, agg=_agg(return_aggregate, aggregate_func))
 
 
 def relevance_rank_accuracy(
@@ -253,13 +340,8 @@ def relevance_rank_accuracy(
         >>> metrics.relevance_rank_accuracy(a, jnp.array([[1, 0, 1, 0]]))
         Array([0.5], dtype=float32)
     """
-    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    sums = jnp.sum(s, axis=1)
-    ranked = jnp.take_along_axis(s, _descending_order(af), axis=1)
-    within = jnp.arange(af.shape[1])[None] < sums[:, None]
-    acc = jnp.sum(ranked & within, axis=1) / jnp.maximum(sums, 1)
-    return qc.aggregate(_nan_where(acc, sums == 0), return_aggregate, aggregate_func)
+    a, s, post = _check(attributions, masks, abs, normalise, normalise_func)
+    return _rank(a, s, post=post, opts=None, agg=_agg(return_aggregate, aggregate_func))
 
 
 def auc(
@@ -298,15 +380,8 @@ def auc(
         >>> metrics.auc(a, jnp.array([[1, 0, 1, 0]]))
         Array([0.75], dtype=float32)
     """
-    af, s = _maps(attributions, masks, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    ranks = qc.rankdata(af)
-    pos = jnp.sum(s, axis=1).astype(af.dtype)
-    neg = af.shape[1] - pos
-    u = jnp.sum(jnp.where(s, ranks, 0.0), axis=1) - pos * (pos + 1) / 2
-    value = u / (pos * neg)
-    return qc.aggregate(_nan_where(value, (pos == 0) | (neg == 0)), return_aggregate,
-                        aggregate_func)
+    a, s, post = _check(attributions, masks, abs, normalise, normalise_func)
+    return _auc(a, s, post=post, opts=None, agg=_agg(return_aggregate, aggregate_func))
 
 
 # --------------------------------------------------------------------------------------
@@ -344,13 +419,9 @@ def sparseness(
         >>> [round(float(v), 3) for v in metrics.sparseness(a)]
         [0.75, 0.0]
     """
-    af, _ = _maps(attributions, None, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    m = af.shape[1]
-    v = jnp.sort(af + 1e-7, axis=1)
-    coef = 2 * jnp.arange(1, m + 1, dtype=v.dtype) - m - 1
-    score = jnp.sum(coef * v, axis=1) / (m * jnp.sum(v, axis=1))
-    return qc.aggregate(score, return_aggregate, aggregate_func)
+    a, _, post = _check(attributions, None, abs, normalise, normalise_func)
+    return _sparseness(a, None, post=post, opts=None,
+                       agg=_agg(return_aggregate, aggregate_func))
 
 
 def complexity(
@@ -383,11 +454,9 @@ def complexity(
         >>> metrics.complexity(jnp.array([[1.0, 1.0, 1.0, 1.0]])).round(4)   # log 4
         Array([1.3863], dtype=float32)
     """
-    af, _ = _maps(attributions, None, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    p = af / jnp.sum(jnp.abs(af), axis=1, keepdims=True)
-    score = -jnp.sum(p * jnp.log(p + 1e-12), axis=1)
-    return qc.aggregate(score, return_aggregate, aggregate_func)
+    a, _, post = _check(attributions, None, abs, normalise, normalise_func)
+    return _complexity(a, None, post=post, opts=None,
+                       agg=_agg(return_aggregate, aggregate_func))
 
 
 def effective_complexity(
@@ -422,7 +491,5 @@ def effective_complexity(
         Array([2], dtype=int32)
     """
     eps = qc.check_number(eps, "eps")
-    af, _ = _maps(attributions, None, abs=abs, normalise=normalise,
-                  normalise_func=normalise_func)
-    score = jnp.sum(af > eps, axis=1).astype(jnp.int32)
-    return qc.aggregate(score, return_aggregate, aggregate_func)
+    a, _, post = _check(attributions, None, abs, normalise, normalise_func)
+    return _effective(a, None, post=post, opts=eps, agg=_agg(return_aggregate, aggregate_func))

@@ -10,7 +10,7 @@ arguments), ``batch_size`` of them per ``vmap``.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,8 +21,14 @@ from jaxattr import _core
 from jaxattr import _quantus_common as qc
 from jaxattr._fusion import _ParamsLast
 from jaxattr._noise import _join_static, _split_static
-from jaxattr._quantus_faithfulness import _check_fis, _check_perturb_func, _key, _run_steps
-from jaxattr._quantus_robustness import _explain_reference, _post, _prepare_method
+from jaxattr._quantus_faithfulness import _ranked
+from jaxattr._quantus_robustness import (
+    _agg,
+    _explain_reference,
+    _post,
+    _prepare_method,
+    _processed,
+)
 
 __all__ = [
     "input_invariance",
@@ -126,7 +132,7 @@ def randomise_uniform(key: jax.Array, name: str, layer: Any) -> Any:
             continue
         std = jnp.std(v) if v.size > 1 else jnp.asarray(0.0, v.dtype)
         b = jnp.sqrt(3.0) * jnp.where(std > 0, std, pooled)
-        out.append(jax.random.uniform(k, v.shape, v.dtype, -1.0, 1.0) * b.astype(v.dtype))
+        out.append(qc.uniform(k, v.shape, v.dtype, -1.0, 1.0) * b.astype(v.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -139,7 +145,7 @@ def _mprt_chunk(*, apply_fn, method, spec, takes_key, post, stacked, x, key, dyn
     def one(p):
         kw = dict(kwargs, key=key) if takes_key else kwargs
         e = method(model, x, args=(*user_args, p), **kw)
-        return qc.postprocess(qc.expand_attributions(e, x), **dict(post))
+        return qc.apply_post(qc.expand_attributions(e, x), post)
 
     return jax.vmap(one)(stacked)
 
@@ -148,7 +154,6 @@ def _stack(trees: list) -> Any:
     return jax.tree_util.tree_map(lambda *v: jnp.stack(v), *trees)
 
 
-@_core.contract
 def model_parameter_randomisation(
     method: Callable[..., Any],
     apply_fn: Callable[..., Any],
@@ -172,6 +177,7 @@ def model_parameter_randomisation(
     aggregate_func: Callable[[jax.Array], jax.Array] | None = None,
     method_kwargs: dict | None = None,
     batch_size: int | None = None,
+    check_finite: bool = True,
 ) -> dict[str, jax.Array] | jax.Array:
     """Model parameter randomisation test (Adebayo et al., 2018), Quantus's ``MPRT``.
 
@@ -217,6 +223,8 @@ def model_parameter_randomisation(
         aggregate_func: Default the mean.
         method_kwargs: Further keyword arguments of ``method``.
         batch_size: Randomised models explained per compiled call (default 1).
+        check_finite: Reject NaN/Inf in ``x`` with a named error before anything runs
+            (default); ``False`` evaluates anyway.
 
     Returns:
         A dict ``{"original": (N,), layer name: (N,), ...}`` in evaluation order, or (N,)
@@ -240,7 +248,7 @@ def model_parameter_randomisation(
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable (params, x) -> y, got "
                         f"{type(apply_fn).__name__}")
-    x = qc.as_x(x)
+    x = qc.as_x(x, check=qc.check_bool(check_finite, "check_finite"))
     order = _core.check_choice(layer_order, "layer_order", ("top_down", "bottom_up",
                                                              "independent"))
     avg = qc.check_bool(return_average_correlation, "return_average_correlation")
@@ -280,8 +288,7 @@ def model_parameter_randomisation(
         lambda f, z, **kw: method(f, z, args=(*user_args, params), **kw), original_fn, x,
         base_kwargs, takes_key, k_method, post,
     )
-    a = a_orig if attributions is None else qc.postprocess(
-        qc.expand_attributions(attributions, x), **post)
+    a = a_orig if attributions is None else _processed(attributions, x, post)
     sim_fn = qc.correlation_spearman if similarity_func is None else similarity_func
     n = x.shape[0]
     index = {p: i for i, p in enumerate(paths)}
@@ -296,23 +303,30 @@ def model_parameter_randomisation(
     if skip:
         models, names = models[-1:], names[-1:]
     dynamic, spec = _split_static(kwargs)
-    scores = {"original": sim_fn(a.reshape(n, -1), a_orig.reshape(n, -1))}
+    explanations = []
     for start in range(0, len(models), chunk):
-        part = models[start : start + chunk]
-        expl = _mprt_chunk(
-            apply_fn=apply_fn, method=method, spec=spec, takes_key=takes_key,
-            post=tuple(sorted(post.items())), stacked=_stack(part), x=x, key=k_method,
-            dynamic=dynamic,
-        )
-        for j, name in enumerate(names[start : start + chunk]):
-            scores[name] = sim_fn(a.reshape(n, -1), expl[j].reshape(n, -1))
+        explanations.append(_mprt_chunk(
+            apply_fn=apply_fn, method=method, spec=spec, takes_key=takes_key, post=post,
+            stacked=_stack(models[start : start + chunk]), x=x, key=k_method, dynamic=dynamic,
+        ))
+    sims = _mprt_similarities(a, a_orig, explanations, sim=sim_fn)  # (1 + L, N)
+    scores = {"original": sims[0]}
+    scores.update({name: sims[1 + i] for i, name in enumerate(names)})
     if avg:
-        result = jnp.mean(jnp.stack([v for k, v in scores.items() if k != "original"]), 0)
+        result = jnp.mean(sims[1:], axis=0)
     elif last:
-        result = list(scores.values())[-1]
+        result = sims[-1]
     else:
         return scores
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+    agg = _agg(return_aggregate, aggregate_func)
+    return result if agg is None else agg(result)
+
+
+@functools.partial(jax.jit, static_argnames=("sim",))
+def _mprt_similarities(a, a_orig, explanations, *, sim):
+    n = a.shape[0]
+    expl = jnp.concatenate([a_orig[None]] + list(explanations), axis=0)
+    return jax.vmap(lambda e: sim(a.reshape(n, -1), e.reshape(n, -1)))(expl)
 
 
 # --------------------------------------------------------------------------------------
@@ -346,7 +360,8 @@ def random_logit(
     scores low.
 
     The other class of example ``i`` is the ``j``-th smallest class other than its label,
-    ``j = jax.random.randint(key, (N,), 0, num_classes - 1)[i]`` (Quantus draws ``j`` with
+    ``j = jax.random.randint(k, (N,), 0, num_classes - 1)[i]`` with ``k`` the first of
+    ``jax.random.split(key, 3)`` (Quantus draws ``j`` with
     ``np.random.randint`` after seeding with ``seed``). ``num_classes`` defaults to the
     model's output size (Quantus's default is 1000).
 
@@ -389,20 +404,17 @@ def random_logit(
         raise ValueError(f"random_logit needs at least 2 classes, fn returns {out_shape}")
     key = _core.check_key(key, "random_logit")
     post = _post(abs, normalise, normalise_func)
-    k_class, k_method = jax.random.split(key)
     kwargs, takes_key = _prepare_method(method, fn, x, None, method_kwargs)
+    k_class, k_method, k_off = _other_class_keys(key)
     if attributions is None:
         a = _explain_reference(method, fn, x, dict(kwargs, target=labels), takes_key,
                                k_method, post)
     else:
-        a = qc.postprocess(qc.expand_attributions(attributions, x), **post)
-    j = jax.random.randint(k_class, (n,), 0, k - 1)
-    off = j + (j >= labels)
-    a_off = _explain_reference(method, fn, x, dict(kwargs, target=off), takes_key,
-                               jax.random.fold_in(k_method, 1), post)
-    sim = (qc.ssim if similarity_func is None else similarity_func)(
-        a.reshape(n, -1), a_off.reshape(n, -1))
-    return qc.aggregate(jnp.asarray(sim), return_aggregate, aggregate_func)
+        a = _processed(attributions, x, post)
+    off = _other_class(k_class, labels, k=k)
+    a_off = _explain_reference(method, fn, x, dict(kwargs, target=off), takes_key, k_off, post)
+    return _similarity(a, a_off, sim=qc.ssim if similarity_func is None else similarity_func,
+                       agg=_agg(return_aggregate, aggregate_func))
 
 
 # --------------------------------------------------------------------------------------
@@ -474,40 +486,14 @@ def non_sensitivity(
         ...                         softmax=False)
         Array([0], dtype=int32)
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be a callable model, got {type(fn).__name__}")
-    x = qc.as_x(x)
-    t = qc.prepare_target(target, fn, x)
-    a = qc.prepare_attributions(
-        attributions, x, abs=qc.check_bool(abs, "abs"),
-        normalise=qc.check_bool(normalise, "normalise"), normalise_func=normalise_func,
+    return _ranked(
+        fn, x, attributions, target=target, key=key, name="non_sensitivity", order="index",
+        features_in_step=features_in_step, perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func, perturb_func_kwargs=perturb_func_kwargs, mode="single",
+        abs=abs, normalise=normalise, normalise_func=normalise_func, softmax=softmax,
+        batch_size=batch_size, finish="non_sensitivity", return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func, eps=qc.check_number(eps, "eps", minimum=0.0),
     )
-    n = x.shape[0]
-    n_features = math.prod(x.shape[1:])
-    fis = _check_fis(features_in_step, n_features)
-    eps = qc.check_number(eps, "eps", minimum=0.0)
-    kind = qc.check_baseline(perturb_baseline)
-    bounds = qc.uniform_bounds(perturb_func_kwargs)
-    _check_perturb_func(perturb_func)
-    key = _key(key, "non_sensitivity", kind == "uniform")
-    s = qc.n_steps(n_features, fis)
-    step_of = jnp.broadcast_to(jnp.arange(n_features)[None] // fis, (n, n_features))
-    k_fill, k_func = jax.random.split(key)
-    fills = qc.step_fills(kind, x.reshape(n, -1), step_of, s, cumulative=False, key=k_fill,
-                          bounds=bounds)
-    perturbed = _run_steps(
-        fn=fn, softmax=bool(softmax), mode="single", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=jnp.arange(s), fills=fills, keys=jax.random.split(k_func, s),
-        target=t, batch_size=batch_size,
-    ).T  # (N, S)
-    y = qc.scores(fn, bool(softmax), x, t)
-    insensitive = jnp.abs(perturbed - y[:, None]) < eps
-    af = jnp.broadcast_to(a, x.shape).reshape(n, -1)
-    pad = s * fis - n_features
-    low = jnp.pad(af < eps, ((0, 0), (0, pad)), constant_values=True).reshape(n, s, fis)
-    non_feature = jnp.all(low, axis=2)
-    count = jnp.sum(insensitive ^ non_feature, axis=1).astype(jnp.int32)
-    return qc.aggregate(count, return_aggregate, aggregate_func)
 
 
 @_core.contract
@@ -586,11 +572,40 @@ def input_invariance(
     if attributions is None:
         a = _explain_reference(method, fn, x, kwargs, takes_key, key, post)
     else:
-        a = qc.postprocess(qc.expand_attributions(attributions, x), **post)
-    a_shift = _explain_reference(method, shifted, x + shift, kwargs, takes_key, key, post)
-    close = jnp.isclose(a, a_shift, rtol=1e-5, atol=1e-4)
-    result = jnp.all(close.reshape(x.shape[0], -1), axis=1)
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+        a = _processed(attributions, x, post)
+    a_shift = _explain_reference(method, shifted, _shift(x, shift), kwargs, takes_key, key,
+                                 post)
+    return _invariant(a, a_shift, agg=_agg(return_aggregate, aggregate_func))
+
+
+@jax.jit
+def _other_class_keys(key):
+    return jax.random.split(key, 3)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _other_class(key, labels, *, k):
+    j = jax.random.randint(key, labels.shape, 0, k - 1)
+    return j + (j >= labels)
+
+
+@functools.partial(jax.jit, static_argnames=("sim", "agg"))
+def _similarity(a, b, *, sim, agg):
+    n = a.shape[0]
+    result = sim(a.reshape(n, -1), b.reshape(n, -1))
+    return result if agg is None else agg(result)
+
+
+@jax.jit
+def _shift(x, shift):
+    return x + shift
+
+
+@functools.partial(jax.jit, static_argnames=("agg",))
+def _invariant(a, b, *, agg):
+    close = jnp.isclose(a, b, rtol=1e-5, atol=1e-4)
+    result = jnp.all(close.reshape(a.shape[0], -1), axis=1)
+    return result if agg is None else agg(result)
 
 
 class _Shifted:

@@ -11,6 +11,7 @@ the reference attributions (``normalise``, then ``abs``), as Quantus does.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -90,12 +91,43 @@ def _prepare_method(method, fn, x, target, method_kwargs):
     return kwargs, _takes_key(method)
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "post"))
+def _post_jit(a, *, shape, post):
+    return qc.apply_post(a.reshape(shape), post)
+
+
 def _explain_reference(method, fn, x, kwargs, takes_key, key, post):
     a = _method_call(method, fn, x, kwargs, takes_key, key)
-    if not isinstance(a, jax.Array) and not isinstance(a, np.ndarray):
+    if not isinstance(a, (jax.Array, np.ndarray)):
         raise TypeError(f"method must return one array (the attribution of x), got "
                         f"{type(a).__name__}")
-    return qc.postprocess(qc.expand_attributions(a, x, "method's attribution"), **post)
+    return _processed(a, x, post, "method's attribution")
+
+
+def _processed(a, x, post, name="attributions"):
+    a, shape = qc.as_attr(a, x, name)
+    return _post_jit(a, shape=shape, post=post)
+
+
+@functools.partial(jax.jit, static_argnames=("return_nan", "reduce", "agg"))
+def _reduce(sims, changed, *, return_nan, reduce, agg):
+    sim = jnp.concatenate(sims, axis=0)  # (S, N)
+    if reduce == "max_nan":  # continuity: NaN marks only with return_nan, then np.max
+        if return_nan:
+            sim = jnp.where(jnp.concatenate(changed, axis=0), jnp.nan, sim)
+        result = jnp.max(sim, axis=0)
+    elif return_nan:
+        sim = jnp.where(jnp.concatenate(changed, axis=0), jnp.nan, sim)
+        result = jnp.max(sim, axis=0) if reduce == "max" else jnp.mean(sim, axis=0)
+    else:
+        result = jnp.nanmax(sim, axis=0) if reduce == "max" else jnp.nanmean(sim, axis=0)
+    return result if agg is None else agg(result)
+
+
+def _agg(return_aggregate, aggregate_func):
+    if not qc.check_bool(return_aggregate, "return_aggregate"):
+        return None
+    return jnp.mean if aggregate_func is None else aggregate_func
 
 
 def _like(ap, xp, a):
@@ -109,11 +141,7 @@ def _like(ap, xp, a):
 
 
 def _post(abs, normalise, normalise_func):  # noqa: A002
-    return {
-        "abs": qc.check_bool(abs, "abs"),
-        "normalise": qc.check_bool(normalise, "normalise"),
-        "normalise_func": normalise_func,
-    }
+    return qc.post_options(abs, normalise, normalise_func)
 
 
 @_core.cached_jit(
@@ -132,14 +160,14 @@ def _robust_chunk(
         if perturb_func is not None:
             xp = perturb_func(k, x)
         elif noise == "gaussian":
-            xp = x + (params[0] + params[1] * jax.random.normal(k, x.shape, x.dtype))
+            xp = x + (params[0] + params[1] * qc.normal(k, x.shape, x.dtype))
         elif noise == "uniform_symmetric":
-            xp = x + jax.random.uniform(k, x.shape, x.dtype, -params[0], params[0])
+            xp = x + qc.uniform(k, x.shape, x.dtype, -params[0], params[0])
         else:
-            xp = x + jax.random.uniform(k, x.shape, x.dtype, params[0], params[1])
+            xp = x + qc.uniform(k, x.shape, x.dtype, params[0], params[1])
         changed = jnp.argmax(fn(xp), axis=-1) != cls
         ap = _method_call(method, fn, xp, kwargs, takes_key, mk)
-        ap = qc.postprocess(_like(ap, xp, a), **dict(post))
+        ap = qc.apply_post(_like(ap, xp, a), post)
         af, apf = a.reshape(n, -1), ap.reshape(n, -1)
         kind, num, den, sim = measure
         if kind == "lipschitz":
@@ -179,27 +207,22 @@ def _robustness(
     if attributions is None:
         a = _explain_reference(method, fn, x, kwargs, takes_key, method_keys[0], post)
     else:
-        a = qc.postprocess(qc.expand_attributions(attributions, x), **post)
+        a = _processed(attributions, x, post)
     dynamic, spec = _split_static(kwargs)
     keys = jax.random.split(k_noise, n_samples)
     sims, changed = [], []
     for start, stop in _core.batched_chunks(n_samples, batch_size):
+        cut = slice(None) if (start, stop) == (0, n_samples) else slice(start, stop)
         s, c = _robust_chunk(
-            fn=fn, method=method, spec=spec, takes_key=takes_key,
-            post=tuple(sorted(post.items())), noise=noise, perturb_func=perturb_func,
-            measure=measure, x=x, a=a, keys=keys[start:stop],
-            method_keys=method_keys[1 + start : 1 + stop], dynamic=dynamic,
-            params=jnp.asarray(params, x.dtype),
+            fn=fn, method=method, spec=spec, takes_key=takes_key, post=post, noise=noise,
+            perturb_func=perturb_func, measure=measure, x=x, a=a, keys=keys[cut],
+            method_keys=method_keys[1:][cut], dynamic=dynamic,
+            params=np.asarray(params, np.float32),
         )
         sims.append(s)
         changed.append(c)
-    sim = jnp.concatenate(sims, axis=0)  # (S, N)
-    if return_nan:
-        sim = jnp.where(jnp.concatenate(changed, axis=0), jnp.nan, sim)
-        result = jnp.max(sim, axis=0) if reduce == "max" else jnp.mean(sim, axis=0)
-    else:
-        result = jnp.nanmax(sim, axis=0) if reduce == "max" else jnp.nanmean(sim, axis=0)
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+    return _reduce(sims, changed, return_nan=return_nan, reduce=reduce,
+                   agg=_agg(return_aggregate, aggregate_func))
 
 
 @_core.contract
@@ -481,12 +504,13 @@ def avg_sensitivity(
 # --------------------------------------------------------------------------------------
 
 
-@_core.cached_jit(("fn", "method", "spec", "takes_key", "post"))
+@_core.cached_jit(("fn", "method", "spec", "takes_key", "post", "kind"))
 def _continuity_chunk(
-    *, fn, method, spec, takes_key, post, x, a, shifts, fill, method_keys, dynamic, labels
+    *, fn, method, spec, takes_key, post, kind, x, a, shifts, method_keys, dynamic, labels
 ):
     kwargs = _join_static(dynamic, spec)
     n, w = x.shape[0], x.shape[-1]
+    fill = qc.static_fill(kind, x.reshape(n, -1)).astype(x.dtype)
     cols = jnp.arange(w)
 
     def one(t, mk):
@@ -496,7 +520,7 @@ def _continuity_chunk(
         xp = jnp.where(valid, moved, fill.reshape((n,) + (1,) * (x.ndim - 1)))
         changed = jnp.argmax(fn(xp), axis=-1) != labels
         ap = _method_call(method, fn, xp, kwargs, takes_key, mk)
-        ap = qc.postprocess(_like(ap, xp, a), **dict(post))
+        ap = qc.apply_post(_like(ap, xp, a), post)
         num = qc.distance_manhattan(a.reshape(n, -1), ap.reshape(n, -1))
         den = qc.distance_euclidean(x.reshape(n, -1), xp.reshape(n, -1)) + 1e-9
         return num / den, changed
@@ -586,21 +610,18 @@ def continuity(
     a = _explain_reference(method, fn, x, kwargs, takes_key, method_keys[0], post)
     dx = (2 * w + 1) // steps
     shifts = np.array([-w + (k + 1) * dx for k in range(steps)], np.int32)
-    fill = qc.static_fill(kind, x.reshape(n, -1)).astype(x.dtype)
     dynamic, spec = _split_static(kwargs)
     values, changed = [], []
     for start, stop in _core.batched_chunks(steps, batch_size):
+        cut = slice(None) if (start, stop) == (0, steps) else slice(start, stop)
         v, c = _continuity_chunk(
-            fn=fn, method=method, spec=spec, takes_key=takes_key,
-            post=tuple(sorted(post.items())), x=x, a=a, shifts=jnp.asarray(shifts[start:stop]),
-            fill=fill, method_keys=method_keys[1 + start : 1 + stop], dynamic=dynamic,
+            fn=fn, method=method, spec=spec, takes_key=takes_key, post=post, kind=kind, x=x,
+            a=a, shifts=shifts[cut], method_keys=method_keys[1:][cut], dynamic=dynamic,
             labels=labels,
         )
         values.append(v)
         changed.append(c)
-    v = jnp.concatenate(values, axis=0)
-    if return_nan:
-        v = jnp.where(jnp.concatenate(changed, axis=0), jnp.nan, v)
-    result = jnp.max(v, axis=0)
-    return qc.aggregate(result, return_aggregate, aggregate_func)
+    # Quantus takes np.max: a NaN (changed prediction) makes the score NaN
+    return _reduce(values, changed, return_nan=return_nan, reduce="max_nan",
+                   agg=_agg(return_aggregate, aggregate_func))
 
