@@ -279,4 +279,194 @@ def test_callable_baselines_gradient_shap_and_deep_lift_shap(mlp_relu, form, mon
     ref = ca.DeepLiftShap(model).attribute(twins.to_torch(x), ref_base, target=[1, 2])
     assert_close(jaxattr.deep_lift_shap(fn, x, our_base, target=[1, 2]), ref)
     with pytest.raises(TypeError, match="a callable must return the baselines"):
-        jaxattr.gradient_shap(fn, x, lambda: None, key=key, target=3)
+        jaxattr.gradient_shap(fn, x, baselines=lambda: None, key=key, target=3)
+
+
+# --------------------------------------------------------------------------------------
+# Progress bars (issue 15): every method with show_progress advances its bar to the end
+# (k/k) before clearing it; the table must name every such public method
+# --------------------------------------------------------------------------------------
+
+_PW = jax.random.normal(jax.random.key(0), (6, 3))
+_PX = np.asarray(jax.random.normal(jax.random.key(1), (4, 6)))
+_PIMG = np.asarray(jax.random.uniform(jax.random.key(2), (1, 1, 8, 8)))
+_PKEY = jax.random.key(3)
+
+
+def _pfn(x):
+    return jnp.tanh(x @ _PW)
+
+
+def _pimg(a):
+    return jnp.stack([a.sum((1, 2, 3)), a.mean((1, 2, 3))], axis=1)
+
+
+def _lb_perturb(key, x0):
+    return jax.random.bernoulli(key, 0.5, (1, 6)).astype(jnp.float32)
+
+
+def _lb_from(z, x0):
+    return x0 * z
+
+
+def _lb_sim(x0, xp, z):
+    return jnp.exp(-jnp.sum((x0 - xp) ** 2))
+
+
+def _structured_pfn():
+    from jaxattr.structure import Layer, default_intercept
+
+    class Two:
+        params = {"w": _PW}
+        layers = {"fc": Layer("fc", "linear", param_names={"weight": "w"}),
+                  "act": Layer("act", "activation", "Tanh")}  # fmt: skip
+
+        def apply(self, params, x, intercept=None):
+            intercept = intercept or default_intercept
+            h = intercept(
+                self.layers["fc"], lambda p, v: v @ p["weight"], {"weight": params["w"]}, x
+            )
+            return intercept(self.layers["act"], lambda p, v: jnp.tanh(v), {}, h)
+
+    return Two()
+
+
+def _influence_setup():
+    import optax
+
+    from jaxattr import influence
+
+    w1 = jax.random.normal(jax.random.key(4), (6, 5))
+    ckpts = [{"w": w1 * s, "learning_rate": 0.5} for s in (1.0, 0.5)]
+    y = np.arange(4) % 3
+
+    def net(p, x):
+        return jnp.tanh(x @ p["w"])[:, :3]
+
+    def loss(out, y_):
+        return optax.softmax_cross_entropy_with_integer_labels(out, y_)
+
+    return influence, net, ckpts, (_PX, y), loss
+
+
+def _tracin(which):
+    influence, net, ckpts, data, loss = _influence_setup()
+    tr = influence.TracInCP(net, data, ckpts, loss_fn=loss, batch_size=2)
+    return getattr(tr, which)
+
+
+def _naive(which):
+    influence, net, ckpts, data, loss = _influence_setup()
+    cls = (
+        influence.NaiveInfluenceFunction if "naive" in which else influence.ArnoldiInfluenceFunction
+    )
+    kw = {} if "naive" in which else {"arnoldi_dim": 4, "projection_dim": 2}
+    return cls(net, data, ckpts[0], loss_fn=loss, batch_size=2, show_progress=True, **kw)
+
+
+PROGRESS = {
+    "feature_ablation": lambda: jaxattr.feature_ablation(
+        _pfn, _PX, target=0, batch_size=2, show_progress=True
+    ),
+    "feature_permutation": lambda: jaxattr.feature_permutation(
+        _pfn, _PX, key=_PKEY, target=0, batch_size=2, show_progress=True
+    ),
+    "occlusion": lambda: jaxattr.occlusion(
+        _pfn, _PX, sliding_window_shapes=(1,), target=0, batch_size=2, show_progress=True
+    ),
+    "tiled_occlusion": lambda: jaxattr.tiled_occlusion(
+        _pimg, _PIMG, window=(1, 4, 4), show_progress=True
+    ),
+    "shapley_value_sampling": lambda: jaxattr.shapley_value_sampling(
+        _pfn, _PX, key=_PKEY, n_samples=2, target=0, batch_size=3, show_progress=True
+    ),
+    "shapley_values": lambda: jaxattr.shapley_values(
+        _pfn,
+        _PX,
+        feature_mask=np.array([[0, 0, 1, 1, 2, 2]]),
+        target=0,
+        batch_size=2,
+        show_progress=True,
+    ),
+    "kernel_shap": lambda: jaxattr.kernel_shap(
+        _pfn, _PX[:1], key=_PKEY, n_samples=8, target=0, batch_size=3, show_progress=True
+    ),
+    "lime": lambda: jaxattr.lime(
+        _pfn, _PX[:1], key=_PKEY, n_samples=8, target=0, batch_size=3, show_progress=True
+    ),
+    "lime_base": lambda: jaxattr.lime_base(
+        _pfn,
+        _PX[:1],
+        key=_PKEY,
+        n_samples=8,
+        target=0,
+        batch_size=3,
+        interpretable_model="linear",
+        similarity_func=_lb_sim,
+        perturb_func=_lb_perturb,
+        from_interp_rep_transform=_lb_from,
+        show_progress=True,
+    ),  # fmt: skip
+    "rise": lambda: jaxattr.rise(
+        _pimg,
+        _PIMG,
+        key=_PKEY,
+        num_masks=6,
+        num_cells=2,
+        batch_size=2,
+        target=0,
+        show_progress=True,
+    ),
+    "neuron_feature_ablation": lambda: jaxattr.neuron_feature_ablation(
+        _structured_pfn(), _PX, "fc", 1, batch_size=2, show_progress=True
+    ),
+    "layer_feature_permutation": lambda: jaxattr.layer_feature_permutation(
+        _structured_pfn(), _PX, "fc", key=_PKEY, target=0, batch_size=1, show_progress=True
+    ),
+    "attribute_dataset": lambda: jaxattr.attribute_dataset(
+        jaxattr.saliency, _pfn, [_PX[:2], _PX[2:]], target=0, show_progress=True
+    ),
+    "TracInCP.influence": lambda: _tracin("influence")(
+        (_PX[:2], np.array([0, 1])), show_progress=True
+    ),
+    "TracInCP.self_influence": lambda: _tracin("self_influence")(show_progress=True),
+    "NaiveInfluenceFunction.influence": lambda: _naive("naive").influence(
+        (_PX[:2], np.array([0, 1])), show_progress=True
+    ),
+    "ArnoldiInfluenceFunction.self_influence": lambda: _naive("arnoldi").self_influence(
+        show_progress=True
+    ),
+}
+
+
+def test_every_method_with_show_progress_has_a_progress_case():
+    import inspect
+
+    from jaxattr import influence
+
+    names = set()
+    for name in jaxattr.__all__:
+        obj = getattr(jaxattr, name)
+        if inspect.isfunction(obj) and "show_progress" in inspect.signature(obj).parameters:
+            names.add(name)
+    covered = {k.split(".")[0] for k in PROGRESS}
+    assert names <= covered, sorted(names - covered)
+    for cls_name in ("TracInCP", "NaiveInfluenceFunction", "ArnoldiInfluenceFunction"):
+        assert cls_name in covered
+        cls = getattr(influence, cls_name)
+        assert "show_progress" in inspect.signature(cls.influence).parameters
+
+
+@pytest.mark.parametrize("name", list(PROGRESS))
+def test_progress_bars_advance_to_the_end(name, capsys):
+    import re
+
+    capsys.readouterr()
+    PROGRESS[name]()
+    err = capsys.readouterr().err
+    counts = re.findall(r"(\d+)/(\d+)", err)
+    assert counts, f"{name}: no progress bar drawn: {err[-300:]!r}"
+    for total in {t for _, t in counts}:
+        assert f"{total}/{total}" in err, f"{name}: a bar of {total} stopped at " + ", ".join(
+            f"{d}/{t}" for d, t in counts if t == total
+        )
