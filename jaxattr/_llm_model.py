@@ -40,11 +40,13 @@ class Call:
         kw_names: Keyword inputs the model takes, a subset of :data:`EXTRA_INPUTS`.
         head: Name of the layer producing the logits, fed only the scored positions;
             ``None``: the full (N, S, V) logits are computed and the positions gathered.
+        vocab: The vocabulary size V (the logits' last dimension).
     """
 
     structured: bool
     kw_names: tuple[str, ...]
     head: str | None
+    vocab: int = 0
 
 
 def is_structured(model: Any) -> bool:
@@ -233,10 +235,12 @@ def resolve(
     try:
         shape = jax.eval_shape(full, model, ids, mask, mask).shape
     except TypeError as err:
-        if kw_names and "keyword" in str(err):
+        if "keyword" in str(err) or "argument" in str(err):
             raise TypeError(
-                f"model: calling it with keyword inputs {list(kw_names)} failed ({err}); "
-                f"pass extra_inputs=() (or the names it takes)"
+                f"model: calling it as model(input_ids"
+                + "".join(f", {k}=..." for k in kw_names)
+                + f") failed: {err}; set extra_inputs to the keyword inputs it takes, from "
+                f"{list(EXTRA_INPUTS)}"
             ) from err
         raise
     if shape[:2] != (1, length):
@@ -244,11 +248,12 @@ def resolve(
             f"model: expected logits of shape (N, S, vocab) = (1, {length}, vocab) for "
             f"input_ids of shape (1, {length}), got {tuple(shape)}"
         )
+    plain = Call(structured, kw_names, None, int(shape[-1]))
     call = plain
     if structured and logits_layer is not None:
         head = _find_head(model, plain, ids, mask, logits_layer)
         if head is not None:
-            call = Call(True, kw_names, head)
+            call = Call(True, kw_names, head, int(shape[-1]))
     if key is not None:
         _HEADS.put(key, call)
     return call
@@ -307,7 +312,7 @@ def _find_head(model: Any, plain: Call, ids, mask, logits_layer: str) -> str | N
         head = logits_layer
     # the sliced run must give (N, P, V)
     at = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-    call = Call(True, plain.kw_names, head)
+    call = Call(True, plain.kw_names, head, plain.vocab)
     try:
         shape = jax.eval_shape(
             lambda m, i, a, p, t: call_logits(m, call, i, a, p, t), model, ids, mask, mask, at

@@ -803,14 +803,6 @@ def _prompt_ids(inp: Any, tok: _Tok) -> np.ndarray:
     return np.asarray(tok.encode(inp.to_model_input(None)), np.int32)
 
 
-def _vocab_size(model: Any, call: _m.Call, length: int) -> int:
-    ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
-    at = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    shape = jax.eval_shape(lambda m, i, a, t: _m.call_logits(m, call, i, a, a, t),
-                           model, ids, ids, at).shape
-    return int(shape[-1])
-
-
 def _check_padding(padding: str, call: _m.Call) -> None:
     if padding == "left" and not {"attention_mask", "position_ids"} <= set(call.kw_names):
         raise ValueError(
@@ -1072,7 +1064,7 @@ def llm_attribution(
             rows = _coalitions(method, f, k, n_samples)
             fn, length = _table_fn(model, tok, inp, rows, baselines, tgt, padding, max_length,
                                    extra_inputs, logits_layer, per_token, prob)
-        _check_vocab(tgt, _vocab_size(fn.model, fn.call, length))
+        _check_vocab(tgt, fn.call.vocab)
         attr = _run_method(method, fn, f, k, n_samples, batch_size, show_progress, options)
         if not np.isfinite(attr).all():
             _explain_nonfinite(fn, template)
@@ -1246,7 +1238,7 @@ def llm_gradient_attribution(
     length = _m.padded_length(len(inp.ids) + len(tgt), model, max_length)
     call = _m.resolve(model, extra_inputs=extra_inputs, logits_layer=logits_layer, length=length)
     _check_padding(padding, call)
-    _check_vocab(tgt, _vocab_size(model, call, length))
+    _check_vocab(tgt, call.vocab)
     if layer == "auto":
         layer = _embedding_layer(model)
     elif not isinstance(layer, str):
