@@ -10,12 +10,16 @@ Two families, both returning plain arrays so they compose with any plotting libr
 - Captum's ``visualize_image_attr`` methods as arrays: :func:`normalize_attr` (sign and
   outlier-percentile scaling), :func:`heatmap`, :func:`blended_heat_map`,
   :func:`masked_image`, :func:`alpha_scaling`.
+- PAIR saliency's :func:`visualize_image_grayscale` and :func:`visualize_image_diverging`
+  (also under PAIR's names ``VisualizeImageGrayscale`` / ``VisualizeImageDiverging``).
 
-:func:`save_png` writes any of these arrays with ``zlib`` and ``struct`` only. All of the
-above need nothing but numpy. Figures (:func:`visualize_image_attr`,
+:func:`save_png` writes any of these arrays with ``zlib`` and ``struct`` only, and
+:func:`imsave` (Zennit's) colors and writes in one call; :func:`interval_norm_bounds` gives
+Zennit's per-example normalisation bounds. All of the above need nothing but numpy.
+Figures (:func:`visualize_image_attr`, :func:`visualize_image_attr_multiple`,
 :func:`visualize_timeseries_attr`) need matplotlib, the optional extra
-``pip install jaxattr[viz]``; :func:`visualize_text` returns an HTML string and needs
-nothing.
+``pip install jaxattr[viz]``; :func:`visualize_text` returns an HTML string (from tokens or
+from Captum's records, :class:`VisualizationDataRecord`) and needs nothing.
 
 Arrays may be numpy or jax arrays; images are height-first (H, W) or (H, W, C), and a
 channel-first (C, H, W) array with C in (1, 3) is recognised as in Zennit.
@@ -37,17 +41,25 @@ __all__ = [
     "CMAPS",
     "SIGNS",
     "ColorMap",
+    "VisualizationDataRecord",
+    "VisualizeImageDiverging",
+    "VisualizeImageGrayscale",
     "alpha_scaling",
     "blended_heat_map",
     "get_cmap",
     "grid",
     "heatmap",
     "imgify",
+    "imsave",
+    "interval_norm_bounds",
     "masked_image",
     "normalize_attr",
     "palette",
     "save_png",
     "visualize_image_attr",
+    "visualize_image_attr_multiple",
+    "visualize_image_diverging",
+    "visualize_image_grayscale",
     "visualize_text",
     "visualize_timeseries_attr",
 ]
@@ -724,6 +736,12 @@ def save_png(path: str | os.PathLike, image: Any) -> str:
         >>> open(path, "rb").read(8)
         b'\\x89PNG\\r\\n\\x1a\\n'
     """
+    with open(path, "wb") as f:
+        f.write(_png_bytes(image))
+    return os.fspath(path)
+
+
+def _png_bytes(image: Any) -> bytes:
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise TypeError(f"image must be uint8 pixels (see imgify/heatmap), got dtype {img.dtype}")
@@ -744,15 +762,194 @@ def save_png(path: str | os.PathLike, image: Any) -> str:
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    png = (
+    return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
         + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
         + chunk(b"IEND", b"")
     )
-    with open(path, "wb") as f:
-        f.write(png)
-    return os.fspath(path)
+
+
+def interval_norm_bounds(
+    input: Any,  # noqa: A002 - Zennit's argument name
+    symmetric: bool = False,
+    dim: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zennit's ``interval_norm_bounds``: per-example bounds mapping values to [0, 1].
+
+    ``(min, max)`` over ``dim`` (default every axis but the first), or ``(-max|v|,
+    max|v|)`` with ``symmetric=True`` (so 0 maps to 0.5), with the reduced axes kept.
+
+    Args:
+        input: An array, batch first (N, ...).
+        symmetric: Bounds symmetric around 0.
+        dim: The axes reduced (default ``tuple(range(1, input.ndim))``).
+
+    Returns:
+        ``(vmin, vmax)``, numpy arrays broadcastable against ``input``.
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxattr.viz import interval_norm_bounds
+        >>> lo, hi = interval_norm_bounds(np.array([[-1.0, 3.0], [2.0, 4.0]]))
+        >>> lo.ravel().tolist(), hi.ravel().tolist()
+        ([-1.0, 2.0], [3.0, 4.0])
+        >>> interval_norm_bounds(np.array([[-1.0, 3.0]]), symmetric=True)[0].tolist()
+        [[-3.0]]
+    """
+    a = np.asarray(input)
+    if a.ndim < 1:
+        raise ValueError(f"input must have at least one axis (the batch), got a scalar")
+    axes = tuple(range(1, a.ndim)) if dim is None else tuple(dim)
+    if symmetric:
+        vmax = np.abs(a).max(axes, keepdims=True)
+        return -vmax, vmax
+    return a.min(axes, keepdims=True), a.max(axes, keepdims=True)
+
+
+def imsave(
+    fp: Any,
+    obj: Any,
+    vmin: Any = None,
+    vmax: Any = None,
+    cmap: str | ColorMap = "bwr",
+    level: float = 1.0,
+    grid: bool | tuple[int, int] = False,  # noqa: F811 - Zennit's argument name
+    format: str | None = None,  # noqa: A002 - Zennit's argument name
+    writer_params: dict | None = None,
+    symmetric: bool = False,
+    gridfill: Any = None,
+) -> None:
+    """Zennit's ``imsave``: :func:`imgify` an array and write the image to ``fp``.
+
+    PNG files are written by jaxattr itself (no Pillow); another ``format`` (or a file name
+    with another suffix) is handed to Pillow's ``Image.save`` with ``writer_params``, as
+    Zennit does. Zennit stores a one-channel map as a palette image; jaxattr stores the
+    colored RGB pixels, which are equal to the palette image converted to RGB.
+
+    Args:
+        fp: A file name, path or binary file object.
+        obj: The array (see :func:`imgify`; a batch with ``grid``).
+        vmin: The value mapped to the first color.
+        vmax: The value mapped to the last color.
+        cmap: Colormap name, source or :class:`ColorMap`.
+        level: Palette level (see :func:`palette`).
+        grid: ``True`` or ``(rows, cols)`` to tile a batch.
+        format: Image format; default from the file name (PNG for file objects).
+        writer_params: Keyword arguments of Pillow's ``save`` (other formats only).
+        symmetric: Scale symmetrically around 0.
+        gridfill: The uint8 value of empty grid cells.
+
+    Example:
+        >>> import io, numpy as np
+        >>> from jaxattr.viz import imsave
+        >>> buf = io.BytesIO()
+        >>> imsave(buf, np.array([[-1.0, 0.0, 1.0]]), symmetric=True)
+        >>> buf.getvalue()[:4]
+        b'\\x89PNG'
+    """
+    pixels = imgify(obj, vmin=vmin, vmax=vmax, cmap=cmap, level=level, symmetric=symmetric,
+                    grid=grid, gridfill=gridfill)
+    name = os.fspath(fp) if isinstance(fp, (str, os.PathLike)) else None
+    fmt = format
+    if fmt is None and name is not None:
+        suffix = os.path.splitext(name)[1].lower()
+        fmt = "png" if suffix == ".png" else (suffix[1:] or None)
+    if fmt is None or str(fmt).lower() == "png":
+        if writer_params:
+            raise ValueError(
+                f"writer_params are Pillow's options; jaxattr writes PNG itself, got "
+                f"{sorted(writer_params)}"
+            )
+        data = _png_bytes(pixels)
+        if name is not None:
+            with open(name, "wb") as f:
+                f.write(data)
+        else:
+            fp.write(data)
+        return
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"imsave writes PNG itself; format {fmt!r} needs Pillow (pip install Pillow)"
+        ) from err
+    Image.fromarray(pixels).save(fp, format=format, **(writer_params or {}))
+
+
+# --------------------------------------------------------------------------------------
+# PAIR saliency: grayscale and diverging maps
+# --------------------------------------------------------------------------------------
+
+
+def _image_3d(image_3d: Any) -> np.ndarray:
+    a = np.asarray(image_3d)
+    if a.ndim != 3:
+        raise ValueError(
+            f"image_3d must have shape (H, W, C) (channels last, as PAIR), got {a.shape}"
+        )
+    return a
+
+
+def visualize_image_grayscale(image_3d: Any, percentile: float = 99) -> np.ndarray:
+    """PAIR saliency's ``VisualizeImageGrayscale``: a mask as a [0, 1] grayscale map.
+
+    ``|a|`` summed over channels, scaled so that its minimum is 0 and its
+    ``percentile``-th percentile is 1, clipped to [0, 1].
+
+    Args:
+        image_3d: The attribution, (H, W, C), channels last.
+        percentile: The percentile mapped to 1.
+
+    Returns:
+        (H, W) floats in [0, 1].
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxattr.viz import visualize_image_grayscale
+        >>> visualize_image_grayscale(np.array([[[0.0], [-1.0]], [[2.0], [4.0]]]),
+        ...                           percentile=50).tolist()
+        [[0.0, 0.6666666666666666], [1.0, 1.0]]
+    """
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+    image_2d = np.sum(np.abs(_image_3d(image_3d)), axis=2)
+    vmax = np.percentile(image_2d, percentile)
+    vmin = np.min(image_2d)
+    return np.clip((image_2d - vmin) / (vmax - vmin), 0, 1)
+
+
+def visualize_image_diverging(image_3d: Any, percentile: float = 99) -> np.ndarray:
+    """PAIR saliency's ``VisualizeImageDiverging``: a signed mask on [0, 1], 0.5 at zero.
+
+    The channel sum ``s`` is scaled by ``span = |percentile(s, percentile)|`` to
+    ``(s + span) / (2 span)`` and clipped to [-1, 1], as PAIR does (so values below
+    ``-span`` go negative down to -1).
+
+    Args:
+        image_3d: The attribution, (H, W, C), channels last.
+        percentile: The percentile of the channel sum that sets the span.
+
+    Returns:
+        (H, W) floats.
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxattr.viz import visualize_image_diverging
+        >>> visualize_image_diverging(np.array([[[-2.0], [0.0], [2.0]]]), percentile=100)
+        array([[0. , 0.5, 1. ]])
+    """
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+    image_2d = np.sum(_image_3d(image_3d), axis=2)
+    span = abs(np.percentile(image_2d, percentile))
+    return np.clip((image_2d + span) / (2 * span), -1, 1)
+
+
+#: PAIR's name of :func:`visualize_image_grayscale`.
+VisualizeImageGrayscale = visualize_image_grayscale
+#: PAIR's name of :func:`visualize_image_diverging`.
+VisualizeImageDiverging = visualize_image_diverging
 
 
 # --------------------------------------------------------------------------------------
@@ -879,6 +1076,83 @@ def visualize_image_attr(
     if title:
         ax.set_title(title)
     return fig, ax
+
+
+def visualize_image_attr_multiple(
+    attr: Any,
+    original_image: Any,
+    methods: Sequence[str],
+    signs: Sequence[str],
+    titles: Sequence[str] | None = None,
+    fig_size: tuple[float, float] = (8, 6),
+    use_pyplot: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """Captum's ``visualize_image_attr_multiple``: several views side by side.
+
+    One axis per ``(method, sign)`` pair in a 1 x k row, each drawn by
+    :func:`visualize_image_attr` with ``title`` from ``titles`` and the other ``kwargs``
+    (``outlier_perc``, ``cmap``, ``alpha_overlay``, ``show_colorbar``, ``channel_axis``).
+    Unlike Captum, ``use_pyplot`` defaults to False: the figure is made without pyplot and
+    not shown (``use_pyplot=True`` creates it with pyplot and calls ``plt.show()``, as
+    Captum's default does).
+
+    Args:
+        attr: (H, W), (H, W, C) or (C, H, W) attribution of one example.
+        original_image: The image, or None when every method is ``heat_map``.
+        methods: The methods of :func:`visualize_image_attr`, one per axis.
+        signs: One of :data:`SIGNS` per axis.
+        titles: A title per axis.
+        fig_size: Figure size in inches.
+        use_pyplot: Create the figure with pyplot and show it.
+        **kwargs: Passed to every :func:`visualize_image_attr` call.
+
+    Returns:
+        ``(figure, axes)``: one axis for one method, else a list of them (as Captum).
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install jaxattr[viz]``).
+
+    Example:
+        >>> import numpy as np
+        >>> from jaxattr.viz import visualize_image_attr_multiple
+        >>> fig, axes = visualize_image_attr_multiple(
+        ...     np.random.rand(8, 8, 3), np.random.rand(8, 8, 3),
+        ...     ["original_image", "heat_map"], ["all", "positive"], titles=["x", "attr"])
+        >>> [ax.get_title() for ax in axes]
+        ['x', 'attr']
+    """
+    methods, signs = list(methods), list(signs)
+    if len(methods) != len(signs):
+        raise ValueError(
+            f"methods and signs must have one entry per view, got {len(methods)} methods and "
+            f"{len(signs)} signs"
+        )
+    if not methods:
+        raise ValueError("methods must name at least one view")
+    if titles is not None and len(titles) != len(methods):
+        raise ValueError(f"titles must give one title per view ({len(methods)}), got "
+                         f"{len(titles)}")
+    for name in ("plt_fig_axis", "title", "method", "sign", "fig_size"):
+        if name in kwargs:
+            raise TypeError(f"visualize_image_attr_multiple sets {name} itself; got {name}=")
+    if use_pyplot:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=fig_size)
+    else:
+        fig = _matplotlib()(figsize=fig_size)
+    axes = fig.subplots(1, len(methods), squeeze=True)
+    axis_list = [axes] if len(methods) == 1 else list(np.asarray(axes, dtype=object))
+    for i, (method, sign) in enumerate(zip(methods, signs, strict=True)):
+        visualize_image_attr(
+            attr, original_image, method=method, sign=sign,
+            plt_fig_axis=(fig, axis_list[i]), title=titles[i] if titles else None, **kwargs,
+        )
+    fig.tight_layout()
+    if use_pyplot:
+        plt.show()
+    return fig, (axis_list[0] if len(methods) == 1 else axis_list)
 
 
 def visualize_timeseries_attr(
@@ -1029,37 +1303,199 @@ def _token_color(value: float) -> str:
     return f"hsl(0, 75%, {100 - int(-40 * v)}%)"
 
 
+class VisualizationDataRecord:
+    """Captum's ``VisualizationDataRecord``: one row of :func:`visualize_text`.
+
+    Same fields, in Captum's order: ``word_attributions`` (one value per token, in
+    [-1, 1] for full colors), ``pred_prob``, ``pred_class``, ``true_class``,
+    ``attr_class``, ``attr_score``, ``raw_input_ids`` (the tokens) and
+    ``convergence_score``. ``word_attributions`` may be a numpy, jax or torch array or a
+    list.
+
+    Example:
+        >>> from jaxattr.viz import VisualizationDataRecord
+        >>> r = VisualizationDataRecord([0.5, -0.2], 0.9, "pos", "pos", "pos", 0.3,
+        ...                             ["good", "film"], 0.0)
+        >>> r.raw_input_ids, r.pred_prob
+        (['good', 'film'], 0.9)
+    """
+
+    __slots__ = (
+        "word_attributions",
+        "pred_prob",
+        "pred_class",
+        "true_class",
+        "attr_class",
+        "attr_score",
+        "raw_input_ids",
+        "convergence_score",
+    )
+
+    def __init__(
+        self,
+        word_attributions: Any,
+        pred_prob: float,
+        pred_class: Any,
+        true_class: Any,
+        attr_class: Any,
+        attr_score: float,
+        raw_input_ids: Sequence[str],
+        convergence_score: float,
+    ) -> None:
+        self.word_attributions = word_attributions
+        self.pred_prob = pred_prob
+        self.pred_class = pred_class
+        self.true_class = true_class
+        self.attr_class = attr_class
+        self.attr_score = attr_score
+        self.raw_input_ids = raw_input_ids
+        self.convergence_score = convergence_score
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"VisualizationDataRecord({fields})"
+
+
+def _legend() -> str:
+    swatches = "".join(
+        f'<span style="display: inline-block; width: 10px; height: 10px; border: 1px '
+        f'solid; background-color: {_token_color(v)}"></span> {name} '
+        for v, name in ((-1, "Negative"), (0, "Neutral"), (1, "Positive"))
+    )
+    return (
+        '<div style="border-top: 1px solid; margin-top: 5px; padding-top: 5px; display: '
+        f'inline-block"><b>Legend: </b>{swatches}</div>'
+    )
+
+
+def _special(token: str) -> str:
+    """Captum's ``format_special_tokens``: ``<s>`` is shown as ``#s``."""
+    if token.startswith("<") and token.endswith(">"):
+        return "#" + token.strip("<>")
+    return token
+
+
+def _cell(text: str) -> str:
+    return f'<td><text style="padding-right:2em"><b>{html.escape(str(text))}</b></text></td>'
+
+
+def _records_html(records: list, legend: bool) -> str:
+    rows = [
+        "<tr><th>True Label</th><th>Predicted Label</th><th>Attribution Label</th>"
+        "<th>Attribution Score</th><th>Word Importance</th></tr>"
+    ]
+    for r, rec in enumerate(records):
+        if not isinstance(rec, VisualizationDataRecord):
+            raise TypeError(
+                f"datarecords must all be VisualizationDataRecord, item {r} is "
+                f"{type(rec).__name__}"
+            )
+        words = [str(w) for w in rec.raw_input_ids]
+        values = rec.word_attributions
+        if hasattr(values, "detach"):  # a torch tensor
+            values = values.detach().cpu().numpy()
+        values = np.asarray(values, dtype=np.float64) if values is not None else None
+        if values is None or values.size == 0:
+            importance = "<td></td>"
+        else:
+            if values.ndim != 1 or values.shape[0] < len(words):
+                raise ValueError(
+                    f"record {r}: word_attributions must have shape (T,) with T >= "
+                    f"{len(words)} (one per token), got {values.shape}"
+                )
+            marks = "".join(
+                f'<mark style="background-color: {_token_color(v)}; opacity:1.0; '
+                f'line-height:1.75"><font color="black"> {html.escape(_special(w))} '
+                f"</font></mark>"
+                for w, v in zip(words, values, strict=False)
+            )
+            importance = f"<td>{marks}</td>"
+        rows.append(
+            "<tr>"
+            + _cell(rec.true_class)
+            + _cell(f"{rec.pred_class} ({rec.pred_prob:.2f})")
+            + _cell(rec.attr_class)
+            + _cell(f"{rec.attr_score:.2f}")
+            + importance
+            + "</tr>"
+        )
+    return "<table width: 100%>" + (_legend() if legend else "") + "".join(rows) + "</table>"
+
+
 def visualize_text(
-    tokens: Sequence[str] | Sequence[Sequence[str]],
-    attributions: Any,
+    tokens: Any,
+    attributions: Any = None,
     *,
     labels: Sequence[str] | None = None,
     normalize: bool = False,
     legend: bool = True,
 ) -> str:
-    """Per-token attributions as an HTML table (Captum's ``visualize_text`` colors).
+    """Per-token attributions as HTML in Captum's ``visualize_text`` colors.
+
+    Two forms:
+
+    - Captum's: ``visualize_text(datarecords, legend=True)`` with a list of
+      :class:`VisualizationDataRecord` gives Captum's table (True Label, Predicted Label,
+      Attribution Label, Attribution Score, Word Importance), the same markup except that
+      tokens and labels are HTML-escaped and rows are closed with ``</tr>``. Captum
+      displays it through IPython and returns an ``IPython.display.HTML``; jaxattr returns
+      the string (``IPython.display.HTML(s)`` shows it).
+    - Tokens and values: ``visualize_text(tokens, attributions, labels=..., normalize=...)``,
+      one row per token list, each value shown as the token's tooltip.
 
     Each token is highlighted green (positive) or red (negative), more saturated the
-    larger ``|a|``; values are clipped to [-1, 1] as in Captum, so pass attributions
-    scaled to that range or set ``normalize=True`` (divide each row by its largest
-    ``|a|``). The value is shown as the token's tooltip. Tokens are HTML-escaped. Needs no
-    matplotlib or IPython; in a notebook, ``IPython.display.HTML(html)`` renders it.
+    larger ``|a|``; values are clipped to [-1, 1] as in Captum, so pass attributions scaled
+    to that range or set ``normalize=True`` (token form: divide each row by its largest
+    ``|a|``). Needs no matplotlib or IPython.
 
     Args:
-        tokens: The tokens of one sequence, or a list of token lists (one row each).
-        attributions: One value per token, (T,), or one such array per row.
-        labels: A label shown in front of each row.
-        normalize: Scale each row by its maximum absolute value.
-        legend: Append a negative/neutral/positive legend.
+        tokens: A list of :class:`VisualizationDataRecord` (or one record); or the tokens
+            of one sequence, or a list of token lists (one row each).
+        attributions: Token form: one value per token, (T,), or one such array per row.
+        labels: Token form: a label shown in front of each row.
+        normalize: Token form: scale each row by its maximum absolute value.
+        legend: Add a negative/neutral/positive legend.
 
     Returns:
         The HTML, as a string.
 
     Example:
-        >>> from jaxattr.viz import visualize_text
+        >>> from jaxattr.viz import VisualizationDataRecord, visualize_text
         >>> "hsl(120, 75%, 50%)" in visualize_text(["good", "film"], [1.0, 0.0])
         True
+        >>> rec = VisualizationDataRecord([1.0, 0.0], 0.9, "pos", "pos", "pos", 1.0,
+        ...                               ["good", "film"], 0.0)
+        >>> "<th>Attribution Score</th>" in visualize_text([rec])
+        True
     """
+    if isinstance(tokens, VisualizationDataRecord):
+        tokens = [tokens]
+    if isinstance(tokens, (list, tuple)) and tokens and all(
+        isinstance(t, VisualizationDataRecord) for t in tokens
+    ):
+        if attributions is not None or labels is not None or normalize:
+            raise ValueError(
+                "with VisualizationDataRecords, attributions, labels and normalize are taken "
+                "from the records; pass only legend="
+            )
+        return _records_html(list(tokens), legend)
+    if attributions is None:
+        raise TypeError(
+            "visualize_text takes a list of VisualizationDataRecord, or tokens and "
+            "attributions; attributions is missing"
+        )
+    return _tokens_html(tokens, attributions, labels=labels, normalize=normalize,
+                        legend=legend)
+
+
+def _tokens_html(
+    tokens: Sequence[str] | Sequence[Sequence[str]],
+    attributions: Any,
+    *,
+    labels: Sequence[str] | None,
+    normalize: bool,
+    legend: bool,
+) -> str:
     if isinstance(tokens, str):
         raise TypeError("tokens must be a list of strings (or of lists of strings), got a str")
     rows_tokens = [tokens] if tokens and isinstance(tokens[0], str) else list(tokens)
