@@ -29,7 +29,13 @@ if __name__ != "jaxattr.bridge":  # the repository's bridge/ folder imported dir
     )
 
 from .convert import Converted, from_exported, from_torch, load
-from .errors import BridgeError, ExportError, TrainModeError, UnsupportedOpsError
+from .errors import (
+    BridgeError,
+    ExportError,
+    TrainModeError,
+    UnsupportedArgumentsError,
+    UnsupportedOpsError,
+)
 from .lowerings import CONFIG, register_lowering, supported_ops
 from .onnx_import import ConcreteInputError, OnnxFormatError, from_onnx, supported_onnx_ops
 from .onnx_ops import register_onnx_lowering
@@ -44,6 +50,7 @@ __all__ = [
     "OnnxFormatError",
     "TrainModeError",
     "UnsafeArchiveError",
+    "UnsupportedArgumentsError",
     "UnsupportedOpsError",
     "from_exported",
     "from_onnx",

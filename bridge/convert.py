@@ -27,7 +27,7 @@ import numpy as np
 from jaxattr.structure import Layer
 
 from .errors import ExportError, TrainModeError, UnsupportedOpsError
-from .lowerings import LOWERINGS
+from .lowerings import LOWERINGS, refusal
 
 __all__ = ["Converted", "from_torch", "load", "from_exported"]
 
@@ -303,6 +303,9 @@ class _Input:
     value: str
     dtype: str | None  # "float32", "int64", "bool", ... (None: anything)
     shape: tuple[int | None, ...] | None  # None entries are dynamic (the batch)
+    #: the symbol of each dynamic dimension (torch's ``s0``, ``batch``); inputs whose
+    #: dimensions share a symbol must agree on its size at call time
+    symbols: tuple[str | None, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -338,6 +341,7 @@ class _Graph:
 
 def _torch_graph(ep: Any) -> _Graph:
     """Read a decomposed ``ExportedProgram`` into a :class:`_Graph`."""
+    import torch.fx
     from torch.export.graph_signature import InputKind, OutputKind
 
     sig = ep.graph_signature
@@ -380,6 +384,10 @@ def _torch_graph(ep: Any) -> _Graph:
                 constants[key] = _to_jax(t)
                 const_ph.append((ph, key))
             continue
+        if spec.kind == InputKind.TOKEN:  # effect token (linalg error checks)
+            constants[ph] = jnp.zeros((0,), jnp.float32)
+            const_ph.append((ph, ph))
+            continue
         raise NotImplementedError(
             f"exported program: input {ph!r} has kind {spec.kind}; only parameters, "
             "buffers, tensor constants and tensor user inputs are supported")
@@ -401,8 +409,20 @@ def _torch_graph(ep: Any) -> _Graph:
             path = _innermost_path(n)
             if path not in missing[key]:
                 missing[key].append(path)
+    detail: dict[str, str] = {}
+    for n in call_nodes:  # lowered ops called with arguments their lowering cannot take
+        key = _op_key(n.target)
+        if key in LOWERINGS:
+            args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs),
+                                                 lambda a: a.meta.get("val"))
+            why = refusal(key, args, kwargs, n.meta.get("val"))
+            if why:
+                path = _innermost_path(n)
+                if path not in missing[key]:
+                    missing[key].append(path)
+                detail[key] = why
     if missing:
-        raise UnsupportedOpsError(missing)
+        raise UnsupportedOpsError(missing, detail=detail or None)
 
     instrs: list[_Instr] = []
     for i, n in enumerate(call_nodes):
@@ -433,7 +453,9 @@ def _torch_input(name: str, meta: Any) -> _Input:
     import torch
 
     shape = tuple(None if isinstance(s, torch.SymInt) else int(s) for s in meta.shape)
-    return _Input(name, str(meta.dtype).replace("torch.", ""), shape)
+    symbols = tuple(str(s) if isinstance(s, torch.SymInt) else None for s in meta.shape)
+    return _Input(name, str(meta.dtype).replace("torch.", ""), shape,
+                  symbols if any(symbols) else None)
 
 
 def _input_layout(ep: Any) -> tuple[int, tuple[str, ...]]:
@@ -795,7 +817,26 @@ class Converted:
                 f"converted model: keyword inputs must be exactly {sorted(self.kwarg_names)} "
                 f"(as exported), got {sorted(kwargs)}")
         flat = list(inputs) + [kwargs[k] for k in self.kwarg_names]
-        return [self._prep(x, i) for i, x in enumerate(flat)]
+        flat = [self._prep(x, i) for i, x in enumerate(flat)]
+        self._check_symbols(flat)
+        return flat
+
+    def _check_symbols(self, flat: Sequence[Any]) -> None:
+        """Dimensions exported as one symbol (the batch) must have one size."""
+        seen: dict[str, tuple[str, int, int]] = {}
+        for spec, x in zip(self._inputs, flat, strict=False):
+            for axis, sym in enumerate(spec.symbols or ()):
+                if sym is None or axis >= getattr(x, "ndim", 0):
+                    continue
+                size = int(x.shape[axis])
+                if sym in seen and seen[sym][2] != size:
+                    other, other_axis, other_size = seen[sym]
+                    raise ValueError(
+                        f"input {spec.value!r}: dimension {axis} has size {size}, but it was "
+                        f"exported as the same dynamic dimension ({sym}) as dimension "
+                        f"{other_axis} of input {other!r}, which has size {other_size}; "
+                        "give every batched input the same batch size")
+                seen.setdefault(sym, (spec.value, axis, size))
 
     def _prep(self, x: Any, i: int) -> Any:
         spec = self._inputs[i]
@@ -1116,9 +1157,17 @@ def _decompose(ep: Any) -> Any:
     for op in list(table.keys()):
         if str(op) in LOWERINGS:
             del table[op]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
-        return ep.run_decompositions(table)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations
+            return ep.run_decompositions(table)
+    except Exception as e:  # noqa: BLE001 - torch's own failure, re-raised with a name
+        first = "\n".join(str(e).strip().splitlines()[:6])
+        raise ExportError(
+            "exported program: torch failed while decomposing it into core ATen ops "
+            f"(ExportedProgram.run_decompositions raised {type(e).__name__}), before the "
+            "bridge read any op; the model uses an op whose torch decomposition fails for "
+            f"these inputs. torch said:\n{first}") from e
 
 
 def _export(module: Any, args: tuple, kwargs: dict, dynamic_batch: bool) -> Any:
@@ -1127,6 +1176,8 @@ def _export(module: Any, args: tuple, kwargs: dict, dynamic_batch: bool) -> Any:
 
     tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     batch = tensors[0].shape[0] if tensors and tensors[0].ndim else None
+    if dynamic_batch and batch == 1 and any(t.ndim and t.shape[0] != 1 for t in tensors):
+        batch = None  # inputs of several leading sizes, one of them 1: no batch to find
     if dynamic_batch and batch == 1:
         # batch 1 would be baked into the graph: export with two copies instead
         def two(a):
@@ -1182,6 +1233,12 @@ def _dynamic_spec(module: Any, args: tuple, kwargs: dict, batch: int, dim: Any) 
     except (TypeError, ValueError):
         params = []
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    star = next((p for p in params if p.kind == p.VAR_POSITIONAL), None)
+    if star is not None and len(positional) < len(args):  # forward(self, x, *xs)
+        dyn = {p.name: spec(a) for p, a in zip(positional, args, strict=False)}
+        dyn[star.name] = tuple(spec(a) for a in args[len(positional):])
+        dyn.update({k: spec(v) for k, v in kwargs.items()})
+        return dyn
     if len(positional) >= len(args):
         dyn = {p.name: spec(a) for p, a in zip(positional, args, strict=False)}
         dyn.update({k: spec(v) for k, v in kwargs.items()})
@@ -1247,10 +1304,39 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
         config.use_cache = False
     try:
         ep = _export(module, args, kwargs, dynamic_batch)
+        conv = from_exported(ep, _t0=t0, dynamic_batch=dynamic_batch, output=output)
+        if dynamic_batch and not _runs_on(conv, args, kwargs):
+            # the leading dimensions were not a batch (e.g. block_diag's operands): the
+            # graph torch traced for the duplicated example does not fit the example itself
+            warnings.warn(
+                "module: the inputs' leading dimensions do not behave as one batch "
+                f"dimension (the converted graph does not accept the example's shapes "
+                f"{[tuple(t.shape) for t in args if isinstance(t, torch.Tensor)]}); "
+                "converted with the example's fixed shapes instead", stacklevel=2)
+            ep = _export(module, args, kwargs, False)
+            conv = from_exported(ep, _t0=t0, dynamic_batch=False, output=output)
     finally:
         if no_cache:
             config.use_cache = True
-    return from_exported(ep, _t0=t0, dynamic_batch=dynamic_batch, output=output)
+    return conv
+
+
+def _runs_on(conv: Converted, args: tuple, kwargs: dict) -> bool:
+    """Whether ``conv`` traces at the example's own shapes (an abstract run, no compute)."""
+    import torch
+
+    if not any(isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
+               for a in (*args, *kwargs.values())):
+        return True  # exported at the example's own sizes: it fits them
+    def spec(a):
+        return jax.ShapeDtypeStruct(tuple(a.shape), _jdtype(a.dtype)) if isinstance(
+            a, torch.Tensor) else a
+    try:
+        jax.eval_shape(lambda p, a, k: conv.fn(p, *a, **k), conv.params,
+                       [spec(a) for a in args], {k: spec(v) for k, v in kwargs.items()})
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,

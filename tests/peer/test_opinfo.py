@@ -66,31 +66,11 @@ ATOL = 1e-5
 #: Known wrong or crashing samples: ``"opinfo name[.variant]": {sample index: reason}``, or
 #: ``{"*": reason}`` for every sample of the OpInfo. The outcome of a listed sample is
 #: recorded, never a failure. Reasons say who has to fix it.
-_CONVERT = "bridge/convert.py: "
-_COMPLEX = (_CONVERT + "complex casts must be refused at conversion (call lowerings.refusal "
-            "on every node); today convert._jdtype raises NotImplementedError at run time")
-_TOKEN = (_CONVERT + "linalg ops check errors through an effect token (InputKind.TOKEN, "
-          "higher_order.with_effects); refused with NotImplementedError, not a named error")
-_BATCH = (_CONVERT + "the dynamic-batch heuristic marks dim 0 of inputs that only happen to "
-          "share the first input's size (or a batch-1 size) as one batch; passes with "
-          "dynamic_batch=False")
-_DECOMP = (_CONVERT + "torch raises during run_decompositions (not wrapped in ExportError)")
-
 KNOWN: dict[str, dict[object, str]] = {
     # rounding, not a lowering: a saturated softmax whose two tied weights cancel exactly in
     # the query gradient (torch: 0; JAX eager: 0; XLA's fused softmax gradient under jit:
     # 1e-3 of noise on logits of size ~100); the float64 lowering gives 1e-52, as torch
     "nn.functional.multi_head_attention_forward": {2: "jit rounding of a cancelling sum"},
-    # crashes whose fix is in bridge/convert.py (the lowerings are right: see each reason)
-    "cfloat": {"*": _COMPLEX}, "cdouble": {"*": _COMPLEX}, "chalf": {"*": _COMPLEX},
-    "linalg.cholesky": {"*": _TOKEN}, "linalg.inv": {"*": _TOKEN},
-    "linalg.ldl_factor": {"*": _TOKEN}, "linalg.lu_factor": {"*": _TOKEN},
-    "linalg.solve": {"*": _TOKEN}, "linalg.tensorinv": {"*": _TOKEN},
-    "linalg.tensorsolve": {"*": _TOKEN},
-    "block_diag": {0: _BATCH, 2: _BATCH}, "cartesian_prod": {1: _BATCH, 2: _BATCH},
-    "linalg.multi_dot": {0: _BATCH}, "tensordot": {2: _BATCH},
-    "resize_as_": {0: _DECOMP + " (an internal assert in torch)"},
-    "take": {2: _DECOMP + " (a data-dependent guard in torch's decomposition of take)"},
 }
 
 #: OpInfos whose samples draw random numbers: only shapes and dtypes are compared.
