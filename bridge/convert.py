@@ -1385,8 +1385,13 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,
     if dynamic_batch:
         shapes = [s.shape for s in conv._inputs if s.shape]
         if shapes and not any(s[0] is None for s in shapes):
-            warnings.warn("the batch dimension was specialised during export: the converted "
-                          "function only accepts the example's batch size", stacklevel=3)
+            sizes = sorted({s[0] for s in shapes if s})
+            warnings.warn(
+                f"the batch dimension was specialised during export: the converted function "
+                f"only accepts batch size {', '.join(map(str, sizes))} (the exported "
+                f"example's); to accept any batch, export with dynamic_shapes giving dimension "
+                f"0 a torch.export.Dim (e.g. dynamic_shapes=({{0: torch.export.Dim('batch')}},)"
+                f"), or convert the module with from_torch, which does so", stacklevel=3)
     return conv
 
 

@@ -59,8 +59,10 @@ def _pickled_weight(tmp_path, marker: str) -> str:
 def test_a_plain_archive_loads_and_matches_torch(tmp_path):
     path = _plain(tmp_path)
     check_archive(path)
-    with pytest.warns(UserWarning, match="batch dimension was specialised"):
+    with pytest.warns(UserWarning, match=r"only accepts batch size 2 .*torch\.export\.Dim"):
         conv = bridge.load(path)  # exported without dynamic shapes: batch 2 only
+    with pytest.raises(ValueError, match="exported for batch size 2 only"):
+        conv(np.zeros((3, 4), np.float32))
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     want = torch.export.load(path).module()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(np.asarray(conv(x)), want, rtol=1e-5, atol=1e-6)
