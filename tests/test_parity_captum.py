@@ -95,7 +95,7 @@ def test_integrated_gradients_baseline_and_local(cnn):
         twins.to_torch(x), baselines=twins.to_torch(base), target=1, n_steps=10
     )
     ours = jaxattr.integrated_gradients(
-        fn, x, base, target=1, n_steps=10, multiply_by_inputs=False, batch_size=3
+        fn, x, baselines=base, target=1, n_steps=10, multiply_by_inputs=False, batch_size=3
     )
     assert_close(ours, ref)
 
@@ -111,7 +111,7 @@ def test_integrated_gradients_tuple_inputs(two_input):
         return_convergence_delta=True,
     )
     ours, delta = jaxattr.integrated_gradients(
-        fn, (x1, x2), b, target=[0, 4, 2], n_steps=20, return_delta=True
+        fn, (x1, x2), baselines=b, target=[0, 4, 2], n_steps=20, return_delta=True
     )
     assert isinstance(ours, tuple) and len(ours) == 2
     assert_close(ours[0], ref[0])
@@ -209,7 +209,7 @@ def test_gradient_shap(cnn, stdevs, monkeypatch):
     ours, delta = jaxattr.gradient_shap(
         fn,
         x,
-        dist,
+        baselines=dist,
         key=key,
         n_samples=n_samples,
         stdevs=stdevs,
@@ -233,7 +233,9 @@ def test_input_baseline_x_gradient_matches_captum(cnn, monkeypatch):
         twins.to_torch(x), baselines=twins.to_torch(x * 0 + 0.1), target=0
     )
     monkeypatch.undo()
-    ours = jaxattr.input_baseline_x_gradient(fn, x, 0.1, alphas=jnp.asarray(alphas), target=0)
+    ours = jaxattr.input_baseline_x_gradient(
+        fn, x, baselines=0.1, alphas=jnp.asarray(alphas), target=0
+    )
     assert_close(ours, ref)
 
 
@@ -275,9 +277,11 @@ def test_callable_baselines_gradient_shap_and_deep_lift_shap(mlp_relu, form, mon
     monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
     ref = ca.GradientShap(model).attribute(twins.to_torch(x), ref_base, n_samples=2, target=3)
     monkeypatch.undo()
-    assert_close(jaxattr.gradient_shap(fn, x, our_base, key=key, n_samples=2, target=3), ref)
+    assert_close(
+        jaxattr.gradient_shap(fn, x, baselines=our_base, key=key, n_samples=2, target=3), ref
+    )
     ref = ca.DeepLiftShap(model).attribute(twins.to_torch(x), ref_base, target=[1, 2])
-    assert_close(jaxattr.deep_lift_shap(fn, x, our_base, target=[1, 2]), ref)
+    assert_close(jaxattr.deep_lift_shap(fn, x, baselines=our_base, target=[1, 2]), ref)
     with pytest.raises(TypeError, match="a callable must return the baselines"):
         jaxattr.gradient_shap(fn, x, baselines=lambda: None, key=key, target=3)
 
