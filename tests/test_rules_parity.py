@@ -186,7 +186,12 @@ def test_deep_lift_matches_captum(small_avg, multiply_by_inputs):
         torch.from_numpy(x), torch.from_numpy(base), target=[0, 5, 9], return_convergence_delta=True
     )
     ours, delta = jaxattr.deep_lift(
-        conv, x, baselines=base, target=[0, 5, 9], multiply_by_inputs=multiply_by_inputs, return_delta=True
+        conv,
+        x,
+        baselines=base,
+        target=[0, 5, 9],
+        multiply_by_inputs=multiply_by_inputs,
+        return_delta=True,
     )
     assert_close(ours, ref)
     if multiply_by_inputs:
@@ -243,7 +248,9 @@ def test_deep_lift_shap_matches_captum(small_avg):
     ref, ref_delta = ca.DeepLiftShap(model).attribute(
         torch.from_numpy(x), torch.from_numpy(dist), target=[2, 2, 6], return_convergence_delta=True
     )
-    ours, delta = jaxattr.deep_lift_shap(conv, x, baselines=dist, target=[2, 2, 6], return_delta=True)
+    ours, delta = jaxattr.deep_lift_shap(
+        conv, x, baselines=dist, target=[2, 2, 6], return_delta=True
+    )
     assert_close(ours, ref)
     assert delta.shape == (3, 4)
     np.testing.assert_allclose(np.asarray(delta).reshape(-1), ref_delta.detach().numpy(), atol=1e-4)
@@ -544,6 +551,11 @@ ZENNIT_COMPOSITES = {
         ),
     ),
 }
+
+
+def test_the_table_covers_zennits_composite_registry():
+    """Every composite Zennit registers (``zennit.composites.COMPOSITES``) has a case."""
+    assert set(zc.COMPOSITES) <= set(ZENNIT_COMPOSITES), set(zc.COMPOSITES) - set(ZENNIT_COMPOSITES)
 
 
 @pytest.mark.parametrize("name", list(ZENNIT_COMPOSITES))
