@@ -27,8 +27,8 @@ class UnsupportedOpsError(BridgeError, NotImplementedError):
         >>> try:
         ...     bridge.from_torch(model_with_fft, torch.randn(2, 8))
         ... except bridge.UnsupportedOpsError as e:
-        ...     print(sorted(e.ops))
-        ['aten._fft_r2c.default']
+        ...     print(sorted(e.ops))  # the FFT, and abs of its complex result
+        ['aten._fft_r2c.default', 'aten.abs.default']
     """
 
     def __init__(self, ops: dict[str, Sequence[str]], *, where: str = "the exported graph",
