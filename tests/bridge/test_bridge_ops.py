@@ -346,19 +346,15 @@ def test_refusal_from_graph(name):
     assert op in why, why
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("complex_cast", marks=pytest.mark.xfail(
-        reason="named at conversion once bridge/convert.py calls lowerings.refusal; today "
-               "convert.py's dtype table raises NotImplementedError at run time",
-        strict=False)),
-    "bool_mask_read", "bool_mask_add"])
+@pytest.mark.parametrize("name", ["complex_cast", "bool_mask_read", "bool_mask_add"])
 def test_refused_is_named(name):
-    """Converting and running such a call is a named error (UnsupportedOpsError), never an
-    unnamed crash."""
+    """Converting such a call is a named error (UnsupportedOpsError) at conversion, before
+    anything runs, never an unnamed crash."""
     from jaxattr import bridge
 
+    model = type("M", (nn.Module,), {"forward": lambda self, x: REFUSED[name][0](x)})()
     with pytest.raises(bridge.UnsupportedOpsError):
-        check_fn(REFUSED[name][0], _r(2, 3))
+        bridge.from_torch(model.eval(), _r(2, 3))
 
 
 def _add_through_mask(x):
@@ -425,7 +421,7 @@ def test_linalg_lowering(name):
                          ids=["inv", "cholesky", "solve"])
 def test_linalg_graph_lowered(fn):
     """Every op of the decomposed graph (with_effects, the error check, the *_ex op) has a
-    lowering; only the effect token input is left to the conversion."""
+    lowering; the effect token input is an empty constant of the conversion."""
     from jaxattr.bridge import convert
     from jaxattr.bridge.lowerings import LOWERINGS
 
@@ -436,7 +432,5 @@ def test_linalg_graph_lowered(fn):
     assert keys <= set(LOWERINGS), keys - set(LOWERINGS)
 
 
-@pytest.mark.xfail(reason="bridge/convert.py refuses the effect token input "
-                          "(InputKind.TOKEN) with NotImplementedError", strict=False)
 def test_linalg_converts():
     check_fn(lambda a, b: torch.linalg.solve(a, b) + torch.linalg.inv(a) @ b, _A, _r(2, 4, 3))
