@@ -374,7 +374,8 @@ def extremal_perturbation(
     Args:
         fn: Batch-first pure function, ``fn(x) -> y`` with ``y`` of shape (N, ...).
         x: Input array of shape (N, C, *spatial) or (N, D), or a tuple of such arrays.
-        target: What to explain (see :func:`jaxattr.select_target`).
+        target: What to explain (see :func:`jaxattr.select_target`); may be left out
+            with a callable ``reward_func``.
         areas: The target area fraction, or a sequence of them (TorchRay's ``areas``).
         perturbation: ``"blur"`` or ``"fade"``.
         variant: ``"preserve"``, ``"delete"`` or ``"dual"``.
@@ -433,7 +434,10 @@ def extremal_perturbation(
     x = _core.to_arrays(x)
     args = tuple(args)
     inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    if callable(reward_func) and target is None:  # the reward selects what it explains
+        t = None
+    else:
+        t = _core.prepare_target(target, fn, inputs, x, args)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     tables = []
     for leaf in leaves:

@@ -908,7 +908,9 @@ def contrastive_excitation_backprop(
         channel_axis: The channel axis.
         args: Extra positional model inputs after ``x``; not attributed.
         saliency_layer: Take the map at this layer's output instead of the input
-            (TorchRay's ``saliency_layer``).
+            (TorchRay's ``saliency_layer``; ``None`` or ``""``: the input. TorchRay's
+            contrastive variant has no input option: its ``""`` probes the model's
+            output).
         resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
             a tuple gives the size in TorchRay's (width, height) order.
         resize_mode: ``"bilinear"`` (TorchRay's default), ``"linear"``, ``"trilinear"``
