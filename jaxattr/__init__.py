@@ -296,6 +296,7 @@ __all__ = [
     "lime_samples",
     "LINEAR",
     "linear_approx",
+    "llm",
     "lrp",
     "MAX_EXACT_SHAPLEY_FEATURES",
     "memory_budget",
@@ -374,7 +375,7 @@ __all__ = [
 ]
 
 
-_LAZY = ("flax", "compat", "concepts", "influence", "robust", "metrics")
+_LAZY = ("flax", "compat", "concepts", "influence", "robust", "metrics", "llm")
 
 
 def __getattr__(name: str):

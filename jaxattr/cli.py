@@ -711,8 +711,10 @@ def _stems(inputs: list[Path]) -> dict[Path, str]:
 # --------------------------------------------------------------------------- explain
 def explain(args: argparse.Namespace) -> list[Path]:
     """Run ``jaxattr explain``; returns the files written."""
+    if getattr(args, "tokenizer", None) is not None:
+        return explain_text(args)
     t_start = time.perf_counter()
-    methods = parse_methods(args.method)
+    methods = parse_methods(args.method or "saliency")
     src = Path(args.input)
     inputs = _collect_inputs(src)
     out = Path(args.out)
@@ -797,6 +799,182 @@ def explain(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+#: ``name -> aliases`` of the methods of ``jaxattr explain --tokenizer`` (jaxattr.llm).
+TEXT_METHODS: dict[str, tuple[str, ...]] = {
+    "feature_ablation": ("fa", "ablation"),
+    "shapley_value_sampling": ("svs", "shapley_sampling"),
+    "shapley_values": ("shapley",),
+    "lime": (),
+    "kernel_shap": ("kshap",),
+    "layer_integrated_gradients": ("lig", "ig"),
+    "layer_gradient_x_activation": ("gxa",),
+}
+
+
+def parse_text_methods(text: str) -> list[str]:
+    """``"fa,lig"`` -> ``["feature_ablation", "layer_integrated_gradients"]``.
+
+    Example:
+        >>> parse_text_methods("fa, lig")
+        ['feature_ablation', 'layer_integrated_gradients']
+    """
+    aliases = {a: n for n, al in TEXT_METHODS.items() for a in (n, *al)}
+    names: list[str] = []
+    for part in text.split(","):
+        word = part.strip().lower().replace("-", "_")
+        if not word:
+            continue
+        if word not in aliases:
+            raise CliError(
+                f"--method with --tokenizer must be one of {sorted(TEXT_METHODS)} or an alias "
+                f"({', '.join(f'{a}={n}' for a, n in aliases.items() if a != n)}); got "
+                f"{part.strip()!r}"
+            )
+        if aliases[word] not in names:
+            names.append(aliases[word])
+    if not names:
+        raise CliError("--method is empty; e.g. --method fa,lig")
+    return names
+
+
+def _load_tokenizer(spec: str) -> Any:
+    path = Path(spec)
+    try:
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(path))
+        if path.is_dir():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(path))
+        if ":" in spec:
+            mod_name, factory_name = spec.rsplit(":", 1)
+            return getattr(importlib.import_module(mod_name), factory_name)()
+    except Exception as err:  # noqa: BLE001
+        raise CliError(f"--tokenizer {spec!r} cannot be loaded: {_first_line(err)}") from err
+    raise CliError(
+        f"--tokenizer must be a tokenizer.json file, a tokenizer directory or module:factory, "
+        f"got {spec!r}"
+    )
+
+
+def _load_lm(spec: str, length: int, allow_pickle: bool) -> Any:
+    """A causal LM returning logits, converted for sequences of ``length`` tokens."""
+    from jaxattr import bridge
+
+    if spec.endswith(".pt2"):
+        if not Path(spec).exists():
+            raise CliError(f"MODEL {spec!r} does not exist")
+        try:
+            return bridge.load(spec, allow_pickle=allow_pickle, output="logits")
+        except KeyError:  # not a dict output: the logits themselves
+            return bridge.load(spec, allow_pickle=allow_pickle)
+        except Exception as err:  # noqa: BLE001
+            raise CliError(f"MODEL {spec!r} is not a loadable torch.export program: {err}") from err
+    if ":" not in spec:
+        raise CliError(f"MODEL must be a .pt2 file or module:factory, got {spec!r}")
+    mod_name, factory_name = spec.rsplit(":", 1)
+    try:
+        factory = getattr(importlib.import_module(mod_name), factory_name)
+    except (ImportError, AttributeError) as err:
+        raise CliError(
+            f"MODEL {spec!r}: cannot import {factory_name!r} from {mod_name!r}: {err}") from err
+    import torch
+
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise CliError(f"MODEL {spec!r} must return a torch.nn.Module, got {type(module).__name__}")
+    ids = torch.zeros((2, length), dtype=torch.long)
+    try:  # a Hugging Face model returns a ModelOutput: keep its logits
+        return bridge.from_torch(module.eval(), ids,
+                                 output="logits" if hasattr(module, "config") else None)
+    except Exception as err:  # noqa: BLE001
+        raise CliError(f"MODEL {spec!r} cannot be converted: {_first_line(err)}") from err
+
+
+def explain_text(args: argparse.Namespace) -> list[Path]:
+    """``jaxattr explain MODEL PROMPT --tokenizer TOK``: which prompt tokens made the model
+    say its continuation (:mod:`jaxattr.llm`); writes per method a token heat map (.png),
+    an HTML view and, for all methods, the attributions (.npz)."""
+    import jax
+
+    from jaxattr import llm
+
+    t_start = time.perf_counter()
+    methods = parse_text_methods(args.method or "feature_ablation")
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    src = Path(args.input)
+    prompt = src.read_text(encoding="utf-8").strip() if src.suffix == ".txt" and src.is_file() \
+        else args.input
+    stem = src.stem if src.suffix == ".txt" and src.is_file() else "prompt"
+    out = Path(args.out)
+    if out.suffix:
+        raise CliError(f"--out with --tokenizer must be a directory, got {str(out)!r}")
+    tok = _load_tokenizer(args.tokenizer)
+    try:
+        special = set(getattr(tok, "all_special_ids", []) or [])
+        inp = llm.TextTokenInput(prompt, tok)
+        skip = [i for i in set(inp.ids.tolist()) if i in special]
+        if skip and len(skip) < len(set(inp.ids.tolist())):
+            inp = llm.TextTokenInput(prompt, tok, skip_tokens=skip)
+    except (TypeError, ValueError) as err:
+        raise CliError(f"prompt: {_first_line(err)}") from err
+    target = None if args.target in (None, "max") else args.target
+    n_target = args.max_new_tokens if target is None else len(
+        llm._Tok(tok).encode(target, special=False))
+    length = max(16, -(-(len(inp.ids) + n_target) // 16) * 16)
+    written: list[Path] = []
+    with compilation_cache(cache_root(args)):
+        model = _load_lm(args.model, length, args.allow_pickle)
+        results: dict[str, Any] = {}
+        for name in methods:
+            try:
+                if name in llm.GRADIENT_METHODS:
+                    res = llm.llm_gradient_attribution(
+                        model, tok, inp, target=target, method=name, n_steps=args.steps,
+                        layer=args.layer or "auto", max_new_tokens=args.max_new_tokens)
+                else:
+                    sampling = name in ("shapley_value_sampling", "lime", "kernel_shap")
+                    res = llm.llm_attribution(
+                        model, tok, inp, target=target, method=name,
+                        max_new_tokens=args.max_new_tokens,
+                        **({"key": jax.random.key(0), "n_samples": args.samples}
+                           if sampling else {}))
+            except (ValueError, TypeError, KeyError) as err:
+                raise CliError(f"{name}: {_first_line(err)}") from err
+            target = res.target_ids  # generated once, shared by the other methods
+            results[name] = res
+            make_output_dir(out)
+            html_path = out / f"{stem}_{name}.html"
+            html_path.write_text(res.to_html(), encoding="utf-8")
+            png_path = out / f"{stem}_{name}.png"
+            try:
+                fig, _ = res.plot_token_attr() if res.token_attr is not None else \
+                    res.plot_seq_attr()
+                fig.savefig(png_path, bbox_inches="tight", dpi=100)
+                written.append(png_path)
+            except ImportError:
+                print("jaxattr: note: no matplotlib: no .png (pip install jaxattr[viz])",
+                      file=sys.stderr)
+            written.append(html_path)
+            top = sorted(res.seq_attr_dict.items(), key=lambda kv: -abs(kv[1]))[:3]
+            shown = ", ".join(f"{k!r} {v:+.3g}" for k, v in top)
+            print(f"{name}: {' '.join(res.output_tokens)!r} <- {shown}")
+        npz = out / f"{stem}.npz"
+        arrays: dict[str, np.ndarray] = {
+            "input_tokens": np.asarray(inp.values), "target_ids": np.asarray(target)}
+        for name, res in results.items():
+            arrays[f"{name}_seq_attr"] = res.seq_attr
+            if res.token_attr is not None:
+                arrays[f"{name}_token_attr"] = res.token_attr
+        np.savez(npz, **arrays)
+        written.append(npz)
+    print(f"{len(methods)} method(s) in {time.perf_counter() - t_start:.1f} s -> {out}")
+    return written
+
+
 def _shown(layers: dict[str, str], limit: int = 30) -> str:
     names = [f"{n} ({k})" for n, k in layers.items()]
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
@@ -853,8 +1031,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("input", help="an image, a .npy array (batch first) or a directory of them")
     ex.add_argument(
         "--method",
-        default="saliency",
-        help="one or several, comma-separated: --method ig,lrp,gradcam (see list-methods)",
+        default=None,
+        help="one or several, comma-separated: --method ig,lrp,gradcam (see list-methods; "
+        "default saliency, or feature_ablation with --tokenizer)",
     )
     ex.add_argument("--target", default="max", help="'max' (default), an int, or i,j,...")
     ex.add_argument("--labels", help="a text file of class names, one a line (for the titles)")
@@ -882,6 +1061,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=["nchw", "nhwc"],
         default="nchw",
         help="image layout the model expects (default nchw, as torch)",
+    )
+    ex.add_argument(
+        "--tokenizer",
+        help="explain a causal language model on a prompt: INPUT is the prompt text (or a "
+        ".txt file), MODEL a Hugging Face causal LM (module:factory or .pt2); the "
+        "tokenizer is a tokenizer.json file, a Hugging Face tokenizer directory, or "
+        "module:factory. --target is then the explained continuation (default: generated)",
+    )
+    ex.add_argument(
+        "--max-new-tokens", type=int, default=25, help="generated target length (--tokenizer)"
     )
     ex.add_argument("--steps", type=int, default=50, help="integration steps")
     ex.add_argument("--samples", type=int, default=20, help="noise samples")

@@ -155,8 +155,8 @@ def _embedding(module):
 
 
 # ------------------------------------------------------------------ perturbation methods
-def test_feature_ablation_tokens(hf, tok):
-    module, model = hf
+def test_feature_ablation_tokens(gpt2, tok):
+    module, model = gpt2
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok).attribute(
         ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, use_cached_outputs=False)
     inp = llm.TextTokenInput(PROMPT, tok, skip_tokens=["<s>"])
@@ -498,3 +498,44 @@ def test_result_views(tmp_path):
                                          output_tokens=["x"])
     with pytest.raises(ValueError, match="LIME and KernelSHAP explain the total only"):
         no_tokens.plot_token_attr()
+
+
+# ------------------------------------------------------------------ the command line
+def cli_gpt2():
+    """``tests.test_llm:cli_gpt2``: the ``gpt2`` fixture's module (same seed and weights)."""
+    with _no_torchvision_stub():
+        return _gpt2(len(bpe_tokenizer()), use_cache=True)
+
+
+def run_cli(tok, tmp_path, methods, *extra):
+    """``jaxattr explain tests.test_llm:cli_gpt2 PROMPT --tokenizer ...``; returns the argv
+    and the output directory."""
+    from jaxattr.cli import main
+
+    tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "out"
+    argv = ["explain", "tests.test_llm:cli_gpt2", PROMPT, "--tokenizer",
+            str(tmp_path / "tokenizer.json"), "--target", TARGET, "--method", methods,
+            *extra, "--out", str(out), "--no-cache"]
+    assert main(argv) == 0
+    return argv, out
+
+
+def test_cli_explain_prompt(gpt2, tok, tmp_path, capsys):
+    """The CLI's attributions equal the Python API's on the same weights."""
+    from jaxattr.cli import main
+
+    argv, out = run_cli(tok, tmp_path, "fa")
+    printed = capsys.readouterr().out
+    assert "feature_ablation: 'His personal interests include' <- " in printed
+    got = np.load(out / "prompt.npz")
+    _, model = gpt2
+    inp = llm.TextTokenInput(PROMPT, tok)  # the raw tokenizers.Tokenizer has no special ids
+    assert list(got["input_tokens"]) == inp.values
+    assert_close(got["feature_ablation_token_attr"],  # batch_size=4: a compiled program
+                 llm.llm_attribution(model, tok, inp, target=TARGET, batch_size=4).token_attr)
+    assert (out / "prompt_feature_ablation.html").read_text().startswith("<table")
+    pytest.importorskip("matplotlib")
+    assert (out / "prompt_feature_ablation.png").stat().st_size > 1000
+    assert main([*argv[:-3], "--method", "occlusion", "--no-cache"]) == 2
+    assert "--method with --tokenizer must be one of" in capsys.readouterr().err
