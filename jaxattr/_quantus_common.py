@@ -31,7 +31,6 @@ from jaxattr import _core
 
 __all__ = [
     "BASELINES",
-    "aggregate",
     "check_baseline",
     "correlation_kendall_tau",
     "correlation_pearson",
@@ -282,14 +281,6 @@ def scores(fn: Callable, softmax: bool, x: jax.Array, target: _core.Target) -> j
     return _core.target_score(outputs(fn, softmax, x), target)
 
 
-def aggregate(scores: Any, return_aggregate: bool, aggregate_func: Callable | None) -> Any:
-    """Quantus's ``return_aggregate``: ``aggregate_func`` (default mean) over examples."""
-    if not return_aggregate:
-        return scores
-    func = jnp.mean if aggregate_func is None else aggregate_func
-    return func(scores)
-
-
 # --------------------------------------------------------------------------------------
 # Baselines
 # --------------------------------------------------------------------------------------
@@ -439,7 +430,8 @@ def correlation_pearson(a: Any, b: Any) -> jax.Array:
     Example:
         >>> import jax.numpy as jnp
         >>> from jaxattr.metrics import correlation_pearson
-        >>> correlation_pearson(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[2.0, 4.0, 7.0]])).round(4)
+        >>> a, b = jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[2.0, 4.0, 7.0]])
+        >>> correlation_pearson(a, b).round(4)
         Array([0.9934], dtype=float32)
     """
     a, b = _rows(a, b, "correlation_pearson")
@@ -477,7 +469,8 @@ def correlation_spearman(a: Any, b: Any) -> jax.Array:
     Example:
         >>> import jax.numpy as jnp
         >>> from jaxattr.metrics import correlation_spearman
-        >>> correlation_spearman(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[2.0, 4.0, 7.0]])).round(4)
+        >>> a, b = jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[2.0, 4.0, 7.0]])
+        >>> correlation_spearman(a, b).round(4)
         Array([1.], dtype=float32)
     """
     a, b = _rows(a, b, "correlation_spearman")

@@ -290,7 +290,6 @@ def model_parameter_randomisation(
     )
     a = a_orig if attributions is None else _processed(attributions, x, post)
     sim_fn = qc.correlation_spearman if similarity_func is None else similarity_func
-    n = x.shape[0]
     index = {p: i for i, p in enumerate(paths)}
     sequence = paths[::-1] if order == "top_down" else list(paths)
     models, names, current = [], [], params

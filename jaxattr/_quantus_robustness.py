@@ -42,7 +42,8 @@ def lipschitz_constant(
     norm_numerator: Callable[..., jax.Array] = qc.distance_manhattan,
     norm_denominator: Callable[..., jax.Array] = qc.distance_euclidean,
 ) -> jax.Array:
-    """Quantus's ``lipschitz_constant``: ``norm_numerator(a, b) / (norm_denominator(c, d) + 1e-10)``.
+    """Quantus's ``lipschitz_constant``: ``norm_numerator(a, b) / (norm_denominator(c, d) +
+    1e-10)``.
 
     Args:
         a: Attributions (N, K).

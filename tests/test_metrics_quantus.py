@@ -23,6 +23,8 @@ rounding amplified by ratios), exact equality on booleans, counts and class deci
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -123,9 +125,6 @@ def test_faithfulness_correlation_with_the_same_subsets(monkeypatch):
     ours = metrics.faithfulness_correlation(FN3, X3, A3, target=Y, nr_runs=10, subset_size=20,
                                             key=key, return_aggregate=False)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
-    mean = metrics.faithfulness_correlation(FN3, X3, A3, target=Y, nr_runs=10, subset_size=20,
-                                            key=key, batch_size=3)
-    np.testing.assert_allclose(mean, ref.mean(), atol=ATOL)
 
 
 @pytest.mark.parametrize("baseline", ["mean"])  # more in tests/peer
@@ -171,12 +170,12 @@ def test_monotonicity_is_true_for_a_monotone_model():
 
 def test_monotonicity_correlation_with_the_same_uniform_draws(monkeypatch):
     key = jax.random.key(5)
-    steps = 3 * 6 * 7 // 6
+    steps = 3 * 6 * 7 // 21
     draws = jax.random.uniform(jax.random.split(key)[0], (steps, 4, 3))
     monkeypatch.setattr(np.random, "uniform", Replay(list(np.asarray(draws).reshape(-1, 3))))
-    ref = run(quantus.MonotonicityCorrelation(features_in_step=6, nr_samples=4, **QKW),
+    ref = run(quantus.MonotonicityCorrelation(features_in_step=21, nr_samples=4, **QKW),
               FN3, X3, A3)
-    ours = metrics.monotonicity_correlation(FN3, X3, A3, target=Y, features_in_step=6,
+    ours = metrics.monotonicity_correlation(FN3, X3, A3, target=Y, features_in_step=21,
                                             nr_samples=4, key=key)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
@@ -409,6 +408,17 @@ def apply_twin(params, x):
     return h.reshape(h.shape[0], -1) @ params["3"]["weight"].T + params["3"]["bias"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _twin_explain(method, params, x, targets):
+    return method(lambda z: apply_twin(params, z), x, target=targets)
+
+
+def twin_explain(method, net, x, targets):
+    """``method`` on the JAX twin of a torch CNN (compiled once: weights are arguments)."""
+    return np.asarray(_twin_explain(method, twin_params(net), jnp.asarray(x),
+                                    jnp.asarray(targets)))
+
+
 def twin(net):
     params = twin_params(net)
     return lambda x: apply_twin(params, x)
@@ -420,14 +430,13 @@ def _cnn():
                                torch.nn.Linear(2 * 4 * 5, 3)).eval()
 
 
-@pytest.mark.parametrize("order", ["top_down", "independent"])
+@pytest.mark.parametrize("order", ["top_down"])  # bottom_up, independent: tests/peer
 def test_model_parameter_randomisation_with_torchs_reinitialisation(order):
     net = _cnn()
     params = twin_params(net)
 
     def explain(model, inputs, targets, **kwargs):  # the torch model's twin, explained
-        return np.asarray(jaxattr.gradient(twin(model), jnp.asarray(inputs),
-                                           target=jnp.asarray(targets)))
+        return twin_explain(jaxattr.gradient, model, inputs, targets)
 
     def torch_reset(key, name, layer):  # what Quantus's generator does to that layer
         module = dict(net.named_children())[name]
@@ -448,8 +457,7 @@ def test_model_parameter_randomisation_with_torchs_reinitialisation(order):
         np.testing.assert_allclose(ours[name], ref[name], atol=ATOL)
     last = metrics.model_parameter_randomisation(
         jaxattr.gradient, apply_twin, params, X1, a, target=Y, layer_order=order,
-        key=jax.random.key(0), randomise_func=torch_reset, return_last_correlation=True,
-        batch_size=2)
+        key=jax.random.key(0), randomise_func=torch_reset, return_last_correlation=True)
     np.testing.assert_allclose(last, list(ref.values())[-1], atol=ATOL)
 
 
@@ -500,7 +508,7 @@ def test_input_invariance_against_quantus_bias_shift(method):
     fn = twin(net)
 
     def explain(model, inputs, targets, **kwargs):
-        return np.asarray(method(twin(model), jnp.asarray(inputs), target=jnp.asarray(targets)))
+        return twin_explain(method, model, inputs, targets)
 
     a = explain(net, X1, Y)
     ref = quantus.InputInvariance(perturb_func=_shift_all, disable_warnings=True)(

@@ -33,15 +33,16 @@ from tests.test_metrics_quantus import (  # noqa: E402
     QKW,
     X1,
     X3,
-    Y,
     JaxModule,
     Replay,
+    Y,
     _cnn,
     apply_twin,
     explainer,
     mlp,
     run,
     twin,
+    twin_explain,
     twin_params,
 )
 
@@ -251,13 +252,12 @@ def test_attribution_localisation_weighted_differs_by_quantus_size_factor():
     np.testing.assert_allclose(ours * 42 / X1[2:].size, ref, atol=ATOL)
 
 
-def test_mprt_bottom_up_and_skip_layers():
+def test_mprt_bottom_up_independent_and_skip_layers():
     net = _cnn()
     params = twin_params(net)
 
     def explain(model, inputs, targets, **kwargs):
-        return np.asarray(jaxattr.gradient(twin(model), jnp.asarray(inputs),
-                                           target=jnp.asarray(targets)))
+        return twin_explain(jaxattr.gradient, model, inputs, targets)
 
     def torch_reset(key, name, layer):
         module = dict(net.named_children())[name]
@@ -270,13 +270,14 @@ def test_mprt_bottom_up_and_skip_layers():
         return {k: jnp.asarray(v.detach().numpy()) for k, v in copy.named_parameters()}
 
     a = explain(net, X1, Y)
-    for kwargs in ({"layer_order": "bottom_up"}, {"skip_layers": True}):
+    for kwargs in ({"layer_order": "bottom_up"}, {"layer_order": "independent"},
+                   {"skip_layers": True}):
         ref = quantus.MPRT(disable_warnings=True, normalise_func_kwargs=PER_EXAMPLE,
                            **kwargs)(model=net, x_batch=X1, y_batch=Y, a_batch=a,
                                      explain_func=explain)
         ours = metrics.model_parameter_randomisation(
             jaxattr.gradient, apply_twin, params, X1, a, target=Y, key=jax.random.key(0),
-            randomise_func=torch_reset, **kwargs)
+            randomise_func=torch_reset, batch_size=2, **kwargs)
         assert list(ours) == list(ref)
         for name in ref:
             np.testing.assert_allclose(ours[name], ref[name], atol=ATOL)
@@ -322,3 +323,24 @@ def test_complexity_on_16x16_without_normalise(name):
             "EffectiveComplexity": metrics.effective_complexity}[name]
     ref = run16(getattr(quantus, name)(normalise=False, **QKW))
     np.testing.assert_allclose(ours(A16, normalise=False), ref, rtol=1e-5, atol=ATOL)
+
+
+def test_faithfulness_correlation_chunks_and_aggregate(monkeypatch):
+    from jaxattr import _quantus_faithfulness as qf
+
+    key = jax.random.key(3)
+    idx = np.asarray(qf._subsets(jax.random.split(key, 3)[0], 10, 3, 3 * 6 * 7, 20))
+    monkeypatch.setattr(np.random, "choice", Replay(list(idx.reshape(-1, 20))))
+    ref = run(quantus.FaithfulnessCorrelation(nr_runs=10, subset_size=20, **QKW), FN3, X3, A3)
+    ours = metrics.faithfulness_correlation(FN3, X3, A3, target=Y, nr_runs=10, subset_size=20,
+                                            key=key, batch_size=3)
+    np.testing.assert_allclose(ours, ref[0], atol=ATOL)
+
+
+def test_monotonicity_correlation_single_features(monkeypatch):
+    key = jax.random.key(5)
+    draws = jax.random.uniform(jax.random.split(key)[0], (126, 2, 3))
+    monkeypatch.setattr(np.random, "uniform", Replay(list(np.asarray(draws).reshape(-1, 3))))
+    ref = run(quantus.MonotonicityCorrelation(nr_samples=2, **QKW), FN3, X3, A3)
+    ours = metrics.monotonicity_correlation(FN3, X3, A3, target=Y, nr_samples=2, key=key)
+    np.testing.assert_allclose(ours, ref, atol=ATOL)
