@@ -228,12 +228,13 @@ def resolve(
             return hit
     mask = jax.ShapeDtypeStruct((1, length), jnp.int32)
 
-    def full(m, i, a, p):
-        return logits_of(m.apply(m.params, i, **_kwargs(plain, a, p)) if structured
-                         else m(i, **_kwargs(plain, a, p)))
+    # abstract runs close over the model: a plain function is no pytree argument
+    def full(i, a, p):
+        kw = _kwargs(plain, a, p)
+        return logits_of(model.apply(model.params, i, **kw) if structured else model(i, **kw))
 
     try:
-        shape = jax.eval_shape(full, model, ids, mask, mask).shape
+        shape = jax.eval_shape(full, ids, mask, mask).shape
     except TypeError as err:
         if "keyword" in str(err) or "argument" in str(err):
             raise TypeError(
@@ -269,8 +270,8 @@ def _find_head(model: Any, plain: Call, ids, mask, logits_layer: str) -> str | N
 
     result: dict[str, Any] = {}
 
-    def run(m, i, a, p):
-        out = logits_of(m.apply(m.params, i, intercept=record, **_kwargs(plain, a, p)))
+    def run(i, a, p):
+        out = logits_of(model.apply(model.params, i, intercept=record, **_kwargs(plain, a, p)))
         last = seen[-1] if seen else None
         if last is not None:
             layer, xs, lout = last
@@ -281,7 +282,7 @@ def _find_head(model: Any, plain: Call, ids, mask, logits_layer: str) -> str | N
         result["names"] = [s[0].name for s in seen]
         return out
 
-    jax.eval_shape(run, model, ids, mask, mask)
+    jax.eval_shape(run, ids, mask, mask)
     length = ids.shape[1]
     if logits_layer == "auto":
         ok = (
@@ -315,7 +316,7 @@ def _find_head(model: Any, plain: Call, ids, mask, logits_layer: str) -> str | N
     call = Call(True, plain.kw_names, head, plain.vocab)
     try:
         shape = jax.eval_shape(
-            lambda m, i, a, p, t: call_logits(m, call, i, a, p, t), model, ids, mask, mask, at
+            lambda i, a, p, t: call_logits(model, call, i, a, p, t), ids, mask, mask, at
         ).shape
     except Exception as err:  # noqa: BLE001 - the model cannot run on a subset of positions
         if logits_layer != "auto":

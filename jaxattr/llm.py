@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattr import _caching
 from jaxattr import _llm_model as _m
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "generate",
     "llm_attribution",
     "llm_gradient_attribution",
+    "target_log_probs",
 ]
 
 #: Perturbation methods of :func:`llm_attribution` (Captum's supported classes).
@@ -874,6 +876,65 @@ def generate(
     call = _m.resolve(model, extra_inputs=extra_inputs, logits_layer=logits_layer, length=length)
     return _m.generate(model, call, prompt.astype(np.int32), length, max_new_tokens,
                        eos_token_id, show_progress)
+
+
+@_caching.cached_jit(("model", "call"))
+def _score(*, model, call, ids, mask, pos, at, tgt):
+    return _m.token_log_probs(model, call, ids, mask, pos, at, tgt)
+
+
+def target_log_probs(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | Sequence[int] | np.ndarray,
+    target: str | Sequence[int] | np.ndarray,
+    *,
+    padding: str = "right",
+    max_length: int | None = None,
+    extra_inputs: Sequence[str] | None = None,
+    logits_layer: str | None = "auto",
+) -> np.ndarray:
+    """``log p(target[t] | prompt, target[:t])`` for every target token: what the methods
+    of this module attribute (one teacher-forced forward pass).
+
+    Args:
+        model: A causal LM (see the module's contract).
+        tokenizer: Its tokenizer.
+        prompt: Text (tokenized with the tokenizer's special tokens) or token ids (L,).
+        target: Text (tokenized without special tokens) or token ids (T,).
+        padding: ``"right"`` or ``"left"`` (see :func:`llm_attribution`).
+        max_length: Pad to this length.
+        extra_inputs: Keyword inputs the model takes (see :func:`llm_attribution`).
+        logits_layer: See :func:`llm_attribution`.
+
+    Returns:
+        The log-probabilities, (T,) float32; their sum is the target's log-probability.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr import llm
+        >>> tok = llm.WordTokenizer(["a", "b"])
+        >>> uniform = lambda ids: jnp.zeros((*ids.shape, tok.vocab_size))
+        >>> llm.target_log_probs(uniform, tok, "a", "b a").round(4)   # log(1/3) each
+        array([-1.0986, -1.0986], dtype=float32)
+    """
+    _check_choice(padding, "padding", _m.PADDINGS)
+    tok = _Tok(tokenizer)
+    if isinstance(prompt, str):
+        ids = np.asarray(tok.encode(prompt), np.int32)
+    else:
+        ids = _target_ids(prompt, tok)
+    if len(ids) == 0:
+        raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
+    tgt = _target_ids(target, tok)
+    length = _m.padded_length(len(ids) + len(tgt), model, max_length)
+    call = _m.resolve(model, extra_inputs=extra_inputs, logits_layer=logits_layer, length=length)
+    _check_padding(padding, call)
+    _check_vocab(tgt, call.vocab)
+    lay = _m.layout([ids], tgt, length, padding)
+    out = _score(model=model, call=call, ids=jnp.asarray(lay["ids"]), mask=jnp.asarray(lay["mask"]),
+                 pos=jnp.asarray(lay["pos"]), at=jnp.asarray(lay["at"]), tgt=jnp.asarray(tgt))
+    return np.asarray(out[0], np.float32)
 
 
 # ======================================================================== perturbation
