@@ -263,7 +263,10 @@ def test_neuron_gradient_shap(resnet, monkeypatch):
     )
     monkeypatch.undo()
     assert_close(
-        jaxattr.neuron_gradient_shap(conv, x, "fc", 3, baselines=dist, key=key, n_samples=2, stdevs=0.2), ref
+        jaxattr.neuron_gradient_shap(
+            conv, x, "fc", 3, baselines=dist, key=key, n_samples=2, stdevs=0.2
+        ),
+        ref,
     )
 
 
@@ -468,7 +471,13 @@ def test_neuron_deep_lift_shap_and_deconvolution_match_captum(small_avg):  # noq
         xt, 5, lambda: torch.from_numpy(dist), attribute_to_neuron_input=True
     )
     ours = jaxattr.neuron_deep_lift_shap(
-        conv, x, "fc1", 5, baselines=lambda: dist, multiply_by_inputs=False, attribute_to_neuron_input=True
+        conv,
+        x,
+        "fc1",
+        5,
+        baselines=lambda: dist,
+        multiply_by_inputs=False,
+        attribute_to_neuron_input=True,
     )
     assert_close(ours, ref)
     for lay, mod, sel in [("conv2", model.conv2, (1, 2, 2)), ("fc1", model.fc1, 3)]:
@@ -664,7 +673,9 @@ def test_callable_baselines_in_layer_and_neuron_gradient_shap(small_avg, monkeyp
                 xt, (1, 2, 3), _dist_fn_torch, n_samples=2, stdevs=0.1
             )
         monkeypatch.undo()
-        ours = method(conv, x, *args, _dist_fn_jax, key=key, n_samples=2, stdevs=0.1, **kw)
+        ours = method(
+            conv, x, *args, baselines=_dist_fn_jax, key=key, n_samples=2, stdevs=0.1, **kw
+        )
         assert_close(ours, ref)
 
 
