@@ -407,7 +407,7 @@ def faithfulness_correlation(
         >>> a = jaxattr.input_x_gradient(fn, x, target=0)   # exact for a linear model
         >>> metrics.faithfulness_correlation(fn, x, a, target=0, subset_size=3, nr_runs=10,
         ...                                  perturb_baseline=0.0, key=jax.random.key(0),
-        ...                                  return_aggregate=False)
+        ...                                  return_aggregate=False).round(4)
         Array([1., 1.], dtype=float32)
     """
     x, t, a, shape, post = _inputs(fn, x, attributions, target, abs, normalise, normalise_func)

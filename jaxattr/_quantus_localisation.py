@@ -415,9 +415,9 @@ def sparseness(
     Example:
         >>> import jax.numpy as jnp
         >>> from jaxattr import metrics
-        >>> a = jnp.array([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+        >>> a = jnp.array([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
         >>> [round(float(v), 3) for v in metrics.sparseness(a)]
-        [0.75, 0.0]
+        [0.75, 0.5]
     """
     a, _, post = _check(attributions, None, abs, normalise, normalise_func)
     return _sparseness(a, None, post=post, opts=None,
