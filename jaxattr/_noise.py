@@ -504,7 +504,7 @@ def gradient_shap(
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
         >>> fn = lambda x: (2.0 * x).sum(1)
-        >>> jaxattr.gradient_shap(fn, jnp.ones((1, 2)), jnp.zeros((4, 2)),
+        >>> jaxattr.gradient_shap(fn, jnp.ones((1, 2)), baselines=jnp.zeros((4, 2)),
         ...                       key=jax.random.key(0))
         Array([[2., 2.]], dtype=float32)
     """
