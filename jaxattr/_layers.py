@@ -781,7 +781,7 @@ def layer_gradient_shap(
         >>> from jaxattr.demo import demo_model, make_shapes
         >>> model = demo_model()
         >>> x = make_shapes(1)[0]
-        >>> jaxattr.layer_gradient_shap(model, x, "conv3", jnp.zeros((2, 32, 32, 3)),
+        >>> jaxattr.layer_gradient_shap(model, x, "conv3", baselines=jnp.zeros((2, 32, 32, 3)),
         ...                             key=jax.random.key(0), target=0).shape
         (1, 8, 8, 32)
     """
@@ -1811,7 +1811,7 @@ def neuron_gradient_shap(
         >>> from jaxattr.demo import demo_model, make_shapes
         >>> model = demo_model()
         >>> jaxattr.neuron_gradient_shap(model, make_shapes(1)[0], "fc", 0,
-        ...     jnp.zeros((3, 32, 32, 3)), key=jax.random.key(0)).shape
+        ...     baselines=jnp.zeros((3, 32, 32, 3)), key=jax.random.key(0)).shape
         (1, 32, 32, 3)
     """
     nm = _Neuron(
