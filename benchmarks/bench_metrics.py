@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import tests.conftest  # noqa: E402, F401 - torchvision stub before quantus imports zennit
 
+# isort: split
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
