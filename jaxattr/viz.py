@@ -799,7 +799,7 @@ def interval_norm_bounds(
     """
     a = np.asarray(input)
     if a.ndim < 1:
-        raise ValueError(f"input must have at least one axis (the batch), got a scalar")
+        raise ValueError("input must have at least one axis (the batch), got a scalar")
     axes = tuple(range(1, a.ndim)) if dim is None else tuple(dim)
     if symmetric:
         vmax = np.abs(a).max(axes, keepdims=True)

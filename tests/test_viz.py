@@ -354,8 +354,7 @@ def test_visualize_text_records_match_captum(capsys):
                                     ["dull", "plot"], 0.2),
     ]
     captum_records = [
-        cviz.VisualizationDataRecord(*(getattr(r, k) for k in viz.VisualizationDataRecord.__slots__))
-        for r in records
+        cviz.VisualizationDataRecord(*(getattr(r, k) for k in r.__slots__)) for r in records
     ]
     for legend in (True, False):
         ref = cviz.visualize_text(captum_records, legend=legend).data
