@@ -525,3 +525,85 @@ def generate(
         if cur < length:
             dev_ids = dev_ids.at[0, cur].set(tok)
     return np.asarray(out, np.int32)
+
+
+# ------------------------------------------------------------------------------ gradients
+@_caching.cached_jit(("model", "inputs", "tap", "integrate"))
+def _gradient_chunk(*, model, inputs, tap, x, baselines, alphas, weights, integrate):
+    """Per target token, ``sum_s weights[s] * d log p_t / d a`` at the layer activations
+    ``a = ab + alphas[s] (ax - ab)`` (``integrate``) or at ``ax``: (T, *act.shape).
+
+    The steps are one ``vmap``; each runs the model forward once and takes the backward
+    pass of every target token from it (a ``vmap`` over one-hot cotangents). This nesting
+    (steps outside, targets inside) is deliberate: ``for_each_target`` around
+    ``layer_integrated_gradients`` nests the other way, which XLA CPU (jax 0.10.2)
+    miscompiles for larger step x target batches on bridged GPT-2 (see docs/llm.md).
+    """
+    from jaxattr import _taps
+
+    params = model.params
+    key = tap.key
+    _, acts = _taps.run_tapped(model, params, inputs, x, (), {}, (tap,))
+    ax = acts[key]
+    ab = ax
+    if integrate:
+        _, acts_b = _taps.run_tapped(model, params, inputs, baselines, (), {}, (tap,))
+        ab = acts_b[key]
+    n_targets = model.tgt.shape[0]
+
+    def per_step(alpha):
+        replace = {key: ab + alpha.astype(ax.dtype) * (ax - ab)} if integrate else None
+
+        def out(delta):
+            y, _ = _taps.run_tapped(model, params, inputs, x, (), {}, (tap,),
+                                    perturb={key: delta}, replace=replace)
+            return y[0]  # (T,): one prompt
+
+        y, vjp = jax.vjp(out, jnp.zeros_like(ax))
+        return jax.vmap(lambda c: vjp(c)[0])(jnp.eye(n_targets, dtype=y.dtype))
+
+    grads = jax.vmap(per_step)(alphas)  # (steps, T, *act.shape)
+    total = jnp.tensordot(weights.astype(grads.dtype), grads, axes=1)
+    return total, (ax - ab) if integrate else ax
+
+
+def layer_gradients_per_target(
+    model: TargetModel,
+    layer: str,
+    x: jax.Array,
+    baselines: jax.Array | None,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+    batch_size: int | None,
+    show_progress: bool,
+    multiply_by_inputs: bool = True,
+) -> np.ndarray:
+    """Integrated (``baselines`` given) or plain layer gradients x activation differences
+    for every target token of ``model`` (a :class:`TargetModel` on one prompt ``x``
+    (1, S)): (T, 1, *act.shape[1:]); without ``multiply_by_inputs`` the gradients alone.
+
+    ``batch_size`` steps per compiled call (default: as many as the memory budget allows
+    for the forward pass and the backward pass of every target token).
+    """
+    from jaxattr import _core, _taps
+    from jaxattr._progress import progress, sync
+
+    tap = _taps.resolve_single(model, layer)
+    inputs = _core.as_inputs(x, need_float=False)
+    integrate = baselines is not None
+    n = len(alphas)
+    if batch_size is None:
+        _, (every, _) = _caching.probe(lambda m, ids: m.apply(m.params, ids), (model,), x)
+        unit = 2 * every * (1 + int(model.tgt.shape[0]))
+        batch_size = max(1, _core.memory_budget() // unit) if unit else n
+    chunks = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    total = diff = None
+    for start, stop in progress(chunks, desc="layer gradients", enabled=show_progress):
+        part, diff = _gradient_chunk(
+            model=model, inputs=inputs, tap=tap, x=x,
+            baselines=x if baselines is None else baselines,
+            alphas=jnp.asarray(alphas[start:stop], jnp.float32),
+            weights=jnp.asarray(weights[start:stop], jnp.float32), integrate=integrate)
+        total = part if total is None else total + part
+        sync(total, show_progress)
+    return np.asarray(total * diff[None] if multiply_by_inputs else total, np.float32)

@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import html
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -1255,8 +1254,10 @@ def llm_gradient_attribution(
         max_length: Pad to this length.
         extra_inputs: Keyword inputs the model takes (see :func:`llm_attribution`).
         logits_layer: See :func:`llm_attribution`.
-        batch_size: At most this many integration steps per compiled call.
-        show_progress: A progress bar over generation steps.
+        batch_size: At most this many integration steps per compiled call (default: as
+            many as the memory budget allows, :func:`jaxattr.memory_budget`).
+        show_progress: Progress bars over generation steps and chunks of integration
+            steps.
 
     Returns:
         An :class:`LLMAttributionResult` with ``token_attr`` (T, F) and ``seq_attr`` (F,).
@@ -1311,20 +1312,21 @@ def llm_gradient_attribution(
     b[0, sel] = inp.baselines
     tm = _m.TargetModel(model, call, jnp.asarray(lay["mask"]), jnp.asarray(lay["pos"]),
                         jnp.asarray(lay["at"]), jnp.asarray(tgt))
-    targets = list(range(len(tgt)))
     if method == "layer_integrated_gradients":
-        # for_each_target's own first argument is called method: bind the quadrature
-        lig = functools.partial(jaxattr.layer_integrated_gradients, method=quadrature)
-        attr = jaxattr.for_each_target(
-            lig, tm, x, targets, layer=layer, baselines=jnp.asarray(b), n_steps=n_steps,
-            multiply_by_inputs=multiply_by_inputs, batch_size=batch_size)
+        alphas, weights = jaxattr.quadrature(quadrature, n_steps)
+        baselines = jnp.asarray(b)
     else:
-        attr = jaxattr.for_each_target(
-            jaxattr.layer_gradient_x_activation, tm, x, targets, layer=layer,
-            multiply_by_inputs=multiply_by_inputs)
-    if isinstance(attr, (tuple, list)):
-        raise ValueError(
-            f"layer {layer!r} returns several tensors; name the token-embedding layer itself")
+        alphas, weights, baselines = np.ones(1), np.ones(1), None
+    try:
+        attr = _m.layer_gradients_per_target(tm, layer, x, baselines, np.asarray(alphas),
+                                             np.asarray(weights), batch_size, show_progress,
+                                             multiply_by_inputs)
+    except ValueError as err:
+        if "tuple" in str(err) or "tensors" in str(err):
+            raise ValueError(
+                f"layer {layer!r} returns several tensors; name the token-embedding layer "
+                f"itself") from err
+        raise
     attr = np.asarray(attr, np.float32)  # (T, 1, S, ...)
     per_pos = attr.reshape(attr.shape[0], attr.shape[2], -1).sum(-1)  # (T, S)
     token_attr = per_pos[:, sel]
