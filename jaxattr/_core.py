@@ -165,13 +165,13 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
         )
 
 
-#: The parameters a public method takes positionally: what is explained (``fn``/``model``,
-#: ``x``, a ``layer``, a neuron), and a metric's data. Every parameter after the first one
+#: The parameters a public method takes positionally: what is explained (``fn``/``model``
+#: and its ``params``, ``x``, a ``layer``, a neuron), and a metric's data. Every parameter after the first one
 #: not named here is keyword-only: ``integrated_gradients(fn, x, 0)`` must not read 0 as
 #: the baselines when the caller meant the target.
 POSITIONAL = frozenset({
-    "method", "fn", "model", "x", "layer", "neuron_selector", "neuron_selectors",
-    "perturb_func", "attributions", "targets",
+    "method", "fn", "apply_fn", "model", "params", "x", "layer", "neuron_selector",
+    "neuron_selectors", "perturb_func", "attributions", "targets",
 })
 
 

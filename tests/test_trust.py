@@ -739,7 +739,7 @@ def test_a_layer_receiving_two_tensors_gives_a_tuple_like_captum():
         (jaxattr.internal_influence, captum.InternalInfluence),
     ]
     for ours, theirs in pairs:
-        got = ours(model, x, "add2", base, target=[1, 0, 1], **quad, **kw)
+        got = ours(model, x, "add2", baselines=base, target=[1, 0, 1], **quad, **kw)
         _close(got, theirs(net, net.add2).attribute(tx, tb, target=[1, 0, 1], **quad, **kw),
                rtol=1e-4, atol=1e-6)  # fmt: skip
     got, delta = jaxattr.layer_integrated_gradients(
