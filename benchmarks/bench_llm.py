@@ -63,9 +63,9 @@ def main() -> None:
     ap.add_argument("--ref-repeat", type=int, default=1, help="timed Captum runs per row")
     args = ap.parse_args()
 
-    from tests.torch_models import _no_torchvision_stub
-
     import torch
+
+    from tests.torch_models import _no_torchvision_stub
 
     with _no_torchvision_stub():
         import transformers
@@ -76,10 +76,13 @@ def main() -> None:
     load_before = os.getloadavg()
     tok = _tokenizer(transformers)
     torch.manual_seed(0)
-    cfg = (transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, use_cache=False)
-           if args.quick else transformers.GPT2Config(use_cache=False))
+    cfg = (
+        transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, use_cache=False)
+        if args.quick
+        else transformers.GPT2Config(use_cache=False)
+    )
     module = transformers.GPT2LMHeadModel(cfg).eval()
-    segments = [" ".join(WORDS[3 * i: 3 * i + 3]) for i in range(8)]
+    segments = [" ".join(WORDS[3 * i : 3 * i + 3]) for i in range(8)]
     template = " ".join(["{}"] * 8)
     target = " ".join(WORDS[24:32])
     prompt = " ".join(segments)
@@ -109,25 +112,40 @@ def main() -> None:
         check(ours_fa(), fa.attribute(cinp, target=target, use_cached_outputs=False), "FA")
         _, ref_s = harness.time_call(
             lambda: fa.attribute(cinp, target=target, use_cached_outputs=False),
-            repeat=args.ref_repeat)
+            repeat=args.ref_repeat,
+        )
         _, ref_cached_s = harness.time_call(
-            lambda: fa.attribute(cinp, target=target), repeat=args.ref_repeat)
+            lambda: fa.attribute(cinp, target=target), repeat=args.ref_repeat
+        )
     name = "feature_ablation (8 segments, 24+8 tokens)"
-    rows.append(harness.Row(name, 1, ours_s, "Captum (use_cached_outputs=False)", ref_s,
-                            max(first - ours_s, 0.0)))
-    rows.append(harness.Row(name, 1, ours_s, "Captum default (cached decoding)", ref_cached_s,
-                            max(first - ours_s, 0.0)))
+    rows.append(
+        harness.Row(
+            name, 1, ours_s, "Captum (use_cached_outputs=False)", ref_s, max(first - ours_s, 0.0)
+        )
+    )
+    rows.append(
+        harness.Row(
+            name,
+            1,
+            ours_s,
+            "Captum default (cached decoding)",
+            ref_cached_s,
+            max(first - ours_s, 0.0),
+        )
+    )
     print(rows[-2].as_dict(), rows[-1].as_dict(), flush=True)
 
     # ---- layer integrated gradients on the token embeddings
     tinp = llm.TextTokenInput(prompt, tok)
     ctinp = ca.TextTokenInput(prompt, tok)
-    lig = ca.LLMGradientAttribution(ca.LayerIntegratedGradients(module, module.transformer.wte),
-                                    tok)
+    lig = ca.LLMGradientAttribution(
+        ca.LayerIntegratedGradients(module, module.transformer.wte), tok
+    )
 
     def ours_lig():
-        return llm.llm_gradient_attribution(model, tok, tinp, target=target,
-                                            layer="transformer.wte")
+        return llm.llm_gradient_attribution(
+            model, tok, tinp, target=target, layer="transformer.wte"
+        )
 
     first, ours_s = harness.time_call(ours_lig, repeat=args.repeat)
     t0 = time.perf_counter()
@@ -136,18 +154,38 @@ def main() -> None:
     check(ours_lig(), ref, "LIG")
     ref_s = ref_first
     if args.ref_repeat > 1:
-        _, ref_s = harness.time_call(lambda: lig.attribute(ctinp, target=target),
-                                     repeat=args.ref_repeat - 1)
-    rows.append(harness.Row("layer_integrated_gradients (wte, 50 steps, 24+8 tokens)", 1,
-                            ours_s, "Captum", ref_s, max(first - ours_s, 0.0)))
+        _, ref_s = harness.time_call(
+            lambda: lig.attribute(ctinp, target=target), repeat=args.ref_repeat - 1
+        )
+    rows.append(
+        harness.Row(
+            "layer_integrated_gradients (wte, 50 steps, 24+8 tokens)",
+            1,
+            ours_s,
+            "Captum",
+            ref_s,
+            max(first - ours_s, 0.0),
+        )
+    )
     print(rows[-1].as_dict(), flush=True)
 
     load_after = os.getloadavg()
-    title = ("Language models: jaxattr.llm vs Captum LLMAttribution (GPT-2-small config, "
-             "batch 1)" if not args.quick else "Language models (quick: tiny GPT-2)")
-    harness.report(rows, title, args.out, extra={
-        "load_average_before": load_before, "load_average_after": load_after,
-        "convert_s": convert_s, "model": "tiny GPT-2" if args.quick else "GPT-2 small config"})
+    title = (
+        "Language models: jaxattr.llm vs Captum LLMAttribution (GPT-2-small config, batch 1)"
+        if not args.quick
+        else "Language models (quick: tiny GPT-2)"
+    )
+    harness.report(
+        rows,
+        title,
+        args.out,
+        extra={
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "convert_s": convert_s,
+            "model": "tiny GPT-2" if args.quick else "GPT-2 small config",
+        },
+    )
     print(f"load average before {load_before}, after {load_after}")
 
 

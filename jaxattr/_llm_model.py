@@ -206,8 +206,7 @@ def resolve(
     structured = is_structured(model)
     if logits_layer is not None and logits_layer != "auto" and not isinstance(logits_layer, str):
         raise TypeError(
-            f"logits_layer must be 'auto', a layer name or None, got "
-            f"{type(logits_layer).__name__}"
+            f"logits_layer must be 'auto', a layer name or None, got {type(logits_layer).__name__}"
         )
     if not structured and logits_layer not in (None, "auto"):
         raise ValueError(
@@ -238,7 +237,7 @@ def resolve(
     except TypeError as err:
         if "keyword" in str(err) or "argument" in str(err):
             raise TypeError(
-                f"model: calling it as model(input_ids"
+                "model: calling it as model(input_ids"
                 + "".join(f", {k}=..." for k in kw_names)
                 + f") failed: {err}; set extra_inputs to the keyword inputs it takes, from "
                 f"{list(EXTRA_INPUTS)}"
@@ -343,8 +342,11 @@ def padded_length(
     ``needed`` rounded up to a multiple of 16 (so similar prompts share programs)."""
     fixed = static_length(model)
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or \
-                max_length < 1:
+        if (
+            isinstance(max_length, bool)
+            or not isinstance(max_length, (int, np.integer))
+            or max_length < 1
+        ):
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         max_length = int(max_length)
         if fixed is not None and max_length != fixed:
@@ -394,8 +396,10 @@ def layout(prompts: Sequence[np.ndarray], tgt: np.ndarray, length: int, padding:
 
 
 # ------------------------------------------------------------------------------ pytrees
-@_caching.model_pytree(["model", "ids", "mask", "pos", "at", "tgt", "sel", "fill"],
-                       static=["call", "per_token", "prob"])
+@_caching.model_pytree(
+    ["model", "ids", "mask", "pos", "at", "tgt", "sel", "fill"],
+    static=["call", "per_token", "prob"],
+)
 class TokenCoalitions:
     """``fn(x (N, F)) -> scores``: tokens at ``sel`` whose ``x != 1`` take the id ``fill``.
 
@@ -419,8 +423,9 @@ class TokenCoalitions:
         return outputs(lp, self.per_token, self.prob)
 
 
-@_caching.model_pytree(["model", "rows", "ids", "mask", "pos", "at", "tgt"],
-                       static=["call", "per_token", "prob"])
+@_caching.model_pytree(
+    ["model", "rows", "ids", "mask", "pos", "at", "tgt"], static=["call", "per_token", "prob"]
+)
 class TableCoalitions:
     """``fn(x (N, F)) -> scores`` from pre-tokenized coalitions.
 
@@ -440,7 +445,12 @@ class TableCoalitions:
         idx = jnp.argmax(eq, axis=1)
         found = jnp.any(eq, axis=1)
         lp = token_log_probs(
-            self.model, self.call, self.ids[idx], self.mask[idx], self.pos[idx], self.at[idx],
+            self.model,
+            self.call,
+            self.ids[idx],
+            self.mask[idx],
+            self.pos[idx],
+            self.at[idx],
             self.tgt,
         )
         out = outputs(lp, self.per_token, self.prob)
@@ -475,7 +485,14 @@ class TargetModel:
         mask = jnp.broadcast_to(self.mask, ids.shape)
         pos = jnp.broadcast_to(self.pos, ids.shape)
         return token_log_probs(
-            self.model, self.call, ids, mask, pos, self.at, self.tgt, params=params,
+            self.model,
+            self.call,
+            ids,
+            mask,
+            pos,
+            self.at,
+            self.tgt,
+            params=params,
             intercept=intercept,
         )
 
@@ -505,8 +522,11 @@ def generate(
     step (the current length is traced)."""
     from jaxattr._progress import progress
 
-    eos = set() if eos_token_id is None else (
-        {int(eos_token_id)} if np.ndim(eos_token_id) == 0 else {int(e) for e in eos_token_id})
+    eos = (
+        set()
+        if eos_token_id is None
+        else ({int(eos_token_id)} if np.ndim(eos_token_id) == 0 else {int(e) for e in eos_token_id})
+    )
     lp = len(prompt)
     ids = np.zeros((1, length), np.int32)
     ids[0, :lp] = prompt
@@ -517,8 +537,16 @@ def generate(
     for step in progress(range(max_new_tokens), desc="generate", enabled=show_progress):
         cur = lp + step
         mask[0, :cur] = 1
-        tok = int(_next_token(model=model, call=call, ids=dev_ids, mask=jnp.asarray(mask),
-                              pos=jnp.asarray(pos), cur=jnp.asarray(cur, jnp.int32)))
+        tok = int(
+            _next_token(
+                model=model,
+                call=call,
+                ids=dev_ids,
+                mask=jnp.asarray(mask),
+                pos=jnp.asarray(pos),
+                cur=jnp.asarray(cur, jnp.int32),
+            )
+        )
         out.append(tok)
         if tok in eos:
             break
@@ -555,8 +583,9 @@ def _gradient_chunk(*, model, inputs, tap, x, baselines, alphas, weights, integr
         replace = {key: ab + alpha.astype(ax.dtype) * (ax - ab)} if integrate else None
 
         def out(delta):
-            y, _ = _taps.run_tapped(model, params, inputs, x, (), {}, (tap,),
-                                    perturb={key: delta}, replace=replace)
+            y, _ = _taps.run_tapped(
+                model, params, inputs, x, (), {}, (tap,), perturb={key: delta}, replace=replace
+            )
             return y[0]  # (T,): one prompt
 
         y, vjp = jax.vjp(out, jnp.zeros_like(ax))
@@ -600,10 +629,15 @@ def layer_gradients_per_target(
     total = diff = None
     for start, stop in progress(chunks, desc="layer gradients", enabled=show_progress):
         part, diff = _gradient_chunk(
-            model=model, inputs=inputs, tap=tap, x=x,
+            model=model,
+            inputs=inputs,
+            tap=tap,
+            x=x,
             baselines=x if baselines is None else baselines,
             alphas=jnp.asarray(alphas[start:stop], jnp.float32),
-            weights=jnp.asarray(weights[start:stop], jnp.float32), integrate=integrate)
+            weights=jnp.asarray(weights[start:stop], jnp.float32),
+            integrate=integrate,
+        )
         total = part if total is None else total + part
         sync(total, show_progress)
     return np.asarray(total * diff[None] if multiply_by_inputs else total, np.float32)

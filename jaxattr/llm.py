@@ -92,8 +92,15 @@ _OPTIONS = {
     "feature_ablation": (),
     "shapley_value_sampling": (),
     "shapley_values": (),
-    "lime": ("interpretable_model", "alpha", "similarity_func", "perturb_func",
-             "from_interp_rep_transform", "distance_mode", "kernel_width"),
+    "lime": (
+        "interpretable_model",
+        "alpha",
+        "similarity_func",
+        "perturb_func",
+        "from_interp_rep_transform",
+        "distance_mode",
+        "kernel_width",
+    ),
     "kernel_shap": (),
 }
 
@@ -126,8 +133,14 @@ class WordTokenizer:
         (['<s>', 'hello', '<unk>'], 'hello world', 5)
     """
 
-    def __init__(self, words: Sequence[str], *, bos_token: str | None = None,
-                 eos_token: str | None = None, unk_token: str = "<unk>"):
+    def __init__(
+        self,
+        words: Sequence[str],
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        unk_token: str = "<unk>",
+    ):
         if isinstance(words, str):
             raise TypeError("words must be a list of words, got a str; use text.split()")
         specials = [t for t in (bos_token, eos_token, unk_token) if t is not None]
@@ -162,8 +175,9 @@ class WordTokenizer:
             ids = [self.bos_token_id, *ids]
         return ids
 
-    def __call__(self, text: str, add_special_tokens: bool = True,
-                 return_offsets_mapping: bool = False) -> dict[str, list]:
+    def __call__(
+        self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False
+    ) -> dict[str, list]:
         """``{"input_ids": ..., "offset_mapping": ...}`` as a Hugging Face tokenizer."""
         out: dict[str, list] = {"input_ids": self.encode(text, add_special_tokens)}
         if return_offsets_mapping:
@@ -385,8 +399,11 @@ class TextTemplateInput:
         if not self.values:
             raise ValueError("values must hold at least one segment, got none")
         self.n_features = len(self.values)
-        self.baselines = self._as_list(baselines, "baselines") if (
-            baselines is not None and not callable(baselines)) else baselines
+        self.baselines = (
+            self._as_list(baselines, "baselines")
+            if (baselines is not None and not callable(baselines))
+            else baselines
+        )
         if baselines is None:
             self.baselines = [""] * self.n_features
         self.mask = mask
@@ -408,7 +425,8 @@ class TextTemplateInput:
             self.format_fn = template
         else:
             raise TypeError(
-                f"template must be a format string or a callable, got {type(template).__name__}")
+                f"template must be a format string or a callable, got {type(template).__name__}"
+            )
         self.to_model_input()  # fails here, naming the template, if it does not format
         if not callable(self.baselines):
             self.to_model_input(np.zeros((1, self.n_itp_features)))
@@ -418,7 +436,8 @@ class TextTemplateInput:
             if not isinstance(value, Mapping):
                 raise TypeError(
                     f"{name} must be a dict keyed like values ({self.dict_keys}) since values "
-                    f"is a dict, got {type(value).__name__}")
+                    f"is a dict, got {type(value).__name__}"
+                )
             missing = [k for k in self.dict_keys if k not in value]
             if missing:
                 raise ValueError(f"{name} lacks the segments {missing} of values")
@@ -426,10 +445,12 @@ class TextTemplateInput:
         if not isinstance(value, (list, tuple)):
             raise TypeError(
                 f"{name} must be a list like values since values is a list, got "
-                f"{type(value).__name__}")
+                f"{type(value).__name__}"
+            )
         if len(value) != self.n_features:
             raise ValueError(
-                f"{name} must give one entry per segment ({self.n_features}), got {len(value)}")
+                f"{name} must give one entry per segment ({self.n_features}), got {len(value)}"
+            )
         return list(value)
 
     def _check_fields(self, template: str) -> None:
@@ -439,7 +460,8 @@ class TextTemplateInput:
         if len(fields) != self.n_features:
             raise ValueError(
                 f"template {template!r} has {len(fields)} fields, but values gives "
-                f"{self.n_features} segments")
+                f"{self.n_features} segments"
+            )
 
     def to_tensor(self) -> np.ndarray:
         """The interpretable representation: all features present, (1, n_itp_features)."""
@@ -454,14 +476,16 @@ class TextTemplateInput:
         if isinstance(b, ProductBaselines):
             if key is None:
                 raise ValueError(
-                    "baselines is a ProductBaselines: pass key=jax.random.key(seed) to draw them")
+                    "baselines is a ProductBaselines: pass key=jax.random.key(seed) to draw them"
+                )
             b = b.sample(key)
         else:
             b = b()
         return self._as_list(b, "baselines")
 
-    def to_model_input(self, perturbed_tensor: Any = None, baselines: Sequence[Any] | None = None
-                       ) -> str:
+    def to_model_input(
+        self, perturbed_tensor: Any = None, baselines: Sequence[Any] | None = None
+    ) -> str:
         """The text with the absent features (``perturbed_tensor`` 0, shape (1, F)) at
         their baselines (``baselines`` as a list, default :meth:`resolve_baselines`)."""
         values = list(self.values)
@@ -470,7 +494,8 @@ class TextTemplateInput:
             if row.shape[0] != self.n_itp_features:
                 raise ValueError(
                     f"perturbed_tensor must hold {self.n_itp_features} features, got shape "
-                    f"{np.asarray(perturbed_tensor).shape}")
+                    f"{np.asarray(perturbed_tensor).shape}"
+                )
             base = self.resolve_baselines() if baselines is None else list(baselines)
             for i in range(self.n_features):
                 if not row[self.formatted_mask[i]]:
@@ -482,7 +507,8 @@ class TextTemplateInput:
         except (IndexError, KeyError, TypeError) as err:
             raise ValueError(
                 f"template {self.template!r} does not format with the segments "
-                f"{self.dict_keys or len(values)}: {type(err).__name__}: {err}") from err
+                f"{self.dict_keys or len(values)}: {type(err).__name__}: {err}"
+            ) from err
 
     def format_attr(self, itp_attr: Any) -> np.ndarray:
         """Attributions of the features (..., n_itp_features) -> of the segments
@@ -516,8 +542,13 @@ class TextTokenInput:
         (['a', 'b', 'c'], [[0, 2, 0, 4]])
     """
 
-    def __init__(self, text: str, tokenizer: Any, baselines: int | str = 0,
-                 skip_tokens: Sequence[int] | Sequence[str] | None = None):
+    def __init__(
+        self,
+        text: str,
+        tokenizer: Any,
+        baselines: int | str = 0,
+        skip_tokens: Sequence[int] | Sequence[str] | None = None,
+    ):
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         tok = _Tok(tokenizer)
@@ -537,10 +568,12 @@ class TextTokenInput:
                     raise TypeError(f"skip_tokens must hold ids or token strings, got {s!r}")
         self.skip_tokens = skip_tokens
         self.itp_positions = np.asarray(
-            [i for i, t in enumerate(self.ids.tolist()) if t not in skip], np.int64)
+            [i for i, t in enumerate(self.ids.tolist()) if t not in skip], np.int64
+        )
         if self.itp_positions.size == 0:
             raise ValueError(
-                f"text {text!r}: every token is in skip_tokens, nothing is left to attribute")
+                f"text {text!r}: every token is in skip_tokens, nothing is left to attribute"
+            )
         self.values = tok.tokens(self.ids[self.itp_positions])
         self.n_itp_features = len(self.values)
         if isinstance(baselines, str):
@@ -572,7 +605,8 @@ class TextTokenInput:
         p = np.asarray(perturbed_tensor)
         if p.ndim != 2 or p.shape[1] != self.n_itp_features:
             raise ValueError(
-                f"perturbed_tensor must have shape (N, {self.n_itp_features}), got {p.shape}")
+                f"perturbed_tensor must have shape (N, {self.n_itp_features}), got {p.shape}"
+            )
         out = np.repeat(ids, p.shape[0], axis=0)
         cur = out[:, self.itp_positions]
         out[:, self.itp_positions] = np.where(p != 1, self.baselines, cur)
@@ -619,14 +653,16 @@ class LLMAttributionResult:
         if self.seq_attr.ndim != 1 or self.seq_attr.shape[0] != len(self.input_tokens):
             raise ValueError(
                 f"seq_attr must have shape ({len(self.input_tokens)},) (one per input token), "
-                f"got {self.seq_attr.shape}")
+                f"got {self.seq_attr.shape}"
+            )
         if self.token_attr is not None:
             self.token_attr = np.asarray(self.token_attr, np.float32)
             want = (len(self.output_tokens), len(self.input_tokens))
             if self.token_attr.shape != want:
                 raise ValueError(
                     f"token_attr must have shape {want} (output x input tokens), got "
-                    f"{self.token_attr.shape}")
+                    f"{self.token_attr.shape}"
+                )
 
     @property
     def seq_attr_dict(self) -> dict[str, float]:
@@ -678,12 +714,11 @@ class LLMAttributionResult:
         """
         if self.token_attr is None:
             raise ValueError(
-                "token_attr is None (LIME and KernelSHAP explain the total only); use "
-                "plot_seq_attr")
+                "token_attr is None (LIME and KernelSHAP explain the total only); use plot_seq_attr"
+            )
         data = self.token_attr
         vmax = float(np.abs(data).max()) or 1.0
-        fig, ax = self._figure(
-            show, (max(data.shape[1] * 1.3, 6.4), max(data.shape[0] / 2.5, 4.8)))
+        fig, ax = self._figure(show, (max(data.shape[1] * 1.3, 6.4), max(data.shape[0] / 2.5, 4.8)))
         ax.grid(False)
         im = ax.imshow(data, vmax=vmax, vmin=-vmax, cmap=self._cmap(), aspect="auto")
         fig.set_facecolor("white")
@@ -748,8 +783,9 @@ class LLMAttributionResult:
             rows += list(self.token_attr)
             labels += [html.escape(t) for t in self.output_tokens]
         scale = max(float(np.abs(np.stack(rows)).max()), 1e-30)
-        return visualize_text([list(self.input_tokens)] * len(rows),
-                              [r / scale for r in rows], labels=labels)
+        return visualize_text(
+            [list(self.input_tokens)] * len(rows), [r / scale for r in rows], labels=labels
+        )
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -762,34 +798,35 @@ def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     return value
 
 
-def _target_ids(target: Any, tok: _Tok) -> np.ndarray:
+def _target_ids(target: Any, tok: _Tok, name: str = "target") -> np.ndarray:
     if isinstance(target, str):
         ids = tok.encode(target, special=False)
         if not ids:
-            raise ValueError(f"target {target!r} encodes to no tokens")
+            raise ValueError(f"{name} {target!r} encodes to no tokens")
         return np.asarray(ids, np.int32)
     if type(target).__module__.startswith("torch"):
         target = target.detach().cpu().numpy()
     try:
         arr = np.asarray(target)
     except Exception as err:  # noqa: BLE001 - named below
-        raise TypeError(f"target must be a str or token ids, got {type(target).__name__}") from err
+        raise TypeError(f"{name} must be a str or token ids, got {type(target).__name__}") from err
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(
-            f"target must be a str or integer token ids, got {type(target).__name__} of dtype "
-            f"{arr.dtype}")
+            f"{name} must be a str or integer token ids, got {type(target).__name__} of dtype "
+            f"{arr.dtype}"
+        )
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"target token ids must have shape (T,) with T >= 1, got {arr.shape}")
+        raise ValueError(f"{name} token ids must have shape (T,) with T >= 1, got {arr.shape}")
     if (arr < 0).any():
-        raise ValueError(f"target token ids must be >= 0, got {arr.tolist()}")
+        raise ValueError(f"{name} token ids must be >= 0, got {arr.tolist()}")
     return arr.astype(np.int32)
 
 
 def _check_vocab(tgt: np.ndarray, vocab: int) -> None:
     if int(tgt.max()) >= vocab:
         raise ValueError(
-            f"target token ids must be < the model's vocabulary size {vocab}, got "
-            f"{int(tgt.max())}")
+            f"target token ids must be < the model's vocabulary size {vocab}, got {int(tgt.max())}"
+        )
 
 
 def _check_positive(value: Any, name: str) -> int:
@@ -809,20 +846,38 @@ def _check_padding(padding: str, call: _m.Call) -> None:
         raise ValueError(
             f"padding='left' needs a model taking attention_mask and position_ids "
             f"(extra_inputs), but it takes {list(call.kw_names)}; convert it with both "
-            f"keyword inputs, or use padding='right' (exact for causal models)")
+            f"keyword inputs, or use padding='right' (exact for causal models)"
+        )
 
 
-def _resolve_target(model, tok, inp, target, *, max_new_tokens, eos_token_id, max_length,
-                    extra_inputs, logits_layer, show_progress) -> np.ndarray:
+def _resolve_target(
+    model,
+    tok,
+    inp,
+    target,
+    *,
+    max_new_tokens,
+    eos_token_id,
+    max_length,
+    extra_inputs,
+    logits_layer,
+    show_progress,
+) -> np.ndarray:
     """The target ids: given, or the model's greedy continuation of the prompt."""
     if target is not None:
         return _target_ids(target, tok)
     max_new_tokens = _check_positive(max_new_tokens, "max_new_tokens")
     prompt = _prompt_ids(inp, tok)
-    return generate(model, prompt, max_new_tokens=max_new_tokens,
-                    eos_token_id=tok.eos_token_id if eos_token_id is None else eos_token_id,
-                    max_length=max_length, extra_inputs=extra_inputs,
-                    logits_layer=logits_layer, show_progress=show_progress)
+    return generate(
+        model,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tok.eos_token_id if eos_token_id is None else eos_token_id,
+        max_length=max_length,
+        extra_inputs=extra_inputs,
+        logits_layer=logits_layer,
+        show_progress=show_progress,
+    )
 
 
 def generate(
@@ -868,13 +923,19 @@ def generate(
     if prompt.ndim != 1 or prompt.size == 0 or not np.issubdtype(prompt.dtype, np.integer):
         raise ValueError(
             f"input_ids must be a non-empty 1-D sequence of token ids, got shape {prompt.shape} "
-            f"dtype {prompt.dtype}")
+            f"dtype {prompt.dtype}"
+        )
     max_new_tokens = _check_positive(max_new_tokens, "max_new_tokens")
-    length = _m.padded_length(len(prompt) + max_new_tokens, model, max_length,
-                              what=f"the prompt ({len(prompt)} tokens) + max_new_tokens")
+    length = _m.padded_length(
+        len(prompt) + max_new_tokens,
+        model,
+        max_length,
+        what=f"the prompt ({len(prompt)} tokens) + max_new_tokens",
+    )
     call = _m.resolve(model, extra_inputs=extra_inputs, logits_layer=logits_layer, length=length)
-    return _m.generate(model, call, prompt.astype(np.int32), length, max_new_tokens,
-                       eos_token_id, show_progress)
+    return _m.generate(
+        model, call, prompt.astype(np.int32), length, max_new_tokens, eos_token_id, show_progress
+    )
 
 
 @_caching.cached_jit(("model", "call"))
@@ -922,7 +983,7 @@ def target_log_probs(
     if isinstance(prompt, str):
         ids = np.asarray(tok.encode(prompt), np.int32)
     else:
-        ids = _target_ids(prompt, tok)
+        ids = _target_ids(prompt, tok, "prompt")
     if len(ids) == 0:
         raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
     tgt = _target_ids(target, tok)
@@ -931,8 +992,15 @@ def target_log_probs(
     _check_padding(padding, call)
     _check_vocab(tgt, call.vocab)
     lay = _m.layout([ids], tgt, length, padding)
-    out = _score(model=model, call=call, ids=jnp.asarray(lay["ids"]), mask=jnp.asarray(lay["mask"]),
-                 pos=jnp.asarray(lay["pos"]), at=jnp.asarray(lay["at"]), tgt=jnp.asarray(tgt))
+    out = _score(
+        model=model,
+        call=call,
+        ids=jnp.asarray(lay["ids"]),
+        mask=jnp.asarray(lay["mask"]),
+        pos=jnp.asarray(lay["pos"]),
+        at=jnp.asarray(lay["at"]),
+        tgt=jnp.asarray(tgt),
+    )
     return np.asarray(out[0], np.float32)
 
 
@@ -1067,12 +1135,14 @@ def llm_attribution(
     num_trials = _check_positive(num_trials, "num_trials")
     if not isinstance(inp, (TextTokenInput, TextTemplateInput)):
         raise TypeError(
-            f"inp must be a TextTokenInput or TextTemplateInput, got {type(inp).__name__}")
+            f"inp must be a TextTokenInput or TextTemplateInput, got {type(inp).__name__}"
+        )
     unknown = sorted(set(options) - set(_OPTIONS[method]))
     if unknown:
         raise TypeError(
             f"llm_attribution(method={method!r}) got unknown options {unknown}; it accepts "
-            f"{list(_OPTIONS[method]) or 'none besides the named arguments'}")
+            f"{list(_OPTIONS[method]) or 'none besides the named arguments'}"
+        )
     sampling = method in ("shapley_value_sampling", "lime", "kernel_shap")
     if n_samples is None:
         n_samples = 25
@@ -1091,7 +1161,8 @@ def llm_attribution(
         if bad:
             raise ValueError(
                 f"{bad} change which prompts are evaluated, so they work with a TextTokenInput "
-                f"only (a template's perturbed texts are tokenized before the model runs)")
+                f"only (a template's perturbed texts are tokenized before the model runs)"
+            )
         if method == "shapley_values":
             import jaxattr
 
@@ -1100,12 +1171,21 @@ def llm_attribution(
                     f"shapley_values evaluates all 2**F coalitions; the template has F="
                     f"{inp.n_itp_features} features, over the limit of "
                     f"{jaxattr.MAX_EXACT_SHAPLEY_FEATURES}: group segments with mask, or use "
-                    f"shapley_value_sampling")
+                    f"shapley_value_sampling"
+                )
     tok = _Tok(tokenizer)
-    tgt = _resolve_target(model, tok, inp, target, max_new_tokens=max_new_tokens,
-                          eos_token_id=eos_token_id, max_length=max_length,
-                          extra_inputs=extra_inputs, logits_layer=logits_layer,
-                          show_progress=show_progress)
+    tgt = _resolve_target(
+        model,
+        tok,
+        inp,
+        target,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        max_length=max_length,
+        extra_inputs=extra_inputs,
+        logits_layer=logits_layer,
+        show_progress=show_progress,
+    )
     if len(tgt) == 0:
         raise ValueError("the target is empty (generation made no token)")
     per_token = method in PER_TOKEN_METHODS
@@ -1116,14 +1196,27 @@ def llm_attribution(
     for trial in range(num_trials):
         k = keys[0] if key is None else keys[trial]
         if not template:
-            fn, length = _token_fn(model, inp, tgt, padding, max_length, extra_inputs,
-                                   logits_layer, per_token, prob)
+            fn, length = _token_fn(
+                model, inp, tgt, padding, max_length, extra_inputs, logits_layer, per_token, prob
+            )
         else:
             base_key = None if k is None else jax.random.fold_in(k, 1)
             baselines = inp.resolve_baselines(base_key if random_baselines else None)
             rows = _coalitions(method, f, k, n_samples)
-            fn, length = _table_fn(model, tok, inp, rows, baselines, tgt, padding, max_length,
-                                   extra_inputs, logits_layer, per_token, prob)
+            fn, length = _table_fn(
+                model,
+                tok,
+                inp,
+                rows,
+                baselines,
+                tgt,
+                padding,
+                max_length,
+                extra_inputs,
+                logits_layer,
+                per_token,
+                prob,
+            )
         _check_vocab(tgt, fn.call.vocab)
         attr = _run_method(method, fn, f, k, n_samples, batch_size, show_progress, options)
         if not np.isfinite(attr).all():
@@ -1145,14 +1238,36 @@ def _token_fn(model, inp, tgt, padding, max_length, extra_inputs, logits_layer, 
     _check_padding(padding, call)
     lay = _m.layout([inp.ids], tgt, length, padding)
     sel = jnp.asarray(lay["start"][0] + inp.itp_positions, jnp.int32)
-    fn = _m.TokenCoalitions(model, call, jnp.asarray(lay["ids"]), jnp.asarray(lay["mask"]),
-                            jnp.asarray(lay["pos"]), jnp.asarray(lay["at"]), jnp.asarray(tgt),
-                            sel, jnp.asarray(inp.baselines, jnp.int32), per_token, prob)
+    fn = _m.TokenCoalitions(
+        model,
+        call,
+        jnp.asarray(lay["ids"]),
+        jnp.asarray(lay["mask"]),
+        jnp.asarray(lay["pos"]),
+        jnp.asarray(lay["at"]),
+        jnp.asarray(tgt),
+        sel,
+        jnp.asarray(inp.baselines, jnp.int32),
+        per_token,
+        prob,
+    )
     return fn, length
 
 
-def _table_fn(model, tok, inp, rows, baselines, tgt, padding, max_length, extra_inputs,
-              logits_layer, per_token, prob):
+def _table_fn(
+    model,
+    tok,
+    inp,
+    rows,
+    baselines,
+    tgt,
+    padding,
+    max_length,
+    extra_inputs,
+    logits_layer,
+    per_token,
+    prob,
+):
     texts = [inp.to_model_input(r[None].astype(np.float32), baselines) for r in rows]
     cache: dict[str, np.ndarray] = {}
     prompts = []
@@ -1165,16 +1280,30 @@ def _table_fn(model, tok, inp, rows, baselines, tgt, padding, max_length, extra_
         raise ValueError(
             f"a perturbed prompt tokenizes to nothing ({empty[0]!r}): the model has no token "
             f"to predict the first target token from; give the tokenizer a BOS token, or "
-            f"use non-empty baselines / template text")
+            f"use non-empty baselines / template text"
+        )
     longest = max(len(p) for p in prompts)
-    length = _m.padded_length(longest + len(tgt), model, max_length,
-                              what=f"the longest perturbed prompt ({longest} tokens) + target")
+    length = _m.padded_length(
+        longest + len(tgt),
+        model,
+        max_length,
+        what=f"the longest perturbed prompt ({longest} tokens) + target",
+    )
     call = _m.resolve(model, extra_inputs=extra_inputs, logits_layer=logits_layer, length=length)
     _check_padding(padding, call)
     lay = _m.layout(prompts, tgt, length, padding)
-    fn = _m.TableCoalitions(model, call, jnp.asarray(rows), jnp.asarray(lay["ids"]),
-                            jnp.asarray(lay["mask"]), jnp.asarray(lay["pos"]),
-                            jnp.asarray(lay["at"]), jnp.asarray(tgt), per_token, prob)
+    fn = _m.TableCoalitions(
+        model,
+        call,
+        jnp.asarray(rows),
+        jnp.asarray(lay["ids"]),
+        jnp.asarray(lay["mask"]),
+        jnp.asarray(lay["pos"]),
+        jnp.asarray(lay["at"]),
+        jnp.asarray(tgt),
+        per_token,
+        prob,
+    )
     return fn, length
 
 
@@ -1186,11 +1315,13 @@ def _explain_nonfinite(fn: Any, template: bool) -> None:
         if np.isfinite(scores).all() and n:
             raise RuntimeError(
                 "jaxattr.llm: the method evaluated a coalition that was not tokenized "
-                "beforehand (an internal error, please report it)")
+                "beforehand (an internal error, please report it)"
+            )
     raise FloatingPointError(
         "the model's log-probabilities of the target are not finite (NaN/Inf logits) for "
         "some perturbed prompt; check the model on those inputs (e.g. a fully masked "
-        "attention row)")
+        "attention row)"
+    )
 
 
 # ======================================================================== gradients
@@ -1201,7 +1332,8 @@ def _embedding_layer(model: Any) -> str:
     shown = ", ".join(repr(n) for n in list(model.layers)[:8])
     raise ValueError(
         f"layer='auto' found no embedding layer in the model (layers: {shown}, ...); pass "
-        f"layer=<the token embedding's name>")
+        f"layer=<the token embedding's name>"
+    )
 
 
 def llm_gradient_attribution(
@@ -1282,21 +1414,30 @@ def llm_gradient_attribution(
     _check_choice(padding, "padding", _m.PADDINGS)
     if not isinstance(inp, TextTokenInput):
         raise TypeError(
-            f"inp must be a TextTokenInput (gradients need token ids), got "
-            f"{type(inp).__name__}")
+            f"inp must be a TextTokenInput (gradients need token ids), got {type(inp).__name__}"
+        )
     if not _m.is_structured(model):
         raise TypeError(
             f"model must be a structured model with named layers (jaxattr.bridge.from_torch, "
             f"jaxattr.flax.from_nnx / from_linen) to tap its embedding layer, got "
-            f"{type(model).__name__}")
+            f"{type(model).__name__}"
+        )
     if method == "layer_integrated_gradients":
         n_steps = _check_positive(n_steps, "n_steps")
         _check_choice(quadrature, "quadrature", jaxattr.QUADRATURES)
     tok = _Tok(tokenizer)
-    tgt = _resolve_target(model, tok, inp, target, max_new_tokens=max_new_tokens,
-                          eos_token_id=eos_token_id, max_length=max_length,
-                          extra_inputs=extra_inputs, logits_layer=logits_layer,
-                          show_progress=show_progress)
+    tgt = _resolve_target(
+        model,
+        tok,
+        inp,
+        target,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        max_length=max_length,
+        extra_inputs=extra_inputs,
+        logits_layer=logits_layer,
+        show_progress=show_progress,
+    )
     length = _m.padded_length(len(inp.ids) + len(tgt), model, max_length)
     call = _m.resolve(model, extra_inputs=extra_inputs, logits_layer=logits_layer, length=length)
     _check_padding(padding, call)
@@ -1310,22 +1451,36 @@ def llm_gradient_attribution(
     x = jnp.asarray(lay["ids"])
     b = np.array(lay["ids"])
     b[0, sel] = inp.baselines
-    tm = _m.TargetModel(model, call, jnp.asarray(lay["mask"]), jnp.asarray(lay["pos"]),
-                        jnp.asarray(lay["at"]), jnp.asarray(tgt))
+    tm = _m.TargetModel(
+        model,
+        call,
+        jnp.asarray(lay["mask"]),
+        jnp.asarray(lay["pos"]),
+        jnp.asarray(lay["at"]),
+        jnp.asarray(tgt),
+    )
     if method == "layer_integrated_gradients":
         alphas, weights = jaxattr.quadrature(quadrature, n_steps)
         baselines = jnp.asarray(b)
     else:
         alphas, weights, baselines = np.ones(1), np.ones(1), None
     try:
-        attr = _m.layer_gradients_per_target(tm, layer, x, baselines, np.asarray(alphas),
-                                             np.asarray(weights), batch_size, show_progress,
-                                             multiply_by_inputs)
+        attr = _m.layer_gradients_per_target(
+            tm,
+            layer,
+            x,
+            baselines,
+            np.asarray(alphas),
+            np.asarray(weights),
+            batch_size,
+            show_progress,
+            multiply_by_inputs,
+        )
     except ValueError as err:
         if "tuple" in str(err) or "tensors" in str(err):
             raise ValueError(
-                f"layer {layer!r} returns several tensors; name the token-embedding layer "
-                f"itself") from err
+                f"layer {layer!r} returns several tensors; name the token-embedding layer itself"
+            ) from err
         raise
     attr = np.asarray(attr, np.float32)  # (T, 1, S, ...)
     per_pos = attr.reshape(attr.shape[0], attr.shape[2], -1).sum(-1)  # (T, S)
@@ -1337,4 +1492,3 @@ def llm_gradient_attribution(
         output_tokens=tok.pretty(tgt),
         target_ids=tgt,
     )
-

@@ -40,9 +40,11 @@ CORPUS = [
 ] * 3
 PROMPT = "Dave lives in Palm Coast, FL and is a lawyer."
 TARGET = " His personal interests include"
-TEMPLATE = dict(template="{} lives in {}, {} and is a {}.",
-                values=["Dave", "Palm Coast", "FL", "lawyer"],
-                baselines=["Sarah", "Seattle", "WA", "doctor"])
+TEMPLATE = dict(
+    template="{} lives in {}, {} and is a {}.",
+    values=["Dave", "Palm Coast", "FL", "lawyer"],
+    baselines=["Sarah", "Seattle", "WA", "doctor"],
+)
 LENGTH = 48  # the bridged models' sequence length
 #: Weight scale of the random models: transformers' default (0.02) makes them predict an
 #: almost uniform distribution, so attributions are ~1e-3 of log-probabilities ~ -25 and a
@@ -88,29 +90,51 @@ def bpe_tokenizer(vocab_size: int = 420):
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator(CORPUS, trainer)
-    tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 0)])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def _gpt2(vocab: int, seed: int = 0, use_cache: bool = False):
     torch.manual_seed(seed)
     cfg = transformers.GPT2Config(
-        vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0,
-        eos_token_id=1, pad_token_id=2, use_cache=use_cache, initializer_range=INIT)
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        use_cache=use_cache,
+        initializer_range=INIT,
+    )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
 def _llama(vocab: int, seed: int = 0):
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2, use_cache=False, initializer_range=INIT)
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        use_cache=False,
+        initializer_range=INIT,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -118,8 +142,10 @@ def convert(module, *, extra=True):
     ids = torch.zeros(2, LENGTH, dtype=torch.long)
     kwargs = None
     if extra:
-        kwargs = {"attention_mask": torch.ones_like(ids),
-                  "position_ids": torch.arange(LENGTH)[None].repeat(2, 1)}
+        kwargs = {
+            "attention_mask": torch.ones_like(ids),
+            "position_ids": torch.arange(LENGTH)[None].repeat(2, 1),
+        }
     with _no_torchvision_stub():
         return bridge.from_torch(module, ids, kwargs=kwargs, output="logits")
 
@@ -158,7 +184,8 @@ def _embedding(module):
 def test_feature_ablation_tokens(gpt2, tok):
     module, model = gpt2
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok).attribute(
-        ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, use_cached_outputs=False)
+        ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, use_cached_outputs=False
+    )
     inp = llm.TextTokenInput(PROMPT, tok, skip_tokens=["<s>"])
     res = llm.llm_attribution(model, tok, inp, target=TARGET, batch_size=4)
     assert_result(res, ref)
@@ -171,9 +198,11 @@ def test_feature_ablation_template(llama, tok, padding):
     """Perturbed texts tokenize to different lengths: right and left padding agree."""
     module, model = llama
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok).attribute(
-        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False)
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET,
-                              padding=padding)
+        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False
+    )
+    res = llm.llm_attribution(
+        model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET, padding=padding
+    )
     assert_result(res, ref)
 
 
@@ -183,10 +212,18 @@ def test_shapley_value_sampling_template(gpt2, tok, monkeypatch):
     perms = np.asarray(jaxattr.shapley_permutations(key, 4, 5)).astype(np.int64)
     monkeypatch.setattr(torch, "randperm", _Replay([torch.from_numpy(p) for p in perms]))
     ref = ca.LLMAttribution(ca.ShapleyValueSampling(module), tok).attribute(
-        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=5)
+        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=5
+    )
     monkeypatch.undo()
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET,
-                              method="shapley_value_sampling", key=key, n_samples=5)
+    res = llm.llm_attribution(
+        model,
+        tok,
+        llm.TextTemplateInput(**TEMPLATE),
+        target=TARGET,
+        method="shapley_value_sampling",
+        key=key,
+        n_samples=5,
+    )
     assert_result(res, ref)
     # efficiency: per-token attributions sum to f(x) - f(baseline) in every trial
     np.testing.assert_allclose(res.token_attr.sum(1).sum(), res.seq_attr.sum(), rtol=1e-4)
@@ -196,9 +233,15 @@ def test_shapley_values_template_mask(llama, tok):
     module, model = llama
     mask = [0, 1, 1, 2]  # city and state are one feature
     ref = ca.LLMAttribution(ca.ShapleyValues(module), tok).attribute(
-        ca.TextTemplateInput(**TEMPLATE, mask=mask), target=TARGET, use_cached_outputs=False)
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE, mask=mask),
-                              target=TARGET, method="shapley_values")
+        ca.TextTemplateInput(**TEMPLATE, mask=mask), target=TARGET, use_cached_outputs=False
+    )
+    res = llm.llm_attribution(
+        model,
+        tok,
+        llm.TextTemplateInput(**TEMPLATE, mask=mask),
+        target=TARGET,
+        method="shapley_values",
+    )
     assert_result(res, ref)
     assert res.seq_attr[1] == res.seq_attr[2]
 
@@ -232,12 +275,24 @@ def test_lime_and_kernel_shap_template(gpt2, tok, monkeypatch):
     module, model = gpt2
     key, n = jax.random.key(4), 12
     z = np.asarray(jaxattr.lime_samples(key, 1, 4, n)).astype(np.int64).reshape(-1, 4)
-    lime = ca.Lime(module, interpretable_model=_recorder(),
-                   perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]))
+    lime = ca.Lime(
+        module,
+        interpretable_model=_recorder(),
+        perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]),
+    )
     ref = ca.LLMAttribution(lime, tok).attribute(
-        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=n)
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET,
-                              method="lime", key=key, n_samples=n, interpretable_model="linear")
+        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=n
+    )
+    res = llm.llm_attribution(
+        model,
+        tok,
+        llm.TextTemplateInput(**TEMPLATE),
+        target=TARGET,
+        method="lime",
+        key=key,
+        n_samples=n,
+        interpretable_model="linear",
+    )
     assert_result(res, ref, per_token=False)
 
     z = list(np.asarray(jaxattr.kernel_shap_samples(key, 1, 4, n)).astype(np.int64))
@@ -250,10 +305,18 @@ def test_lime_and_kernel_shap_template(gpt2, tok, monkeypatch):
     ks = ca.KernelShap(module)
     ks.interpretable_model = _recorder()
     ref = ca.LLMAttribution(ks, tok).attribute(
-        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=n)
+        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=n
+    )
     monkeypatch.undo()
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET,
-                              method="kernel_shap", key=key, n_samples=n)
+    res = llm.llm_attribution(
+        model,
+        tok,
+        llm.TextTemplateInput(**TEMPLATE),
+        target=TARGET,
+        method="kernel_shap",
+        key=key,
+        n_samples=n,
+    )
     assert_result(res, ref, per_token=False)
 
 
@@ -262,11 +325,17 @@ def test_product_baselines_dict_mask_trials(gpt2, tok):
     from captum.attr._utils.baselines import ProductBaselines as CaptumProductBaselines
 
     module, model = gpt2
-    choices = {"name": ["Sarah", "John"], "city": ["Seattle", "Boston"],
-               ("state",): [("WA",), ("MA",)], "job": ["doctor", "nurse"]}
-    spec = dict(template="{name} lives in {city}, {state} and is a {job}.",
-                values={"name": "Dave", "city": "Palm Coast", "state": "FL", "job": "lawyer"},
-                mask={"name": 0, "city": 1, "state": 1, "job": 2})
+    choices = {
+        "name": ["Sarah", "John"],
+        "city": ["Seattle", "Boston"],
+        ("state",): [("WA",), ("MA",)],
+        "job": ["doctor", "nurse"],
+    }
+    spec = dict(
+        template="{name} lives in {city}, {state} and is a {job}.",
+        values={"name": "Dave", "city": "Palm Coast", "state": "FL", "job": "lawyer"},
+        mask={"name": 0, "city": 1, "state": 1, "job": 2},
+    )
     inp = llm.TextTemplateInput(**spec, baselines=llm.ProductBaselines(choices))
     key = jax.random.key(7)
     draws = [inp.resolve_baselines(jax.random.fold_in(k, 1)) for k in jax.random.split(key, 2)]
@@ -274,8 +343,11 @@ def test_product_baselines_dict_mask_trials(gpt2, tok):
     cpb = CaptumProductBaselines(choices)
     cpb.sample = _Replay([dict(zip(names, d, strict=True)) for d in draws for _ in range(4)])
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok).attribute(
-        ca.TextTemplateInput(**spec, baselines=cpb), target=TARGET, use_cached_outputs=False,
-        num_trials=2)
+        ca.TextTemplateInput(**spec, baselines=cpb),
+        target=TARGET,
+        use_cached_outputs=False,
+        num_trials=2,
+    )
     assert not cpb.sample.values  # 2 trials x (1 + 3 evaluations) draws consumed
     res = llm.llm_attribution(model, tok, inp, target=TARGET, key=key, num_trials=2)
     assert_result(res, ref)
@@ -286,8 +358,9 @@ def test_generated_target_and_prob(gpt2, tok, monkeypatch):
     module, model = gpt2
     prompt = "the cat sat on the"
     ids = tok.encode(prompt)
-    hf_ids = module.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False,
-                             use_cache=False)[0, len(ids):].tolist()
+    hf_ids = module.generate(
+        torch.tensor([ids]), max_new_tokens=5, do_sample=False, use_cache=False
+    )[0, len(ids) :].tolist()
     inp = llm.TextTokenInput(prompt, tok, skip_tokens=[0])
     res = llm.llm_attribution(model, tok, inp, max_new_tokens=5, attr_target="prob")
     assert res.target_ids.tolist() == hf_ids
@@ -295,11 +368,16 @@ def test_generated_target_and_prob(gpt2, tok, monkeypatch):
     # (IndexError); the comparison here is about the attributions
     import captum.attr._core.llm_attr as captum_llm
 
-    monkeypatch.setattr(captum_llm, "_convert_ids_to_pretty_tokens",
-                        lambda ids, tokenizer: [str(int(i)) for i in ids])
+    monkeypatch.setattr(
+        captum_llm,
+        "_convert_ids_to_pretty_tokens",
+        lambda ids, tokenizer: [str(int(i)) for i in ids],
+    )
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok, attr_target="prob").attribute(
-        ca.TextTokenInput(prompt, tok, skip_tokens=[0]), target=torch.tensor(hf_ids),
-        use_cached_outputs=False)
+        ca.TextTokenInput(prompt, tok, skip_tokens=[0]),
+        target=torch.tensor(hf_ids),
+        use_cached_outputs=False,
+    )
     monkeypatch.undo()
     assert_close(res.token_attr, ref.token_attr)
     # generation stops after the end token, which stays in the target
@@ -314,23 +392,33 @@ def test_layer_integrated_gradients(hf, tok):
     module, model = hf
     target = TARGET + " and wants to play chess"
     lig = ca.LLMGradientAttribution(ca.LayerIntegratedGradients(module, _embedding(module)), tok)
-    ref = lig.attribute(ca.TextTokenInput(PROMPT, tok, skip_tokens=[0], baselines=2),
-                        target=target)
+    ref = lig.attribute(ca.TextTokenInput(PROMPT, tok, skip_tokens=[0], baselines=2), target=target)
     res = llm.llm_gradient_attribution(
-        model, tok, llm.TextTokenInput(PROMPT, tok, skip_tokens=[0], baselines="<pad>"),
-        target=target, batch_size=None if module.config.model_type == "gpt2" else 15)
+        model,
+        tok,
+        llm.TextTokenInput(PROMPT, tok, skip_tokens=[0], baselines="<pad>"),
+        target=target,
+        batch_size=None if module.config.model_type == "gpt2" else 15,
+    )
     assert len(res.output_tokens) >= 8
     assert_result(res, ref)
 
 
 def test_layer_gradient_x_activation_left_padding(gpt2, tok):
     module, model = gpt2
-    gxa = ca.LLMGradientAttribution(ca.LayerGradientXActivation(module, module.transformer.wte),
-                                    tok)
+    gxa = ca.LLMGradientAttribution(
+        ca.LayerGradientXActivation(module, module.transformer.wte), tok
+    )
     ref = gxa.attribute(ca.TextTokenInput(PROMPT, tok), target=TARGET)
-    res = llm.llm_gradient_attribution(model, tok, llm.TextTokenInput(PROMPT, tok),
-                                       target=TARGET, method="layer_gradient_x_activation",
-                                       layer="transformer.wte", padding="left")
+    res = llm.llm_gradient_attribution(
+        model,
+        tok,
+        llm.TextTokenInput(PROMPT, tok),
+        target=TARGET,
+        method="layer_gradient_x_activation",
+        layer="transformer.wte",
+        padding="left",
+    )
     assert_result(res, ref)
 
 
@@ -341,8 +429,9 @@ def _nnx_lm(vocab: int):
     class Block(nnx.Module):
         def __init__(self, d, heads, rngs):
             self.ln1 = nnx.RMSNorm(d, rngs=rngs)
-            self.attn = nnx.MultiHeadAttention(num_heads=heads, in_features=d, qkv_features=d,
-                                               decode=False, rngs=rngs)
+            self.attn = nnx.MultiHeadAttention(
+                num_heads=heads, in_features=d, qkv_features=d, decode=False, rngs=rngs
+            )
             self.ln2 = nnx.RMSNorm(d, rngs=rngs)
             self.up = nnx.Linear(d, 2 * d, rngs=rngs)
             self.down = nnx.Linear(2 * d, d, rngs=rngs)
@@ -373,7 +462,8 @@ def _nnx_lm(vocab: int):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: TinyLM(vocab, rngs=nnx.Rngs(0))))
     rng = np.random.default_rng(0)
     state = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(rng.normal(0.0, 0.3, a.shape).astype(a.dtype)), state)
+        lambda a: jnp.asarray(rng.normal(0.0, 0.3, a.shape).astype(a.dtype)), state
+    )
     return nnx.merge(graphdef, state)
 
 
@@ -400,7 +490,8 @@ def test_flax_nnx_causal_lm(tok):
     run = jax.jit(lambda m, ids: m(ids))
 
     ref = ca.LLMAttribution(ca.FeatureAblation(TorchView()), tok).attribute(
-        ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, use_cached_outputs=False)
+        ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, use_cached_outputs=False
+    )
     inp = llm.TextTokenInput(PROMPT, tok, skip_tokens=[0])
     assert_result(llm.llm_attribution(model, tok, inp, target=TARGET), ref)
 
@@ -471,8 +562,9 @@ def test_errors(gpt2, tok):
     with pytest.raises(TypeError, match="structured model"):
         llm.llm_gradient_attribution(lambda ids: ids, tok, inp, target=TARGET)
     with pytest.raises(ValueError, match="perturbed prompt tokenizes to nothing"):
-        llm.llm_attribution(model, llm.WordTokenizer(["a", "b"]),
-                            llm.TextTemplateInput("{}", ["a"]), target="b")
+        llm.llm_attribution(
+            model, llm.WordTokenizer(["a", "b"]), llm.TextTemplateInput("{}", ["a"]), target="b"
+        )
     with pytest.raises(ValueError, match="skip_tokens: 'nope' is not a token"):
         llm.TextTokenInput(PROMPT, tok, skip_tokens=["nope"])
     with pytest.raises(ValueError, match="template .* has 1 fields, but values gives 2"):
@@ -480,15 +572,22 @@ def test_errors(gpt2, tok):
     with pytest.raises(ValueError, match="baselines must give one entry per segment"):
         llm.TextTemplateInput("{} {}", ["a", "b"], baselines=["c"])
     with pytest.raises(ValueError, match="ProductBaselines is random"):
-        llm.llm_attribution(model, tok, llm.TextTemplateInput(
-            "{} x", ["a"], baselines=llm.ProductBaselines([["b", "c"]])), target=TARGET)
+        llm.llm_attribution(
+            model,
+            tok,
+            llm.TextTemplateInput("{} x", ["a"], baselines=llm.ProductBaselines([["b", "c"]])),
+            target=TARGET,
+        )
 
 
 def test_result_views(tmp_path):
     pytest.importorskip("matplotlib")
     res = llm.LLMAttributionResult(
-        seq_attr=np.array([0.5, -1.0, 0.1]), input_tokens=["a", "<b>", "c"],
-        output_tokens=["x", "y"], token_attr=np.array([[0.5, -1.0, 0.0], [0.0, 0.0, 0.1]]))
+        seq_attr=np.array([0.5, -1.0, 0.1]),
+        input_tokens=["a", "<b>", "c"],
+        output_tokens=["x", "y"],
+        token_attr=np.array([[0.5, -1.0, 0.0], [0.0, 0.0, 0.1]]),
+    )
     fig, ax = res.plot_token_attr()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "<b>", "c"]
     fig.savefig(tmp_path / "t.png")
@@ -496,10 +595,15 @@ def test_result_views(tmp_path):
     page = res.to_html()
     assert "&lt;b&gt;" in page and page.count("<tr>") == 3
     with pytest.raises(ValueError, match="token_attr must have shape"):
-        llm.LLMAttributionResult(seq_attr=np.zeros(3), input_tokens=["a", "b", "c"],
-                                 output_tokens=["x"], token_attr=np.zeros((2, 3)))
-    no_tokens = llm.LLMAttributionResult(seq_attr=np.zeros(1), input_tokens=["a"],
-                                         output_tokens=["x"])
+        llm.LLMAttributionResult(
+            seq_attr=np.zeros(3),
+            input_tokens=["a", "b", "c"],
+            output_tokens=["x"],
+            token_attr=np.zeros((2, 3)),
+        )
+    no_tokens = llm.LLMAttributionResult(
+        seq_attr=np.zeros(1), input_tokens=["a"], output_tokens=["x"]
+    )
     with pytest.raises(ValueError, match="LIME and KernelSHAP explain the total only"):
         no_tokens.plot_token_attr()
 
@@ -518,9 +622,21 @@ def run_cli(tok, tmp_path, methods, *extra):
 
     tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
     out = tmp_path / "out"
-    argv = ["explain", "tests.test_llm:cli_gpt2", PROMPT, "--tokenizer",
-            str(tmp_path / "tokenizer.json"), "--target", TARGET, "--method", methods,
-            *extra, "--out", str(out), "--no-cache"]
+    argv = [
+        "explain",
+        "tests.test_llm:cli_gpt2",
+        PROMPT,
+        "--tokenizer",
+        str(tmp_path / "tokenizer.json"),
+        "--target",
+        TARGET,
+        "--method",
+        methods,
+        *extra,
+        "--out",
+        str(out),
+        "--no-cache",
+    ]
     assert main(argv) == 0
     return argv, out
 
@@ -536,8 +652,10 @@ def test_cli_explain_prompt(gpt2, tok, tmp_path, capsys):
     _, model = gpt2
     inp = llm.TextTokenInput(PROMPT, tok)  # the raw tokenizers.Tokenizer has no special ids
     assert list(got["input_tokens"]) == inp.values
-    assert_close(got["feature_ablation_token_attr"],  # batch_size=4: a compiled program
-                 llm.llm_attribution(model, tok, inp, target=TARGET, batch_size=4).token_attr)
+    assert_close(
+        got["feature_ablation_token_attr"],  # batch_size=4: a compiled program
+        llm.llm_attribution(model, tok, inp, target=TARGET, batch_size=4).token_attr,
+    )
     assert (out / "prompt_feature_ablation.html").read_text().startswith("<table")
     pytest.importorskip("matplotlib")
     assert (out / "prompt_feature_ablation.png").stat().st_size > 1000

@@ -48,12 +48,14 @@ def _config_kwargs(vocab):
 
 def _mistral(vocab):
     torch.manual_seed(0)
-    return transformers.MistralForCausalLM(transformers.MistralConfig(**_config_kwargs(vocab))).eval()
+    cfg = transformers.MistralConfig(**_config_kwargs(vocab))
+    return transformers.MistralForCausalLM(cfg).eval()
 
 
 def _qwen2(vocab):
     torch.manual_seed(0)
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_config_kwargs(vocab))).eval()
+    cfg = transformers.Qwen2Config(**_config_kwargs(vocab))
+    return transformers.Qwen2ForCausalLM(cfg).eval()
 
 
 BUILDERS = {"gpt2": _gpt2, "llama": _llama, "mistral": _mistral, "qwen2": _qwen2}
