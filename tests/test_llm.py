@@ -521,14 +521,15 @@ def test_flax_nnx_causal_lm(tok):
 
 
 # ------------------------------------------------------------------ contract and errors
-def test_model_weights_are_arguments(gpt2, tok):
-    """New weights of the same shapes are seen (no stale constants)."""
+def test_model_weights_are_arguments(gpt2, tok, capsys):
+    """New weights of the same shapes are seen (no stale constants); a progress bar."""
     _, model = gpt2
     inp = llm.TextTokenInput(PROMPT, tok, skip_tokens=[0])
     a = llm.llm_attribution(model, tok, inp, target=TARGET, batch_size=4)
     other = jax.tree_util.tree_map(lambda w: w * 1.5, model)
-    b = llm.llm_attribution(other, tok, inp, target=TARGET, batch_size=4)
+    b = llm.llm_attribution(other, tok, inp, target=TARGET, batch_size=4, show_progress=True)
     assert not np.allclose(a.token_attr, b.token_attr)
+    assert "feature_ablation" in capsys.readouterr().err  # tqdm's bar over the chunks
 
 
 def test_errors(gpt2, tok):
