@@ -91,7 +91,10 @@ def _release_compiled_programs():
 #: instead of at the end of its module (``JAXATTR_TEST_RSS_LIMIT_MB``). Tests that each
 #: compile a model of their own (closures over weights are constants of their programs)
 #: otherwise pile up 100-250 MiB apiece within one module.
-RSS_LIMIT_MB = float(os.environ.get("JAXATTR_TEST_RSS_LIMIT_MB", "2048"))
+#: Under pytest-xdist (two workers share the machine) each worker gets a lower limit.
+RSS_LIMIT_MB = float(os.environ.get(
+    "JAXATTR_TEST_RSS_LIMIT_MB", "1536" if os.environ.get("PYTEST_XDIST_WORKER") else "2048"
+))
 
 
 def _rss_mb() -> float:
