@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattr import _caching
 from jaxattr.structure import Layer
 
 from .errors import ExportError, TrainModeError, UnsupportedOpsError
@@ -609,7 +610,7 @@ class Converted:
             self._select_output(output)
         # the exported program holds torch's copy of the weights: not part of the graph
         # one compiled runner per conversion: its programs go when the model goes
-        self._jit_run = jax.jit(_call_model)
+        self._jit_run = _caching.jit(_call_model)
         static = {k: v for k, v in self.__dict__.items() if k not in ("params", "exported")}
         self._shared = _Shared(static)
 

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattr import _caching
+
 from .convert import MODULE_KINDS, Converted, _Graph, _Input, _Instr, _module_kind, _Ref
 from .errors import BridgeError, UnsupportedOpsError
 from .onnx_ops import _NP_DTYPES, ONNX_LOWERINGS, STATIC_INPUTS, ConcreteInputError
@@ -847,7 +849,7 @@ class _OnnxConverted(Converted):
         # set before Converted.__init__, which shares every attribute set so far with the
         # pytree copies of the model
         self._concrete = dict(concrete)
-        self._jit_concrete = jax.jit(_call_concrete, static_argnums=1)
+        self._jit_concrete = _caching.jit(_call_concrete, static_argnums=1)
         super().__init__(graph)
 
     def _prep(self, x: Any, i: int) -> Any:

@@ -14,7 +14,7 @@ from jaxattr._adversarial import (
     pgd,
     pgd_random_start,
 )
-from jaxattr._caching import clear_caches
+from jaxattr._caching import clear_caches, compiler_options
 from jaxattr._canonizers import (
     Canonized,
     NamedMergeBatchNorm,
@@ -216,6 +216,7 @@ __all__ = [
     "canonize",
     "Canonized",
     "clear_caches",
+    "compiler_options",
     "completeness",
     "Composite",
     "concepts",

@@ -27,7 +27,17 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["LRU", "Partition", "cached_jit", "clear_caches", "lru", "partition", "trace_count"]
+__all__ = [
+    "LRU",
+    "Partition",
+    "cached_jit",
+    "clear_caches",
+    "compiler_options",
+    "jit",
+    "lru",
+    "partition",
+    "trace_count",
+]
 
 _CACHES: weakref.WeakSet = weakref.WeakSet()
 _LOCK = threading.Lock()
@@ -239,16 +249,106 @@ def cached_jit(static_argnames: Sequence[str], maxsize: int = 16):
             statics = {k: kwargs.pop(k) for k in names}
             part, dynamic = partition(statics)
             if not is_hashable(part):
-                return jax.jit(functools.partial(_traced, core, part))(dynamic, kwargs)
+                return jit(functools.partial(_traced, core, part))(dynamic, kwargs)
             jitted = cache.get(part)
             if jitted is None:
-                jitted = cache.put(part, jax.jit(functools.partial(_traced, core, part)))
+                jitted = cache.put(part, jit(functools.partial(_traced, core, part)))
             return jitted(dynamic, kwargs)
 
         wrapper.cache = cache  # type: ignore[attr-defined]
         return wrapper
 
     return decorator
+
+
+# --------------------------------------------------------------------------------------
+# Compiling: jax.jit with the options jaxattr needs to be right
+# --------------------------------------------------------------------------------------
+
+# XLA's CPU backend (jaxlib 0.10) hands fusions of dots and reductions to the YNNPACK
+# library by default, and both fusions give silent wrong answers:
+# - the reduce fusion, on a reduction over a broadcast product that ``vmap`` over targets
+#   of a ``vmap`` over steps of a gradient produces (``_reduce_fusion_case`` in
+#   tests/test_trust.py: 1 target in 5 is 34% off);
+# - the dot fusion, on a dot fed by a broadcast constant (``jnp.ones((64, 64))`` in a
+#   function's body): integrated gradients at 32 steps returned values from 7.7e3 to
+#   2.4e33 where the answer is 67, different on each run (uninitialised memory).
+# Op-by-op evaluation is right in both. YNNPACK is kept for single dots, which is where its
+# speed is: with it off entirely integrated gradients ran 2.5x slower on the seed CNN;
+# with single dots only, as fast as the default (bench_methods.py --quick, quiet machine).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_NESTED = "top-level `jax.jit`"
+
+
+@functools.cache
+def _options_for(backend: str) -> tuple[tuple[str, str], ...]:
+    if backend != "cpu":
+        return ()
+    try:  # an XLA without the option (older or newer than the bug) rejects the name
+        jax.jit(lambda v: v + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
+    except Exception:  # noqa: BLE001 - any refusal means: compile with the defaults
+        return ()
+    return tuple(_CPU_OPTIONS.items())
+
+
+def compiler_options() -> dict[str, str]:
+    """The XLA options jaxattr compiles its programs with on the default backend.
+
+    On CPU this keeps XLA's YNNPACK library to single dots: with jaxlib 0.10 its reduce
+    and dot fusions miscompile some gradient programs (a ``vmap`` over targets of
+    integrated gradients came out up to 150% off; a dot of a broadcast constant read
+    uninitialised memory). jaxattr applies the options to every
+    program it compiles at top level. When you wrap jaxattr calls in your own
+    :func:`jax.jit` (or ``grad``, ``scan``, ...), the outermost program decides, so pass
+    them there too. Empty on other backends, or where XLA does not know the option.
+
+    Returns:
+        A dict for ``jax.jit(..., compiler_options=...)``; empty when none is needed.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxattr
+        >>> fn = lambda x: jnp.tanh(x).sum(axis=1, keepdims=True)
+        >>> explain = jax.jit(lambda x: jaxattr.saliency(fn, x, target=0),
+        ...                   compiler_options=jaxattr.compiler_options())
+        >>> explain(jnp.zeros((2, 3))).shape
+        (2, 3)
+    """
+    return dict(_options_for(jax.default_backend()))
+
+
+def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+    """:func:`jax.jit` compiling with :func:`compiler_options` where it can.
+
+    ``compiler_options`` are only accepted by a top-level program; called inside another
+    transformation that stages it (``jax.jit``, ``grad``, ``scan``), the plain program
+    is used and the outer program's options apply.
+
+    Args:
+        fun: The function to compile.
+        **jit_kwargs: Options of :func:`jax.jit` (``static_argnames``, ...).
+
+    Returns:
+        A callable with ``fun``'s signature.
+    """
+    plain = jax.jit(fun, **jit_kwargs)
+    safe: list[Any] = []  # made at the first call: importing never starts a backend
+
+    @functools.wraps(fun)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        options = _options_for(jax.default_backend())
+        if not options:
+            return plain(*args, **kwargs)
+        if not safe:
+            safe.append(jax.jit(fun, compiler_options=dict(options), **jit_kwargs))
+        try:
+            return safe[0](*args, **kwargs)
+        except ValueError as err:  # staged into an outer program: its options apply
+            if _NESTED not in str(err):
+                raise
+            return plain(*args, **kwargs)
+
+    call.plain = plain  # type: ignore[attr-defined]
+    return call
 
 
 _SHAPES = LRU(256)

@@ -118,7 +118,7 @@ class NonFiniteInputError(ValueError):
 _CHECK_FINITE = contextvars.ContextVar("jaxattr_check_finite", default=True)
 
 
-@jax.jit
+@_caching.jit
 def _all_finite(leaves: list[jax.Array]) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]))
 
@@ -166,9 +166,9 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
 
 
 #: The parameters a public method takes positionally: what is explained (``fn``/``model``
-#: and its ``params``, ``x``, a ``layer``, a neuron), and a metric's data. Every parameter after the first one
-#: not named here is keyword-only: ``integrated_gradients(fn, x, 0)`` must not read 0 as
-#: the baselines when the caller meant the target.
+#: and its ``params``, ``x``, a ``layer``, a neuron), and a metric's data. Every parameter
+#: after the first one not named here is keyword-only: ``integrated_gradients(fn, x, 0)``
+#: must not read 0 as the baselines when the caller meant the target.
 POSITIONAL = frozenset({
     "method", "fn", "apply_fn", "model", "params", "x", "layer", "neuron_selector",
     "neuron_selectors", "perturb_func", "attributions", "targets",

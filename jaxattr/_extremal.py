@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core, _torchray
+from jaxattr import _caching, _core, _torchray
 from jaxattr._core import PyTree
 from jaxattr._perturbation import _spatial_axes
 
@@ -141,7 +141,7 @@ def smooth_mask(params: jax.Array, spatial: tuple, step: int = 7, sigma: float =
     )
 
 
-@functools.partial(jax.jit, static_argnames=("spatial", "step", "sigma"))
+@functools.partial(_caching.jit, static_argnames=("spatial", "step", "sigma"))
 def _smooth_mask(params, *, spatial, step, sigma):
     crop = _mask_tables(spatial, step, sigma)[5]
     return _crop(_full_mask(params, spatial, step, sigma), spatial, crop)

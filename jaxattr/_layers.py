@@ -1981,12 +1981,10 @@ def for_each_target(
     A frequent Captum request (issues 171, 612, 925): explaining every class, or many, at
     once. The targets are traced, so the method compiles once for all of them.
 
-    Known problem (jax/jaxlib 0.10.2, CPU): with ``layer_integrated_gradients`` on a
-    bridged GPT-2 at 50 steps x 8 targets, XLA miscompiles the targets-outside-steps
-    ``vmap`` nesting and every target but the first comes out wrong (26-93% off; the same
-    jaxpr evaluated op by op is right). Until that is isolated, check large transformer
-    runs against a loop over targets; :func:`jaxattr.llm.llm_gradient_attribution` nests
-    the other way and is not affected.
+    With jaxlib 0.10 on CPU, XLA's YNNPACK reduce fusion got this nesting wrong (targets
+    outside, integration steps inside: layer IG on a bridged GPT-2 was 17-150% off for all
+    targets but the first); jaxattr's programs compile without that fusion (see
+    :func:`jaxattr.compiler_options`).
 
     Args:
         method: A jaxattr method taking ``target=`` (input, layer or neuron method).

@@ -563,9 +563,8 @@ def _gradient_chunk(*, model, inputs, tap, x, baselines, alphas, weights, integr
 
     The steps are one ``vmap``; each runs the model forward once and takes the backward
     pass of every target token from it (a ``vmap`` over one-hot cotangents). This nesting
-    (steps outside, targets inside) is deliberate: ``for_each_target`` around
-    ``layer_integrated_gradients`` nests the other way, which XLA CPU (jax 0.10.2)
-    miscompiles for larger step x target batches on bridged GPT-2 (see docs/llm.md).
+    (steps outside, targets inside) shares each step's forward pass among the targets
+    (``for_each_target`` around ``layer_integrated_gradients`` runs one per target).
     """
     from jaxattr import _taps
 

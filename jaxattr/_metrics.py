@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 from jaxattr._core import PyTree
 from jaxattr._gradient import completeness_delta
 from jaxattr._noise import _join_static, _split_static
@@ -653,7 +653,7 @@ def pointing_game(attributions: Any, masks: Any, *, tolerance: float = 0.0) -> j
     return _pointing(a, m.astype(bool), float(tolerance))
 
 
-@jax.jit
+@_caching.jit
 def _pointing(a, m, tolerance):
     n, spatial = a.shape[0], a.shape[1:]
     flat = jnp.argmax(a.reshape(n, -1), axis=1)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core, _torchray
+from jaxattr import _caching, _core, _torchray
 from jaxattr._core import Inputs, PyTree
 from jaxattr._progress import progress, sync
 
@@ -1188,7 +1188,7 @@ def feature_permutation(
     return _spread(diff.T, fmasks, x)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
+@functools.partial(_caching.jit, static_argnums=(1, 2))
 def shapley_permutations(key: jax.Array, n_features: int, n_samples: int) -> jax.Array:
     """The feature orders :func:`shapley_value_sampling` draws from ``key``: (n_samples, F)."""
     return jax.vmap(lambda k: jax.random.permutation(k, n_features))(
@@ -1630,7 +1630,7 @@ def _fit_named(model: str, z, y, w, alpha):
     return fit_sgd(z, y, w, alpha, reg)[0]
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_caching.jit, static_argnums=0)
 def _fit(model, z, y, w, alpha):
     return jax.vmap(lambda y_, w_, z_: _fit_named(model, z_, y_, w_, alpha))(y, w, z)
 
@@ -1676,7 +1676,7 @@ def _fit_surrogate(model: Any, z, y, w, alpha: float | None) -> jax.Array:
     return jnp.asarray(np.stack(coefs))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@functools.partial(_caching.jit, static_argnums=(1, 2, 3))
 def kernel_shap_samples(key: jax.Array, n: int, n_features: int, n_samples: int) -> jax.Array:
     """The binary coalitions :func:`kernel_shap` draws: (N, n_samples, F), 1 = from x.
 
@@ -1709,7 +1709,7 @@ def kernel_shap_samples(key: jax.Array, n: int, n_features: int, n_samples: int)
     return jax.vmap(one)(jax.random.split(key, n))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@functools.partial(_caching.jit, static_argnums=(1, 2, 3))
 def lime_samples(key: jax.Array, n: int, n_features: int, n_samples: int) -> jax.Array:
     """The binary samples :func:`lime` draws: (N, n_samples, F), each bit Bernoulli(0.5).
 

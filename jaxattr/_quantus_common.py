@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 
 __all__ = [
     "BASELINES",
@@ -365,7 +365,7 @@ def step_fills(
     return jnp.broadcast_to(fill, extra + (n_steps, n))
 
 
-@jax.jit
+@_caching.jit
 def _sequential_mean_core(xf, step_of, like_steps):
     n_steps = like_steps.shape[0]  # static: the length of a (n_steps, 0) placeholder
     size = xf.shape[1]
@@ -589,7 +589,7 @@ def ssim(a: Any, b: Any, *, win_size: int | None = None) -> jax.Array:
     return _ssim(a, b, w)
 
 
-@jax.jit
+@_caching.jit
 def _ssim_core(a, b, kernel):
     w = kernel.shape[0]
     lo = jnp.minimum(a.min(1), b.min(1))

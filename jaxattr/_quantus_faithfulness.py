@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 from jaxattr import _quantus_common as qc
 
 __all__ = [
@@ -194,7 +194,7 @@ def _prep_ranked(
         af, step_of, n_steps), af
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "fis", "agg"))
+@functools.partial(_caching.jit, static_argnames=("eps", "fis", "agg"))
 def _finish_non_sensitivity(perturbed, y, af, *, eps, fis, agg):
     n, f = af.shape
     s = perturbed.shape[0]
@@ -209,7 +209,7 @@ def _bounds(perturb_func_kwargs):
     return jnp.asarray(qc.uniform_bounds(perturb_func_kwargs), jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "sim", "agg", "eps"))
+@functools.partial(_caching.jit, static_argnames=("kind", "sim", "agg", "eps"))
 def _finish(perturbed, y, sums, *, kind, sim, agg, eps=0.0):
     """The score from the perturbed outputs (M, N) and f(x) (N,)."""
     if kind == "correlation":  # faithfulness estimate / correlation
@@ -1100,7 +1100,7 @@ def noisy_linear_imputation(
     return _impute_batch(x, mask, key, noise=noise, tol=float(tol), maxiter=maxiter)
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "maxiter"))
+@functools.partial(_caching.jit, static_argnames=("tol", "maxiter"))
 def _impute_batch(x, mask, key, noise, *, tol, maxiter):
     imputed = jax.vmap(lambda xi, mi: _impute(xi, mi, tol, maxiter))(x, mask)
     eps = noise * qc.normal(key, x.shape, x.dtype)
@@ -1128,7 +1128,7 @@ def _prep_road(*, post, shape, a, key, count):
     return rank, jax.random.split(key, count.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("agg",))
+@functools.partial(_caching.jit, static_argnames=("agg",))
 def _finish_road(parts, *, agg):
     result = jnp.concatenate(parts, axis=0).T.astype(jnp.int32)
     return result if agg is None else agg(result)
@@ -1286,7 +1286,7 @@ def _prep_irof(*, fn, softmax, post, shape, kind, s_max, x, a, lab, counts, targ
     return step_of, fmap, jax.random.split(k_func, s_max), y
 
 
-@functools.partial(jax.jit, static_argnames=("agg",))
+@functools.partial(_caching.jit, static_argnames=("agg",))
 def _finish_irof(preds, y, counts, *, agg):
     ratio = preds.T / y[:, None]
     valid = jnp.arange(ratio.shape[1] - 1)[None] < (counts[:, None] - 1)
@@ -1417,7 +1417,7 @@ def irof(
 # --------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "post", "shape", "metric", "agg"))
+@functools.partial(_caching.jit, static_argnames=("fn", "post", "shape", "metric", "agg"))
 def _sufficiency_core(x, a, threshold, *, fn, post, shape, metric, agg):
     n = x.shape[0]
     a = qc.apply_post(a.reshape(shape), post)

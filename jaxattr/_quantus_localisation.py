@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 from jaxattr import _quantus_common as qc
 
 __all__ = [
@@ -83,7 +83,7 @@ def _out(value, agg):
     return value if agg is None else agg(value)
 
 
-_jit = functools.partial(jax.jit, static_argnames=("post", "agg", "opts"))
+_jit = functools.partial(_caching.jit, static_argnames=("post", "agg", "opts"))
 
 
 @_jit

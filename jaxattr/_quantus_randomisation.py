@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 from jaxattr import _quantus_common as qc
 from jaxattr._fusion import _ParamsLast
 from jaxattr._noise import _join_static, _split_static
@@ -321,7 +321,7 @@ def model_parameter_randomisation(
     return result if agg is None else agg(result)
 
 
-@functools.partial(jax.jit, static_argnames=("sim",))
+@functools.partial(_caching.jit, static_argnames=("sim",))
 def _mprt_similarities(a, a_orig, explanations, *, sim):
     n = a.shape[0]
     expl = jnp.concatenate([a_orig[None]] + list(explanations), axis=0)
@@ -577,30 +577,30 @@ def input_invariance(
     return _invariant(a, a_shift, agg=_agg(return_aggregate, aggregate_func))
 
 
-@jax.jit
+@_caching.jit
 def _other_class_keys(key):
     return jax.random.split(key, 3)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
+@functools.partial(_caching.jit, static_argnames=("k",))
 def _other_class(key, labels, *, k):
     j = jax.random.randint(key, labels.shape, 0, k - 1)
     return j + (j >= labels)
 
 
-@functools.partial(jax.jit, static_argnames=("sim", "agg"))
+@functools.partial(_caching.jit, static_argnames=("sim", "agg"))
 def _similarity(a, b, *, sim, agg):
     n = a.shape[0]
     result = sim(a.reshape(n, -1), b.reshape(n, -1))
     return result if agg is None else agg(result)
 
 
-@jax.jit
+@_caching.jit
 def _shift(x, shift):
     return x + shift
 
 
-@functools.partial(jax.jit, static_argnames=("agg",))
+@functools.partial(_caching.jit, static_argnames=("agg",))
 def _invariant(a, b, *, agg):
     close = jnp.isclose(a, b, rtol=1e-5, atol=1e-4)
     result = jnp.all(close.reshape(a.shape[0], -1), axis=1)

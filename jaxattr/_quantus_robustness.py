@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 from jaxattr import _quantus_common as qc
 from jaxattr._noise import _join_static, _split_static
 
@@ -92,7 +92,7 @@ def _prepare_method(method, fn, x, target, method_kwargs):
     return kwargs, _takes_key(method)
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "post"))
+@functools.partial(_caching.jit, static_argnames=("shape", "post"))
 def _post_jit(a, *, shape, post):
     return qc.apply_post(a.reshape(shape), post)
 
@@ -110,7 +110,7 @@ def _processed(a, x, post, name="attributions"):
     return _post_jit(a, shape=shape, post=post)
 
 
-@functools.partial(jax.jit, static_argnames=("return_nan", "reduce", "agg"))
+@functools.partial(_caching.jit, static_argnames=("return_nan", "reduce", "agg"))
 def _reduce(sims, changed, *, return_nan, reduce, agg):
     sim = jnp.concatenate(sims, axis=0)  # (S, N)
     if reduce == "max_nan":  # continuity: NaN marks only with return_nan, then np.max

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 
 __all__ = [
     "HSIC_KERNELS",
@@ -187,7 +187,7 @@ def sobol_sequence(n: int, dimension: int, *, key: jax.Array | None = None) -> j
     return _sobol_points(key, n=n, dimension=dimension)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "dimension"))
+@functools.partial(_caching.jit, static_argnames=("n", "dimension"))
 def _sobol_points(key, *, n, dimension):
     hi = jax.lax.Precision.HIGHEST
     v = jnp.asarray(_direction_bits(dimension), jnp.float32)  # (d, k, b) digits
@@ -243,7 +243,7 @@ def sobol_design(nb_design: int, dimension: int, *, key: jax.Array | None = None
     return _design(key, nb_design=nb_design, dimension=dimension)
 
 
-@functools.partial(jax.jit, static_argnames=("nb_design", "dimension"))
+@functools.partial(_caching.jit, static_argnames=("nb_design", "dimension"))
 def _design(key, *, nb_design, dimension):
     ab = _sobol_points(key, n=nb_design, dimension=2 * dimension)
     a, b = ab[:, :dimension], ab[:, dimension:]
@@ -295,7 +295,7 @@ def sobol_total_indices(outputs: Any, nb_design: int, estimator: str = "jansen")
     return _total_indices(y, nb_design=nb_design, estimator=estimator)
 
 
-@functools.partial(jax.jit, static_argnames=("nb_design", "estimator"))
+@functools.partial(_caching.jit, static_argnames=("nb_design", "estimator"))
 def _total_indices(y, *, nb_design, estimator):
     d = y.shape[0] // nb_design - 2
     a = y[:nb_design]
@@ -381,7 +381,7 @@ def hsic_indices(
     return _hsic(x, y, kernel=kernel, batch_size=batch_size or x.shape[1])
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "batch_size"))
+@functools.partial(_caching.jit, static_argnames=("kernel", "batch_size"))
 def _hsic(x, y, *, kernel, batch_size):
     n, d = x.shape
     rest = y.shape[1:]
@@ -502,7 +502,7 @@ def _gsa(name, fn, x, target, grid_size, nb_channels, design, perturbation, sigm
     return jnp.concatenate(parts, axis=0), (ch, hw)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+@functools.partial(_caching.jit, static_argnums=(1, 2, 3, 4))
 def _heatmap(scores: jax.Array, grid_size: int, nb_channels: int, layout, dtype) -> jax.Array:
     """Per-cell scores (g*g*c, N) to heatmaps at the input size (bicubic, as Xplique)."""
     ch, hw = layout

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _core, _taps
+from jaxattr import _caching, _core, _taps
 
 __all__: list[str] = []
 
@@ -153,7 +153,7 @@ def target_size(resize: Any, reference_spatial: Sequence[int], n_spatial: int) -
 
 
 @functools.partial(
-    jax.jit,
+    _caching.jit,
     static_argnames=(
         "reduce",
         "channel_axis",

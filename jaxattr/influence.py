@@ -512,10 +512,10 @@ class _PerExample:
         def project(params, r, xs, y):
             return flat(params, xs, y) @ r
 
-        self.flat = jax.jit(flat)
-        self.self_influence = jax.jit(self_influence)
-        self.scores = jax.jit(scores)
-        self.project = jax.jit(project)
+        self.flat = _caching.jit(flat)
+        self.self_influence = _caching.jit(self_influence)
+        self.scores = _caching.jit(scores)
+        self.project = _caching.jit(project)
 
 
 class TracInCP:
@@ -833,10 +833,10 @@ class _LastLayer:
                 jac, h = jac @ proj[0], h @ proj[1]
             return (jac[:, :, None] * h[:, None, :]).reshape(jac.shape[0], -1) * jnp.sqrt(lr)
 
-        self.run = jax.jit(run)
-        self.self_influence = jax.jit(self_influence)
-        self.scores = jax.jit(scores)
-        self.vectors = jax.jit(vectors)
+        self.run = _caching.jit(run)
+        self.self_influence = _caching.jit(self_influence)
+        self.scores = _caching.jit(scores)
+        self.vectors = _caching.jit(vectors)
 
 
 class TracInCPFast:
@@ -1683,7 +1683,7 @@ class NaiveInfluenceFunction(_InfluenceFunctionBase):
         self.seed = seed
         self.hessian_reg = float(hessian_reg)
         self.hessian_inverse_tol = float(hessian_inverse_tol)
-        hessian = jax.jit(jax.hessian(self._batch_loss))
+        hessian = _caching.jit(jax.hessian(self._batch_loss))
         data = self.hessian_dataset
         h = None
         desc = f"{self.get_name()} Hessian"
@@ -1838,7 +1838,7 @@ class ArnoldiInfluenceFunction(_InfluenceFunctionBase):
     def _arnoldi(self, b: Array, show_progress: bool) -> tuple[list, np.ndarray]:
         """Captum's ``_parameter_arnoldi``: the Krylov basis and the Hessenberg matrix."""
         grad = jax.grad(self._batch_loss)
-        hvp_batch = jax.jit(
+        hvp_batch = _caching.jit(
             lambda theta, v, xs, y: jax.jvp(lambda t: grad(t, xs, y), (theta,), (v,))[1]
         )
         batches = list(self.hessian_dataset)

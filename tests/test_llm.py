@@ -387,8 +387,8 @@ def test_generated_target_and_prob(gpt2, tok, monkeypatch):
 
 # ------------------------------------------------------------------ gradient methods
 def test_layer_integrated_gradients(hf, tok):
-    """Captum's default 50 steps and a 9-token target: the step x target batch at which
-    the ``for_each_target`` nesting was miscompiled by XLA (see llm_gradient_attribution)."""
+    """Captum's default 50 steps and a 9-token target (the step x target batch at which
+    XLA CPU's reduce fusion miscompiled the other nesting, see test_for_each_target_...)."""
     module, model = hf
     target = TARGET + " and wants to play chess"
     lig = ca.LLMGradientAttribution(ca.LayerIntegratedGradients(module, _embedding(module)), tok)
@@ -402,6 +402,24 @@ def test_layer_integrated_gradients(hf, tok):
     )
     assert len(res.output_tokens) >= 8
     assert_result(res, ref)
+
+
+def test_for_each_target_layer_ig_on_bridged_gpt2_matches_one_target_at_a_time(tok):
+    """``for_each_target(layer_integrated_gradients)`` over 9 (position, token) targets at
+    50 steps: XLA CPU's reduce fusion got every target but the first 17-150% wrong here
+    (jaxlib 0.10) until jaxattr compiled its programs without it."""
+    module = _gpt2(len(tok))
+    ids = torch.randint(0, len(tok), (1, 20), generator=torch.Generator().manual_seed(0))
+    with _no_torchvision_stub():
+        model = bridge.from_torch(module, ids, output="logits")
+    x = jnp.asarray(ids.numpy(), jnp.int32)
+    targets = [(10 + i, int(ids[0, 11 + i]) if 11 + i < 20 else 5) for i in range(9)]
+    many = jaxattr.for_each_target(
+        jaxattr.layer_integrated_gradients, model, x, targets, layer="transformer.wte"
+    )
+    for i, t in enumerate(targets):
+        one = jaxattr.layer_integrated_gradients(model, x, "transformer.wte", target=t)
+        assert_close(many[i], one, rtol=1e-4)
 
 
 def test_layer_gradient_x_activation_left_padding(gpt2, tok):

@@ -948,3 +948,91 @@ def test_input_shape_is_checked_against_the_exported_one():
     fixed = from_torch(net, torch.zeros(2, 3, 4), dynamic_batch=False)
     with pytest.raises(ValueError, match="exported for batch size 2 only"):
         fixed(np.zeros((5, 3, 4), np.float32))
+
+
+# ------------------------------------------------------------------ XLA CPU miscompile
+def _reduce_fusion_case():
+    """Six lines that XLA CPU (jaxlib 0.10, YNNPACK reduce fusion on) gets wrong: the
+    gradient of ``x * sum(x)`` at one element, for 5 targets x 50 steps, summed over
+    steps. The 5th target came out 34% off under ``jit(vmap)``."""
+    ax = jax.random.normal(jax.random.key(0), (20, 8))
+    alphas = jnp.linspace(0.01, 1, 50)
+
+    def per_target(t):
+        def step(a):
+            return jax.grad(lambda h: (h * jnp.sum(h, -1, keepdims=True))[t[0], t[1]])(a * ax)
+
+        return jnp.sum(jax.vmap(step)(alphas), 0)
+
+    targets = jnp.array([(i, (7 * i) % 8) for i in range(5)])
+    # the analytic answer: d/dh[t0, j] of h[t0,t1] * sum(h[t0]) = h[t0,t1] + [j == t1] sum
+    a = np.asarray(ax, np.float64)
+    expected = np.zeros((5, 20, 8))
+    for i, (t0, t1) in enumerate(np.asarray(targets)):
+        expected[i, t0] = a[t0, t1]
+        expected[i, t0, t1] += a[t0].sum()
+    return per_target, targets, expected * float(np.sum(np.asarray(alphas, np.float64)))
+
+
+def test_programs_compile_around_the_cpu_reduce_fusion_miscompile():
+    from jaxattr import _caching
+
+    per_target, targets, expected = _reduce_fusion_case()
+    got = _caching.jit(jax.vmap(per_target))(targets)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    # inside the user's own jit the outer program decides: jaxattr's options fix it there
+    outer = jax.jit(jax.vmap(per_target), compiler_options=jaxattr.compiler_options())
+    np.testing.assert_allclose(outer(targets), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_for_each_target_ig_is_right_where_xla_cpu_fused_it_wrong():
+    """``for_each_target(integrated_gradients)``: 5 targets x 50 steps of a function that
+    normalises by a sum, the case the reduce fusion got wrong (1 target in 5 off by 46%)."""
+    x = jax.random.normal(jax.random.key(0), (1, 20, 8))
+    fn = lambda x: (x * jnp.sum(x, -1, keepdims=True)).reshape(x.shape[0], -1)  # noqa: E731
+    targets = [8 * i + (7 * i) % 8 for i in range(5)]
+    many = jaxattr.for_each_target(
+        jaxattr.integrated_gradients, fn, x, targets, n_steps=50, baselines=0.0
+    )
+    for i, t in enumerate(targets):
+        one = jaxattr.integrated_gradients(fn, x, target=t, n_steps=50, baselines=0.0)
+        np.testing.assert_allclose(many[i], one, rtol=1e-5, atol=1e-5)
+
+
+def test_jaxattr_programs_compose_with_outer_transformations():
+    """The options are top-level only; inside jit, grad, vmap and scan the plain program
+    runs and gives the same numbers."""
+    fn = lambda x: jnp.tanh(x) @ jnp.arange(6.0).reshape(3, 2)  # noqa: E731
+    x = jnp.linspace(-1, 1, 6).reshape(2, 3)
+    ref = jaxattr.integrated_gradients(fn, x, target=1, n_steps=8)
+
+    def ig(v):
+        return jaxattr.integrated_gradients(fn, v, target=1, n_steps=8)
+
+    np.testing.assert_allclose(jax.jit(ig)(x), ref, rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(ig)(x[:, None])[:, 0], ref, rtol=1e-6)
+    np.testing.assert_allclose(jax.lax.map(ig, x[:, None])[:, 0], ref, rtol=1e-6)
+    g = jax.grad(lambda v: jnp.sum(ig(v)))(x)
+    assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_programs_compile_around_the_cpu_dot_fusion_miscompile():
+    """A dot fed by a broadcast constant (``jnp.ones`` in the function's body): with
+    XLA CPU's YNNPACK dot fusion on, integrated gradients read uninitialised memory
+    (7.7e3 to 2.4e33 where the answer is 67); the chunked and the whole run must agree."""
+    fn = lambda x: jnp.tanh(x @ jnp.ones((64, 64))) @ jnp.ones((64, 2))  # noqa: E731
+    x = jax.random.normal(KEY, (4, 64))
+    whole = jaxattr.integrated_gradients(fn, x, target=0, n_steps=32, batch_size=32)
+    chunked = jaxattr.integrated_gradients(fn, x, target=0, n_steps=32, batch_size=4)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-5, atol=1e-5)
+    alphas = jnp.linspace(0.0, 1.0, 32)
+
+    def ig(v):
+        g = jax.vmap(lambda a: jax.grad(lambda u: fn(u)[:, 0].sum())(a * v))(alphas)
+        return g.mean(0) * v
+
+    from jaxattr import _caching
+
+    with jax.disable_jit():
+        expected = ig(x)
+    np.testing.assert_allclose(_caching.jit(ig)(x), expected, rtol=1e-4, atol=1e-4)

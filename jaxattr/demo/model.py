@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattr import _caching
+
 WEIGHTS = Path(__file__).with_name("weights.npz")
 
 
@@ -75,7 +77,7 @@ def load_model(path: Path = WEIGHTS) -> tuple[Callable[[jax.Array], jax.Array], 
     """
     module = DemoCNN()
     params = load_params(path)
-    apply = jax.jit(module.apply)
+    apply = _caching.jit(module.apply)
     fn = lambda x: apply({"params": params}, x)  # noqa: E731
     return fn, module, params
 

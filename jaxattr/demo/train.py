@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxattr import _caching
 from jaxattr.demo.data import make_shapes
 from jaxattr.demo.model import WEIGHTS, DemoCNN, save_params
 
@@ -28,7 +29,7 @@ def train(steps: int = 1500, batch: int = 64, seed: int = 0, lr: float = 3e-3):
         logits = module.apply({"params": p}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
+    @_caching.jit
     def step(p, s, x, y):
         loss, g = jax.value_and_grad(loss_fn)(p, x, y)
         updates, s = tx.update(g, s, p)
