@@ -94,15 +94,24 @@ def bench_one(name, make_model, make_inputs, batch, runs, conv_cache):
         conv_cache[name] = (model, conv, time.perf_counter() - t0)
     model, conv, t_convert = conv_cache[name]
     args, kw = make_inputs(batch)
+    # the torch side runs on JAXATTR_BENCH_TORCH_DEVICE (cuda on a GPU machine)
+    dev = os.environ.get("JAXATTR_BENCH_TORCH_DEVICE", "cpu")
+    model.to(dev)
+    targs = [a.to(dev) for a in args]
+    tkw = {k: v.to(dev) for k, v in kw.items()}
+    sync = torch.cuda.synchronize if dev != "cpu" else (lambda: None)
 
     def torch_fwd():
         with torch.no_grad():
-            return model(*args, **kw)
+            y = model(*targs, **tkw)
+        sync()
+        return y
 
     def torch_grad():  # input gradient only: parameters do not require grad (as in jax)
-        x = args[0].clone().requires_grad_(True)
-        y = model(x, *args[1:], **kw)
+        x = targs[0].clone().requires_grad_(True)
+        y = model(x, *targs[1:], **tkw)
         y[:, 0].sum().backward()
+        sync()
         return x.grad
 
     for p in model.parameters():
@@ -198,6 +207,8 @@ def main(argv=None) -> int:
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "runs": runs, "quick": args.quick,
         "torch": torch.__version__, "jax": jax.__version__, "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+        "torch_device": os.environ.get("JAXATTR_BENCH_TORCH_DEVICE", "cpu"),
+        "jax_device": str(jax.devices()[0]),
         "load_average_at_end": os.getloadavg(),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

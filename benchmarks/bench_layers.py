@@ -54,9 +54,11 @@ def main(argv=None) -> list[harness.Row]:
     torch.manual_seed(0)
     resnet = tm.randomize_norm_stats(tm.resnet18(num_classes=1000)).eval()
     conv = bridge.from_torch(resnet, torch.zeros(2, 3, 224, 224))
+    small = bridge.from_torch(resnet, torch.zeros(2, 3, 64, 64))
+    harness.ref(resnet)  # converted: the reference runs on its own device from here
     for n in batches:
         x = np.random.default_rng(n).normal(size=(n, 3, 224, 224)).astype(np.float32)
-        xt = torch.from_numpy(x)
+        xt = harness.ref_tensor(x)
         gc = ca.LayerGradCam(resnet, resnet.layer4)
         first, t_ours = harness.time_call(
             lambda: jaxattr.grad_cam(conv, x, "layer4", target=3), repeat=repeat
@@ -74,7 +76,6 @@ def main(argv=None) -> list[harness.Row]:
             )
         )
 
-    small = bridge.from_torch(resnet, torch.zeros(2, 3, 64, 64))
     x64 = np.random.default_rng(3).normal(size=(1, 3, 64, 64)).astype(np.float32)
     nc = ca.NeuronConductance(resnet, resnet.layer3[0].conv1)
     first, t_ours = harness.time_call(
@@ -84,7 +85,8 @@ def main(argv=None) -> list[harness.Row]:
         repeat=repeat,
     )
     _, t_ref = harness.time_call(
-        lambda: nc.attribute(torch.from_numpy(x64), (5, 1, 1), target=2, n_steps=20), repeat=repeat
+        lambda: nc.attribute(harness.ref_tensor(x64), (5, 1, 1), target=2, n_steps=20),
+        repeat=repeat,
     )
     rows.append(
         harness.Row(
@@ -99,13 +101,18 @@ def main(argv=None) -> list[harness.Row]:
     )
 
     bert = BertClassifier().eval()
+    inputs, models = {}, {}
     for n in batches:
         g = torch.Generator().manual_seed(n)
         ids = torch.randint(1, 100, (n, 64), generator=g)
-        mask = torch.ones(n, 64, dtype=torch.long)
-        model = bridge.from_torch(bert, (ids, mask))
+        inputs[n] = ids, torch.ones(n, 64, dtype=torch.long)
+        models[n] = bridge.from_torch(bert, inputs[n])
+    harness.ref(bert)  # converted: the reference runs on its own device from here
+    for n in batches:
+        model = models[n]
+        ids_np, mask_np = (a.numpy() for a in inputs[n])
+        ids, mask = (harness.ref(a) for a in inputs[n])
         lig = ca.LayerIntegratedGradients(bert, bert.bert.embeddings)
-        ids_np, mask_np = ids.numpy(), mask.numpy()
         first, t_ours = harness.time_call(
             lambda: jaxattr.layer_integrated_gradients(
                 model, ids_np, "bert.embeddings", baselines=0, args=(mask_np,), target=1, n_steps=50

@@ -68,11 +68,12 @@ def main(argv=None) -> list[harness.Row]:
         f"forward+input-gradient {per_example / 1e6:.1f} MFLOP per example; model via {path}"
     )
     key = jax.random.key(0)
+    harness.ref(model)  # converted above: the reference runs on its own device from here
     sg = jaxattr.noise_tunnel(jaxattr.saliency, nt_samples=20, stdevs=0.1)
     rows = []
     for n in batches:
         x = np.random.default_rng(n).normal(size=(n, 3, 32, 32)).astype(np.float32)
-        xt = torch.from_numpy(x)
+        xt = harness.ref_tensor(x)
         cases = [
             (
                 "saliency",

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 import captum.attr as ca  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import jaxattr  # noqa: E402
 from benchmarks import harness  # noqa: E402
@@ -61,11 +60,12 @@ def main(argv=None) -> list[harness.Row]:
         f"MFLOP per example; model via {path}"
     )
     key = jax.random.key(0)
+    harness.ref(model)  # converted above: the reference runs on its own device from here
     fm4, fm8 = superpixels(4), superpixels(8)
     rows = []
     for n in batches:
         x = np.random.default_rng(n).normal(size=(n, 3, 32, 32)).astype(np.float32)
-        xt = torch.from_numpy(x)
+        xt = harness.ref_tensor(x)
         cases = [
             (
                 "occlusion (3x8x8, stride 4)",
@@ -86,7 +86,7 @@ def main(argv=None) -> list[harness.Row]:
                 64,
                 lambda x=x: jaxattr.feature_ablation(fn, x, target=3, feature_mask=fm4),
                 lambda xt=xt: ca.FeatureAblation(model).attribute(
-                    xt, target=3, feature_mask=torch.from_numpy(fm4), perturbations_per_eval=16
+                    xt, target=3, feature_mask=harness.ref_tensor(fm4), perturbations_per_eval=16
                 ),
             ),
             (
@@ -98,7 +98,7 @@ def main(argv=None) -> list[harness.Row]:
                 lambda xt=xt: ca.ShapleyValueSampling(model).attribute(
                     xt,
                     target=3,
-                    feature_mask=torch.from_numpy(fm8),
+                    feature_mask=harness.ref_tensor(fm8),
                     n_samples=5,
                     perturbations_per_eval=16,
                 ),

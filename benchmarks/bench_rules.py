@@ -59,12 +59,13 @@ def main(argv=None) -> list[harness.Row]:
     example = torch.randn(2, 3, size, size)
     conv_vgg = bridge.from_torch(vgg, example)
     conv_resnet = bridge.from_torch(resnet, example)
+    harness.ref(vgg), harness.ref(resnet)  # converted: the references run on their device
     throughput = harness.matmul_flops_per_s()
     rows = []
     for n in batches:
         x = np.random.default_rng(n).normal(size=(n, 3, size, size)).astype(np.float32)
-        xt = torch.from_numpy(x)
-        onehot = torch.eye(1000)[[3] * n]
+        xt = harness.ref_tensor(x)
+        onehot = harness.ref(torch.eye(1000)[[3] * n])
 
         def zennit_run(model, composite, xt=xt, onehot=onehot):
             def run():

@@ -51,10 +51,32 @@ class Row:
         return d
 
 
+#: Where the torch reference runs: ``JAXATTR_BENCH_TORCH_DEVICE=cuda`` on a GPU machine
+#: (jaxattr runs on JAX's default device either way). Models are converted first, then
+#: moved; inputs are moved before the timed calls.
+TORCH_DEVICE = os.environ.get("JAXATTR_BENCH_TORCH_DEVICE", "cpu")
+
+
+def ref(obj: Any) -> Any:
+    """A torch module (moved in place) or tensor (a copy) on the reference's device."""
+    return obj if TORCH_DEVICE == "cpu" else obj.to(TORCH_DEVICE)
+
+
+def ref_tensor(a: Any) -> Any:
+    """A NumPy array as a torch tensor on the reference's device."""
+    import torch
+
+    return ref(torch.from_numpy(np.asarray(a)))
+
+
 def _block(out: Any) -> Any:
     for leaf in jax.tree_util.tree_leaves(out):
         if hasattr(leaf, "block_until_ready"):
             leaf.block_until_ready()
+        elif getattr(leaf, "is_cuda", False):
+            import torch
+
+            torch.cuda.synchronize()
     return out
 
 
@@ -113,6 +135,8 @@ def environment() -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_device": TORCH_DEVICE,
+        "jax_device": str(jax.devices()[0]),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
