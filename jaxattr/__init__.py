@@ -8,7 +8,7 @@ attribution with x's structure::
 See the README for the tour and the table of methods.
 """
 
-from jaxattr import structure, viz
+from jaxattr import canonizers, composites, draws, rules, structure, viz
 from jaxattr._adversarial import (
     fgsm,
     pgd,
@@ -31,7 +31,6 @@ from jaxattr._composites import (
     MixedComposite,
     beta_smooth,
     captum_lrp_composite,
-    deconvnet,
     epsilon_alpha2_beta1,
     epsilon_alpha2_beta1_flat,
     epsilon_gamma_box,
@@ -67,6 +66,7 @@ from jaxattr._gradient import (
     saliency,
     sensitivity,
 )
+from jaxattr._incremental import IncrementalPlan, incremental_plan
 from jaxattr._integrated import QUADRATURES, integrated_gradients, quadrature
 from jaxattr._layers import (
     NeuronModel,
@@ -175,12 +175,9 @@ from jaxattr._rules import (
     captum_alpha1_beta0,
     captum_gamma,
     epsilon,
-    flat,
     gamma,
-    norm,
     pass_rule,
     relu_beta_smooth,
-    relu_deconvnet,
     relu_guided_backprop,
     stabilize,
     w_square,
@@ -214,6 +211,8 @@ __all__ = [
     "captum_lrp_composite",
     "blur_ig",
     "canonize",
+    "canonizers",
+    "composites",
     "Canonized",
     "clear_caches",
     "compiler_options",
@@ -223,12 +222,12 @@ __all__ = [
     "contrastive_excitation_backprop",
     "CONV",
     "Curve",
-    "deconvnet",
     "deconvolution",
     "deep_lift",
     "deep_lift_shap",
     "deletion_curve",
     "draw_noise",
+    "draws",
     "epsilon",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
@@ -246,7 +245,6 @@ __all__ = [
     "fit_linear",
     "fit_ridge",
     "fit_sgd",
-    "flat",
     "for_each_neuron",
     "for_each_target",
     "fusion_grad",
@@ -266,6 +264,8 @@ __all__ = [
     "hsic_attribution",
     "hsic_indices",
     "HSIC_KERNELS",
+    "IncrementalPlan",
+    "incremental_plan",
     "infidelity",
     "influence",
     "input_baseline_x_gradient",
@@ -319,7 +319,6 @@ __all__ = [
     "NeuronModel",
     "noise_tunnel",
     "NonFiniteInputError",
-    "norm",
     "NT_TYPES",
     "occlude_independent",
     "occlusion",
@@ -335,9 +334,9 @@ __all__ = [
     "quadrature",
     "QUADRATURES",
     "relu_beta_smooth",
-    "relu_deconvnet",
     "relu_guided_backprop",
     "residual_sums",
+    "rules",
     "ResumeMismatchError",
     "rise",
     "rise_masks",
@@ -379,6 +378,15 @@ __all__ = [
 _LAZY = ("flax", "compat", "concepts", "influence", "robust", "metrics", "llm")
 
 
+# names that read as methods but are rules or a composite: in their namespaces now
+_MOVED = {
+    "norm": "rules",
+    "flat": "rules",
+    "relu_deconvnet": "rules",
+    "deconvnet": "composites",
+}
+
+
 def __getattr__(name: str):
     # namespaces imported on first use, not with jaxattr: the Flax adapters, the Captum /
     # Zennit front doors (they need torch), concepts, training-data influence, robustness
@@ -386,4 +394,15 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"jaxattr.{name}")
+    if name in _MOVED:
+        import warnings
+
+        where = _MOVED[name]
+        warnings.warn(
+            f"jaxattr.{name} is jaxattr.{where}.{name} (a {where[:-1]}, not a method); "
+            "the top-level name will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(globals()[where], name)
     raise AttributeError(f"module 'jaxattr' has no attribute {name!r}")

@@ -10,7 +10,7 @@ old one's and changes what its interceptor sees.
 - Residual sums: Zennit's ResNet canonizers replace ``out += identity`` by an explicit
   ``Sum`` module so that the norm rule can split relevance between the branches. Bridged
   torch models already expose every residual addition as a layer of kind ``"add"`` (e.g.
-  ``layer1.0.add``), which the composites map to :func:`jaxattr.norm`;
+  ``layer1.0.add``), which the composites map to :func:`jaxattr.rules.norm`;
   :func:`residual_sums` checks this and reports models where no such layer exists.
 - :func:`layer_graph` gives each layer's producers, traced abstractly (no FLOPs).
 """

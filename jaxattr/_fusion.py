@@ -33,7 +33,7 @@ class _ParamsLast:
         return self.fn(params, *rest)
 
 
-def _noise(key, tree, mean, std, n, additive):
+def _noise(key, tree, mean, std, n):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, max(len(leaves), 1))
     out = []
@@ -88,8 +88,8 @@ def fusion_grad_draws(
         ((5, 3), (5, 3, 2, 4))
     """
     k_p, k_x = jax.random.split(key)
-    param_noise = _noise(k_p, params, mean, std, n, True)
-    x_noise = _noise(k_x, x, sg_mean, sg_std, n * m, True)
+    param_noise = _noise(k_p, params, mean, std, n)
+    x_noise = _noise(k_x, x, sg_mean, sg_std, n * m)
     x_noise = jax.tree_util.tree_map(lambda a: a.reshape(n, m, *a.shape[1:]), x_noise)
     return param_noise, x_noise
 

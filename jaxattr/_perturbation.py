@@ -206,10 +206,6 @@ def _baseline_scores(*, fn, inputs, x, baselines, args, target):
     return _scores(fn, inputs, b, args, target)
 
 
-def _slice_tree(tree, start, stop):
-    return jax.tree_util.tree_map(lambda a: a[start:stop], tree)
-
-
 def _per_leaf_option(value: Any, x: PyTree, name: str) -> list:
     """A geometry option given once (applies to every input) or once per input.
 

@@ -147,7 +147,7 @@ RULES = {
     "gamma": (lambda: jaxattr.gamma(0.25), {"gamma": 0.25}),
     "z_box": (lambda: jaxattr.z_box(-2.0, 2.0), {"low": -2.0, "high": 2.0}),
     "w_square": (jaxattr.w_square, {}),
-    "flat": (jaxattr.flat, {}),
+    "flat": (jaxattr.rules.flat, {}),
 }
 
 
@@ -215,7 +215,7 @@ def test_norm_rule_splits_sums_in_proportion():
             return intercept(self.layers["add"], lambda p, a, b: a + b, {}, x, 2.0 * x)
 
     x = jnp.array([[1.0, -2.0]])
-    comp = jaxattr.Composite(layer_map=(("add", jaxattr.norm()),))
+    comp = jaxattr.Composite(layer_map=(("add", jaxattr.rules.norm()),))
     # the summands get x / 3x and 2x / 3x of the relevance; the second then flows back
     # through the (ordinary) gradient of 2 * x: 1/3 + 2 * 2/3 = 5/3
     rel = jaxattr.lrp(Add(), x, composite=comp, target=jnp.ones((1, 2)))
@@ -228,7 +228,7 @@ def test_relu_rules():
     model = Seq([("relu", "activation", "ReLU", relu, {})])
     cases = {
         "relu_guided_backprop": (jaxattr.relu_guided_backprop(), [[0.0, 0.0, 2.0, 0.0]]),
-        "relu_deconvnet": (jaxattr.relu_deconvnet(), [[1.0, 0.0, 2.0, 0.0]]),
+        "relu_deconvnet": (jaxattr.rules.relu_deconvnet(), [[1.0, 0.0, 2.0, 0.0]]),
         "pass": (jaxattr.pass_rule(), g),
         "relu_beta_smooth": (jaxattr.relu_beta_smooth(2.0), jax.nn.sigmoid(2.0 * z) * g),
     }
@@ -339,11 +339,11 @@ def test_composite_first_match_and_first_layer():
     comp = jaxattr.epsilon_gamma_box(low=0.0, high=1.0)
     got = {k: r.name for k, r in comp.rules_for(layers).items()}
     assert got == {"a": "z_box", "r": "pass", "b": "gamma", "fc": "epsilon", "pool": "norm"}
-    named = jaxattr.Composite(name_map=(("b", jaxattr.flat()),), layer_map=comp.layer_map)
+    named = jaxattr.Composite(name_map=(("b", jaxattr.rules.flat()),), layer_map=comp.layer_map)
     assert named.rules_for(layers)["b"].name == "flat"
-    prefix = jaxattr.Composite(name_map=(("features.", jaxattr.flat()),))
+    prefix = jaxattr.Composite(name_map=(("features.", jaxattr.rules.flat()),))
     assert prefix.rules_for([Layer("features.3", "conv"), Layer("fc", "linear")]) == {
-        "features.3": jaxattr.flat()
+        "features.3": jaxattr.rules.flat()
     }
     assert jaxattr.epsilon_plus_flat().rules_for(layers)["a"].name == "flat"
     assert jaxattr.epsilon_plus() is jaxattr.epsilon_plus()  # cached: no recompilation

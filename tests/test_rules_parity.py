@@ -453,7 +453,7 @@ ZENNIT_COMPOSITES = {
         lambda: jaxattr.guided_backprop_composite(),
         lambda: zc.GuidedBackprop(),
     ),
-    "deconvnet": (lambda: jaxattr.deconvnet(), lambda: zc.DeconvNet()),
+    "deconvnet": (lambda: jaxattr.composites.deconvnet(), lambda: zc.DeconvNet()),
     "beta_smooth": (lambda: jaxattr.beta_smooth(), lambda: zc.BetaSmooth()),
     "beta_smooth(3)": (lambda: jaxattr.beta_smooth(3.0), lambda: zc.BetaSmooth(beta_smooth=3.0)),
     "excitation_backprop": (
@@ -492,7 +492,7 @@ ZENNIT_COMPOSITES = {
         lambda: jaxattr.Composite(
             name_map=(
                 (("conv1", "conv2"), jaxattr.z_plus()),
-                ("fc1", jaxattr.flat()),
+                ("fc1", jaxattr.rules.flat()),
                 (("relu1", "relu2", "relu3"), jaxattr.pass_rule()),
                 ("fc2", jaxattr.epsilon(0.1)),
             )

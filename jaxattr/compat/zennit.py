@@ -222,13 +222,13 @@ class ZBox(Rule):
 
 
 class Flat(Rule):
-    """Zennit's ``Flat`` (:func:`jaxattr.flat`)."""
+    """Zennit's ``Flat`` (:func:`jaxattr.rules.flat`)."""
 
     def __init__(self, stabilizer=1e-6, zero_params=None):
         self.stabilizer, self.zero_params = stabilizer, zero_params
 
     def jaxattr_rule(self):
-        return jaxattr.flat(_stab(self.stabilizer, "Flat"), _zp(self.zero_params))
+        return jaxattr.rules.flat(_stab(self.stabilizer, "Flat"), _zp(self.zero_params))
 
 
 class WSquare(Flat):
@@ -239,13 +239,13 @@ class WSquare(Flat):
 
 
 class Norm(Rule):
-    """Zennit's ``Norm`` (:func:`jaxattr.norm`)."""
+    """Zennit's ``Norm`` (:func:`jaxattr.rules.norm`)."""
 
     def __init__(self, stabilizer=1e-6):
         self.stabilizer = stabilizer
 
     def jaxattr_rule(self):
-        return jaxattr.norm(_stab(self.stabilizer, "Norm"))
+        return jaxattr.rules.norm(_stab(self.stabilizer, "Norm"))
 
 
 class Pass(Rule):
@@ -256,10 +256,10 @@ class Pass(Rule):
 
 
 class ReLUDeconvNet(Rule):
-    """Zennit's ``ReLUDeconvNet`` (:func:`jaxattr.relu_deconvnet`)."""
+    """Zennit's ``ReLUDeconvNet`` (:func:`jaxattr.rules.relu_deconvnet`)."""
 
     def jaxattr_rule(self):
-        return jaxattr.relu_deconvnet()
+        return jaxattr.rules.relu_deconvnet()
 
 
 class ReLUGuidedBackprop(Rule):
@@ -770,9 +770,9 @@ class GuidedBackprop(EpsilonPlus):
 
 
 class DeconvNet(GuidedBackprop):
-    """Zennit's ``DeconvNet`` composite (:func:`jaxattr.deconvnet`)."""
+    """Zennit's ``DeconvNet`` composite (:func:`jaxattr.composites.deconvnet`)."""
 
-    _factory = staticmethod(jaxattr.deconvnet)
+    _factory = staticmethod(jaxattr.composites.deconvnet)
 
 
 class BetaSmooth(EpsilonPlus):
