@@ -90,10 +90,11 @@ def main() -> None:
     t0 = time.perf_counter()
     model = bridge.from_torch(module, torch.zeros(2, 32, dtype=torch.long), output="logits")
     convert_s = time.perf_counter() - t0
+    harness.ref(module)  # converted: Captum runs on JAXATTR_BENCH_TORCH_DEVICE from here
     print(f"converted in {convert_s:.1f} s; load average {load_before}", flush=True)
 
     def check(ours, ref, what):
-        ref_tok = ref.token_attr.numpy()
+        ref_tok = ref.token_attr.cpu().numpy()
         err = np.abs(ours.token_attr - ref_tok).max() / np.abs(ref_tok).max()
         print(f"{what}: max relative difference to Captum {err:.2e}", flush=True)
         assert err < 1e-3, (what, err)

@@ -2,7 +2,7 @@
 # The benchmark table on a GPU machine, in one command (jaxattr on JAX's default device,
 # the Captum/Zennit/torch references on cuda).
 #
-#   bash benchmarks/gpu_run.sh [OUTDIR] [SECONDS_PER_SCRIPT]
+#   bash benchmarks/gpu_run.sh [OUTDIR] [SECONDS_PER_SCRIPT]   # e.g. $OUT 80 (about 9 min)
 #
 # Expects python3 with torch (CUDA), jax (CUDA), flax, optax, tqdm and transformers; Captum
 # and Zennit as wheels in .whl/ when they are not installed (pip download --no-deps
@@ -30,6 +30,9 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 JAXATTR_BENCH_TORCH_
         timeout "$limit" python3 "benchmarks/bench_$s.py" --out "/tmp/gpu_results/$s.json" \
             || echo "bench_$s.py: exit $?"
     done
+    echo "+ bench_llm.py (GPT-2-small config, 8 segments, 8 target tokens)"
+    timeout "$((limit * 2))" python3 benchmarks/bench_llm.py --out /tmp/gpu_results/llm.json \
+        || echo "bench_llm.py: exit $?"
     echo "+ bench_bridge.py"
     timeout "$limit" python3 benchmarks/bench_bridge.py --out /tmp/gpu_results/bridge.json \
         || echo "bench_bridge.py: exit $?"
