@@ -244,14 +244,20 @@ class TorchModel:
                     held = _STRONG[id(self.owner)] = (self.owner, {})
                 return held[1]
 
-    def converted(self, tensors: Sequence[torch.Tensor], consts: tuple) -> _Entry:
+    def converted(
+        self, tensors: Sequence[torch.Tensor], consts: tuple, options: tuple = ()
+    ) -> _Entry:
         """The conversion for these positional tensors (inputs, then the tensor
-        additional arguments) and non-tensor arguments ``consts`` ((position, value))."""
+        additional arguments) and non-tensor arguments ``consts`` ((position, value));
+        ``options`` ((name, value) pairs) are keyword arguments of
+        :func:`jaxattr.bridge.from_torch` (``(("output", "logits"),)``), part of the key."""
         sig = (
             self.extra,
             tuple((tuple(t.shape[1:]), str(t.dtype)) for t in tensors),
             tuple((i, _static_key(v)) for i, v in consts),
         )
+        if options:
+            sig = (*sig, tuple(options))
         batch = int(tensors[0].shape[0]) if tensors and tensors[0].ndim else None
         entries = self._entries()
         with _LOCK:
@@ -266,7 +272,7 @@ class TorchModel:
                 elif values != entry.values:
                     entry = self._refresh(entry, sd, values)
             if entry is None:
-                entry = self._convert(tensors, consts)
+                entry = self._convert(tensors, consts, options)
             entries[sig] = entry
             return entry
 
@@ -279,7 +285,9 @@ class TorchModel:
         fresh = type(conv).tree_unflatten(conv._shared, (new,))
         return dataclasses.replace(entry, conv=fresh, values=values)
 
-    def _convert(self, tensors: Sequence[torch.Tensor], consts: tuple) -> _Entry:
+    def _convert(
+        self, tensors: Sequence[torch.Tensor], consts: tuple, options: tuple = ()
+    ) -> _Entry:
         from jaxattr import bridge
 
         n = len(tensors) + len(consts)
@@ -292,7 +300,9 @@ class TorchModel:
             modules = _modules_used_by(fn)
             root = _forward_class(len(tensors))(fn, modules, layout)
         example = tuple(t.detach() for t in tensors)
-        conv = bridge.from_torch(root, example if len(example) != 1 else example[0])
+        conv = bridge.from_torch(
+            root, example if len(example) != 1 else example[0], **dict(options)
+        )
         _COUNT[0] += 1
         _, structure, values = _state(root)
         fixed = [getattr(s, "shape", None) for s in getattr(conv, "_inputs", ())]
