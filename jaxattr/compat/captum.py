@@ -32,13 +32,18 @@ LIME's ``similarity_func``/``perturb_func``, a non-default ``perm_func``,
 ``grad_kwargs``, LRP rules other than ``EpsilonRule``/``GammaRule``/``Alpha1_Beta0_Rule``/
 ``IdentityRule``, and forward functions returning futures. See ``docs/compat.md`` for the
 full table.
+
+Captum's LLM classes (``LLMAttribution``, ``LLMGradientAttribution``, ``TextTokenInput``,
+``TextTemplateInput``, ``ProductBaselines``, ``LLMAttributionResult``) are importable from
+here too; they live in :mod:`jaxattr.compat._captum_llm` (loaded on first use) and run
+:mod:`jaxattr.llm`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -72,6 +77,9 @@ __all__ = [
     "IntegratedGradients",
     "InternalInfluence",
     "KernelShap",
+    "LLMAttribution",
+    "LLMAttributionResult",
+    "LLMGradientAttribution",
     "LRP",
     "LayerActivation",
     "LayerAttribution",
@@ -97,9 +105,12 @@ __all__ = [
     "NeuronIntegratedGradients",
     "NoiseTunnel",
     "Occlusion",
+    "ProductBaselines",
     "Saliency",
     "ShapleyValueSampling",
     "ShapleyValues",
+    "TextTemplateInput",
+    "TextTokenInput",
     "UnsupportedOptionError",
 ]
 
@@ -1653,3 +1664,40 @@ class LayerFeaturePermutation(LayerAttribution):
         )
         p.key = torch_key(key)
         return p
+
+
+# --------------------------------------------------------------------------------------
+# LLM attribution (Captum's llm_attr): jaxattr/compat/_captum_llm.py, loaded on first use
+# (it subclasses the classes above)
+# --------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from jaxattr.compat._captum_llm import (
+        LLMAttribution,
+        LLMAttributionResult,
+        LLMGradientAttribution,
+        ProductBaselines,
+        TextTemplateInput,
+        TextTokenInput,
+    )
+
+_LLM_NAMES = (
+    "LLMAttribution",
+    "LLMAttributionResult",
+    "LLMGradientAttribution",
+    "ProductBaselines",
+    "TextTemplateInput",
+    "TextTokenInput",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LLM_NAMES:
+        from jaxattr.compat import _captum_llm
+
+        return getattr(_captum_llm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LLM_NAMES))
