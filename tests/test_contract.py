@@ -5,14 +5,22 @@ how it chunks its expansion, and whether it has a completeness delta. Every meth
 then checked for: shape/dtype following x (array and tuple inputs), jit == eager,
 chunked == unchunked, vmap == loop, fixed key -> fixed result, every target form, no
 recompilation on a second call, and clear errors for bad input.
+
+``MODEL_CASES`` does the same for the methods that explain a structured model's layer or
+neuron (layer, neuron and CAM methods) and the image-only input methods, on a tiny Flax
+CNN: shape/dtype as documented, jit(vmap) == eager loop, chunked == unchunked, fixed key
+-> fixed result, and named errors (target, layer, neuron). Coverage is derived from
+``jaxattr.__all__``: every public function is a case here or in ``NOT_METHODS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -328,45 +336,6 @@ def close(a, b, tol=1e-5):
         )
 
 
-def test_every_public_method_is_in_the_contract():
-    public = {
-        "gradient",
-        "saliency",
-        "input_x_gradient",
-        "sensitivity",
-        "input_baseline_x_gradient",
-        "integrated_gradients",
-        "noise_tunnel",
-        "smoothgrad",
-        "gradient_shap",
-        "occlusion",
-        "tiled_occlusion",
-        "feature_ablation",
-        "feature_permutation",
-        "shapley_value_sampling",
-        "shapley_values",
-        "kernel_shap",
-        "lime",
-        "rise",
-        "extremal_perturbation",
-        "fusion_grad",
-        "fgsm",
-        "pgd",
-        "guided_backprop",
-        "deconvolution",
-        "lrp",
-        "excitation_backprop",
-        "contrastive_excitation_backprop",
-        "deep_lift",
-        "deep_lift_shap",
-        "layer_deep_lift_shap",
-        "layer_feature_permutation",
-    }
-    covered = {k.split("(")[0] for k in CASES}
-    assert public <= covered
-    assert public <= set(jaxattr.__all__)
-
-
 @pytest.mark.parametrize("case", params, ids=ids)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_shape_and_dtype_follow_x(case, dtype):
@@ -586,3 +555,368 @@ def test_options_after_the_explained_things_are_keyword_only(name):
     if "target" in inspect.signature(method).parameters:
         with pytest.raises(TypeError, match=r"e\.g\. target=\.\.\."):
             method(*extra)
+
+
+# --------------------------------------------------------------------------------------
+# The methods that take a structured model (layer, neuron and CAM methods) and the
+# image-only input-space methods, on a tiny Flax CNN: (N, 6, 6, 2) NHWC -> (N, 3).
+# --------------------------------------------------------------------------------------
+
+
+class _TinyCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv2")(x))
+        return nn.Dense(3, name="fc")(x.mean(axis=(1, 2)))
+
+
+@functools.cache
+def _tiny():
+    from jaxattr.flax import from_linen
+
+    net = _TinyCNN()
+    return from_linen(
+        net, net.init(jax.random.key(1), jnp.ones((1, 6, 6, 2))), jnp.ones((1, 6, 6, 2))
+    )
+
+
+XI = jax.random.uniform(jax.random.key(2), (3, 6, 6, 2))  # three 6x6 images, 2 channels
+LAYER, NEURON = "conv2", (0, 1, 2)  # conv2's output is (N, 6, 6, 4); NEURON: (row, col, channel)
+DIST = jnp.stack([XI[0] * 0.5, XI[1] * 0.2])  # a baseline distribution of two images
+SEGMENTS = (jnp.arange(36).reshape(6, 6) // 9).astype(jnp.int32)
+MASK = jnp.arange(72).reshape(6, 6, 2) // 18  # four features of the image
+
+
+@dataclasses.dataclass
+class ModelCase:
+    """How to call a method on ``(model, x)`` with its other arguments bound, and what of
+    the contract applies. ``out``, the attribution's shape: like ``"x"``; like the layer's
+    output (``"layer"``); that with the channels summed (``"cam"``, channel_axis=-1); like
+    x with the channels summed (``"map"``); one coefficient per interpretable feature
+    (``"features"``); or a ``"probe"`` dict of the layer's activation and gradient."""
+
+    call: Callable
+    out: str = "x"
+    random: bool = False
+    key_optional: bool = False  # no key: a fixed (unscrambled) design instead of an error
+    chunk: str | None = None
+    target: bool = True  # takes target= (the neuron methods explain a neuron instead)
+    neuron: bool = False  # takes a neuron_selector
+
+    def __call__(self, model, x, **kw):
+        if self.random:
+            kw.setdefault("key", KEY)
+        return self.call(model, x, **kw)
+
+
+def _layer(method, **method_kw):
+    return lambda model, x, **kw: method(model, x, LAYER, **method_kw, **kw)
+
+
+def _neuron(method, **method_kw):
+    return lambda model, x, **kw: method(model, x, LAYER, NEURON, **method_kw, **kw)
+
+
+def _lb_perturb(key, x0):  # lime_base's functions: module level, so the keys stay stable
+    return jax.random.bernoulli(key, 0.5, (1, 4)).astype(jnp.float32)
+
+
+def _lb_from(z, x0):
+    return x0 * z[0][MASK]
+
+
+def _lb_sim(x0, xp, z):
+    return jnp.exp(-jnp.sum((x0 - xp) ** 2))
+
+
+MODEL_CASES = {
+    # layer methods: an attribution of the layer's output
+    "layer_activation": ModelCase(_layer(jaxattr.layer_activation), "layer", target=False),
+    "layer_gradient_x_activation": ModelCase(_layer(jaxattr.layer_gradient_x_activation), "layer"),
+    "layer_integrated_gradients": ModelCase(
+        _layer(jaxattr.layer_integrated_gradients, n_steps=4), "layer", chunk="batch_size"
+    ),
+    "layer_conductance": ModelCase(
+        _layer(jaxattr.layer_conductance, n_steps=4), "layer", chunk="batch_size"
+    ),
+    "internal_influence": ModelCase(
+        _layer(jaxattr.internal_influence, n_steps=4), "layer", chunk="batch_size"
+    ),
+    "layer_gradient_shap": ModelCase(
+        _layer(jaxattr.layer_gradient_shap, baselines=DIST, n_samples=2), "layer", random=True
+    ),
+    "layer_deep_lift": ModelCase(_layer(jaxattr.layer_deep_lift), "layer"),
+    "layer_deep_lift_shap(model)": ModelCase(
+        _layer(jaxattr.layer_deep_lift_shap, baselines=DIST), "layer"
+    ),
+    "layer_feature_ablation": ModelCase(
+        _layer(jaxattr.layer_feature_ablation), "layer", chunk="batch_size"
+    ),
+    "layer_feature_permutation(model)": ModelCase(
+        _layer(jaxattr.layer_feature_permutation), "layer", random=True, chunk="batch_size"
+    ),
+    "layer_lrp": ModelCase(_layer(jaxattr.layer_lrp, composite=jaxattr.epsilon_plus()), "layer"),
+    "probe": ModelCase(_layer(jaxattr.probe), "probe"),
+    # CAMs: one map per example on the layer's grid
+    "grad_cam": ModelCase(_layer(jaxattr.grad_cam, channel_axis=-1), "cam"),
+    "grad_cam_plus_plus": ModelCase(_layer(jaxattr.grad_cam_plus_plus, channel_axis=-1), "cam"),
+    "score_cam": ModelCase(_layer(jaxattr.score_cam, channel_axis=-1), "cam", chunk="batch_size"),
+    "linear_approx": ModelCase(_layer(jaxattr.linear_approx, channel_axis=-1), "cam"),
+    "guided_grad_cam": ModelCase(_layer(jaxattr.guided_grad_cam, channel_axis=-1)),
+    # neuron methods: an attribution of the input for one neuron of the layer
+    "neuron_gradient": ModelCase(_neuron(jaxattr.neuron_gradient), target=False, neuron=True),
+    "neuron_integrated_gradients": ModelCase(
+        _neuron(jaxattr.neuron_integrated_gradients, n_steps=4),
+        chunk="batch_size",
+        target=False,
+        neuron=True,
+    ),
+    "neuron_conductance": ModelCase(
+        _neuron(jaxattr.neuron_conductance, n_steps=4), chunk="batch_size", neuron=True
+    ),
+    "neuron_gradient_shap": ModelCase(
+        _neuron(jaxattr.neuron_gradient_shap, baselines=DIST, n_samples=2),
+        random=True,
+        target=False,
+        neuron=True,
+    ),
+    "neuron_guided_backprop": ModelCase(
+        _neuron(jaxattr.neuron_guided_backprop), target=False, neuron=True
+    ),
+    "neuron_deconvolution": ModelCase(
+        _neuron(jaxattr.neuron_deconvolution), target=False, neuron=True
+    ),
+    "neuron_deep_lift": ModelCase(_neuron(jaxattr.neuron_deep_lift), target=False, neuron=True),
+    "neuron_deep_lift_shap": ModelCase(
+        _neuron(jaxattr.neuron_deep_lift_shap, baselines=DIST), target=False, neuron=True
+    ),
+    "neuron_feature_ablation": ModelCase(
+        _neuron(jaxattr.neuron_feature_ablation, feature_mask=MASK),
+        chunk="batch_size",
+        target=False,
+        neuron=True,
+    ),
+    # input-space methods that need images (a spatial grid or segments)
+    "blur_ig": ModelCase(
+        lambda m, x, **kw: jaxattr.blur_ig(m, x, steps=4, max_sigma=2.0, channel_axis=-1, **kw),
+        chunk="batch_size",
+    ),
+    "guided_ig": ModelCase(lambda m, x, **kw: jaxattr.guided_ig(m, x, steps=4, **kw)),
+    "sobol_attribution": ModelCase(
+        lambda m, x, **kw: jaxattr.sobol_attribution(
+            m, x, grid_size=2, nb_design=4, channel_axis=-1, **kw
+        ),
+        "map",
+        random=True,
+        key_optional=True,
+        chunk="batch_size",
+    ),
+    "hsic_attribution": ModelCase(
+        lambda m, x, **kw: jaxattr.hsic_attribution(
+            m, x, grid_size=2, nb_design=8, channel_axis=-1, **kw
+        ),
+        "map",
+        random=True,
+        key_optional=True,
+        chunk="batch_size",
+    ),
+    "xrai": ModelCase(
+        lambda m, x, **kw: jaxattr.xrai(
+            m,
+            x,
+            segments=SEGMENTS,
+            channel_axis=-1,
+            extra_parameters=jaxattr.XRAIParameters(
+                steps=4, experimental_params={"min_pixel_diff": 2}
+            ),
+            **kw,
+        ),
+        "map",
+        chunk="batch_size",
+    ),
+    "lime_base": ModelCase(
+        lambda m, x, **kw: jaxattr.lime_base(
+            m,
+            x,
+            n_samples=16,
+            interpretable_model="linear",
+            similarity_func=_lb_sim,
+            perturb_func=_lb_perturb,
+            from_interp_rep_transform=_lb_from,
+            **kw,
+        ),
+        "features",
+        random=True,
+        chunk="batch_size",
+    ),
+}
+model_ids = list(MODEL_CASES)
+
+
+def _model_ids(flag=None):
+    return [k for k in model_ids if flag is None or getattr(MODEL_CASES[k], flag)]
+
+
+@functools.cache
+def _model_eager(name, target=1):
+    case = MODEL_CASES[name]
+    return case(_tiny(), XI, **({"target": target} if case.target else {}))
+
+
+def _target(case, t=1):
+    return {"target": t} if case.target else {}
+
+
+@pytest.mark.parametrize("name", model_ids)
+def test_model_methods_shape_and_dtype(name):
+    case, model = MODEL_CASES[name], _tiny()
+    attr = _model_eager(name)
+    layer = jaxattr.layer_activation(model, XI, LAYER)
+    want = {
+        "x": XI.shape,
+        "layer": layer.shape,
+        "cam": (*layer.shape[:-1], 1),
+        "map": XI.shape[:-1],  # one value per pixel (Xplique's maps: channels summed)
+        "features": (XI.shape[0], 4),  # lime_base: one coefficient per interpretable feature
+    }
+    if case.out == "probe":
+        assert set(attr) == {LAYER} and set(attr[LAYER]) == {"activation", "gradient"}
+        for a in attr[LAYER].values():
+            assert a.shape == layer.shape and a.dtype == XI.dtype
+    else:
+        assert attr.shape == want[case.out] and attr.dtype == XI.dtype, (attr.shape, attr.dtype)
+        assert bool(jnp.all(jnp.isfinite(attr)))
+
+
+@pytest.mark.parametrize("name", _model_ids("chunk"))
+def test_model_methods_chunked_equals_unchunked(name):
+    case = MODEL_CASES[name]
+    close(case(_tiny(), XI, **{case.chunk: 2}, **_target(case)), _model_eager(name), tol=1e-4)
+
+
+@pytest.mark.parametrize("name", model_ids)
+def test_model_methods_jit_vmap_equals_eager_loop(name):
+    """jit == eager and vmap == loop in one compilation (these tests' cost is compiling):
+    ``jit(vmap(method))`` over two batches equals the eager method run on each; every
+    method here is jittable."""
+    case, model = MODEL_CASES[name], _tiny()
+    xs = jnp.stack([XI, XI * 0.5 + 0.2])  # two batches of three
+    vmapped = jax.vmap(lambda xb: case(model, xb, **_target(case)))
+    got = jax.jit(vmapped)(xs)
+    loop = [_model_eager(name), case(model, xs[1], **_target(case))]
+    close(got, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *loop), tol=1e-4)
+
+
+@pytest.mark.parametrize("name", _model_ids("random"))
+def test_model_methods_fixed_key_fixed_result(name):
+    case, model = MODEL_CASES[name], _tiny()
+    a = case(model, XI, key=jax.random.key(1), **_target(case))
+    b = case(model, XI, key=jax.random.key(1), **_target(case))
+    c = case(model, XI, key=jax.random.key(2), **_target(case))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    if case.key_optional:
+        unkeyed = case.call(model, XI, **_target(case))
+        np.testing.assert_array_equal(unkeyed, case.call(model, XI, **_target(case)))
+    else:
+        with pytest.raises(ValueError, match="key"):
+            case.call(model, XI, **_target(case))
+
+
+@pytest.mark.parametrize("name", model_ids)
+def test_model_methods_bad_inputs_are_named(name):
+    case, model = MODEL_CASES[name], _tiny()
+    if case.target:
+        with pytest.raises(ValueError, match=r"target .*out of range"):
+            case(model, XI, target=3)
+        with pytest.raises(ValueError, match="expected length N=3"):
+            case(model, XI, target=[0, 1])
+    method = getattr(jaxattr, name.split("(")[0])
+    kw = {**_target(case, 0), **_required(method)}
+    if "layer" in inspect.signature(method).parameters:
+        pos = (NEURON,) if case.neuron else ()
+        with pytest.raises(KeyError, match="layer 'conv9' is not a layer of the model"):
+            method(model, XI, "conv9", *pos, **kw)
+    if case.neuron:
+        with pytest.raises(ValueError, match="out of range"):
+            method(model, XI, LAYER, (0, 1, 4), **kw)
+        with pytest.raises(ValueError, match="must index every non-batch axis"):
+            method(model, XI, LAYER, (0, 1), **kw)
+
+
+def _required(method):
+    """The keyword arguments a method cannot do without (baselines, composite, key)."""
+    params = inspect.signature(method).parameters
+    need = {"baselines": DIST, "composite": jaxattr.epsilon_plus(), "key": KEY}
+    return {
+        k: v
+        for k, v in need.items()
+        if k in params and (params[k].default is inspect.Parameter.empty or k == "key")
+    }
+
+
+#: Public functions that are not attribution methods (none takes a model or function and
+#: the x to explain and returns an attribution of x), by kind. Every other public function
+#: must have a contract case above (in CASES or MODEL_CASES).
+NOT_METHODS = {
+    # the random draws of the methods (to replay them against a reference's)
+    "draw_noise", "fusion_grad_draws", "gradient_shap_draws", "kernel_shap_samples",
+    "lime_samples", "pgd_random_start", "rise_masks", "shapley_permutations",
+    "smoothgrad_draws", "sobol_design", "sobol_sequence", "uniform_perturb",
+    # perturbation and segmentation building blocks
+    "occlude_independent", "permute_feature", "smooth_mask", "felzenszwalb", "xrai_segments",
+    # estimators and surrogate fits behind sobol, hsic and lime
+    "sobol_total_indices", "hsic_indices", "fit_lasso", "fit_linear", "fit_ridge", "fit_sgd",
+    "get_exp_kernel_similarity_function",
+    # metrics: they score attributions already made (and take them)
+    "completeness", "deletion_curve", "insertion_curve", "infidelity", "pointing_game",
+    "sensitivity_max",
+    # combinators: run a given method over targets, neurons or a dataset, or make a neuron
+    # a model; the methods they run are in the contract
+    "for_each_target", "for_each_neuron", "attribute_dataset", "neuron_model",
+    # LRP rules, composites, canonizers: arguments of lrp / layer_lrp
+    "alpha_beta", "beta_smooth", "captum_alpha1_beta0", "captum_gamma", "captum_lrp_composite",
+    "epsilon", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box",
+    "epsilon_plus", "epsilon_plus_flat", "excitation_backprop_composite", "gamma",
+    "guided_backprop_composite", "layer_map_base", "mixed_composite", "pass_rule",
+    "relu_beta_smooth", "relu_guided_backprop", "w_square", "z_box", "z_plus", "apply_rule",
+    "stabilize", "is_relu", "named_merge_batch_norm", "merge_batch_norm", "canonize",
+    "attach", "residual_sums",
+    # model structure, targets, quadrature, resizing
+    "layer_graph", "model_buffers", "incremental_plan", "select_target", "one_hot_max",
+    "quadrature", "interpolate", "gradient_to_saliency",
+    # configuration
+    "clear_caches", "compiler_options", "memory_budget", "set_memory_budget",
+}  # fmt: skip
+
+
+def _looks_like_a_method(fn):
+    """By signature: the explained things first, ``(fn | model, x, ...)``, or a method
+    transform ``(method)`` (noise_tunnel, fusion_grad) that returns one."""
+    pos = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    return pos[:2] in (["fn", "x"], ["model", "x"]) or pos == ["method"]
+
+
+def test_every_public_method_is_in_the_contract():
+    from jaxattr._core import POSITIONAL
+
+    public = {n for n in jaxattr.__all__ if inspect.isfunction(getattr(jaxattr, n))}
+    covered = {k.split("(")[0] for k in [*CASES, *MODEL_CASES]}
+    assert covered <= public, covered - public
+    assert NOT_METHODS <= public, NOT_METHODS - public  # no stale exclusions
+    assert not covered & NOT_METHODS, covered & NOT_METHODS
+    unclassified = public - covered - NOT_METHODS
+    assert not unclassified, f"public functions with no contract case: {sorted(unclassified)}"
+    methods = {n for n in public if _looks_like_a_method(getattr(jaxattr, n))}
+    # a method-shaped exclusion must be a metric: it takes the attributions it scores
+    for name in methods & NOT_METHODS:
+        assert "attributions" in inspect.signature(getattr(jaxattr, name)).parameters, name
+    assert methods - NOT_METHODS == covered, (methods - NOT_METHODS) ^ covered
+    for name in covered:  # the explained things come first, named as the contract names them
+        first = next(iter(inspect.signature(getattr(jaxattr, name)).parameters))
+        assert first in POSITIONAL, (name, first)
