@@ -116,8 +116,10 @@ OP_KINDS: dict[str, str] = {
     "upsample_nearest2d": "upsample",
     "upsample_bilinear2d": "upsample",
 }
-for _n in ("relu gelu silu sigmoid tanh leaky_relu elu selu celu hardtanh hardswish hardsigmoid "
-           "softplus mish prelu relu6 log_sigmoid").split():
+for _n in (
+    "relu gelu silu sigmoid tanh leaky_relu elu selu celu hardtanh hardswish hardsigmoid "
+    "softplus mish prelu relu6 log_sigmoid"
+).split():
     OP_KINDS[_n] = "activation"
 
 _OP_SHORT = {
@@ -160,11 +162,20 @@ def _jdtype(torch_dtype: Any):
     name = str(torch_dtype).replace("torch.", "")
     x64 = jax.config.jax_enable_x64
     table = {
-        "float32": jnp.float32, "float": jnp.float32, "float64": jnp.float64 if x64 else
-        jnp.float32, "double": jnp.float64 if x64 else jnp.float32, "float16": jnp.float16,
-        "half": jnp.float16, "bfloat16": jnp.bfloat16, "int64": jnp.int64 if x64 else
-        jnp.int32, "long": jnp.int64 if x64 else jnp.int32, "int32": jnp.int32,
-        "int": jnp.int32, "int16": jnp.int16, "int8": jnp.int8, "uint8": jnp.uint8,
+        "float32": jnp.float32,
+        "float": jnp.float32,
+        "float64": jnp.float64 if x64 else jnp.float32,
+        "double": jnp.float64 if x64 else jnp.float32,
+        "float16": jnp.float16,
+        "half": jnp.float16,
+        "bfloat16": jnp.bfloat16,
+        "int64": jnp.int64 if x64 else jnp.int32,
+        "long": jnp.int64 if x64 else jnp.int32,
+        "int32": jnp.int32,
+        "int": jnp.int32,
+        "int16": jnp.int16,
+        "int8": jnp.int8,
+        "uint8": jnp.uint8,
         "bool": jnp.bool_,
     }
     if name not in table:
@@ -195,7 +206,8 @@ def _is_tensor_val(val: Any) -> bool:
         return True
     if isinstance(val, (list, tuple)) and val:
         return all(isinstance(v, torch.Tensor) or v is None for v in val) and any(
-            isinstance(v, torch.Tensor) for v in val)
+            isinstance(v, torch.Tensor) for v in val
+        )
     return False
 
 
@@ -264,7 +276,8 @@ def _check_int32(arr: np.ndarray, what: str) -> np.ndarray:
         raise OverflowError(
             f"{what}: int64 values must fit in int32 (range [{info.min}, {info.max}]) while "
             f"JAX 64-bit mode is off, got values in [{arr.min()}, {arr.max()}]; call "
-            "jax.config.update('jax_enable_x64', True) before converting, or remap the ids")
+            "jax.config.update('jax_enable_x64', True) before converting, or remap the ids"
+        )
     return arr.astype(np.int32)
 
 
@@ -391,7 +404,8 @@ def _torch_graph(ep: Any) -> _Graph:
             continue
         raise NotImplementedError(
             f"exported program: input {ph!r} has kind {spec.kind}; only parameters, "
-            "buffers, tensor constants and tensor user inputs are supported")
+            "buffers, tensor constants and tensor user inputs are supported"
+        )
     n_args, kwarg_names = _input_layout(ep)
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     out_args = out_node.args[0]
@@ -414,8 +428,7 @@ def _torch_graph(ep: Any) -> _Graph:
     for n in call_nodes:  # lowered ops called with arguments their lowering cannot take
         key = _op_key(n.target)
         if key in LOWERINGS:
-            args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs),
-                                                 lambda a: a.meta.get("val"))
+            args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("val"))
             why = refusal(key, args, kwargs, n.meta.get("val"))
             if why:
                 path = _innermost_path(n)
@@ -428,22 +441,38 @@ def _torch_graph(ep: Any) -> _Graph:
     instrs: list[_Instr] = []
     for i, n in enumerate(call_nodes):
         key = _op_key(n.target)
-        instrs.append(_Instr(n.name, key, LOWERINGS[key], _template(tuple(n.args)),
-                             _template(dict(n.kwargs)), i))
+        instrs.append(
+            _Instr(
+                n.name, key, LOWERINGS[key], _template(tuple(n.args)), _template(dict(n.kwargs)), i
+            )
+        )
     param_ph_key = dict(param_ph)
     groups = _torch_groups(call_nodes, param_ph_key)
     return _Graph(
-        source=ep, params=params, constants=constants, param_ph=param_ph, const_ph=const_ph,
-        ph_target=ph_target, aliases=aliases, inputs=inputs, n_args=n_args,
-        kwarg_names=kwarg_names, instrs=instrs,
+        source=ep,
+        params=params,
+        constants=constants,
+        param_ph=param_ph,
+        const_ph=const_ph,
+        ph_target=ph_target,
+        aliases=aliases,
+        inputs=inputs,
+        n_args=n_args,
+        kwarg_names=kwarg_names,
+        instrs=instrs,
         node_inputs={n.name: [a.name for a in n.all_input_nodes] for n in ep.graph.nodes},
-        non_tensor={n.name for n in ep.graph.nodes
-                    if n.op != "placeholder" and not _is_tensor_val(n.meta.get("val"))},
+        non_tensor={
+            n.name
+            for n in ep.graph.nodes
+            if n.op != "placeholder" and not _is_tensor_val(n.meta.get("val"))
+        },
         outputs=[_template(out_args[i]) for i in user_out],
         unflatten=lambda flat: _unflatten(out_spec, iter(flat)),
         groups=groups,
-        node_paths={n.name: {p for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items()}
-                    for n in call_nodes},
+        node_paths={
+            n.name: {p for _, (p, _t) in (n.meta.get("nn_module_stack") or {}).items()}
+            for n in call_nodes
+        },
         buffer_names=frozenset(buffers),
     )
 
@@ -455,8 +484,9 @@ def _torch_input(name: str, meta: Any) -> _Input:
 
     shape = tuple(None if isinstance(s, torch.SymInt) else int(s) for s in meta.shape)
     symbols = tuple(str(s) if isinstance(s, torch.SymInt) else None for s in meta.shape)
-    return _Input(name, str(meta.dtype).replace("torch.", ""), shape,
-                  symbols if any(symbols) else None)
+    return _Input(
+        name, str(meta.dtype).replace("torch.", ""), shape, symbols if any(symbols) else None
+    )
 
 
 def _input_layout(ep: Any) -> tuple[int, tuple[str, ...]]:
@@ -470,8 +500,9 @@ def _input_layout(ep: Any) -> tuple[int, tuple[str, ...]]:
     return n_args, kw
 
 
-def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
-                  ) -> list[tuple[list[str], dict[str, Any]]]:
+def _torch_groups(
+    call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
+) -> list[tuple[list[str], dict[str, Any]]]:
     """Group call nodes into layers from their ``nn_module_stack`` metadata."""
     # which module paths are leaves of the traced module tree
     paths: set[str] = set()
@@ -520,8 +551,9 @@ def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
             else:
                 name = path if counts[path] == 0 else f"{path}:{counts[path]}"
                 counts[path] += 1
-                g = current = new_group({"name": name, "path": path, "kind":
-                                         _module_kind(cls), "op": cls})
+                g = current = new_group(
+                    {"name": name, "path": path, "kind": _module_kind(cls), "op": cls}
+                )
                 last_key = skey
             groups[g][0].append(n.name)
             group_of[n.name] = g
@@ -534,8 +566,9 @@ def _torch_groups(call_nodes: Sequence[Any], param_ph_key: Mapping[str, str]
         tensor_args = [a for a in n.args if hasattr(a, "op")]
         if kind in ("add", "mul"):
             acts = [a for a in tensor_args if a.name not in param_ph_key]
-            if len(tensor_args) < 2 or not all(_is_tensor_val(a.meta.get("val"))
-                                               for a in tensor_args):
+            if len(tensor_args) < 2 or not all(
+                _is_tensor_val(a.meta.get("val")) for a in tensor_args
+            ):
                 continue
             if kind == "mul" and packet in ("bmm", "matmul", "mm") and len(acts) < 2:
                 kind = "linear"
@@ -599,8 +632,14 @@ class Converted:
         >>> g = jax.grad(lambda p, x: conv.fn(p, x).sum())(conv.params, x)
     """
 
-    def __init__(self, ep: Any, *, dynamic_batch: bool = True, conversion_time: float = 0.0,
-                 output: Any = None):
+    def __init__(
+        self,
+        ep: Any,
+        *,
+        dynamic_batch: bool = True,
+        conversion_time: float = 0.0,
+        output: Any = None,
+    ):
         graph = ep if isinstance(ep, _Graph) else _torch_graph(ep)
         self.exported = graph.source
         self.conversion_time = conversion_time
@@ -684,7 +723,7 @@ class Converted:
                             local = gkey
                             for cand in (g.ph_target.get(a, gkey), gkey):
                                 if prefix and cand.startswith(prefix):
-                                    local = cand[len(prefix):]
+                                    local = cand[len(prefix) :]
                                     break
                         if local in pnodes.values():
                             local = gkey
@@ -696,17 +735,28 @@ class Converted:
             leaving = [nm for nm in names if users[nm] - members]
             outputs = [nm for nm in leaving if nm not in g.non_tensor]
             instrs = [by_name[nm] for nm in names]
-            layer = Layer(name=info["name"], kind=info["kind"], op=info["op"],
-                          param_names={v: param_ph_key[k] for k, v in pnodes.items()},
-                          attrs=attrs_of(instrs))
-            grp = _Group(layer, instrs, inputs, pnodes, outputs,
-                         min(ins.index for ins in instrs),
-                         [nm for nm in leaving if nm in g.non_tensor])
+            layer = Layer(
+                name=info["name"],
+                kind=info["kind"],
+                op=info["op"],
+                param_names={v: param_ph_key[k] for k, v in pnodes.items()},
+                attrs=attrs_of(instrs),
+            )
+            grp = _Group(
+                layer,
+                instrs,
+                inputs,
+                pnodes,
+                outputs,
+                min(ins.index for ins in instrs),
+                [nm for nm in leaving if nm in g.non_tensor],
+            )
             self._groups.append(grp)
             self.layers[layer.name] = layer
             self.layer_nodes[layer.name] = tuple(names)
-            self._layer_paths[layer.name] = set.union(*(g.node_paths.get(nm, set())
-                                                        for nm in names))
+            self._layer_paths[layer.name] = set.union(
+                *(g.node_paths.get(nm, set()) for nm in names)
+            )
         self._schedule = self._make_schedule(group_of)
 
     def _select_output(self, output: Any) -> None:
@@ -718,13 +768,17 @@ class Converted:
             here = "the output" if not walked else f"output{''.join(f'[{k!r}]' for k in walked)}"
             if isinstance(node, dict):
                 if not isinstance(key, str) or key not in node:
-                    raise KeyError(f"output: {here} is a dict with keys {list(node)}, got "
-                                   f"{key!r}")
+                    raise KeyError(f"output: {here} is a dict with keys {list(node)}, got {key!r}")
             elif isinstance(node, (tuple, list)):
-                if isinstance(key, bool) or not isinstance(key, int) or not (
-                        -len(node) <= key < len(node)):
-                    raise KeyError(f"output: {here} is a tuple of {len(node)}, expected an "
-                                   f"index in [{-len(node)}, {len(node)}), got {key!r}")
+                if (
+                    isinstance(key, bool)
+                    or not isinstance(key, int)
+                    or not (-len(node) <= key < len(node))
+                ):
+                    raise KeyError(
+                        f"output: {here} is a tuple of {len(node)}, expected an "
+                        f"index in [{-len(node)}, {len(node)}), got {key!r}"
+                    )
             else:
                 raise KeyError(f"output: {here} is one tensor; nothing to select with {key!r}")
             node, walked = node[key], [*walked, key]
@@ -790,12 +844,14 @@ class Converted:
         if len(order) != len(units):
             raise RuntimeError(
                 "bridge: could not order the layers of the graph (a symbolic size computed "
-                "inside a layer is used by the same layer); please report this model")
+                "inside a layer is used by the same layer); please report this model"
+            )
         return order
 
     # ----------------------------------------------------------------- running
-    def _env(self, params: Mapping[str, Any], inputs: Sequence[Any],
-             kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def _env(
+        self, params: Mapping[str, Any], inputs: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
         env: dict[str, Any] = {}
         for ph, key in self._param_ph:
             env[ph] = params[key]
@@ -810,13 +866,15 @@ class Converted:
         if len(inputs) != self._n_args:
             raise TypeError(
                 f"converted model: expected {self._n_args} positional input(s) "
-                f"{self.input_names}, got {len(inputs)}")
+                f"{self.input_names}, got {len(inputs)}"
+            )
         unknown = set(kwargs) - set(self.kwarg_names)
         missing = set(self.kwarg_names) - set(kwargs)
         if unknown or missing:
             raise TypeError(
                 f"converted model: keyword inputs must be exactly {sorted(self.kwarg_names)} "
-                f"(as exported), got {sorted(kwargs)}")
+                f"(as exported), got {sorted(kwargs)}"
+            )
         flat = list(inputs) + [kwargs[k] for k in self.kwarg_names]
         flat = [self._prep(x, i) for i, x in enumerate(flat)]
         self._check_symbols(flat)
@@ -836,7 +894,8 @@ class Converted:
                         f"input {spec.value!r}: dimension {axis} has size {size}, but it was "
                         f"exported as the same dynamic dimension ({sym}) as dimension "
                         f"{other_axis} of input {other!r}, which has size {other_size}; "
-                        "give every batched input the same batch size")
+                        "give every batched input the same batch size"
+                    )
                 seen.setdefault(sym, (spec.value, axis, size))
 
     def _prep(self, x: Any, i: int) -> Any:
@@ -860,25 +919,30 @@ class Converted:
                 else:
                     raise TypeError(
                         f"input {name!r}: expected an array of dtype {spec.dtype} (as "
-                        f"exported), got {x.dtype}")
+                        f"exported), got {x.dtype}"
+                    )
         if spec.shape is not None:
             shown = tuple("batch" if s is None else s for s in spec.shape)
             if len(spec.shape) != x.ndim:
                 raise ValueError(
                     f"input {name!r}: expected {len(spec.shape)} dimensions (exported shape "
-                    f"{shown}), got shape {tuple(x.shape)}")
+                    f"{shown}), got shape {tuple(x.shape)}"
+                )
             wrong = [a for a, s in enumerate(spec.shape) if s is not None and s != x.shape[a]]
             if wrong:
                 dynamic = [a for a, s in enumerate(spec.shape) if s is None]
                 hint = ""
                 if 0 in wrong and x.ndim and 0 not in dynamic:
-                    hint = (f"; the model was exported for batch size {spec.shape[0]} only: "
-                            "convert with dynamic_batch=True, or export with dynamic_shapes "
-                            "giving the batch a torch.export.Dim")
+                    hint = (
+                        f"; the model was exported for batch size {spec.shape[0]} only: "
+                        "convert with dynamic_batch=True, or export with dynamic_shapes "
+                        "giving the batch a torch.export.Dim"
+                    )
                 raise ValueError(
                     f"input {name!r}: expected shape {shown} (as exported; dynamic "
                     f"dimensions: {dynamic or 'none'}), got {tuple(x.shape)}: dimension "
-                    f"{wrong[0]} must be {spec.shape[wrong[0]]}{hint}")
+                    f"{wrong[0]} must be {spec.shape[wrong[0]]}{hint}"
+                )
         return x
 
     def _finish(self, env: Mapping[str, Any]) -> Any:
@@ -912,11 +976,16 @@ class Converted:
         """
         flat = self._flatten_inputs(inputs, kwargs)
         args = flat[: self._n_args]
-        kw = dict(zip(self.kwarg_names, flat[self._n_args:], strict=False))
+        kw = dict(zip(self.kwarg_names, flat[self._n_args :], strict=False))
         return self._jit_run(self, *args, **kw)
 
-    def apply(self, params: Mapping[str, Any], *inputs: Any, intercept: Callable[..., Any] |
-              None = None, **kwargs: Any) -> Any:
+    def apply(
+        self,
+        params: Mapping[str, Any],
+        *inputs: Any,
+        intercept: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run the model, routing every layer through ``intercept``.
 
         Each layer's nodes run as ``layer_fn(layer_params, *layer_inputs)`` where
@@ -956,7 +1025,8 @@ class Converted:
                     raise RuntimeError(
                         f"apply: the interceptor never ran layer {grp.layer.name!r}'s "
                         f"layer_fn, but later layers read the shape value {nm!r} computed "
-                        "inside it; call layer_fn (at least once) in the interceptor")
+                        "inside it; call layer_fn (at least once) in the interceptor"
+                    )
             if len(grp.outputs) == 1:
                 env[grp.outputs[0]] = out
             else:
@@ -994,13 +1064,13 @@ class Converted:
             >>> conv.module_layers("layer1.0")[:2]
             ['layer1.0.conv1', 'layer1.0.bn1']
         """
-        out = [name for name, info in self._layer_paths.items()
-               if any(p == path for p in info)]
+        out = [name for name, info in self._layer_paths.items() if any(p == path for p in info)]
         if not out:
             top = {p.split(".")[0] for ps in self._layer_paths.values() for p in ps if p}
             raise KeyError(
                 f"path: no layer runs inside a module named {path!r}; known top-level "
-                f"modules: {sorted(top)}")
+                f"modules: {sorted(top)}"
+            )
         return out
 
     def output_layer(self, path: str) -> str:
@@ -1038,7 +1108,8 @@ class Converted:
         raise ValueError(
             f"path: the output of module {path!r} is made by node {last!r}, which belongs to "
             "no layer (a reshape or view); tap the layer before it instead: "
-            f"{names[-1]!r}")
+            f"{names[-1]!r}"
+        )
 
     def output_layers(self, path: str) -> list[str]:
         """Every layer whose output leaves the torch module at ``path``, in execution order.
@@ -1070,8 +1141,10 @@ class Converted:
         return found
 
     def __repr__(self) -> str:
-        return (f"Converted({len(self.params)} params, {len(self.layers)} layers, "
-                f"inputs={self.input_names}, kwargs={self.kwarg_names})")
+        return (
+            f"Converted({len(self.params)} params, {len(self.layers)} layers, "
+            f"inputs={self.input_names}, kwargs={self.kwarg_names})"
+        )
 
 
 def _group_static_attrs(instrs: Sequence[_Instr]) -> dict[str, Any]:
@@ -1127,8 +1200,11 @@ def _unflatten(spec: Any, it: Any) -> Any:
     if spec.type is list:
         return list(kids)
     ctx = spec.context
-    if isinstance(ctx, (list, tuple)) and len(ctx) == len(kids) and all(
-            isinstance(k, str) for k in ctx):
+    if (
+        isinstance(ctx, (list, tuple))
+        and len(ctx) == len(kids)
+        and all(isinstance(k, str) for k in ctx)
+    ):
         return dict(zip(ctx, kids, strict=False))
     return tuple(kids)
 
@@ -1148,7 +1224,8 @@ def _check_eval(module: Any) -> None:
         raise TrainModeError(
             f"module: BatchNorm/Dropout layers must be in eval mode for conversion, got "
             f"training mode in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; call "
-            "module.eval() first")
+            "module.eval() first"
+        )
 
 
 def _decompose(ep: Any) -> Any:
@@ -1168,7 +1245,8 @@ def _decompose(ep: Any) -> Any:
             "exported program: torch failed while decomposing it into core ATen ops "
             f"(ExportedProgram.run_decompositions raised {type(e).__name__}), before the "
             "bridge read any op; the model uses an op whose torch decomposition fails for "
-            f"these inputs. torch said:\n{first}") from e
+            f"these inputs. torch said:\n{first}"
+        ) from e
 
 
 def _export(module: Any, args: tuple, kwargs: dict, dynamic_batch: bool) -> Any:
@@ -1182,8 +1260,12 @@ def _export(module: Any, args: tuple, kwargs: dict, dynamic_batch: bool) -> Any:
     if dynamic_batch and batch == 1:
         # batch 1 would be baked into the graph: export with two copies instead
         def two(a):
-            return torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim and \
-                a.shape[0] == 1 else a
+            return (
+                torch.cat([a, a])
+                if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
+                else a
+            )
+
         args = tuple(two(a) for a in args)
         kwargs = {k: two(v) for k, v in kwargs.items()}
         batch = 2
@@ -1203,21 +1285,30 @@ def _export(module: Any, args: tuple, kwargs: dict, dynamic_batch: bool) -> Any:
     except Exception as e:  # noqa: BLE001 - re-raised with advice
         msg = str(e)
         first = "\n".join(msg.strip().splitlines()[:6])
-        data_dep = any(s in msg for s in ("data-dependent", "data dependent",
-                                          "GuardOnDataDependent", "Could not guard",
-                                          "Could not extract specialized integer",
-                                          "dynamic control flow"))
+        data_dep = any(
+            s in msg
+            for s in (
+                "data-dependent",
+                "data dependent",
+                "GuardOnDataDependent",
+                "Could not guard",
+                "Could not extract specialized integer",
+                "dynamic control flow",
+            )
+        )
         if data_dep or "DataDependent" in type(e).__name__:
             raise ExportError(
                 f"module: torch.export could not trace {type(module).__name__} because its "
                 "forward branches on tensor values (data-dependent control flow), which one "
                 "traced graph cannot express. Make the branch depend on shapes or Python "
                 "flags, write it with torch.where or torch.cond, or convert the sub-modules "
-                f"around it. torch said:\n{first}") from e
+                f"around it. torch said:\n{first}"
+            ) from e
         raise ExportError(
             f"module: torch.export.export failed on {type(module).__name__} "
             f"({type(e).__name__}); the bridge needs an exportable module. torch said:\n"
-            f"{first}") from e
+            f"{first}"
+        ) from e
     return ep
 
 
@@ -1237,7 +1328,7 @@ def _dynamic_spec(module: Any, args: tuple, kwargs: dict, batch: int, dim: Any) 
     star = next((p for p in params if p.kind == p.VAR_POSITIONAL), None)
     if star is not None and len(positional) < len(args):  # forward(self, x, *xs)
         dyn = {p.name: spec(a) for p, a in zip(positional, args, strict=False)}
-        dyn[star.name] = tuple(spec(a) for a in args[len(positional):])
+        dyn[star.name] = tuple(spec(a) for a in args[len(positional) :])
         dyn.update({k: spec(v) for k, v in kwargs.items()})
         return dyn
     if len(positional) >= len(args):
@@ -1247,8 +1338,14 @@ def _dynamic_spec(module: Any, args: tuple, kwargs: dict, batch: int, dim: Any) 
     return tuple(spec(a) for a in args) if not kwargs else None
 
 
-def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | None = None,
-               dynamic_batch: bool = True, output: Any = None) -> Converted:
+def from_torch(
+    module: Any,
+    example_input: Any,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    dynamic_batch: bool = True,
+    output: Any = None,
+) -> Converted:
     """Convert a ``torch.nn.Module`` into a pure JAX function with named layers.
 
     Args:
@@ -1294,7 +1391,8 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
         if not isinstance(a, torch.Tensor):
             raise TypeError(
                 f"example_input[{i}]: expected a torch.Tensor, got {type(a).__name__}; "
-                "close over non-tensor arguments with a wrapper module")
+                "close over non-tensor arguments with a wrapper module"
+            )
     kwargs = dict(kwargs or {})
     t0 = time.perf_counter()
     # A Hugging Face model with config.use_cache returns a KV cache (DynamicCache), which
@@ -1313,7 +1411,9 @@ def from_torch(module: Any, example_input: Any, *, kwargs: Mapping[str, Any] | N
                 "module: the inputs' leading dimensions do not behave as one batch "
                 f"dimension (the converted graph does not accept the example's shapes "
                 f"{[tuple(t.shape) for t in args if isinstance(t, torch.Tensor)]}); "
-                "converted with the example's fixed shapes instead", stacklevel=2)
+                "converted with the example's fixed shapes instead",
+                stacklevel=2,
+            )
             ep = _export(module, args, kwargs, False)
             conv = from_exported(ep, _t0=t0, dynamic_batch=False, output=output)
     finally:
@@ -1326,22 +1426,34 @@ def _runs_on(conv: Converted, args: tuple, kwargs: dict) -> bool:
     """Whether ``conv`` traces at the example's own shapes (an abstract run, no compute)."""
     import torch
 
-    if not any(isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
-               for a in (*args, *kwargs.values())):
+    if not any(
+        isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1
+        for a in (*args, *kwargs.values())
+    ):
         return True  # exported at the example's own sizes: it fits them
+
     def spec(a):
-        return jax.ShapeDtypeStruct(tuple(a.shape), _jdtype(a.dtype)) if isinstance(
-            a, torch.Tensor) else a
+        return (
+            jax.ShapeDtypeStruct(tuple(a.shape), _jdtype(a.dtype))
+            if isinstance(a, torch.Tensor)
+            else a
+        )
+
     try:
-        jax.eval_shape(lambda p, a, k: conv.fn(p, *a, **k), conv.params,
-                       [spec(a) for a in args], {k: spec(v) for k, v in kwargs.items()})
+        jax.eval_shape(
+            lambda p, a, k: conv.fn(p, *a, **k),
+            conv.params,
+            [spec(a) for a in args],
+            {k: spec(v) for k, v in kwargs.items()},
+        )
     except (TypeError, ValueError):
         return False
     return True
 
 
-def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,
-                  _t0: float | None = None) -> Converted:
+def from_exported(
+    ep: Any, *, dynamic_batch: bool = True, output: Any = None, _t0: float | None = None
+) -> Converted:
     """Convert a ``torch.export.ExportedProgram`` (already exported by the caller).
 
     Args:
@@ -1363,10 +1475,20 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,
         key = _op_key(n.target)
         train_bn = key == "aten._native_batch_norm_legit_functional.default" or (
             key in ("aten._native_batch_norm_legit.default", "aten.batch_norm.default")
-            and len(n.args) > 5 and n.args[5] is True)
-        train_do = key in ("aten.dropout.default", "aten.native_dropout.default",
-                           "aten.feature_dropout.default", "aten.alpha_dropout.default") and \
-            len(n.args) > 2 and n.args[2] is True
+            and len(n.args) > 5
+            and n.args[5] is True
+        )
+        train_do = (
+            key
+            in (
+                "aten.dropout.default",
+                "aten.native_dropout.default",
+                "aten.feature_dropout.default",
+                "aten.alpha_dropout.default",
+            )
+            and len(n.args) > 2
+            and n.args[2] is True
+        )
         if key == "aten.scaled_dot_product_attention.default":
             p = n.args[4] if len(n.args) > 4 else n.kwargs.get("dropout_p", 0.0)
             if p:
@@ -1374,12 +1496,14 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,
                     f"exported program: node {n.name!r} (scaled_dot_product_attention in "
                     f"module {_innermost_path(n) or '<root>'!r}) has dropout_p={p}: attention "
                     "dropout is random; export the module after calling module.eval(), or "
-                    "pass dropout_p=0.0 when not training")
+                    "pass dropout_p=0.0 when not training"
+                )
         if train_bn or train_do:
             raise TrainModeError(
                 f"exported program: node {n.name!r} ({key}) runs in training mode (in module "
                 f"{_innermost_path(n) or '<root>'!r}); export the module after calling "
-                "module.eval()")
+                "module.eval()"
+            )
     ep = _decompose(ep)
     conv = Converted(ep, dynamic_batch=dynamic_batch, output=output)
     conv.conversion_time = time.perf_counter() - t0
@@ -1392,7 +1516,9 @@ def from_exported(ep: Any, *, dynamic_batch: bool = True, output: Any = None,
                 f"only accepts batch size {', '.join(map(str, sizes))} (the exported "
                 f"example's); to accept any batch, export with dynamic_shapes giving dimension "
                 f"0 a torch.export.Dim (e.g. dynamic_shapes=({{0: torch.export.Dim('batch')}},)"
-                f"), or convert the module with from_torch, which does so", stacklevel=3)
+                f"), or convert the module with from_torch, which does so",
+                stacklevel=3,
+            )
     return conv
 
 

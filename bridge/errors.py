@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["BridgeError", "ExportError", "TrainModeError", "UnsupportedArgumentsError",
-           "UnsupportedOpsError"]
+__all__ = [
+    "BridgeError",
+    "ExportError",
+    "TrainModeError",
+    "UnsupportedArgumentsError",
+    "UnsupportedOpsError",
+]
 
 
 class BridgeError(RuntimeError):
@@ -31,8 +36,14 @@ class UnsupportedOpsError(BridgeError, NotImplementedError):
         ['aten._fft_r2c.default', 'aten.abs.default']
     """
 
-    def __init__(self, ops: dict[str, Sequence[str]], *, where: str = "the exported graph",
-                 detail: Mapping[str, str] | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        ops: dict[str, Sequence[str]],
+        *,
+        where: str = "the exported graph",
+        detail: Mapping[str, str] | None = None,
+        hint: str | None = None,
+    ):
         self.ops = {k: list(v) for k, v in ops.items()}
         detail = detail or {}
         label = "nodes" if detail else "used in"
@@ -43,10 +54,14 @@ class UnsupportedOpsError(BridgeError, NotImplementedError):
         ]
         super().__init__(
             f"{len(self.ops)} op(s) in {where} have no JAX lowering:\n"
-            + "\n".join(lines) + "\n"
-            + (hint or "See jaxattr.bridge.supported_ops() for what is supported; rewrite the "
-               "module with supported ops or add a lowering with "
-               "jaxattr.bridge.register_lowering().")
+            + "\n".join(lines)
+            + "\n"
+            + (
+                hint
+                or "See jaxattr.bridge.supported_ops() for what is supported; rewrite the "
+                "module with supported ops or add a lowering with "
+                "jaxattr.bridge.register_lowering()."
+            )
         )
 
 

@@ -45,8 +45,7 @@ from .convert import MODULE_KINDS, Converted, _Graph, _Input, _Instr, _module_ki
 from .errors import BridgeError, UnsupportedOpsError
 from .onnx_ops import _NP_DTYPES, ONNX_LOWERINGS, STATIC_INPUTS, ConcreteInputError
 
-__all__ = ["from_onnx", "supported_onnx_ops", "OnnxFormatError", "ConcreteInputError",
-           "MIN_OPSET"]
+__all__ = ["from_onnx", "supported_onnx_ops", "OnnxFormatError", "ConcreteInputError", "MIN_OPSET"]
 
 #: The oldest default-domain opset read as is; older models are upgraded with
 #: ``onnx.version_converter`` first.
@@ -60,38 +59,71 @@ class OnnxFormatError(BridgeError, ValueError):
 # --------------------------------------------------------------------------- op kinds
 _ACTIVATIONS = set(
     "Relu LeakyRelu Elu Selu Celu Gelu Sigmoid Tanh Softplus Softsign HardSigmoid HardSwish "
-    "Mish PRelu ThresholdedRelu Clip".split())
+    "Mish PRelu ThresholdedRelu Clip".split()
+)
 _ELEMENTWISE = _ACTIVATIONS | set(
     "Add Sub Mul Div Pow Sqrt Exp Log Neg Abs Reciprocal Erf Where Max Min Cast CastLike "
-    "Identity Floor Ceil Round Sign Sin Cos Equal Less Greater Not And Or".split())
+    "Identity Floor Ceil Round Sign Sin Cos Equal Less Greater Not And Or".split()
+)
 #: op type -> layer kind, for operators that are layers on their own
 _OP_KINDS: dict[str, str] = {
-    "Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "linear",
-    "LSTM": "recurrent", "GRU": "recurrent", "RNN": "recurrent",
-    "BatchNormalization": "batch_norm", "LayerNormalization": "norm",
-    "GroupNormalization": "norm", "InstanceNormalization": "norm", "LpNormalization": "norm",
-    "LRN": "norm", "Softmax": "softmax", "LogSoftmax": "softmax", "MaxPool": "max_pool",
-    "GlobalMaxPool": "max_pool", "AveragePool": "avg_pool", "GlobalAveragePool": "avg_pool",
-    "LpPool": "avg_pool", "Resize": "upsample", "Upsample": "upsample",
-    "DepthToSpace": "upsample", "Dropout": "dropout", "Add": "add", "Sum": "add", "Mul": "mul",
+    "Conv": "conv",
+    "ConvTranspose": "conv_transpose",
+    "Gemm": "linear",
+    "LSTM": "recurrent",
+    "GRU": "recurrent",
+    "RNN": "recurrent",
+    "BatchNormalization": "batch_norm",
+    "LayerNormalization": "norm",
+    "GroupNormalization": "norm",
+    "InstanceNormalization": "norm",
+    "LpNormalization": "norm",
+    "LRN": "norm",
+    "Softmax": "softmax",
+    "LogSoftmax": "softmax",
+    "MaxPool": "max_pool",
+    "GlobalMaxPool": "max_pool",
+    "AveragePool": "avg_pool",
+    "GlobalAveragePool": "avg_pool",
+    "LpPool": "avg_pool",
+    "Resize": "upsample",
+    "Upsample": "upsample",
+    "DepthToSpace": "upsample",
+    "Dropout": "dropout",
+    "Add": "add",
+    "Sum": "add",
+    "Mul": "mul",
     "Attention": "attention",
 }
 _OP_KINDS.update({a: "activation" for a in _ACTIVATIONS})
 _WEIGHTED = ("conv", "conv_transpose", "linear", "recurrent", "embedding")
-_PRIORITY = _WEIGHTED + ("attention", "batch_norm", "norm", "softmax", "max_pool", "avg_pool",
-                         "upsample", "dropout")
+_PRIORITY = _WEIGHTED + (
+    "attention",
+    "batch_norm",
+    "norm",
+    "softmax",
+    "max_pool",
+    "avg_pool",
+    "upsample",
+    "dropout",
+)
 _RESHAPES = set("Flatten Reshape Transpose Squeeze Unsqueeze SpaceToDepth".split())
 
 #: op type -> {input position: local parameter name}
 _ROLES: dict[str, dict[int, str]] = {
-    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"},
-    "MatMul": {0: "weight", 1: "kernel"}, "Gather": {0: "weight"}, "PRelu": {1: "weight"},
+    "Conv": {1: "weight", 2: "bias"},
+    "ConvTranspose": {1: "weight", 2: "bias"},
+    "MatMul": {0: "weight", 1: "kernel"},
+    "Gather": {0: "weight"},
+    "PRelu": {1: "weight"},
     "BatchNormalization": {1: "weight", 2: "bias", 3: "running_mean", 4: "running_var"},
     "LayerNormalization": {1: "weight", 2: "bias"},
     "GroupNormalization": {1: "weight", 2: "bias"},
     "InstanceNormalization": {1: "weight", 2: "bias"},
-    "LSTM": {1: "W", 2: "R", 3: "B"}, "GRU": {1: "W", 2: "R", 3: "B"},
-    "RNN": {1: "W", 2: "R", 3: "B"}, "Add": {0: "bias", 1: "bias"},
+    "LSTM": {1: "W", 2: "R", 3: "B"},
+    "GRU": {1: "W", 2: "R", 3: "B"},
+    "RNN": {1: "W", 2: "R", 3: "B"},
+    "Add": {0: "bias", 1: "bias"},
 }
 _ATTR_ALIASES = {"epsilon": "eps"}
 
@@ -112,12 +144,14 @@ def _parse(data: bytes, where: str) -> Any:
     except (DecodeError, RuntimeError, ValueError) as e:
         raise OnnxFormatError(
             f"model: {where} is not an ONNX model or is truncated ({len(data)} bytes; "
-            f"protobuf said: {e})") from e
+            f"protobuf said: {e})"
+        ) from e
     if not proto.ir_version or not proto.HasField("graph") or not proto.graph.output:
         raise OnnxFormatError(
             f"model: {where} ({len(data)} bytes) parsed as protobuf but is not an ONNX model "
             "(no IR version, graph or graph output); the file is truncated or of another "
-            "format")
+            "format"
+        )
     return proto
 
 
@@ -140,7 +174,8 @@ def _load(model: Any) -> tuple[Any, str]:
         return proto, repr(str(path))
     raise TypeError(
         "model: expected a path to an .onnx file, its bytes or an onnx.ModelProto, got "
-        f"{type(model).__name__}")
+        f"{type(model).__name__}"
+    )
 
 
 def _check(proto: Any, where: str) -> Any:
@@ -151,7 +186,8 @@ def _check(proto: Any, where: str) -> Any:
     except (onnx.checker.ValidationError, ValueError) as e:
         first = "\n".join(str(e).strip().splitlines()[:4])
         raise OnnxFormatError(
-            f"model: {where} is not a valid ONNX model (onnx.checker: {first})") from e
+            f"model: {where} is not a valid ONNX model (onnx.checker: {first})"
+        ) from e
     version = _default_opset(proto)
     # a model importing only other domains (ai.onnx.ml, com.microsoft) has no default-domain
     # opset to upgrade: its operators are checked (and listed if unsupported) later
@@ -164,9 +200,12 @@ def _check(proto: Any, where: str) -> Any:
             raise OnnxFormatError(
                 f"model: {where} uses opset {version}; jaxattr reads opset {MIN_OPSET} and "
                 f"newer and onnx.version_converter could not upgrade it ({e}); re-export "
-                f"with opset_version>={MIN_OPSET}") from e
-        warnings.warn(f"model: opset {version} upgraded to {MIN_OPSET} with "
-                      "onnx.version_converter", stacklevel=3)
+                f"with opset_version>={MIN_OPSET}"
+            ) from e
+        warnings.warn(
+            f"model: opset {version} upgraded to {MIN_OPSET} with onnx.version_converter",
+            stacklevel=3,
+        )
     return proto
 
 
@@ -212,8 +251,7 @@ class _Scope:
 
     __slots__ = ("paths", "calls", "classes", "scoped")
 
-    def __init__(self, paths: list[str], calls: list[Any], classes: dict[str, str],
-                 scoped: bool):
+    def __init__(self, paths: list[str], calls: list[Any], classes: dict[str, str], scoped: bool):
         self.paths = paths  # outermost -> innermost module path (root excluded)
         self.calls = calls  # per path: what tells two calls of that module apart
         self.classes = classes
@@ -229,8 +267,9 @@ def _node_scopes(nodes: Sequence[Any], init_names: set[str]) -> list[_Scope]:
         if scopes is not None:  # dynamo exporter: full module paths, last entry the op
             try:
                 names = [str(s) for s in ast.literal_eval(scopes)]
-                classes = [str(s) for s in ast.literal_eval(
-                    md.get("pkg.torch.onnx.class_hierarchy", "[]"))]
+                classes = [
+                    str(s) for s in ast.literal_eval(md.get("pkg.torch.onnx.class_hierarchy", "[]"))
+                ]
             except Exception:  # noqa: BLE001 - malformed metadata: no scope
                 names, classes = [], []
             paths = [s for s in names[1:-1] if s and not s.startswith("_empty")]
@@ -320,24 +359,29 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
         elif n.op_type == "MaxPool" and len(n.output) > 1 and used[n.output[1]]:
             why = "MaxPool (Indices output)"
         elif n.op_type == "BatchNormalization" and any(
-                a.name == "training_mode" and a.i for a in n.attribute):
+            a.name == "training_mode" and a.i for a in n.attribute
+        ):
             why = "BatchNormalization (training_mode=1)"
         elif n.op_type == "Cast" and _narrow_cast(n):
             why = _narrow_cast(n)
         if why is not None:
             missing[why].append(label)
             detail[why] = f"{domain} opset {opsets.get(domain, '?')}"
-    strings = [vi.name for vi in list(g.input) + list(g.output)
-               if vi.type.tensor_type.elem_type == _STRING]
+    strings = [
+        vi.name for vi in list(g.input) + list(g.output) if vi.type.tensor_type.elem_type == _STRING
+    ]
     strings += [t.name for t in g.initializer if t.data_type == _STRING]
     if strings:
         missing["string tensors"] = strings
         detail["string tensors"] = "JAX has no string arrays"
     if missing:
         raise UnsupportedOpsError(
-            missing, where=f"the ONNX graph of {where}", detail=detail,
+            missing,
+            where=f"the ONNX graph of {where}",
+            detail=detail,
             hint="See jaxattr.bridge.supported_onnx_ops() for what is supported; add a "
-            "lowering with jaxattr.bridge.register_onnx_lowering().")
+            "lowering with jaxattr.bridge.register_onnx_lowering().",
+        )
 
     # Which values must be concrete when the graph is traced (shapes, axes, pads, scales and
     # whatever computes them) and which are read as data (by a node computing data, or as a
@@ -364,8 +408,12 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
     for name, arr in known.items():
         if name in init_names or arr is None:
             continue
-        if (jnp.issubdtype(arr.dtype, jnp.floating) and arr.size > 1
-                and name in data_need and name not in static_need):
+        if (
+            jnp.issubdtype(arr.dtype, jnp.floating)
+            and arr.size > 1
+            and name in data_need
+            and name not in static_need
+        ):
             params[name] = jnp.asarray(arr)
         else:
             constants[name] = arr
@@ -379,16 +427,24 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
         dtype = "bfloat16" if tt.elem_type == 16 else (np.dtype(dt).name if dt else None)
         shape = None
         if tt.HasField("shape"):
-            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                          for d in tt.shape.dim)
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in tt.shape.dim
+            )
         inputs.append(_Input(vi.name, dtype, shape))
 
     # graph inputs read as shapes, axes, pads, scales, k ...: concrete values at call time
     # (an integer one also read as data too, a window size; a float one also read as data
     # is not: a shape computed from float data fails, named, in a trace)
-    concrete = {k: why_static[inp.value] for k, inp in enumerate(inputs)
-                if inp.value in static_need and (inp.value not in data_need or (
-                    inp.dtype is not None and not inp.dtype.startswith(("float", "bfloat"))))}
+    concrete = {
+        k: why_static[inp.value]
+        for k, inp in enumerate(inputs)
+        if inp.value in static_need
+        and (
+            inp.value not in data_need
+            or (inp.dtype is not None and not inp.dtype.startswith(("float", "bfloat")))
+        )
+    }
 
     # folded nodes (Constant included) are gone; every other node becomes an instruction
     static: set[str] = set(constants) | {inputs[k].value for k in concrete}
@@ -402,8 +458,12 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
             main_instr.append(None)
             continue
         key = n.op_type if (n.domain or "ai.onnx") == "ai.onnx" else f"{n.domain}::{n.op_type}"
-        if n.op_type == "Split" and (len(n.input) < 2 or not n.input[1]) and \
-                "num_outputs" not in attrs and "split" not in attrs:
+        if (
+            n.op_type == "Split"
+            and (len(n.input) < 2 or not n.input[1])
+            and "num_outputs" not in attrs
+            and "split" not in attrs
+        ):
             attrs["_n_outputs"] = len(n.output)
         outs = list(n.output)
         args = tuple(_Ref(a) if a else None for a in n.input)
@@ -424,8 +484,9 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
             node_of_instr[name] = i
             for j, o in enumerate(outs):
                 if o and used[o]:
-                    instrs.append(_Instr(o, "operator.getitem", _getitem, (_Ref(name), j), {},
-                                         len(instrs)))
+                    instrs.append(
+                        _Instr(o, "operator.getitem", _getitem, (_Ref(name), j), {}, len(instrs))
+                    )
                     node_inputs[o] = [name]
                     node_of_instr[o] = i
                     if is_static:
@@ -444,12 +505,25 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
         return flat[0] if len(flat) == 1 else tuple(flat)
 
     return concrete, _Graph(
-        source=proto, params=params, constants=constants,
-        param_ph=[(k, k) for k in params], const_ph=[(k, k) for k in constants],
-        ph_target={k: k for k in params}, aliases={}, inputs=inputs, n_args=len(inputs),
-        kwarg_names=(), instrs=instrs, node_inputs=node_inputs, non_tensor=static,
-        outputs=[_Ref(o) for o in out_names], unflatten=unflatten, groups=groups,
-        node_paths=node_paths, param_roles=roles, layer_attrs=_layer_attrs,
+        source=proto,
+        params=params,
+        constants=constants,
+        param_ph=[(k, k) for k in params],
+        const_ph=[(k, k) for k in constants],
+        ph_target={k: k for k in params},
+        aliases={},
+        inputs=inputs,
+        n_args=len(inputs),
+        kwarg_names=(),
+        instrs=instrs,
+        node_inputs=node_inputs,
+        non_tensor=static,
+        outputs=[_Ref(o) for o in out_names],
+        unflatten=unflatten,
+        groups=groups,
+        node_paths=node_paths,
+        param_roles=roles,
+        layer_attrs=_layer_attrs,
     )
 
 
@@ -457,8 +531,9 @@ def _onnx_graph(proto: Any, where: str) -> tuple[dict[int, str], _Graph]:
 _SHAPE_READERS = ("Shape", "Size", "EyeLike")
 
 
-def _fold_constants(nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]],
-                    initializers: Sequence[Any]) -> tuple[set[int], dict[str, Any]]:
+def _fold_constants(
+    nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]], initializers: Sequence[Any]
+) -> tuple[set[int], dict[str, Any]]:
     """Evaluate, at conversion, every node computed from constants alone.
 
     Sources are ``Constant`` nodes and integer/bool initializers (float initializers are
@@ -483,11 +558,15 @@ def _fold_constants(nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]],
             try:
                 value = _as_numpy(ONNX_LOWERINGS["Constant"](**attrs))
             except NotImplementedError as e:
-                raise UnsupportedOpsError({f"Constant ({e})": [label]},
-                                          where="the ONNX graph") from e
+                raise UnsupportedOpsError(
+                    {f"Constant ({e})": [label]}, where="the ONNX graph"
+                ) from e
             if value.dtype.kind in "OSU":
-                raise UnsupportedOpsError({"string tensors": [label]}, where="the ONNX graph",
-                                          detail={"string tensors": "JAX has no string arrays"})
+                raise UnsupportedOpsError(
+                    {"string tensors": [label]},
+                    where="the ONNX graph",
+                    detail={"string tensors": "JAX has no string arrays"},
+                )
             known[n.output[0]] = value
             folded.add(i)
             continue
@@ -495,8 +574,12 @@ def _fold_constants(nodes: Sequence[Any], all_attrs: Sequence[dict[str, Any]],
         if not reads or not all(a in known for a in reads) or "<graph>" in attrs.values():
             continue
         a2 = dict(attrs)
-        if n.op_type == "Split" and (len(n.input) < 2 or not n.input[1]) and \
-                "num_outputs" not in a2 and "split" not in a2:
+        if (
+            n.op_type == "Split"
+            and (len(n.input) < 2 or not n.input[1])
+            and "num_outputs" not in a2
+            and "split" not in a2
+        ):
             a2["_n_outputs"] = len(n.output)
         try:
             out = ONNX_LOWERINGS[n.op_type](*(known[a] if a else None for a in n.input), **a2)
@@ -534,8 +617,12 @@ def _as_numpy(v: Any) -> np.ndarray:
     return arr
 
 
-def _value_needs(nodes: Sequence[Any], folded: set[int], outputs: Sequence[str],
-                 why: dict[str, str] | None = None) -> tuple[set[str], set[str]]:
+def _value_needs(
+    nodes: Sequence[Any],
+    folded: set[int],
+    outputs: Sequence[str],
+    why: dict[str, str] | None = None,
+) -> tuple[set[str], set[str]]:
     """Values that must be concrete while tracing, and values read as data.
 
     A value is *static* when a node reads it as a shape, axes, pads, scales, ... input
@@ -561,8 +648,11 @@ def _value_needs(nodes: Sequence[Any], folded: set[int], outputs: Sequence[str],
                 static_need.add(a)
                 if why is not None and a not in why:
                     label = f"node {n.name or '#' + str(i)!r} ({n.op_type})"
-                    why[a] = (f"the {_input_name(n, j)!r} input of {label}" if j in pos else
-                              f"read by {label}, whose output is needed as a shape-like value")
+                    why[a] = (
+                        f"the {_input_name(n, j)!r} input of {label}"
+                        if j in pos
+                        else f"read by {label}, whose output is needed as a shape-like value"
+                    )
             if j not in pos and out_data:
                 data_need.add(a)
     return static_need, data_need
@@ -576,14 +666,18 @@ def _select_outputs(fn: Any, n_out: int, label: str = "", node: Any = None) -> A
             if node is None or getattr(e, "node", None) is not None:
                 raise
             pos = STATIC_INPUTS.get(node.op_type, ())
-            traced = [f"{_input_name(node, j)!r} ({node.input[j]!r})" for j in pos
-                      if j < len(args) and isinstance(args[j], jax.core.Tracer)]
+            traced = [
+                f"{_input_name(node, j)!r} ({node.input[j]!r})"
+                for j in pos
+                if j < len(args) and isinstance(args[j], jax.core.Tracer)
+            ]
             err = ConcreteInputError(
                 f"node {label!r} ({node.op_type}): input {' and '.join(traced) or '?'} must be "
                 "concrete when the graph is traced (JAX compiles for fixed shapes), but it is "
                 "computed from traced data (a parameter, or a graph input inside "
                 "jax.jit/vmap/grad). Compute it from constants or Shape, or feed the graph "
-                "inputs it comes from as concrete arrays")
+                "inputs it comes from as concrete arrays"
+            )
             err.node = label  # type: ignore[attr-defined]
             raise err from e
         except BridgeError:
@@ -591,9 +685,11 @@ def _select_outputs(fn: Any, n_out: int, label: str = "", node: Any = None) -> A
         except NotImplementedError as e:  # a lowering refusing an attribute or input value
             op = node.op_type if node is not None else "node"
             raise UnsupportedOpsError(
-                {f"{op} ({e})": [label or "?"]}, where="the ONNX graph (found while tracing)",
+                {f"{op} ({e})": [label or "?"]},
+                where="the ONNX graph (found while tracing)",
                 hint="This use of the operator has no lowering; see "
-                "jaxattr.bridge.supported_onnx_ops() and docs/onnx.md.") from e
+                "jaxattr.bridge.supported_onnx_ops() and docs/onnx.md.",
+            ) from e
         if isinstance(out, tuple) and n_out == 1:
             return out[0]
         return out
@@ -637,12 +733,18 @@ def _op_kind(node: Any, params: Mapping[str, Any]) -> str | None:
     return _OP_KINDS.get(t)
 
 
-def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[str | None],
-           instrs: Sequence[_Instr], node_of_instr: Mapping[str, int], static: set[str],
-           params: Mapping[str, Any]
-           ) -> tuple[list[tuple[list[str], dict[str, Any]]], dict[tuple[str, str], str]]:
-    live = [i for i, n in enumerate(nodes) if main_instr[i] is not None
-            and main_instr[i] not in static]
+def _group(
+    nodes: Sequence[Any],
+    scopes: Sequence[_Scope],
+    main_instr: Sequence[str | None],
+    instrs: Sequence[_Instr],
+    node_of_instr: Mapping[str, int],
+    static: set[str],
+    params: Mapping[str, Any],
+) -> tuple[list[tuple[list[str], dict[str, Any]]], dict[tuple[str, str], str]]:
+    live = [
+        i for i, n in enumerate(nodes) if main_instr[i] is not None and main_instr[i] not in static
+    ]
     paths = {p for i in live for p in scopes[i].paths}
     parents = set()
     for p in paths:
@@ -686,8 +788,10 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
         kind = _op_kind(n, params)
         if kind is None or kind == "reshape":
             continue
-        if kind in ("add", "mul") and len([a for a in n.input if a and a not in static
-                                           and a not in params]) < 2:
+        if (
+            kind in ("add", "mul")
+            and len([a for a in n.input if a and a not in static and a not in params]) < 2
+        ):
             continue  # a sum or product of activations (residual, gate) is a layer
         members.append([i])
         info.append({"path": sc.paths[-1] if sc.paths else "", "module": False, "cls": None})
@@ -703,8 +807,11 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
         kinds = [_op_kind(nodes[i], params) if i in live_set else None for i in idx]
         kind = next((k for k in _PRIORITY if k in kinds), None)
         cls = inf["cls"]
-        if kind not in _WEIGHTED and cls is not None and (
-                cls in MODULE_KINDS or _module_kind(cls) != "other"):
+        if (
+            kind not in _WEIGHTED
+            and cls is not None
+            and (cls in MODULE_KINDS or _module_kind(cls) != "other")
+        ):
             kind = _module_kind(cls)
         if kind is None:
             live_kinds = [k for i, k in zip(idx, kinds, strict=True) if i in live_set]
@@ -714,8 +821,10 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
                 kind = "activation"
             else:
                 kind = "other"
-        main = next((i for i, k in zip(idx, kinds, strict=True) if k == kind),
-                    next(i for i in idx if i in live_set))
+        main = next(
+            (i for i, k in zip(idx, kinds, strict=True) if k == kind),
+            next(i for i in idx if i in live_set),
+        )
         node = nodes[main]
         op = cls or node.op_type
         weighted = [nodes[i] for i, k in zip(idx, kinds, strict=True) if k in _WEIGHTED]
@@ -732,8 +841,9 @@ def _group(nodes: Sequence[Any], scopes: Sequence[_Scope], main_instr: Sequence[
         elif scopes[main].scoped:
             parent = inf["path"]
             short = _snake(node.op_type)
-            base = wname if kind in _WEIGHTED and wname else (
-                f"{parent}.{short}" if parent else short)
+            base = (
+                wname if kind in _WEIGHTED and wname else (f"{parent}.{short}" if parent else short)
+            )
         else:
             base = node.name or wname or _snake(node.op_type)
         name = base if counts[base] == 0 else f"{base}:{counts[base]}"
@@ -827,8 +937,7 @@ class _Frozen:
         return isinstance(other, _Frozen) and self._key == other._key
 
 
-def _call_concrete(model: Converted, fixed: tuple[tuple[int, _Frozen], ...],
-                   *dynamic: Any) -> Any:
+def _call_concrete(model: Converted, fixed: tuple[tuple[int, _Frozen], ...], *dynamic: Any) -> Any:
     values = dict((i, f.array) for i, f in fixed)
     rest = iter(dynamic)
     flat = [values[i] if i in values else next(rest) for i in range(len(fixed) + len(dynamic))]
@@ -861,7 +970,8 @@ class _OnnxConverted(Converted):
                 f"input {name!r} is {self._concrete[i]}, so it must be a concrete array "
                 "(NumPy, or a JAX array outside jax.jit/vmap/grad): the compiled program "
                 "specializes on its value. It is traced here; pass it from outside the "
-                "transformation (e.g. close over it) or make it a constant of the model")
+                "transformation (e.g. close over it) or make it a constant of the model"
+            )
         if type(x).__module__.startswith("torch"):
             x = x.detach().cpu().numpy()
         return np.asarray(x)

@@ -26,8 +26,13 @@ from jax import lax
 from . import lowerings as L
 from .errors import BridgeError, UnsupportedOpsError
 
-__all__ = ["ONNX_LOWERINGS", "STATIC_INPUTS", "ConcreteInputError", "register_onnx_lowering",
-           "onnx_dtype"]
+__all__ = [
+    "ONNX_LOWERINGS",
+    "STATIC_INPUTS",
+    "ConcreteInputError",
+    "register_onnx_lowering",
+    "onnx_dtype",
+]
 
 
 class ConcreteInputError(BridgeError, TypeError):
@@ -40,20 +45,47 @@ class ConcreteInputError(BridgeError, TypeError):
     input traced) or is computed from data; the message names the node and the input.
     """
 
+
 #: ONNX op type -> lowering ``fn(*inputs, **attributes)``.
 ONNX_LOWERINGS: dict[str, Callable[..., Any]] = {}
 
 #: op type -> input positions that must be known when the graph is traced (shapes, axes,
 #: pads, scales). An initializer used only there is a constant, not a parameter.
 STATIC_INPUTS: dict[str, tuple[int, ...]] = {
-    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
-    "Unsqueeze": (1,), "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 3),
-    "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "CumSum": (1,), "CumProd": (1,),
-    "OneHot": (1,), "Trilu": (1,), "Dropout": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,),
-    "ReduceMax": (1,), "LSTM": (4,), "GRU": (4,), "RNN": (4,), "HannWindow": (0,),
-    "HammingWindow": (0,), "BlackmanWindow": (0,),
-    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
-    "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "ReduceLogSum": (1,),
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Split": (1,),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Pad": (1, 3),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "TopK": (1,),
+    "CumSum": (1,),
+    "CumProd": (1,),
+    "OneHot": (1,),
+    "Trilu": (1,),
+    "Dropout": (1, 2),
+    "ReduceSum": (1,),
+    "ReduceMean": (1,),
+    "ReduceMax": (1,),
+    "LSTM": (4,),
+    "GRU": (4,),
+    "RNN": (4,),
+    "HannWindow": (0,),
+    "HammingWindow": (0,),
+    "BlackmanWindow": (0,),
+    "ReduceMin": (1,),
+    "ReduceProd": (1,),
+    "ReduceL1": (1,),
+    "ReduceL2": (1,),
+    "ReduceSumSquare": (1,),
+    "ReduceLogSumExp": (1,),
+    "ReduceLogSum": (1,),
 }
 
 
@@ -89,8 +121,18 @@ reg = register_onnx_lowering
 # --------------------------------------------------------------------------- helpers
 #: TensorProto element type -> NumPy dtype
 _NP_DTYPES = {
-    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
-    7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    4: np.uint16,
+    5: np.int16,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+    12: np.uint32,
+    13: np.uint64,
 }
 
 
@@ -131,7 +173,8 @@ def _concrete(v: Any) -> np.ndarray:
     if isinstance(v, jax.core.Tracer):
         raise ConcreteInputError(
             "a shape, axes, pads, scales or count input is a traced value; it must be "
-            "concrete when the graph is traced")
+            "concrete when the graph is traced"
+        )
     return np.asarray(v)
 
 
@@ -167,18 +210,24 @@ def _int_div(a, b):
 
 def _jdiv(a, b):
     if jnp.issubdtype(jnp.result_type(a), jnp.integer) and jnp.issubdtype(
-            jnp.result_type(b), jnp.integer):
+        jnp.result_type(b), jnp.integer
+    ):
         return lax.div(*jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b)))
     return jnp.divide(a, b)
 
 
 for _name, _np_fn, _j_fn in (
-    ("Add", np.add, jnp.add), ("Sub", np.subtract, jnp.subtract),
-    ("Mul", np.multiply, jnp.multiply), ("Div", _int_div, _jdiv),
+    ("Add", np.add, jnp.add),
+    ("Sub", np.subtract, jnp.subtract),
+    ("Mul", np.multiply, jnp.multiply),
+    ("Div", _int_div, _jdiv),
     ("Equal", np.equal, jnp.equal),
-    ("Less", np.less, jnp.less), ("LessOrEqual", np.less_equal, jnp.less_equal),
-    ("Greater", np.greater, jnp.greater), ("GreaterOrEqual", np.greater_equal, jnp.greater_equal),
-    ("And", np.logical_and, jnp.logical_and), ("Or", np.logical_or, jnp.logical_or),
+    ("Less", np.less, jnp.less),
+    ("LessOrEqual", np.less_equal, jnp.less_equal),
+    ("Greater", np.greater, jnp.greater),
+    ("GreaterOrEqual", np.greater_equal, jnp.greater_equal),
+    ("And", np.logical_and, jnp.logical_and),
+    ("Or", np.logical_or, jnp.logical_or),
     ("Xor", np.logical_xor, jnp.logical_xor),
     ("BitwiseAnd", np.bitwise_and, jnp.bitwise_and),
     ("BitwiseOr", np.bitwise_or, jnp.bitwise_or),
@@ -211,19 +260,35 @@ def _unary(np_fn: Callable[..., Any] | None, jnp_fn: Callable[..., Any]) -> Call
 
 
 for _name, _np_fn, _j_fn in (
-    ("Neg", np.negative, jnp.negative), ("Abs", np.abs, jnp.abs),
-    ("Sqrt", np.sqrt, jnp.sqrt), ("Exp", np.exp, jnp.exp), ("Log", np.log, jnp.log),
-    ("Reciprocal", np.reciprocal, jnp.reciprocal), ("Floor", np.floor, jnp.floor),
-    ("Ceil", np.ceil, jnp.ceil), ("Round", np.round, jnp.round), ("Sign", np.sign, jnp.sign),
-    ("Sin", np.sin, jnp.sin), ("Cos", np.cos, jnp.cos), ("Tan", np.tan, jnp.tan),
-    ("Asin", np.arcsin, jnp.arcsin), ("Acos", np.arccos, jnp.arccos),
-    ("Atan", np.arctan, jnp.arctan), ("Sinh", np.sinh, jnp.sinh), ("Cosh", np.cosh, jnp.cosh),
-    ("Not", np.logical_not, jnp.logical_not), ("IsNaN", np.isnan, jnp.isnan),
-    ("Tanh", np.tanh, jnp.tanh), ("Asinh", np.arcsinh, jnp.arcsinh),
-    ("Acosh", np.arccosh, jnp.arccosh), ("Atanh", np.arctanh, jnp.arctanh),
+    ("Neg", np.negative, jnp.negative),
+    ("Abs", np.abs, jnp.abs),
+    ("Sqrt", np.sqrt, jnp.sqrt),
+    ("Exp", np.exp, jnp.exp),
+    ("Log", np.log, jnp.log),
+    ("Reciprocal", np.reciprocal, jnp.reciprocal),
+    ("Floor", np.floor, jnp.floor),
+    ("Ceil", np.ceil, jnp.ceil),
+    ("Round", np.round, jnp.round),
+    ("Sign", np.sign, jnp.sign),
+    ("Sin", np.sin, jnp.sin),
+    ("Cos", np.cos, jnp.cos),
+    ("Tan", np.tan, jnp.tan),
+    ("Asin", np.arcsin, jnp.arcsin),
+    ("Acos", np.arccos, jnp.arccos),
+    ("Atan", np.arctan, jnp.arctan),
+    ("Sinh", np.sinh, jnp.sinh),
+    ("Cosh", np.cosh, jnp.cosh),
+    ("Not", np.logical_not, jnp.logical_not),
+    ("IsNaN", np.isnan, jnp.isnan),
+    ("Tanh", np.tanh, jnp.tanh),
+    ("Asinh", np.arcsinh, jnp.arcsinh),
+    ("Acosh", np.arccosh, jnp.arccosh),
+    ("Atanh", np.arctanh, jnp.arctanh),
     ("BitwiseNot", np.bitwise_not, jnp.bitwise_not),
-    ("Erf", None, jax.scipy.special.erf), ("Sigmoid", None, jax.nn.sigmoid),
-    ("Relu", None, jax.nn.relu), ("Softsign", None, jax.nn.soft_sign),
+    ("Erf", None, jax.scipy.special.erf),
+    ("Sigmoid", None, jax.nn.sigmoid),
+    ("Relu", None, jax.nn.relu),
+    ("Softsign", None, jax.nn.soft_sign),
     ("Mish", None, lambda x: x * jnp.tanh(jax.nn.softplus(x))),
     ("HardSwish", None, L.hardswish),
 ):
@@ -323,21 +388,37 @@ def mean_(*xs):
 
 #: float8 element types: a saturating cast (clip to the finite range, then round to nearest
 #: even with ml_dtypes) is exactly what onnxruntime computes
-_FLOAT8 = {17: ("FLOAT8E4M3FN", ml_dtypes.float8_e4m3fn),
-           18: ("FLOAT8E4M3FNUZ", ml_dtypes.float8_e4m3fnuz),
-           19: ("FLOAT8E5M2", ml_dtypes.float8_e5m2),
-           20: ("FLOAT8E5M2FNUZ", ml_dtypes.float8_e5m2fnuz)}
+_FLOAT8 = {
+    17: ("FLOAT8E4M3FN", ml_dtypes.float8_e4m3fn),
+    18: ("FLOAT8E4M3FNUZ", ml_dtypes.float8_e4m3fnuz),
+    19: ("FLOAT8E5M2", ml_dtypes.float8_e5m2),
+    20: ("FLOAT8E5M2FNUZ", ml_dtypes.float8_e5m2fnuz),
+}
 #: element types whose ONNX rounding/overflow ml_dtypes does not follow: refused (the
 #: ml_dtypes type is None where this ml_dtypes version lacks it)
-_NARROW = {code: (name, getattr(ml_dtypes, attr, None)) for code, name, attr in (
-    (21, "UINT4", "uint4"), (22, "INT4", "int4"), (23, "FLOAT4E2M1", "float4_e2m1fn"),
-    (24, "FLOAT8E8M0", "float8_e8m0fnu"), (25, "UINT2", "uint2"), (26, "INT2", "int2"))}
+_NARROW = {
+    code: (name, getattr(ml_dtypes, attr, None))
+    for code, name, attr in (
+        (21, "UINT4", "uint4"),
+        (22, "INT4", "int4"),
+        (23, "FLOAT4E2M1", "float4_e2m1fn"),
+        (24, "FLOAT8E8M0", "float8_e8m0fnu"),
+        (25, "UINT2", "uint2"),
+        (26, "INT2", "int2"),
+    )
+}
 
 
 def _elem_type(dtype: Any) -> int | None:
     """The float8/narrow ONNX element type of ``dtype``, else None."""
-    return next((code for code, (_, t) in {**_FLOAT8, **_NARROW}.items()
-                 if t is not None and np.dtype(t) == dtype), None)
+    return next(
+        (
+            code
+            for code, (_, t) in {**_FLOAT8, **_NARROW}.items()
+            if t is not None and np.dtype(t) == dtype
+        ),
+        None,
+    )
 
 
 def _narrow_cast(op: str, x: Any, elem_type: int, saturate: int) -> Any:
@@ -346,10 +427,12 @@ def _narrow_cast(op: str, x: Any, elem_type: int, saturate: int) -> Any:
         name = {**_FLOAT8, **_NARROW}[elem_type][0]
         what = f"{op} (to={name}" + (")" if elem_type in _NARROW else ", saturate=0)")
         raise UnsupportedOpsError(
-            {what: ["a node found when the graph was traced"]}, where="the ONNX graph",
+            {what: ["a node found when the graph was traced"]},
+            where="the ONNX graph",
             hint="Casts to 4-bit and 2-bit integers, FLOAT4E2M1, FLOAT8E8M0 and non-saturating "
             "float8 are not supported: their rounding and overflow differ from JAX's "
-            "(ml_dtypes) casts. Saturating float8 casts (saturate=1) are supported.")
+            "(ml_dtypes) casts. Saturating float8 casts (saturate=1) are supported.",
+        )
     dtype = np.dtype(_FLOAT8[elem_type][1])
     big = float(ml_dtypes.finfo(dtype).max)
     xp = _xp(x)
@@ -379,15 +462,25 @@ def cast_like(x, like, *, saturate=1):
 def dropout(x, ratio=None, training_mode=None, *, seed=None):
     training = training_mode is not None and bool(_concrete(training_mode))
     if training and (ratio is None or float(_concrete(ratio)) != 0.0):
-        raise NotImplementedError("training_mode=1 with a nonzero ratio drops at random; "
-                                  "export in eval mode")
+        raise NotImplementedError(
+            "training_mode=1 with a nonzero ratio drops at random; export in eval mode"
+        )
     return x, jnp.ones(jnp.shape(x), bool)
 
 
 # --------------------------------------------------------------------------- constants
 @reg("Constant")
-def constant(*, value=None, value_float=None, value_floats=None, value_int=None,
-             value_ints=None, value_string=None, value_strings=None, sparse_value=None):
+def constant(
+    *,
+    value=None,
+    value_float=None,
+    value_floats=None,
+    value_int=None,
+    value_ints=None,
+    value_string=None,
+    value_strings=None,
+    sparse_value=None,
+):
     if value is not None:
         return np.asarray(value)
     if value_float is not None:
@@ -707,8 +800,11 @@ def _reduction(kind: str) -> Callable[..., Any]:
             else:
                 info = jnp.iinfo(dt)
                 fill = info.min if kind == "max" else info.max
-            shape = [1 if a in ax else d for a, d in enumerate(np.shape(x))] if kd else [
-                d for a, d in enumerate(np.shape(x)) if a not in ax]
+            shape = (
+                [1 if a in ax else d for a, d in enumerate(np.shape(x))]
+                if kd
+                else [d for a, d in enumerate(np.shape(x)) if a not in ax]
+            )
             return _np_result(xp.full(shape, fill, dt))
         if kind == "sum":
             out = xp.sum(x, axis=ax, keepdims=kd)
@@ -736,9 +832,15 @@ def _reduction(kind: str) -> Callable[..., Any]:
 
 
 for _name, _kind in (
-    ("ReduceSum", "sum"), ("ReduceMean", "mean"), ("ReduceMax", "max"), ("ReduceMin", "min"),
-    ("ReduceProd", "prod"), ("ReduceL1", "l1"), ("ReduceL2", "l2"),
-    ("ReduceSumSquare", "sumsquare"), ("ReduceLogSum", "logsum"),
+    ("ReduceSum", "sum"),
+    ("ReduceMean", "mean"),
+    ("ReduceMax", "max"),
+    ("ReduceMin", "min"),
+    ("ReduceProd", "prod"),
+    ("ReduceL1", "l1"),
+    ("ReduceL2", "l2"),
+    ("ReduceSumSquare", "sumsquare"),
+    ("ReduceLogSum", "logsum"),
     ("ReduceLogSumExp", "logsumexp"),
 ):
     ONNX_LOWERINGS[_name] = _reduction(_kind)
@@ -786,8 +888,7 @@ def nll_loss(x, target, weight=None, *, ignore_index=None, reduction="mean"):
 
 
 @reg("SoftmaxCrossEntropyLoss")
-def softmax_cross_entropy_loss(x, target, weight=None, *, ignore_index=None,
-                               reduction="mean"):
+def softmax_cross_entropy_loss(x, target, weight=None, *, ignore_index=None, reduction="mean"):
     logp = jax.nn.log_softmax(x, axis=1)
     return _nll(logp, target, weight, reduction, ignore_index, False), logp
 
@@ -859,9 +960,14 @@ def einsum(*xs, equation):
 
 
 # --------------------------------------------------------------------------- conv / pool
-def _pads(x_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
-          dilations: Sequence[int], pads: Sequence[int] | None, auto_pad: str
-          ) -> list[tuple[int, int]]:
+def _pads(
+    x_spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str,
+) -> list[tuple[int, int]]:
     nsp = len(kernel)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = []
@@ -876,8 +982,18 @@ def _pads(x_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int
 
 
 @reg("Conv")
-def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None):
+def conv(
+    x,
+    w,
+    b=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
     nsp = w.ndim - 2
     k = tuple(w.shape[2:])
     st = tuple(strides or (1,) * nsp)
@@ -887,17 +1003,31 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
 
 
 @reg("ConvTranspose")
-def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
-                   kernel_shape=None, output_padding=None, output_shape=None, pads=None,
-                   strides=None):
+def conv_transpose(
+    x,
+    w,
+    b=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    output_padding=None,
+    output_shape=None,
+    pads=None,
+    strides=None,
+):
     nsp = w.ndim - 2
     k = tuple(w.shape[2:])
     st = tuple(strides or (1,) * nsp)
     dl = tuple(dilations or (1,) * nsp)
     op = list(output_padding or (0,) * nsp)
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(output_shape)[-nsp:] if output_shape is not None else [
-            n * s for n, s in zip(x.shape[2:], st, strict=True)]
+        target = (
+            list(output_shape)[-nsp:]
+            if output_shape is not None
+            else [n * s for n, s in zip(x.shape[2:], st, strict=True)]
+        )
         pp = []
         for i in range(nsp):
             total = st[i] * (x.shape[2 + i] - 1) + op[i] + ((k[i] - 1) * dl[i] + 1) - target[i]
@@ -914,8 +1044,17 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
 
 
 @reg("MaxPool")
-def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape,
-             pads=None, storage_order=0, strides=None):
+def max_pool(
+    x,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    dilations=None,
+    kernel_shape,
+    pads=None,
+    storage_order=0,
+    strides=None,
+):
     nsp = len(kernel_shape)
     st = tuple(strides or (1,) * nsp)
     dl = tuple(dilations or (1,) * nsp)
@@ -927,8 +1066,17 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape,
 
 
 @reg("AveragePool")
-def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
-                 kernel_shape, pads=None, strides=None):
+def average_pool(
+    x,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    count_include_pad=0,
+    dilations=None,
+    kernel_shape,
+    pads=None,
+    strides=None,
+):
     nsp = len(kernel_shape)
     k = tuple(kernel_shape)
     st = tuple(strides or (1,) * nsp)
@@ -940,14 +1088,22 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     # fall inside the input (and inside the explicit pads with count_include_pad); the
     # ceil-mode overhang never counts. The count is separable: one 1-D count per axis.
     full = L._pool_pads(x.shape[2:], k, st, pp, dl, bool(ceil_mode))
-    total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, (1, 1) + k, (1, 1) + st,
-                              [(0, 0), (0, 0)] + full, window_dilation=(1, 1) + dl)
+    total = lax.reduce_window(
+        x,
+        jnp.zeros((), x.dtype),
+        lax.add,
+        (1, 1) + k,
+        (1, 1) + st,
+        [(0, 0), (0, 0)] + full,
+        window_dilation=(1, 1) + dl,
+    )
     count = np.ones((), np.float64)
     for a in range(nsp):
         n, (lo, hi), (flo, fhi) = x.shape[2 + a], pp[a], full[a]
         valid = np.zeros(n + flo + fhi)
-        valid[flo - lo if count_include_pad else flo:
-              flo + n + (hi if count_include_pad else 0)] = 1.0
+        valid[
+            flo - lo if count_include_pad else flo : flo + n + (hi if count_include_pad else 0)
+        ] = 1.0
         taps = np.arange(total.shape[2 + a])[:, None] * st[a] + np.arange(k[a]) * dl[a]
         count = np.multiply.outer(count, valid[taps].sum(axis=1))
     return total / jnp.asarray(np.maximum(count, 1.0), x.dtype)
@@ -964,17 +1120,23 @@ def global_max_pool(x):
 
 
 @reg("LpPool")
-def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, p=2,
-            pads=None, strides=None):
+def lp_pool(
+    x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, p=2, pads=None, strides=None
+):
     nsp = len(kernel_shape)
     st = tuple(strides or (1,) * nsp)
     dl = tuple(dilations or (1,) * nsp)
     pp = _pads(x.shape[2:], kernel_shape, st, dl, pads, auto_pad)
     k = tuple(kernel_shape)
-    total = lax.reduce_window(jnp.abs(x) ** p, 0.0, lax.add, (1, 1) + k, (1, 1) + st,
-                              [(0, 0), (0, 0)] + L._pool_pads(x.shape[2:], k, st, pp, dl,
-                                                             bool(ceil_mode)),
-                              window_dilation=(1, 1) + dl)
+    total = lax.reduce_window(
+        jnp.abs(x) ** p,
+        0.0,
+        lax.add,
+        (1, 1) + k,
+        (1, 1) + st,
+        [(0, 0), (0, 0)] + L._pool_pads(x.shape[2:], k, st, pp, dl, bool(ceil_mode)),
+        window_dilation=(1, 1) + dl,
+    )
     return _root(total, p)
 
 
@@ -990,11 +1152,11 @@ def _chan(v: Any, nd: int) -> Any:
 
 
 @reg("BatchNormalization")
-def batch_norm(x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0,
-               spatial=1):
+def batch_norm(x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0, spatial=1):
     if training_mode:
-        raise NotImplementedError("BatchNormalization: training_mode=1 is not supported "
-                                  "(export the model in eval mode)")
+        raise NotImplementedError(
+            "BatchNormalization: training_mode=1 is not supported (export the model in eval mode)"
+        )
     nd = x.ndim
     inv = lax.rsqrt(_chan(var, nd) + epsilon)
     return (x - _chan(mean, nd)) * inv * _chan(scale, nd) + _chan(b, nd)
@@ -1024,8 +1186,16 @@ def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
 
 
 @reg("RotaryEmbedding")
-def rotary_embedding(x, cos_cache, sin_cache, position_ids=None, *, interleaved=0,
-                     num_heads=0, rotary_embedding_dim=0):
+def rotary_embedding(
+    x,
+    cos_cache,
+    sin_cache,
+    position_ids=None,
+    *,
+    interleaved=0,
+    num_heads=0,
+    rotary_embedding_dim=0,
+):
     """Opset 23 rotary position embedding of ``x`` (batch, heads, seq, head) or (batch,
     seq, heads * head); caches indexed by ``position_ids`` when given."""
     shape = x.shape
@@ -1045,7 +1215,7 @@ def rotary_embedding(x, cos_cache, sin_cache, position_ids=None, *, interleaved=
     if interleaved:
         x1, x2 = head[..., 0::2], head[..., 1::2]
     else:
-        x1, x2 = head[..., : rot // 2], head[..., rot // 2:]
+        x1, x2 = head[..., : rot // 2], head[..., rot // 2 :]
     real = cos * x1 - sin * x2
     imag = sin * x1 + cos * x2
     if interleaved:
@@ -1066,10 +1236,25 @@ def _safe_softmax(s):
 
 
 @reg("Attention")
-def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None,
-              *, is_causal=0, kv_num_heads=None, q_num_heads=None, qk_matmul_output_mode=0,
-              scale=None, softcap=0.0, softmax_precision=None, left_window_size=-1,
-              right_window_size=-1):
+def attention(
+    q,
+    k,
+    v,
+    attn_mask=None,
+    past_key=None,
+    past_value=None,
+    nonpad_kv_seqlen=None,
+    *,
+    is_causal=0,
+    kv_num_heads=None,
+    q_num_heads=None,
+    qk_matmul_output_mode=0,
+    scale=None,
+    softcap=0.0,
+    softmax_precision=None,
+    left_window_size=-1,
+    right_window_size=-1,
+):
     """Opset 23+ scaled dot-product attention, as ONNX's reference computes it: 3-D inputs
     (batch, seq, heads * head) or 4-D (batch, heads, seq, head); grouped-query heads; past
     key/value caches; boolean or additive masks (a shorter mask is padded with -inf);
@@ -1078,6 +1263,7 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     dt = q.dtype
     three_d = q.ndim == 3
     if three_d:
+
         def heads(t, n):
             return jnp.transpose(t.reshape(t.shape[0], t.shape[1], n, -1), (0, 2, 1, 3))
 
@@ -1097,8 +1283,9 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
         mask = jnp.asarray(mask)
         if mask.shape[-1] < nkv:
             fill = False if mask.dtype == jnp.bool_ else -jnp.inf
-            mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, nkv - mask.shape[-1])],
-                           constant_values=fill)
+            mask = jnp.pad(
+                mask, [(0, 0)] * (mask.ndim - 1) + [(0, nkv - mask.shape[-1])], constant_values=fill
+            )
         if mask.dtype == jnp.bool_:
             mask = jnp.where(mask, jnp.asarray(0, dt), neg)
         bias = bias + mask.astype(dt)
@@ -1142,8 +1329,12 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     y = jnp.matmul(probs.astype(dt), v)
     if three_d:
         y = jnp.transpose(y, (0, 2, 1, 3)).reshape(y.shape[0], y.shape[2], -1)
-    return y, present_k, present_v, jnp.broadcast_to(qk_out, jnp.broadcast_shapes(
-        qk_out.shape, (1, 1, nq, nkv))).astype(dt)
+    return (
+        y,
+        present_k,
+        present_v,
+        jnp.broadcast_to(qk_out, jnp.broadcast_shapes(qk_out.shape, (1, 1, nq, nkv))).astype(dt),
+    )
 
 
 @reg("GroupNormalization")
@@ -1179,8 +1370,14 @@ def lp_normalization(x, *, axis=-1, p=2):
 def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size):
     sq = jnp.square(x)
     lo, hi = (size - 1) // 2, size // 2
-    s = lax.reduce_window(sq, 0.0, lax.add, (1, size) + (1,) * (x.ndim - 2),
-                          (1,) * x.ndim, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
+    s = lax.reduce_window(
+        sq,
+        0.0,
+        lax.add,
+        (1, size) + (1,) * (x.ndim - 2),
+        (1,) * x.ndim,
+        [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2),
+    )
     return x / (bias + alpha / size * s) ** beta
 
 
@@ -1201,16 +1398,22 @@ def pad(x, pads, constant_value=None, axes=None, *, mode="constant"):
     width = [(max(lo, 0), max(hi, 0)) for lo, hi in width]
     xp = _xp(x)
     if mode == "constant":
-        cv = 0 if constant_value is None else np.asarray(constant_value).reshape(-1)[0] \
-            if not _traced(constant_value) else constant_value.reshape(())
+        cv = (
+            0
+            if constant_value is None
+            else np.asarray(constant_value).reshape(-1)[0]
+            if not _traced(constant_value)
+            else constant_value.reshape(())
+        )
         out = xp.pad(x, width, constant_values=cv)
     else:
         out = xp.pad(x, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
     return out[tuple(crop)]
 
 
-def _resize_coords(n_in: int, n_out: int, scale: float, coord: str,
-                   roi: tuple[float, float] | None) -> np.ndarray:
+def _resize_coords(
+    n_in: int, n_out: int, scale: float, coord: str, roi: tuple[float, float] | None
+) -> np.ndarray:
     """The input coordinate of each output position along one axis (ONNX Resize).
 
     As ONNX's reference, ``align_corners``, ``pytorch_half_pixel`` and
@@ -1234,16 +1437,27 @@ def _resize_coords(n_in: int, n_out: int, scale: float, coord: str,
         xs = off + (o + 0.5) / scale - 0.5
     elif coord == "tf_crop_and_resize":
         lo, hi = roi if roi is not None else (0.0, 1.0)
-        xs = (lo * (n_in - 1) + o * (hi - lo) * (n_in - 1) / (width - 1) if width != 1
-              else 0.5 * (lo + hi) * (n_in - 1) + np.zeros_like(o))
+        xs = (
+            lo * (n_in - 1) + o * (hi - lo) * (n_in - 1) / (width - 1)
+            if width != 1
+            else 0.5 * (lo + hi) * (n_in - 1) + np.zeros_like(o)
+        )
     else:
         raise NotImplementedError(f"Resize: coordinate_transformation_mode={coord!r}")
     return xs
 
 
-def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
-                   nearest_mode: str, cubic_a: float, exclude_outside: int,
-                   roi: tuple[float, float] | None) -> np.ndarray:
+def _resize_matrix(
+    n_in: int,
+    n_out: int,
+    scale: float,
+    mode: str,
+    coord: str,
+    nearest_mode: str,
+    cubic_a: float,
+    exclude_outside: int,
+    roi: tuple[float, float] | None,
+) -> np.ndarray:
     """``(n_out, n_in)`` interpolation matrix of one axis (ONNX Resize semantics)."""
     xs = _resize_coords(n_in, n_out, scale, coord, roi)
     m = np.zeros((n_out, n_in), np.float64)
@@ -1275,9 +1489,9 @@ def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
             for off in (-1, 0, 1, 2):
                 d = abs(t - off)
                 if d <= 1:
-                    w = (cubic_a + 2) * d ** 3 - (cubic_a + 3) * d ** 2 + 1
+                    w = (cubic_a + 2) * d**3 - (cubic_a + 3) * d**2 + 1
                 elif d < 2:
-                    w = cubic_a * d ** 3 - 5 * cubic_a * d ** 2 + 8 * cubic_a * d - 4 * cubic_a
+                    w = cubic_a * d**3 - 5 * cubic_a * d**2 + 8 * cubic_a * d - 4 * cubic_a
                 else:
                     w = 0.0
                 ws.append((lo[j] + off, w))
@@ -1291,9 +1505,16 @@ def _resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
     return m
 
 
-def _antialias_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str,
-                      cubic_a: float, exclude_outside: int,
-                      roi: tuple[float, float] | None) -> np.ndarray:
+def _antialias_matrix(
+    n_in: int,
+    n_out: int,
+    scale: float,
+    mode: str,
+    coord: str,
+    cubic_a: float,
+    exclude_outside: int,
+    roi: tuple[float, float] | None,
+) -> np.ndarray:
     """``(n_out, n_in)`` matrix of an antialiased linear/cubic Resize along one axis: when
     downsampling, the interpolation kernel is stretched by ``1 / scale`` (ONNX's
     reference: ``_linear_coeffs_antialias``, ``_cubic_coeffs_antialias``)."""
@@ -1311,9 +1532,13 @@ def _antialias_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str
         else:
             start = int(math.floor(-2 / s) + 1)
             d = np.abs(s * (np.arange(start, 2 - start) - ratio))
-            c = np.where(d <= 1, (cubic_a + 2) * d ** 3 - (cubic_a + 3) * d ** 2 + 1,
-                         np.where(d < 2, cubic_a * d ** 3 - 5 * cubic_a * d ** 2
-                                  + 8 * cubic_a * d - 4 * cubic_a, 0.0))
+            c = np.where(
+                d <= 1,
+                (cubic_a + 2) * d**3 - (cubic_a + 3) * d**2 + 1,
+                np.where(
+                    d < 2, cubic_a * d**3 - 5 * cubic_a * d**2 + 8 * cubic_a * d - 4 * cubic_a, 0.0
+                ),
+            )
         c = c / c.sum()
         n = len(c)
         # the n taps nearest to x (ties to the smaller index), as the reference picks them
@@ -1334,10 +1559,22 @@ def _antialias_matrix(n_in: int, n_out: int, scale: float, mode: str, coord: str
 
 
 @reg("Resize")
-def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
-           coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75,
-           exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy="stretch",
-           mode="nearest", nearest_mode="round_prefer_floor"):
+def resize(
+    x,
+    roi=None,
+    scales=None,
+    sizes=None,
+    *,
+    antialias=0,
+    axes=None,
+    coordinate_transformation_mode="half_pixel",
+    cubic_coeff_a=-0.75,
+    exclude_outside=0,
+    extrapolation_value=0.0,
+    keep_aspect_ratio_policy="stretch",
+    mode="nearest",
+    nearest_mode="round_prefer_floor",
+):
     if antialias and mode == "nearest":
         raise NotImplementedError("Resize: antialias=1 with mode='nearest'")
     nd = x.ndim
@@ -1354,8 +1591,9 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     else:
         sc = [float(v) for v in _concrete(scales).reshape(-1)]
         sz = [int(math.floor(i * s)) for i, s in zip(in_sizes, sc, strict=True)]
-    roi_v = (_concrete(roi).astype(np.float64).reshape(-1) if roi is not None and np.size(roi)
-             else None)
+    roi_v = (
+        _concrete(roi).astype(np.float64).reshape(-1) if roi is not None and np.size(roi) else None
+    )
     crop = coordinate_transformation_mode == "tf_crop_and_resize"
     outside = np.zeros((1,) * nd, bool)  # outputs sampled outside the input (crop and resize)
     out = x
@@ -1369,41 +1607,83 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
             shape[a] = sz[j]
             outside = outside | ((xs < 0) | (xs > in_sizes[j] - 1)).reshape(shape)
         if antialias:
-            m = _antialias_matrix(in_sizes[j], sz[j], sc[j], mode,
-                                  coordinate_transformation_mode, cubic_coeff_a,
-                                  exclude_outside, r)
+            m = _antialias_matrix(
+                in_sizes[j],
+                sz[j],
+                sc[j],
+                mode,
+                coordinate_transformation_mode,
+                cubic_coeff_a,
+                exclude_outside,
+                r,
+            )
         else:
-            m = _resize_matrix(in_sizes[j], sz[j], sc[j], mode,
-                               coordinate_transformation_mode, nearest_mode, cubic_coeff_a,
-                               exclude_outside, r)
+            m = _resize_matrix(
+                in_sizes[j],
+                sz[j],
+                sc[j],
+                mode,
+                coordinate_transformation_mode,
+                nearest_mode,
+                cubic_coeff_a,
+                exclude_outside,
+                r,
+            )
         if mode == "nearest":
             idx = jnp.asarray(np.argmax(m, axis=1))
             out = jnp.take(out, idx, axis=a)
         else:
-            out = jnp.moveaxis(jnp.tensordot(out, jnp.asarray(m, out.dtype), axes=([a], [1])),
-                               -1, a)
+            out = jnp.moveaxis(
+                jnp.tensordot(out, jnp.asarray(m, out.dtype), axes=([a], [1])), -1, a
+            )
     if outside.any():
         out = jnp.where(jnp.asarray(outside), jnp.asarray(extrapolation_value, out.dtype), out)
     return out
 
 
 # --------------------------------------------------------------------------- recurrent
-def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, direction,
-              hidden_size, layout, linear_before_reset=1, peepholes=None, input_forget=0):
+def _onnx_rnn(
+    kind: str,
+    x,
+    w,
+    r,
+    b,
+    seq_lens,
+    h0,
+    c0,
+    *,
+    activations,
+    clip,
+    direction,
+    hidden_size,
+    layout,
+    linear_before_reset=1,
+    peepholes=None,
+    input_forget=0,
+):
     if seq_lens is not None:
         lens = _concrete(seq_lens)  # X is (seq, batch, ...), or (batch, seq, ...) if layout
         if np.any(lens != (x.shape[0] if not layout else x.shape[1])):
-            raise NotImplementedError(f"{kind.upper()}: per-example sequence_lens shorter than "
-                                      "the sequence are not supported")
+            raise NotImplementedError(
+                f"{kind.upper()}: per-example sequence_lens shorter than "
+                "the sequence are not supported"
+            )
     if clip is not None:
         raise NotImplementedError(f"{kind.upper()}: the clip attribute is not supported")
-    default_acts = {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"],
-                    "rnn": ["Tanh"]}[kind]
+    default_acts = {
+        "lstm": ["Sigmoid", "Tanh", "Tanh"],
+        "gru": ["Sigmoid", "Tanh"],
+        "rnn": ["Tanh"],
+    }[kind]
     ndir = 2 if direction == "bidirectional" else 1
-    if activations and [a.decode() if isinstance(a, bytes) else a for a in activations] != \
-            default_acts * ndir and not (kind == "rnn" and activations[0] in ("Relu", b"Relu")):
-        raise NotImplementedError(f"{kind.upper()}: activations {activations} are not "
-                                  "supported (only the defaults)")
+    if (
+        activations
+        and [a.decode() if isinstance(a, bytes) else a for a in activations] != default_acts * ndir
+        and not (kind == "rnn" and activations[0] in ("Relu", b"Relu"))
+    ):
+        raise NotImplementedError(
+            f"{kind.upper()}: activations {activations} are not supported (only the defaults)"
+        )
     if layout:
         x = jnp.swapaxes(x, 0, 1)
     hsz = hidden_size
@@ -1414,7 +1694,8 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
     if kind == "lstm":
         c0 = zeros if c0 is None else (jnp.swapaxes(c0, 0, 1) if layout else c0)
     own = (kind == "gru" and not linear_before_reset) or (
-        kind == "lstm" and (peepholes is not None or input_forget))
+        kind == "lstm" and (peepholes is not None or input_forget)
+    )
     if own:  # ONNX's own cell equations, one lax.scan per direction
         ys, finals = [], []
         for d in range(ndir):
@@ -1424,8 +1705,17 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
                 y_d, *f_d = _gru_reset_first(x, w[d], r[d], bd, h0[d], reverse=rev)
             else:
                 pd = peepholes[d] if peepholes is not None else jnp.zeros((3 * hsz,), x.dtype)
-                y_d, *f_d = _lstm_peephole(x, w[d], r[d], bd, pd, h0[d], c0[d], reverse=rev,
-                                           input_forget=bool(input_forget))
+                y_d, *f_d = _lstm_peephole(
+                    x,
+                    w[d],
+                    r[d],
+                    bd,
+                    pd,
+                    h0[d],
+                    c0[d],
+                    reverse=rev,
+                    input_forget=bool(input_forget),
+                )
             ys.append(y_d)
             finals.append(f_d)
         y = jnp.stack(ys, 1)  # (seq, dir, batch, hidden)
@@ -1438,7 +1728,7 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
     for d in range(ndir):
         wd, rd = w[d], r[d]
         bd = b[d] if b is not None else jnp.zeros((2 * gates * hsz,), x.dtype)
-        wb, rb = bd[: gates * hsz], bd[gates * hsz:]
+        wb, rb = bd[: gates * hsz], bd[gates * hsz :]
         if kind == "lstm":  # ONNX gates i, o, f, c -> torch i, f, g(c), o
             perm = np.concatenate([np.arange(k * hsz, (k + 1) * hsz) for k in (0, 2, 3, 1)])
         elif kind == "gru":  # ONNX z, r, h -> torch r, z, n
@@ -1446,8 +1736,11 @@ def _onnx_rnn(kind: str, x, w, r, b, seq_lens, h0, c0, *, activations, clip, dir
         else:
             perm = np.arange(hsz)
         params += [wd[perm], rd[perm], wb[perm], rb[perm]]
-    rnn_kind = kind if kind != "rnn" else (
-        "rnn_relu" if activations and activations[0] in ("Relu", b"Relu") else "rnn_tanh")
+    rnn_kind = (
+        kind
+        if kind != "rnn"
+        else ("rnn_relu" if activations and activations[0] in ("Relu", b"Relu") else "rnn_tanh")
+    )
     hx = [h0, c0] if kind == "lstm" else [h0]
     if direction == "reverse":
         x = jnp.flip(x, 0)
@@ -1469,13 +1762,13 @@ def _gru_reset_first(x, w, r, b, h0, *, reverse):
     scales the product instead). Gates in ONNX order z, r, h. Returns ``(Y, Y_h)``."""
     hsz = r.shape[-1]
     xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 3 * hsz]
-    rz, rr, rh = r[:hsz], r[hsz:2 * hsz], r[2 * hsz:]
-    bz, br, bh = b[3 * hsz:4 * hsz], b[4 * hsz:5 * hsz], b[5 * hsz:]
+    rz, rr, rh = r[:hsz], r[hsz : 2 * hsz], r[2 * hsz :]
+    bz, br, bh = b[3 * hsz : 4 * hsz], b[4 * hsz : 5 * hsz], b[5 * hsz :]
 
     def step(h, xt):
         z = jax.nn.sigmoid(xt[:, :hsz] + h @ rz.T + bz)
-        rg = jax.nn.sigmoid(xt[:, hsz:2 * hsz] + h @ rr.T + br)
-        cand = jnp.tanh(xt[:, 2 * hsz:] + (rg * h) @ rh.T + bh)
+        rg = jax.nn.sigmoid(xt[:, hsz : 2 * hsz] + h @ rr.T + br)
+        cand = jnp.tanh(xt[:, 2 * hsz :] + (rg * h) @ rh.T + bh)
         h = (1.0 - z) * cand + z * h
         return h, h
 
@@ -1488,16 +1781,16 @@ def _lstm_peephole(x, w, r, b, p, h0, c0, *, reverse, input_forget):
     ``input_forget``: ``f = 1 - i``). Gates in ONNX order i, o, f, c. Returns
     ``(Y, Y_h, Y_c)``."""
     hsz = r.shape[-1]
-    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 4 * hsz] + b[4 * hsz:]
-    pi, po, pf = p[:hsz], p[hsz:2 * hsz], p[2 * hsz:]
+    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 4 * hsz] + b[4 * hsz :]
+    pi, po, pf = p[:hsz], p[hsz : 2 * hsz], p[2 * hsz :]
 
     def step(carry, xt):
         h, c = carry
         g = xt + h @ r.T
         i = jax.nn.sigmoid(g[:, :hsz] + pi * c)
-        f = 1.0 - i if input_forget else jax.nn.sigmoid(g[:, 2 * hsz:3 * hsz] + pf * c)
-        c = f * c + i * jnp.tanh(g[:, 3 * hsz:])
-        o = jax.nn.sigmoid(g[:, hsz:2 * hsz] + po * c)
+        f = 1.0 - i if input_forget else jax.nn.sigmoid(g[:, 2 * hsz : 3 * hsz] + pf * c)
+        c = f * c + i * jnp.tanh(g[:, 3 * hsz :])
+        o = jax.nn.sigmoid(g[:, hsz : 2 * hsz] + po * c)
         h = o * jnp.tanh(c)
         return (h, c), h
 
@@ -1506,26 +1799,109 @@ def _lstm_peephole(x, w, r, b, p, h0, c0, *, reverse, input_forget):
 
 
 @reg("LSTM")
-def lstm(x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None, *, activation_alpha=None,
-         activation_beta=None, activations=None, clip=None, direction="forward",
-         hidden_size, input_forget=0, layout=0):
-    return _onnx_rnn("lstm", x, w, r, b, seq_lens, h0, c0, activations=activations, clip=clip,
-                     direction=direction, hidden_size=hidden_size, layout=layout,
-                     peepholes=p, input_forget=input_forget)
+def lstm(
+    x,
+    w,
+    r,
+    b=None,
+    seq_lens=None,
+    h0=None,
+    c0=None,
+    p=None,
+    *,
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size,
+    input_forget=0,
+    layout=0,
+):
+    return _onnx_rnn(
+        "lstm",
+        x,
+        w,
+        r,
+        b,
+        seq_lens,
+        h0,
+        c0,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        peepholes=p,
+        input_forget=input_forget,
+    )
 
 
 @reg("GRU")
-def gru(x, w, r, b=None, seq_lens=None, h0=None, *, activation_alpha=None,
-        activation_beta=None, activations=None, clip=None, direction="forward", hidden_size,
-        layout=0, linear_before_reset=0):
-    return _onnx_rnn("gru", x, w, r, b, seq_lens, h0, None, activations=activations, clip=clip,
-                     direction=direction, hidden_size=hidden_size, layout=layout,
-                     linear_before_reset=linear_before_reset)
+def gru(
+    x,
+    w,
+    r,
+    b=None,
+    seq_lens=None,
+    h0=None,
+    *,
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size,
+    layout=0,
+    linear_before_reset=0,
+):
+    return _onnx_rnn(
+        "gru",
+        x,
+        w,
+        r,
+        b,
+        seq_lens,
+        h0,
+        None,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        linear_before_reset=linear_before_reset,
+    )
 
 
 @reg("RNN")
-def rnn(x, w, r, b=None, seq_lens=None, h0=None, *, activation_alpha=None,
-        activation_beta=None, activations=None, clip=None, direction="forward", hidden_size,
-        layout=0):
-    return _onnx_rnn("rnn", x, w, r, b, seq_lens, h0, None, activations=activations, clip=clip,
-                     direction=direction, hidden_size=hidden_size, layout=layout)
+def rnn(
+    x,
+    w,
+    r,
+    b=None,
+    seq_lens=None,
+    h0=None,
+    *,
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size,
+    layout=0,
+):
+    return _onnx_rnn(
+        "rnn",
+        x,
+        w,
+        r,
+        b,
+        seq_lens,
+        h0,
+        None,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+    )

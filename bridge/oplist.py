@@ -40,8 +40,7 @@ def render() -> str:
             aten.setdefault(m.group(1), []).append(m.group(2))
         else:
             other.append(name)
-    lines = [f"{len(supported_ops())} lowerings ({len(aten)} ATen ops, overloads in brackets).",
-             ""]
+    lines = [f"{len(supported_ops())} lowerings ({len(aten)} ATen ops, overloads in brackets).", ""]
     items = [f"`{op}` [{', '.join(ovs)}]" for op, ovs in aten.items()]
     lines.append(", ".join(items))
     lines += ["", "Python / symbolic-size ops: " + ", ".join(f"`{o}`" for o in other)]
@@ -59,8 +58,9 @@ def render_onnx() -> str:
         True
     """
     ops = supported_onnx_ops()
-    return (f"{len(ops)} operators (default domain, opset {MIN_OPSET} and newer): "
-            + ", ".join(f"`{o}`" for o in ops))
+    return f"{len(ops)} operators (default domain, opset {MIN_OPSET} and newer): " + ", ".join(
+        f"`{o}`" for o in ops
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,17 @@ from .errors import BridgeError
 __all__ = ["UnsafeArchiveError", "check_archive"]
 
 # What a plain archive written by torch.export.save holds (paths below its root folder).
-_PLAIN = ("archive_format", "archive_version", "byteorder", ".data/", "models/",
-          "data/weights/", "data/constants/", "data/sample_inputs/", "extra/")
+_PLAIN = (
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/",
+    "models/",
+    "data/weights/",
+    "data/constants/",
+    "data/sample_inputs/",
+    "extra/",
+)
 
 
 class UnsafeArchiveError(BridgeError, ValueError):
@@ -85,27 +94,35 @@ def check_archive(path: str | os.PathLike[str]) -> None:
     """
     shown = os.fspath(path)
     if not zipfile.is_zipfile(shown):
-        raise ValueError(f"path {shown!r}: expected a .pt2 archive (a zip file), got "
-                         "something else")
+        raise ValueError(
+            f"path {shown!r}: expected a .pt2 archive (a zip file), got something else"
+        )
     bad: list[str] = []
     with zipfile.ZipFile(shown) as z:
         names = z.namelist()
         root = _root(names)
         if not any(n == root + "archive_format" for n in names):
-            raise UnsafeArchiveError(shown, [
-                "<whole file>: the pre-2.8 .pt2 format stores weights as pickles; re-save "
-                "it with torch.export.save from torch >= 2.8"])
+            raise UnsafeArchiveError(
+                shown,
+                [
+                    "<whole file>: the pre-2.8 .pt2 format stores weights as pickles; re-save "
+                    "it with torch.export.save from torch >= 2.8"
+                ],
+            )
         for n in names:
-            rel = n[len(root):] if n.startswith(root) else n
+            rel = n[len(root) :] if n.startswith(root) else n
             if not rel or rel.endswith("/"):
                 continue
             if not rel.startswith(_PLAIN):
-                bad.append(f"{n}: not part of a plain exported program (e.g. an "
-                           "AOTInductor library)")
+                bad.append(
+                    f"{n}: not part of a plain exported program (e.g. an AOTInductor library)"
+                )
         for n in names:
-            rel = n[len(root):]
-            if not (rel.startswith(("data/weights/", "data/constants/"))
-                    and rel.endswith("_config.json")):
+            rel = n[len(root) :]
+            if not (
+                rel.startswith(("data/weights/", "data/constants/"))
+                and rel.endswith("_config.json")
+            ):
                 continue
             try:
                 config = json.loads(z.read(n)).get("config", {})
@@ -119,7 +136,7 @@ def check_archive(path: str | os.PathLike[str]) -> None:
                 elif rel.startswith("data/constants/") and not file.startswith("tensor_"):
                     bad.append(f"{n}: {fqn!r} ({file}) is a pickled object")
         for n in names:
-            if n[len(root):].startswith("data/sample_inputs/"):
+            if n[len(root) :].startswith("data/sample_inputs/"):
                 data = z.read(n)
                 if data and not _loads_safely(data):
                     bad.append(f"{n}: sample inputs that only a full unpickler can read")
@@ -146,7 +163,9 @@ def load_exported(path: Any, *, allow_pickle: bool = False) -> Any:
     if allow_pickle:
         warnings.warn(
             f"path {os.fspath(path)!r}: loading with allow_pickle=True runs any pickled "
-            "object in the file; do this only for files you trust", stacklevel=3)
+            "object in the file; do this only for files you trust",
+            stacklevel=3,
+        )
     else:
         check_archive(path)
     return torch.export.load(path)
