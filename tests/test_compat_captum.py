@@ -23,28 +23,9 @@ import torch.nn as nn
 import jaxattr
 import jaxattr.compat as compat
 from jaxattr.compat import captum as jc
-from tests.test_parity_captum import _Replay, _samples_interleaved
+from tests.helpers import Replay, assert_parity, samples_interleaved
 
 RTOL = 1e-4
-PARITY: dict[str, float] = {}
-
-
-def assert_parity(name: str, ours, ref, rtol: float = RTOL) -> None:
-    """Same structure (tensor / tuple / list of tensors) and ``max|d| / max|ref| <= rtol``."""
-    if isinstance(ref, (tuple, list)):
-        assert type(ours) is type(ref) and len(ours) == len(ref), (type(ours), type(ref))
-        for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
-            assert_parity(f"{name}[{i}]", a, b, rtol)
-        return
-    assert isinstance(ours, torch.Tensor), type(ours)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    a, b = ours.detach().double().numpy(), ref.detach().double().numpy()
-    scale = float(np.abs(b).max())
-    assert scale > 0, f"{name}: the reference is all zeros, a vacuous comparison"
-    err = float(np.abs(a - b).max()) / scale
-    PARITY[name] = max(err, PARITY.get(name, 0.0))
-    print(f"parity {name}: {err:.2e}")
-    assert err <= rtol, f"{name}: max|ours - ref| / max|ref| = {err:.3e} > {rtol}"
 
 
 class Net(nn.Module):
@@ -180,7 +161,7 @@ def test_noise_tunnel_smoothgrad(cnn, monkeypatch):
     model, x = cnn
     key = jax.random.key(3)
     noise = jaxattr.draw_noise(jax.random.split(key, 3)[0], x.numpy(), 0.3, 4)
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
     ref = ca.NoiseTunnel(ca.Saliency(model)).attribute(
         x, nt_type="smoothgrad", nt_samples=4, stdevs=0.3, target=4
     )
@@ -202,9 +183,9 @@ def test_gradient_shap(cnn, monkeypatch):
     dist = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     key = jax.random.key(5)
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x.numpy(), 5, 3, 0.1)
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref, ref_delta = ca.GradientShap(model).attribute(
         x, dist, n_samples=3, stdevs=0.1, target=1, return_convergence_delta=True
     )
@@ -346,7 +327,7 @@ def test_shapley_value_sampling(mlp, monkeypatch):
     key = jax.random.key(7)
     perms = np.asarray(jaxattr.shapley_permutations(key, 7, 4))
     monkeypatch.setattr(
-        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+        torch, "randperm", Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
     )
     ref = ca.ShapleyValueSampling(model).attribute(inputs, target=1, n_samples=4)
     monkeypatch.undo()
@@ -540,9 +521,9 @@ def test_layer_and_neuron_gradient_shap_with_additional_args(mlp, monkeypatch):
     ]:
         args = (a, dist) if extra else (a, 2, dist)  # NeuronGradientShap: neuron_selector
         noise, idx, alphas = jaxattr.gradient_shap_draws(key, a.numpy(), 4, 3, 0.1)
-        monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-        monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-        monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+        monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+        monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+        monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
         ref = ref_cls(model, model.fc1).attribute(*args, **kw, **extra)
         monkeypatch.undo()
         ours = ours_cls(model, model.fc1).attribute(*args, **kw, **extra, key=key)

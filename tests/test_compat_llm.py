@@ -24,6 +24,7 @@ import jaxattr  # noqa: E402
 import jaxattr.compat as compat  # noqa: E402
 from jaxattr.compat import UnsupportedOptionError  # noqa: E402
 from jaxattr.compat import captum as jc  # noqa: E402
+from tests.helpers import Replay  # noqa: E402
 from tests.test_llm import (  # noqa: E402
     PROMPT,
     TARGET,
@@ -31,7 +32,6 @@ from tests.test_llm import (  # noqa: E402
     _gpt2,
     _llama,
     _recorder,
-    _Replay,
     bpe_tokenizer,
 )
 from tests.torch_models import _no_torchvision_stub  # noqa: E402
@@ -114,7 +114,7 @@ def test_feature_ablation_template_with_baselines(llama, tok):
 def test_shapley_value_sampling(gpt2, tok, monkeypatch):
     key = jax.random.key(3)
     perms = np.asarray(jaxattr.shapley_permutations(key, 4, 5)).astype(np.int64)
-    monkeypatch.setattr(torch, "randperm", _Replay([torch.from_numpy(p) for p in perms]))
+    monkeypatch.setattr(torch, "randperm", Replay([torch.from_numpy(p) for p in perms]))
     ref = ca.LLMAttribution(ca.ShapleyValueSampling(gpt2), tok).attribute(
         ca.TextTemplateInput(**TEMPLATE), target=TARGET, **FULL_PASS, n_samples=5
     )
@@ -147,7 +147,7 @@ def test_lime_and_kernel_shap(gpt2, tok, monkeypatch):
     lime = ca.Lime(
         gpt2,
         interpretable_model=_recorder(),
-        perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]),
+        perturb_func=Replay([torch.from_numpy(r[None]) for r in z]),
     )
     ref = ca.LLMAttribution(lime, tok).attribute(
         ca.TextTemplateInput(**TEMPLATE), target=TARGET, **FULL_PASS, n_samples=n
@@ -197,7 +197,7 @@ def test_product_baselines_dict_mask_trials(gpt2, tok):
     draws = [inp.resolve_baselines(jax.random.fold_in(k, 1)) for k in jax.random.split(key, 2)]
     cpb = CaptumProductBaselines(choices)
     names = ["name", "city", "state", "job"]
-    cpb.sample = _Replay([dict(zip(names, d, strict=True)) for d in draws for _ in range(4)])
+    cpb.sample = Replay([dict(zip(names, d, strict=True)) for d in draws for _ in range(4)])
     ref = ca.LLMAttribution(ca.FeatureAblation(gpt2), tok).attribute(
         ca.TextTemplateInput(**spec, baselines=cpb),
         target=TARGET,

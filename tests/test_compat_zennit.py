@@ -17,8 +17,7 @@ import torch.nn as nn
 import jaxattr
 from jaxattr.compat import UnsupportedOptionError
 from jaxattr.compat import zennit as jz
-from tests.test_compat_captum import assert_parity
-from tests.test_parity_captum import _Replay
+from tests.helpers import Replay, assert_parity
 
 zennit = pytest.importorskip("zennit")
 import zennit.attribution as za  # noqa: E402
@@ -143,7 +142,7 @@ def test_smoothgrad_and_integrated_gradients(vgg, monkeypatch):
     key = jax.random.key(11)
     normal, _ = jaxattr.smoothgrad_draws(key, x.numpy(), 0.2, 4)
     draws = [torch.from_numpy(np.asarray(z)) for z in np.asarray(normal)]
-    monkeypatch.setattr(za.torch, "randn_like", _Replay(draws))
+    monkeypatch.setattr(za.torch, "randn_like", Replay(draws))
     with za.SmoothGrad(model, noise_level=0.2, n_iter=4) as attributor:
         _, ref = attributor(x.clone().requires_grad_(), torch.eye(10)[[4]])
     monkeypatch.undo()

@@ -20,7 +20,7 @@ import torch
 
 import jaxattr
 from tests import twins
-from tests.test_parity_captum import _Replay, assert_close
+from tests.helpers import Replay, assert_close, samples_interleaved
 
 #: Captum's Lime/KernelShap surrogates (and the host-object test) fit with scikit-learn,
 #: a test oracle only (as Captum's own tests, these skip without it).
@@ -296,7 +296,7 @@ def test_int_inputs_shapley_and_permutation(monkeypatch):
     key = jax.random.key(1)
     perms = np.asarray(jaxattr.shapley_permutations(key, 4, 3))
     monkeypatch.setattr(
-        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+        torch, "randperm", Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
     )
     ref = ca.ShapleyValueSampling(lin_torch).attribute(xt, target=0, n_samples=3)
     monkeypatch.undo()
@@ -305,7 +305,7 @@ def test_int_inputs_shapley_and_permutation(monkeypatch):
         jaxattr.shapley_values(lin_jax, XI, target=0),
         ca.ShapleyValues(lin_torch).attribute(xt, target=0),
     )
-    monkeypatch.setattr(torch, "randperm", _Replay(_perm_replay(key, 4, [3] * 4)))
+    monkeypatch.setattr(torch, "randperm", Replay(_perm_replay(key, 4, [3] * 4)))
     ref = ca.FeaturePermutation(lin_torch).attribute(xt, target=2)
     monkeypatch.undo()
     assert_close(jaxattr.feature_permutation(lin_jax, XI, key=key, target=2), ref)
@@ -316,7 +316,7 @@ def test_int_inputs_lime_and_kernel_shap(monkeypatch):
     x = XI[:1]
     key = jax.random.key(2)
     z = np.asarray(jaxattr.lime_samples(key, 1, 4, 20)).astype(np.int64)[0]
-    lime = ca.Lime(lin_torch, perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]))
+    lime = ca.Lime(lin_torch, perturb_func=Replay([torch.from_numpy(r[None]) for r in z]))
     ref = lime.attribute(torch.from_numpy(x), target=1, n_samples=20)
     ours = jaxattr.lime(lin_jax, x, key=key, target=1, n_samples=20)
     assert_close(ours, ref, rtol=2e-3)
@@ -374,7 +374,7 @@ def test_aggregate_forward_ablation_occlusion_shapley(monkeypatch):
     key = jax.random.key(3)
     perms = np.asarray(jaxattr.shapley_permutations(key, 3, 4))
     monkeypatch.setattr(
-        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+        torch, "randperm", Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
     )
     ref = ca.ShapleyValueSampling(agg_torch).attribute(
         xt, feature_mask=torch.from_numpy(mask), n_samples=4
@@ -394,14 +394,14 @@ def test_aggregate_forward_ablation_occlusion_shapley(monkeypatch):
 def test_aggregate_forward_permutation_lime_kernel_shap(monkeypatch):
     xt = torch.from_numpy(X4)
     key = jax.random.key(4)
-    monkeypatch.setattr(torch, "randperm", _Replay(_perm_replay(key, 4, [3] * 4)))
+    monkeypatch.setattr(torch, "randperm", Replay(_perm_replay(key, 4, [3] * 4)))
     ref = ca.FeaturePermutation(agg_torch).attribute(xt)
     monkeypatch.undo()
     ours = jaxattr.feature_permutation(agg_jax, X4, key=key)
     assert ours.shape == (1, 4)
     assert_close(ours, ref)
     z = np.asarray(jaxattr.lime_samples(key, 1, 4, 30)).astype(np.int64)[0]
-    lime = ca.Lime(agg_torch, perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]))
+    lime = ca.Lime(agg_torch, perturb_func=Replay([torch.from_numpy(r[None]) for r in z]))
     ref = lime.attribute(xt, n_samples=30)
     ours = jaxattr.lime(agg_jax, X4, key=key, n_samples=30)
     assert ours.shape == (1, 4)
@@ -423,7 +423,7 @@ def test_target_none_attributes_every_output_element(monkeypatch):
     ref = ca.Occlusion(lin_torch).attribute(xt, sliding_window_shapes=(2,))
     assert_close(jaxattr.occlusion(lin_jax, X4, sliding_window_shapes=(2,)), ref)
     key = jax.random.key(5)
-    monkeypatch.setattr(torch, "randperm", _Replay(_perm_replay(key, 4, [3] * 4)))
+    monkeypatch.setattr(torch, "randperm", Replay(_perm_replay(key, 4, [3] * 4)))
     ref = ca.FeaturePermutation(lin_torch).attribute(xt)
     monkeypatch.undo()
     assert_close(jaxattr.feature_permutation(lin_jax, X4, key=key), ref)
@@ -469,7 +469,7 @@ def test_feature_permutation_edge_batches(monkeypatch):
     # an empty input (batch 0) and a batch of 4: the empty one's features are skipped
     empty = (np.zeros((0, 2), np.float32), X4[:, 2:].repeat(2, 0)[:4])
     monkeypatch.setattr(
-        torch, "randperm", _Replay(_perm_replay(key, 4, [None, None, 4, 4], [0, 0, 1, 1]))
+        torch, "randperm", Replay(_perm_replay(key, 4, [None, None, 4, 4], [0, 0, 1, 1]))
     )
     ref = ca.FeaturePermutation(f2_t).attribute(tuple(map(torch.from_numpy, empty)))
     monkeypatch.undo()
@@ -479,9 +479,7 @@ def test_feature_permutation_edge_batches(monkeypatch):
     assert_close(ours[1], ref[1])
     # different batch sizes (3 and 5) in aggregate mode, each shuffled within its batch
     mixed = (X4[:, :2], np.random.default_rng(9).normal(size=(5, 2)).astype(np.float32))
-    monkeypatch.setattr(
-        torch, "randperm", _Replay(_perm_replay(key, 4, [3, 3, 5, 5], [0, 0, 1, 1]))
-    )
+    monkeypatch.setattr(torch, "randperm", Replay(_perm_replay(key, 4, [3, 3, 5, 5], [0, 0, 1, 1])))
     ref = ca.FeaturePermutation(f2_t).attribute(tuple(map(torch.from_numpy, mixed)))
     monkeypatch.undo()
     ours = jaxattr.feature_permutation(f2_j, mixed, key=key)
@@ -540,7 +538,7 @@ def test_lime_interpretable_models(name, captum_model, tol):
     lime = ca.Lime(
         tanh_torch,
         interpretable_model=captum_model,
-        perturb_func=_Replay(_lime_rows(key, 2, 4, 40)),
+        perturb_func=Replay(_lime_rows(key, 2, 4, 40)),
     )
     ref = lime.attribute(
         torch.from_numpy(X6), target=[1, 2], feature_mask=torch.from_numpy(MASK6), n_samples=40
@@ -565,7 +563,7 @@ def test_lime_sklearn_object_and_jax_function_surrogates():
     lime = ca.Lime(
         tanh_torch,
         interpretable_model=SkLearnRidge(alpha=0.5),
-        perturb_func=_Replay(_lime_rows(key, 2, 4, 30)),
+        perturb_func=Replay(_lime_rows(key, 2, 4, 30)),
     )
     ref = lime.attribute(
         torch.from_numpy(X6), target=0, feature_mask=torch.from_numpy(MASK6), n_samples=30
@@ -588,7 +586,7 @@ def test_lime_sklearn_object_and_jax_function_surrogates():
 def test_return_input_shape_false(n, monkeypatch):
     key = jax.random.key(14)
     x = X6[:n]
-    lime = ca.Lime(tanh_torch, perturb_func=_Replay(_lime_rows(key, n, 4, 30)))
+    lime = ca.Lime(tanh_torch, perturb_func=Replay(_lime_rows(key, n, 4, 30)))
     ref = lime.attribute(
         torch.from_numpy(x),
         target=1,
@@ -624,7 +622,7 @@ def test_lime_euclidean_kernel(width):
         tanh_torch,
         interpretable_model=SkLearnLinearRegression(),
         similarity_func=get_exp_kernel_similarity_function("euclidean", width),
-        perturb_func=_Replay(_lime_rows(key, 2, 4, 30)),
+        perturb_func=Replay(_lime_rows(key, 2, 4, 30)),
     )
     ref = lime.attribute(
         torch.from_numpy(X6), target=2, feature_mask=torch.from_numpy(MASK6), n_samples=30
@@ -671,7 +669,7 @@ def test_lime_custom_similarity_perturb_and_transform():
             tanh_torch,
             SkLearnLinearRegression(),
             similarity_func=sim_t,
-            perturb_func=_Replay([torch.from_numpy(np.asarray(d)) for d in draws[e]]),
+            perturb_func=Replay([torch.from_numpy(np.asarray(d)) for d in draws[e]]),
             perturb_interpretable_space=True,
             from_interp_rep_transform=transform_t,
             to_interp_rep_transform=None,
@@ -747,7 +745,7 @@ def test_lime_base_matches_captum_limebase(interp_space):
         tanh_torch,
         SkLearnLinearRegression(),
         similarity_func=sim_t,
-        perturb_func=_Replay([torch.from_numpy(np.asarray(d)) for d in draws]),
+        perturb_func=Replay([torch.from_numpy(np.asarray(d)) for d in draws]),
         perturb_interpretable_space=interp_space,
         from_interp_rep_transform=from_t if interp_space else None,
         to_interp_rep_transform=None if interp_space else to_t,
@@ -775,17 +773,12 @@ def test_lime_base_matches_captum_limebase(interp_space):
 # ---- 9. noise_tunnel around feature_ablation; draw_baseline_from_distrib -------------
 
 
-def _interleaved(noise_leaf):
-    a = np.asarray(noise_leaf)
-    return torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 0, 1)).reshape(-1, *a.shape[2:]))
-
-
 @pytest.mark.parametrize("mask_kind", ["numpy", "jax"])
 def test_noise_tunnel_feature_ablation_with_mask(mask_kind, monkeypatch):
     key = jax.random.key(18)
     k_noise, _, _ = jax.random.split(key, 3)
     noise = jaxattr.draw_noise(k_noise, X6, 0.2, 3)
-    monkeypatch.setattr(torch, "normal", _Replay([_interleaved(noise)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
     ref = ca.NoiseTunnel(ca.FeatureAblation(tanh_torch)).attribute(
         torch.from_numpy(X6),
         nt_type="smoothgrad_sq",
@@ -815,8 +808,8 @@ def test_noise_tunnel_draw_baseline_from_distrib(nt_type, monkeypatch):
     k_noise, k_base, _ = jax.random.split(key, 3)
     noise = jaxattr.draw_noise(k_noise, X6, 0.1, nt_samples)
     idx = np.asarray(jax.random.randint(k_base, (nt_samples, n), 0, 5))
-    monkeypatch.setattr(torch, "normal", _Replay([_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "choice", _Replay([idx.T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "choice", Replay([idx.T.reshape(-1)]))
     ref = ca.NoiseTunnel(ca.IntegratedGradients(tanh_torch)).attribute(
         torch.from_numpy(X6),
         nt_type=nt_type,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import jaxattr
 from tests import torch_models as tm
-from tests.test_parity_captum import assert_close
+from tests.helpers import Replay, assert_close, samples_interleaved
 
 bridge = pytest.importorskip("jaxattr.bridge")
 
@@ -150,15 +150,13 @@ def test_internal_influence(resnet):
 
 
 def test_layer_gradient_shap(resnet, monkeypatch):
-    from tests.test_parity_captum import _Replay, _samples_interleaved
-
     m, conv, x, xt = resnet
     dist = np.random.default_rng(3).normal(size=(4, 3, 64, 64)).astype(np.float32)
     key = jax.random.key(2)
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, 4, 3, 0.1)
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref = ca.LayerGradientShap(m, m.layer4[0].conv1).attribute(
         xt, torch.from_numpy(dist), n_samples=3, stdevs=0.1, target=1
     )
@@ -249,15 +247,13 @@ def test_neuron_methods(resnet):
 
 
 def test_neuron_gradient_shap(resnet, monkeypatch):
-    from tests.test_parity_captum import _Replay, _samples_interleaved
-
     m, conv, x, xt = resnet
     dist = np.zeros((2, 3, 64, 64), np.float32)
     key = jax.random.key(4)
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, 2, 2, 0.2)
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref = ca.NeuronGradientShap(m, m.fc).attribute(
         xt, 3, torch.from_numpy(dist), n_samples=2, stdevs=0.2
     )
@@ -613,8 +609,6 @@ def test_layer_lrp_delta_for_a_list_of_layers(small):  # noqa: F811
 
 
 def test_layer_feature_permutation_matches_captum(small_avg, monkeypatch):  # noqa: F811
-    from tests.test_parity_captum import _Replay
-
     model, conv, x = small_avg
     x6 = np.concatenate([x, x[::-1] * 0.5])  # N = 6
     key = jax.random.key(6)
@@ -625,7 +619,7 @@ def test_layer_feature_permutation_matches_captum(small_avg, monkeypatch):  # no
         if (p == np.arange(6)).all():
             p = np.roll(np.arange(6), 1)
         perms.append(torch.from_numpy(p.astype(np.int64)))
-    monkeypatch.setattr(torch, "randperm", _Replay(perms))
+    monkeypatch.setattr(torch, "randperm", Replay(perms))
 
     class Score(torch.nn.Module):  # Captum 0.9's LayerFeaturePermutation fails with a
         def __init__(self, net):  # target (it selects the column twice): one score each
@@ -648,8 +642,6 @@ def test_layer_feature_permutation_matches_captum(small_avg, monkeypatch):  # no
 
 @pytest.mark.parametrize("which", ["layer", "neuron"])
 def test_callable_baselines_in_layer_and_neuron_gradient_shap(small_avg, monkeypatch, which):  # noqa: F811
-    from tests.test_parity_captum import _Replay, _samples_interleaved
-
     model, conv, x = small_avg
     xt = torch.from_numpy(x)
     key = jax.random.key(8)
@@ -660,9 +652,9 @@ def test_callable_baselines_in_layer_and_neuron_gradient_shap(small_avg, monkeyp
         "neuron": (jaxattr.neuron_gradient_shap, ca.NeuronGradientShap, ("conv2", (1, 2, 3))),
     }
     for method, ref_cls, args in [cases[which]]:
-        monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-        monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-        monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+        monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+        monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+        monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
         kw = {"target": 3} if ref_cls is ca.LayerGradientShap else {}
         if ref_cls is ca.LayerGradientShap:
             ref = ref_cls(model, model.conv2).attribute(

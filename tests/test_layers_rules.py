@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import jaxattr
-from tests.test_parity_captum import assert_close
+from tests.helpers import assert_close
 from tests.test_rules_parity import small, small_avg  # noqa: F401 - fixtures
 
 CAPTUM_RULES = jaxattr.Composite(

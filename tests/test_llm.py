@@ -26,6 +26,7 @@ pytest.importorskip("tokenizers")
 
 import jaxattr  # noqa: E402
 from jaxattr import bridge, llm  # noqa: E402
+from tests.helpers import Replay, assert_close  # noqa: E402
 from tests.torch_models import _no_torchvision_stub  # noqa: E402
 
 with _no_torchvision_stub():
@@ -53,14 +54,6 @@ LENGTH = 48  # the bridged models' sequence length
 INIT = 0.3
 
 
-def assert_close(ours, ref, rtol=1e-4):
-    ours = np.asarray(ours)
-    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    atol = rtol * max(float(np.abs(ref).max()), 1e-12)
-    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol)
-
-
 def assert_result(res, ref, per_token=True):
     assert_close(res.seq_attr, ref.seq_attr)
     if per_token:
@@ -69,16 +62,6 @@ def assert_result(res, ref, per_token=True):
         assert res.token_attr is None and ref.token_attr is None
     assert list(res.input_tokens) == list(ref.input_tokens)
     assert list(res.output_tokens) == list(ref.output_tokens)
-
-
-class _Replay:
-    """Returns prepared values, one per call, in order (replacing a random generator)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-
-    def __call__(self, *args, **kwargs):
-        return self.values.pop(0)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -210,7 +193,7 @@ def test_shapley_value_sampling_template(gpt2, tok, monkeypatch):
     module, model = gpt2
     key = jax.random.key(3)
     perms = np.asarray(jaxattr.shapley_permutations(key, 4, 5)).astype(np.int64)
-    monkeypatch.setattr(torch, "randperm", _Replay([torch.from_numpy(p) for p in perms]))
+    monkeypatch.setattr(torch, "randperm", Replay([torch.from_numpy(p) for p in perms]))
     ref = ca.LLMAttribution(ca.ShapleyValueSampling(module), tok).attribute(
         ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=5
     )
@@ -278,7 +261,7 @@ def test_lime_and_kernel_shap_template(gpt2, tok, monkeypatch):
     lime = ca.Lime(
         module,
         interpretable_model=_recorder(),
-        perturb_func=_Replay([torch.from_numpy(r[None]) for r in z]),
+        perturb_func=Replay([torch.from_numpy(r[None]) for r in z]),
     )
     ref = ca.LLMAttribution(lime, tok).attribute(
         ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, n_samples=n
@@ -341,7 +324,7 @@ def test_product_baselines_dict_mask_trials(gpt2, tok):
     draws = [inp.resolve_baselines(jax.random.fold_in(k, 1)) for k in jax.random.split(key, 2)]
     names = ["name", "city", "state", "job"]
     cpb = CaptumProductBaselines(choices)
-    cpb.sample = _Replay([dict(zip(names, d, strict=True)) for d in draws for _ in range(4)])
+    cpb.sample = Replay([dict(zip(names, d, strict=True)) for d in draws for _ in range(4)])
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok).attribute(
         ca.TextTemplateInput(**spec, baselines=cpb),
         target=TARGET,

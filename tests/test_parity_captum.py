@@ -18,13 +18,7 @@ import torch
 
 import jaxattr
 from tests import twins
-
-
-def assert_close(ours, ref, rtol=1e-4):
-    ours, ref = np.asarray(ours), twins.to_np(ref)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    atol = rtol * max(float(np.abs(ref).max()), 1e-12)
-    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol)
+from tests.helpers import Replay, assert_close, samples_interleaved
 
 
 @pytest.fixture(scope="module")
@@ -128,22 +122,6 @@ def test_tuple_targets_on_3d_output(cube, target):
     assert_close(jaxattr.saliency(fn, x, target=target, abs=False), ref)
 
 
-class _Replay:
-    """Returns prepared values, one per call, in order (replacing a random generator)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-
-    def __call__(self, *args, **kwargs):
-        return self.values.pop(0)
-
-
-def _samples_interleaved(noise_leaf):
-    """jaxattr's (S, N, ...) sample layout to Captum's (N * S, ...) repeat_interleave."""
-    a = np.asarray(noise_leaf)
-    return torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 0, 1)).reshape(-1, *a.shape[2:]))
-
-
 @pytest.mark.parametrize("nt_type", jaxattr.NT_TYPES)
 def test_noise_tunnel_saliency(cnn, nt_type, monkeypatch):
     model, fn, x = cnn
@@ -151,7 +129,7 @@ def test_noise_tunnel_saliency(cnn, nt_type, monkeypatch):
     nt_samples, stdevs = 4, 0.3
     k_noise, _, _ = jax.random.split(key, 3)
     noise = jaxattr.draw_noise(k_noise, x, stdevs, nt_samples)
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
     ref = ca.NoiseTunnel(ca.Saliency(model)).attribute(
         twins.to_torch(x), nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs, target=4
     )
@@ -168,7 +146,7 @@ def test_noise_tunnel_integrated_gradients_tuple_with_delta(two_input, monkeypat
     stdevs = (0.2, 0.1)
     k_noise, _, _ = jax.random.split(key, 3)
     noise = jaxattr.draw_noise(k_noise, x, stdevs, 3)
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(n) for n in noise]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(n) for n in noise]))
     ref, ref_delta = ca.NoiseTunnel(ca.IntegratedGradients(model)).attribute(
         tuple(map(twins.to_torch, x)),
         nt_samples=3,
@@ -194,9 +172,9 @@ def test_gradient_shap(cnn, stdevs, monkeypatch):
     n_samples = 3
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, dist.shape[0], n_samples, stdevs)
     # Captum draws, in order: baseline indices, input noise, alphas; all example-major
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref, ref_delta = ca.GradientShap(model).attribute(
         twins.to_torch(x),
         twins.to_torch(dist),
@@ -226,7 +204,7 @@ def test_gradient_shap(cnn, stdevs, monkeypatch):
 def test_input_baseline_x_gradient_matches_captum(cnn, monkeypatch):
     model, fn, x = cnn
     alphas = np.array([0.3, 0.8])
-    monkeypatch.setattr(np.random, "uniform", _Replay([alphas]))
+    monkeypatch.setattr(np.random, "uniform", Replay([alphas]))
     from captum.attr._core.gradient_shap import InputBaselineXGradient
 
     ref = InputBaselineXGradient(model).attribute(
@@ -272,9 +250,9 @@ def test_callable_baselines_gradient_shap_and_deep_lift_shap(mlp_relu, form, mon
     m = 3 if form == "no_arguments" else 2 * x.shape[0]
     key = jax.random.key(9)
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, m, 2, 0.0)
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref = ca.GradientShap(model).attribute(twins.to_torch(x), ref_base, n_samples=2, target=3)
     monkeypatch.undo()
     assert_close(

@@ -15,6 +15,8 @@ Slower sweeps: tests/peer/test_torchray_peer.py.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,7 @@ from torchray.benchmark.pointing_game import PointingGame  # noqa: E402
 import jaxattr  # noqa: E402
 from jaxattr import bridge  # noqa: E402
 from jaxattr._perturbation import _rise_masks_from  # noqa: E402
+from tests.helpers import assert_close_scaled  # noqa: E402
 
 TARGETS = [1, 3]
 #: layer names of the CNN below: '3' conv (8x8), '5' ReLU (8x8), '6' avg pool (4x4),
@@ -73,13 +76,8 @@ def setup():
     return net, x, bridge.from_torch(net, x), x.numpy()
 
 
-def assert_close(ours, ref, rtol=2e-5, atol=1e-7):
-    ours = np.asarray(ours, np.float32)
-    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    err = np.abs(ours - ref).max()
-    bound = rtol * np.abs(ref).max() + atol
-    assert err <= bound, f"max |ours - ref| = {err:.3g} > {bound:.3g}"
+#: max |ours - ref| <= rtol * max|ref| + atol (float32 on both sides)
+assert_close = functools.partial(assert_close_scaled, rtol=2e-5, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------

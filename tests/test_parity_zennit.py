@@ -15,7 +15,7 @@ from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
 
 import jaxattr
 from tests import twins
-from tests.test_parity_captum import _Replay, assert_close
+from tests.helpers import Replay, assert_close
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_smoothgrad(cnn, n_iter, monkeypatch):
     draws = [torch.from_numpy(np.asarray(z)) for z in np.asarray(normal)]
     import zennit.attribution as za
 
-    monkeypatch.setattr(za.torch, "randn_like", _Replay(draws))
+    monkeypatch.setattr(za.torch, "randn_like", Replay(draws))
     with SmoothGrad(model, noise_level=0.2, n_iter=n_iter) as attributor:
         _, ref = attributor(twins.to_torch(x), torch.eye(10)[[4, 4]])
     monkeypatch.undo()

@@ -25,12 +25,8 @@ from captum._utils.models.model import Model
 
 import jaxattr
 from tests import twins
-from tests.test_parity_captum import (  # noqa: F401 - shared helpers and fixtures
-    _Replay,
-    assert_close,
-    cnn,
-    two_input,
-)
+from tests.helpers import Replay, assert_close
+from tests.test_parity_captum import cnn, two_input  # noqa: F401 - fixtures
 
 
 def _superpixels(h=32, w=32, size=8):
@@ -117,7 +113,7 @@ def test_feature_permutation(two_input, monkeypatch):
         if (p == np.arange(6)).all():
             p = np.roll(np.arange(6), 1)
         perms.append(torch.from_numpy(p.astype(np.int64)))
-    monkeypatch.setattr(torch, "randperm", _Replay(perms))
+    monkeypatch.setattr(torch, "randperm", Replay(perms))
 
     def single(a):
         return model(a, torch.zeros(a.shape[0], 3))
@@ -138,7 +134,7 @@ def test_shapley_value_sampling(cnn, monkeypatch):
     key = jax.random.key(2)
     perms = np.asarray(jaxattr.shapley_permutations(key, 4, 3))
     monkeypatch.setattr(
-        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+        torch, "randperm", Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
     )
     ref = ca.ShapleyValueSampling(model).attribute(
         twins.to_torch(x),
@@ -160,7 +156,7 @@ def test_shapley_value_sampling_tuple(two_input, monkeypatch):
     key = jax.random.key(3)
     perms = np.asarray(jaxattr.shapley_permutations(key, 7, 4))
     monkeypatch.setattr(
-        torch, "randperm", _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+        torch, "randperm", Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
     )
     ref = ca.ShapleyValueSampling(model).attribute(
         tuple(map(twins.to_torch, x)), target=1, n_samples=4
@@ -246,7 +242,7 @@ def test_lime_linear_surrogate(cnn):
     z = np.asarray(jaxattr.lime_samples(key, 2, 16, n_samples)).astype(np.int64)
     rows = [torch.from_numpy(r[None]) for r in z.reshape(-1, 16)]
     recorder = _Recorder()
-    lime = ca.Lime(model, interpretable_model=recorder, perturb_func=_Replay(rows))
+    lime = ca.Lime(model, interpretable_model=recorder, perturb_func=Replay(rows))
     ref = lime.attribute(
         twins.to_torch(x), target=[2, 5], feature_mask=torch.from_numpy(mask), n_samples=n_samples
     )

@@ -22,7 +22,7 @@ from torch import nn
 import jaxattr
 from jaxattr import bridge
 from tests import torch_models as tm
-from tests.test_parity_captum import assert_close
+from tests.helpers import assert_close
 
 zennit = pytest.importorskip("zennit")
 from torchvision.models.resnet import BasicBlock as ResNetBasicBlock  # noqa: E402

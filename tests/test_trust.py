@@ -595,7 +595,7 @@ def test_a_tuple_layer_gradient_shap_and_delta_match_captum(monkeypatch):
     captum = pytest.importorskip("captum.attr")
     from jaxattr.bridge import from_torch
 
-    from tests.test_parity_captum import _Replay, _samples_interleaved
+    from tests.helpers import Replay, samples_interleaved
 
     net = _multi_relu_model(head=torch.nn.Tanh())  # nonlinear: the delta is not zero
     x = np.random.default_rng(3).normal(size=(3, 3)).astype(np.float32)
@@ -605,9 +605,9 @@ def test_a_tuple_layer_gradient_shap_and_delta_match_captum(monkeypatch):
     key, n_samples, stdevs = jax.random.key(7), 4, 0.2
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, 5, n_samples, stdevs)
     # Captum draws, in order: baseline indices, input noise, alphas; all example-major
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref, ref_delta = captum.LayerGradientShap(net, net.multi).attribute(
         tx, torch.from_numpy(dist), n_samples=n_samples, stdevs=stdevs, target=1,
         return_convergence_delta=True,
@@ -791,7 +791,7 @@ def test_a_two_input_layer_deep_lift_and_gradient_shap_match_captum(monkeypatch)
     captum = pytest.importorskip("captum.attr")
     from jaxattr.bridge import from_torch
 
-    from tests.test_parity_captum import _Replay, _samples_interleaved
+    from tests.helpers import Replay, samples_interleaved
 
     # b = lin2(h): Captum's DeepLift treats torch.tanh (a function, not a module) as
     # linear while the bridge gives it the rescale rule, a difference of DeepLift itself
@@ -814,9 +814,9 @@ def test_a_two_input_layer_deep_lift_and_gradient_shap_match_captum(monkeypatch)
     dist = np.random.default_rng(8).normal(size=(5, 3)).astype(np.float32)
     key, n_samples, stdevs = jax.random.key(9), 4, 0.2
     noise, idx, alphas = jaxattr.gradient_shap_draws(key, x, 5, n_samples, stdevs)
-    monkeypatch.setattr(np.random, "choice", _Replay([np.asarray(idx).T.reshape(-1)]))
-    monkeypatch.setattr(torch, "normal", _Replay([_samples_interleaved(noise)]))
-    monkeypatch.setattr(np.random, "uniform", _Replay([np.asarray(alphas).T.reshape(-1)]))
+    monkeypatch.setattr(np.random, "choice", Replay([np.asarray(idx).T.reshape(-1)]))
+    monkeypatch.setattr(torch, "normal", Replay([samples_interleaved(noise)]))
+    monkeypatch.setattr(np.random, "uniform", Replay([np.asarray(alphas).T.reshape(-1)]))
     ref, ref_delta = captum.LayerGradientShap(net, net.add2).attribute(
         tx, torch.from_numpy(dist), n_samples=n_samples, stdevs=stdevs, target=1,
         return_convergence_delta=True, **kw,

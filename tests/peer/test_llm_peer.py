@@ -19,6 +19,7 @@ pytest.importorskip("tokenizers")
 
 import jaxattr  # noqa: E402
 from jaxattr import llm  # noqa: E402
+from tests.helpers import Replay  # noqa: E402
 from tests.test_llm import (  # noqa: E402
     INIT,
     PROMPT,
@@ -28,7 +29,6 @@ from tests.test_llm import (  # noqa: E402
     _llama,
     _no_torchvision_stub,
     _recorder,
-    _Replay,
     assert_result,
     bpe_tokenizer,
     convert,
@@ -86,12 +86,12 @@ def _captum(method, module, monkeypatch, key, n, f):
         return ca.ShapleyValues(module), {}
     if method == "shapley_value_sampling":
         perms = np.asarray(jaxattr.shapley_permutations(key, f, n)).astype(np.int64)
-        monkeypatch.setattr(torch, "randperm", _Replay([torch.from_numpy(p) for p in perms]))
+        monkeypatch.setattr(torch, "randperm", Replay([torch.from_numpy(p) for p in perms]))
         return ca.ShapleyValueSampling(module), {"n_samples": n}
     if method == "lime":
         z = np.asarray(jaxattr.lime_samples(key, 1, f, n)).astype(np.int64).reshape(-1, f)
         return ca.Lime(module, interpretable_model=_recorder(),
-                       perturb_func=_Replay([torch.from_numpy(r[None]) for r in z])), {
+                       perturb_func=Replay([torch.from_numpy(r[None]) for r in z])), {
             "n_samples": n}
     z = list(np.asarray(jaxattr.kernel_shap_samples(key, 1, f, n)).astype(np.int64))
 
@@ -148,7 +148,7 @@ def test_prob_and_trials(lm, tok, monkeypatch):
     keys = jax.random.split(key, 3)
     perms = [p for k in keys for p in np.asarray(jaxattr.shapley_permutations(k, 4, 3))]
     monkeypatch.setattr(torch, "randperm",
-                        _Replay([torch.from_numpy(p.astype(np.int64)) for p in perms]))
+                        Replay([torch.from_numpy(p.astype(np.int64)) for p in perms]))
     ref = ca.LLMAttribution(ca.ShapleyValueSampling(module), tok, attr_target="prob").attribute(
         ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False,
         n_samples=3, num_trials=3)

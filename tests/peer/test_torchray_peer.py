@@ -15,6 +15,8 @@ difference (e.g. a damped first SGD step) moves the history by percents. Run wit
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -35,10 +37,12 @@ from torchray.benchmark.pointing_game import PointingGame  # noqa: E402
 import jaxattr  # noqa: E402
 from jaxattr import bridge  # noqa: E402
 from jaxattr._perturbation import _rise_masks_from  # noqa: E402
-from tests.test_parity_torchray import assert_close  # noqa: E402
+from tests.helpers import assert_close_scaled  # noqa: E402
 from tests.torch_models import vgg11  # noqa: E402
 
 MASK_ATOL = 5e-3
+#: max |ours - ref| <= rtol * max|ref| + atol (float32 on both sides), as test_parity_torchray
+assert_close = functools.partial(assert_close_scaled, rtol=2e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
