@@ -10,6 +10,13 @@ cost model calibrated with ``benchmarks/bench_conv.py`` (:data:`SLICES_ALWAYS_PI
 :data:`SLICES_MAX_ROWS`).
 Both forms give the same numbers to float32 rounding.
 
+The weights are arguments of every compiled program, so any re-layout of them is paid on
+every call: XLA's convolution wants them HWIO, a copy of the OIHW array (7 ms for one
+512x512x3x3 weight, more than the convolution itself at batch 1). Where the patches are
+smaller than the weight (fewer patch rows N*Ho*Wo than output channels), the slice form
+orders the patches (c, i, j) like torch's weight and uses the weight as it is; 1x1
+convolutions are always a (strided) slice and one product with the (O, C) weight.
+
 ``lax.conv_general_dilated_patches`` is not the slice-patches form: it is itself a
 convolution (with an identity kernel) and inherits XLA's slow path.
 """
@@ -49,8 +56,9 @@ def use_slices(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[
         itemsize: Bytes per element.
 
     Returns:
-        True for small output maps (or few output rows N*Ho*Wo) whose patches stay within
-        :data:`SLICES_MAX_BYTES`.
+        True for small output maps, few output rows N*Ho*Wo (at most
+        :data:`SLICES_MAX_ROWS`, or at most the output channels: patches smaller than the
+        weight) or a 1x1 kernel, whose patches stay within :data:`SLICES_MAX_BYTES`.
 
     Example:
         >>> use_slices((16, 512, 2, 2), (512, 512, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1))
@@ -67,7 +75,12 @@ def use_slices(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[
     if ho <= 0 or wo <= 0:
         return False
     patch_bytes = n * ho * wo * c * kh * kw * itemsize
-    small = ho * wo <= SLICES_ALWAYS_PIXELS or n * ho * wo <= SLICES_MAX_ROWS
+    small = (
+        ho * wo <= SLICES_ALWAYS_PIXELS
+        or n * ho * wo <= SLICES_MAX_ROWS
+        or n * ho * wo <= w_shape[0]  # patches smaller than the weight (used as it is)
+        or (kh, kw) == (1, 1)  # no patches to copy: a (strided) slice and one product
+    )
     return small and patch_bytes <= SLICES_MAX_BYTES
 
 
@@ -101,20 +114,25 @@ def conv2d_slices(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
     xt = jnp.transpose(x, (0, 2, 3, 1))  # NHWC: the channel axis is contiguous
     if any(p for pair in pads for p in pair):
         xt = jnp.pad(xt, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-    if (kh, kw) == (1, 1):
-        cols = lax.slice(xt, (0, 0, 0, 0),
-                         (n, (ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1, c),
-                         (1, stride[0], stride[1], 1))
-    else:
-        cols = jnp.concatenate([
-            lax.slice(xt, (0, i * dilation[0], j * dilation[1], 0),
+    taps = [lax.slice(xt, (0, i * dilation[0], j * dilation[1], 0),
                       (n, i * dilation[0] + (ho - 1) * stride[0] + 1,
                        j * dilation[1] + (wo - 1) * stride[1] + 1, c),
                       (1, stride[0], stride[1], 1))
-            for i in range(kh) for j in range(kw)], axis=-1)  # (N, Ho, Wo, kh*kw*C)
-    wm = jnp.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * c, o)  # rows ordered (i, j, c)
-    out = lax.dot_general(cols, wm, (((3,), (0,)), ((), ())))  # (N, Ho, Wo, O)
-    return jnp.transpose(out, (0, 3, 1, 2))
+            for i in range(kh) for j in range(kw)]  # each (N, Ho, Wo, C)
+    dims = (((3,), (1,)), ((), ()))
+    if len(taps) == 1:  # 1x1: the weight as it is, (O, C)
+        out = lax.dot_general(taps[0], w.reshape(o, c), dims)
+    elif n * ho * wo <= o:
+        # fewer patch rows than output channels: the patches are smaller than the weight,
+        # so order them (c, i, j) like torch's weight, which is then used as it is; a
+        # transposed copy of a large weight (512x512x3x3) costs more than the product
+        cols = jnp.stack(taps, axis=-1).reshape(n, ho, wo, c * kh * kw)
+        out = lax.dot_general(cols, w.reshape(o, c * kh * kw), dims)
+    else:  # patches ordered (i, j, c): a contiguous copy; the (smaller) weight transposed
+        cols = jnp.concatenate(taps, axis=-1)  # (N, Ho, Wo, kh*kw*C)
+        wm = jnp.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * c, o)
+        out = lax.dot_general(cols, wm, (((3,), (0,)), ((), ())))
+    return jnp.transpose(out, (0, 3, 1, 2))  # (N, O, Ho, Wo)
 
 
 def conv2d_xla(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],

@@ -17,6 +17,8 @@ CASES = [
     (2, 6, 4, 7, 7, 1, 2, 0, 1),
     (2, 3, 2, 6, 5, (2, 3), (1, 2), (0, 1), 1),
     (1, 2, 3, 4, 4, 5, 1, 2, 1),  # kernel larger than the map (padding supplies it)
+    (1, 4, 16, 3, 3, 3, 1, 1, 1),  # fewer patch rows than output channels: weight as is
+    (2, 3, 24, 5, 6, 3, 2, 1, 2),  # the same, strided and dilated
 ]
 
 
@@ -74,4 +76,8 @@ def test_the_choice_follows_the_map_size():
     assert C.use_slices((20, 512, 2, 2), (512, 512, 3, 3), (1, 1), three, (1, 1))
     assert C.use_slices((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), three, (1, 1))
     assert not C.use_slices((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), three, (1, 1))
+    # patches smaller than the weight (rows <= output channels), and 1x1 kernels
+    assert C.use_slices((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), three, (1, 1))
+    assert C.use_slices((8, 64, 56, 56), (128, 64, 1, 1), (2, 2), [(0, 0), (0, 0)], (1, 1))
+    assert not C.use_slices((8, 128, 28, 28), (128, 128, 3, 3), (1, 1), three, (1, 1))
     assert not C.use_slices((1, 3, 4, 4), (2, 3, 3, 3), (1, 1), [(-1, 0), (0, 0)], (1, 1))
