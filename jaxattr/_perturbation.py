@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr import _caching, _core, _torchray
+from jaxattr import _caching, _core, _incremental, _torchray
 from jaxattr._core import Inputs, PyTree
 from jaxattr._progress import progress, sync
 
@@ -530,6 +530,7 @@ def occlusion(
     batch_size: int | None = None,
     show_progress: bool = False,
     args: tuple = (),
+    incremental: bool | None = None,
 ) -> PyTree:
     """Occlusion (Zeiler and Fergus, 2014) with Captum's and Zennit's semantics.
 
@@ -574,13 +575,22 @@ def occlusion(
             ``perturbations_per_eval``).
         show_progress: Show a progress bar over the chunks (eager calls).
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+        incremental: Captum mode on a bridged CNN (``fn`` a
+            :class:`jaxattr.bridge.Converted`, one input (N, C, *spatial)): evaluate
+            each window incrementally, recomputing only the window's receptive field
+            through the convolutions, pools and elementwise layers and the rest of the
+            network in full (see :func:`jaxattr.incremental_plan`); same result to
+            float32 rounding. ``None`` (default): when ``fn`` is such a model and the
+            plan needs at most 75% of the model's multiply-adds. ``True``: always
+            (raises where it cannot apply). ``False``: never.
 
     Returns:
         The attribution with x's structure, shapes and dtypes.
 
     Raises:
         ValueError: Neither or both of ``sliding_window_shapes`` and ``window``; a window
-            larger than the input; a stride larger than the window (Captum mode).
+            larger than the input; a stride larger than the window (Captum mode);
+            ``incremental=True`` where it cannot apply.
 
     Example:
         >>> import jax.numpy as jnp, jaxattr
@@ -626,6 +636,40 @@ def occlusion(
             if not zennit:  # Captum placement of the resolved window
                 pos, win = _captum_geometry(leaf.shape, win, st, "")
             geometries.append((pos, win))
+    if zennit and incremental:
+        raise ValueError(
+            "occlusion(incremental=True): occlusion_fn (Zennit mode) changes the input "
+            "outside the window, and incremental evaluation needs a small changed region; "
+            "pass incremental=None or False"
+        )
+    if not zennit:
+        plan = _incremental.choose(
+            fn,
+            x,
+            args,
+            incremental,
+            "occlusion",
+            lambda: _incremental.occlusion_changed(
+                _start_grid(geometries[0][0]), geometries[0][1], leaves[0].shape
+            ),
+        )
+        if plan is not None:
+            pos, win = geometries[0]
+            acc = _incremental.run_occlusion(
+                plan,
+                fn,
+                leaves[0],
+                jax.tree_util.tree_leaves(b)[0],
+                t,
+                _start_grid(pos),
+                tuple(int(w) for w in win),
+                batch_size,
+                show_progress,
+            )
+            counts = _window_counts(pos, win, leaves[0].shape[1:], False)
+            a = acc / np.where(counts > 0, counts, 1.0).astype(np.float32)
+            treedef = jax.tree_util.tree_structure(x)
+            return jax.tree_util.tree_unflatten(treedef, [a.astype(_attr_dtype(leaves[0]))])
     return _run_windows(
         fn,
         x,
@@ -982,6 +1026,7 @@ def feature_ablation(
     batch_size: int | None = None,
     show_progress: bool = False,
     args: tuple = (),
+    incremental: bool | None = None,
 ) -> PyTree:
     """Feature ablation, Captum's ``FeatureAblation``.
 
@@ -1014,6 +1059,15 @@ def feature_ablation(
             ``perturbations_per_eval``).
         show_progress: Show a progress bar over the chunks (eager calls).
         args: Extra positional arrays passed to ``fn`` after ``x``; not attributed.
+        incremental: On a bridged CNN (``fn`` a :class:`jaxattr.bridge.Converted`, one
+            input (N, C, *spatial)), evaluate each ablation incrementally: only the
+            receptive field of the feature's bounding box is recomputed through the
+            convolutions, pools and elementwise layers (see
+            :func:`jaxattr.incremental_plan`); same result to float32 rounding. Pays
+            off for compact features (superpixels, patches). ``None`` (default): when
+            ``fn`` is such a model and the plan needs at most 75% of the model's
+            multiply-adds. ``True``: always (raises where it cannot apply). ``False``:
+            never.
 
     Returns:
         The attribution with x's structure, shapes and (floating) dtypes; float32 for
@@ -1034,6 +1088,26 @@ def feature_ablation(
     fmasks, f = _feature_masks(feature_mask, x, inputs)
     n_out = _n_outputs(t, out_shape, inputs.n)
     _check_mask_outputs(fmasks, n_out, out_shape)
+    plan = _incremental.choose(
+        fn,
+        x,
+        args,
+        incremental,
+        "feature_ablation",
+        lambda: _incremental.feature_changed(fmasks[0], f),
+    )
+    if plan is not None:
+        base, s = _incremental.run_features(
+            plan,
+            fn,
+            jax.tree_util.tree_leaves(x)[0],
+            jax.tree_util.tree_leaves(b)[0],
+            t,
+            fmasks[0],
+            batch_size,
+            show_progress,
+        )
+        return _spread((base[None] - s).T, fmasks, x)
     off = jnp.eye(f, dtype=bool)[:, None, :]
     s = _run_features(
         fn, x, args, inputs, t, b, fmasks, off, batch_size, show_progress, "feature_ablation"

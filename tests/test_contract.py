@@ -866,6 +866,8 @@ NOT_METHODS = {
     "smoothgrad_draws", "sobol_design", "sobol_sequence", "uniform_perturb",
     # perturbation and segmentation building blocks
     "occlude_independent", "permute_feature", "smooth_mask", "felzenszwalb", "xrai_segments",
+    # the plan behind incremental occlusion / feature ablation (for inspection)
+    "incremental_plan",
     # estimators and surrogate fits behind sobol, hsic and lime
     "sobol_total_indices", "hsic_indices", "fit_lasso", "fit_linear", "fit_ridge", "fit_sgd",
     "get_exp_kernel_similarity_function",
