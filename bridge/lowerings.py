@@ -1370,6 +1370,13 @@ def _max_pool(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=Fal
     # a Python scalar init lets JAX pick its differentiable max-window primitive
     init = -math.inf if jnp.issubdtype(self.dtype, jnp.floating) else int(
         jnp.iinfo(self.dtype).min)
+    if n == 2 and self.ndim == 4 and CONFIG["conv_layout"] == "NHWC":
+        # between two convolutions (a ResNet's stem): in their layout, so that XLA cancels
+        # the transposes around it instead of copying the map to NCHW and back
+        out = lax.reduce_window(
+            jnp.transpose(self, (0, 2, 3, 1)), init, lax.max, (1, *k, 1), (1, *s, 1),
+            [(0, 0), *pads, (0, 0)])
+        return jnp.transpose(out, (0, 3, 1, 2))
     return lax.reduce_window(
         self, init, lax.max, (1,) * lead + k, (1,) * lead + s,
         [(0, 0)] * lead + pads, window_dilation=(1,) * lead + d)
