@@ -580,7 +580,11 @@ def celu(self, alpha=1.0):
 
 @reg("aten.gelu.default")
 def gelu(self, *, approximate="none"):
-    return jax.nn.gelu(self, approximate=(approximate == "tanh"))
+    if approximate == "tanh":
+        return jax.nn.gelu(self, approximate=True)
+    # torch's CPU formula, x/2 (1 + erf(x/sqrt 2)); jax.nn.gelu's erfc form is the same
+    # function but XLA's erfc (exp and two rational branches) costs ~3x its erf on CPU
+    return self * 0.5 * (1 + lax.erf(self * jnp.asarray(0.7071067811865476, self.dtype)))
 
 
 @reg("aten.softplus.default")
