@@ -197,8 +197,20 @@ class IncrementalPlan:
             One line per tensor node of the graph, in order.
 
         Example:
-            >>> print(plan.describe().splitlines()[0])  # doctest: +SKIP
-            convolution                              local  box (11, 11) of (112, 112)
+            >>> import torch, jaxattr
+            >>> from jaxattr import bridge
+            >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+            ...                           torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            ...                           torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 2))
+            >>> conv = bridge.from_torch(net.eval(), torch.zeros(2, 3, 16, 16))
+            >>> plan = jaxattr.incremental_plan(conv, (1, 3, 16, 16), [[[4, 8], [4, 8]]])
+            >>> print(plan.describe())
+            convolution                              local  box (6, 6) of (16, 16)
+            relu                                     local  box (6, 6) of (16, 16)
+            max_pool2d                               local  box (4, 4) of (8, 8)
+            view                                     full
+            linear                                   full
+            multiply-adds per perturbation: 16.4% of the model's
         """
         lines = []
         for name in self.order:
@@ -1173,13 +1185,14 @@ def occlusion_changed(grid: np.ndarray, window: Sequence[int], x_shape: Sequence
 
 @_core.cached_jit(("model", "program", "window"))
 def _occlusion_chunk(*, model, program, x, baselines, target, base, cache, starts,
-                     wstarts, window):
+                     wstarts, valid, window):
     b = _core.expand_baselines(baselines, x)
     xbox = _occluded_boxes(x, b, wstarts, starts[program.input_start], window,
                            program.input_size)
     y = evaluate(program, model, x, cache, starts, xbox)
     s = jax.vmap(lambda yy: _score(yy, target))(y)
-    return _window_sum(base[None] - s, wstarts, window, tuple(x.shape[1:]))
+    w = jnp.where(valid[:, None], base[None] - s, 0.0)  # padding of a last, short chunk
+    return _window_sum(w, wstarts, window, tuple(x.shape[1:]))
 
 
 def _window_sum(w: jax.Array, wstarts: jax.Array, window: tuple[int, ...],
@@ -1245,21 +1258,43 @@ def _feature_chunk(*, model, program, x, baselines, target, cache, starts, fm, f
     return jax.vmap(lambda yy: _score(yy, target))(y)
 
 
+def _padded(parts: list[tuple[int, int]], total: int):
+    """Every chunk as indices of one length (the last padded with the last perturbation,
+    so that one compiled program serves all), with a mask of the real ones."""
+    size = parts[0][1] - parts[0][0]
+    for a, b in parts:
+        idx = np.minimum(np.arange(a, a + size), total - 1)
+        yield a, b, idx, np.arange(a, a + size) < b
+
+
 def run_occlusion(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, target: Any,
                   grid: np.ndarray, window: tuple[int, ...], batch_size: int | None,
                   show_progress: bool) -> jax.Array:
-    """Occlusion's summed window scores ``sum_p (f(x) - f(x_p)) * mask_p``: (n_out, *x[1:])."""
+    """Occlusion's summed window scores ``sum_p (f(x) - f(x_p)) * mask_p``: (n_out, *x[1:]).
+
+    Args:
+        plan: The plan for the windows' changed boxes (:func:`occlusion_changed`).
+        fn: The bridged model.
+        x: The input (N, C, *spatial).
+        baselines: Validated baselines broadcastable to x.
+        target: A normalised target, or None (every output).
+        grid: Window starts (P, D) over the non-batch dimensions.
+        window: The window shape (D,).
+        batch_size: Windows per compiled call (None: from the memory budget).
+        show_progress: A progress bar over the chunks (eager calls).
+    """
     from jaxattr._progress import progress, sync
 
     base, cache = _cache_scores(model=fn, program=plan.program, x=x, target=target)
     acc = None
     parts = chunks(plan, len(grid), batch_size)
     show = bool(show_progress) and not isinstance(x, jax.core.Tracer)
-    for a, b in progress(parts, total=len(parts), desc="occlusion", enabled=show):
+    for _a, _b, idx, valid in progress(_padded(parts, len(grid)), total=len(parts),
+                                       desc="occlusion", enabled=show):
         part = _occlusion_chunk(
             model=fn, program=plan.program, x=x, baselines=baselines, target=target,
-            base=base, cache=cache, starts={k: v[a:b] for k, v in plan.starts.items()},
-            wstarts=grid[a:b], window=tuple(window))
+            base=base, cache=cache, starts={k: v[idx] for k, v in plan.starts.items()},
+            wstarts=grid[idx], valid=valid, window=tuple(window))
         acc = part if acc is None else acc + part
         sync(acc, show)
     return acc
@@ -1268,7 +1303,18 @@ def run_occlusion(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, 
 def run_features(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, target: Any,
                  fm: np.ndarray, batch_size: int | None, show_progress: bool
                  ) -> tuple[jax.Array, jax.Array]:
-    """Feature ablation's scores: base (n_out,) and per feature (F, n_out)."""
+    """Feature ablation's scores: base (n_out,) and per feature (F, n_out).
+
+    Args:
+        plan: The plan for the features' bounding boxes (:func:`feature_changed`).
+        fn: The bridged model.
+        x: The input (N, C, *spatial).
+        baselines: Validated baselines broadcastable to x.
+        target: A normalised target, or None (every output).
+        fm: Feature ids 0..F-1, (1 or N, C, *spatial).
+        batch_size: Features per compiled call (None: from the memory budget).
+        show_progress: A progress bar over the chunks (eager calls).
+    """
     from jaxattr._progress import progress, sync
 
     base, cache = _cache_scores(model=fn, program=plan.program, x=x, target=target)
@@ -1277,10 +1323,11 @@ def run_features(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, t
     outs = []
     parts = chunks(plan, total, batch_size)
     show = bool(show_progress) and not isinstance(x, jax.core.Tracer)
-    for a, b in progress(parts, total=len(parts), desc="feature_ablation", enabled=show):
+    for a, b, idx, _valid in progress(_padded(parts, total), total=len(parts),
+                                      desc="feature_ablation", enabled=show):
         part = _feature_chunk(
             model=fn, program=plan.program, x=x, baselines=baselines, target=target,
-            cache=cache, starts={k: v[a:b] for k, v in plan.starts.items()}, fm=fm,
-            fids=fids[a:b])
-        outs.append(sync(part, show))
+            cache=cache, starts={k: v[idx] for k, v in plan.starts.items()}, fm=fm,
+            fids=fids[idx])
+        outs.append(sync(part[: b - a], show))
     return base, outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
