@@ -188,8 +188,11 @@ class Partition:
         return isinstance(other, Partition) and self.key == other.key
 
 
-def partition(tree: Any) -> tuple[Partition, list[Any]]:
+def partition(tree: Any, *, abstract: bool = False) -> tuple[Partition, list[Any]]:
     """Split ``tree`` into its static :class:`Partition` and its array leaves.
+
+    With ``abstract``, :class:`jax.ShapeDtypeStruct` leaves count as arrays too (a
+    shape probe's stand-ins for arrays whose values do not matter, see :func:`probe`).
 
     Example:
         >>> import jax.numpy as jnp
@@ -201,7 +204,7 @@ def partition(tree: Any) -> tuple[Partition, list[Any]]:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     statics, dynamic = [], []
     for leaf in leaves:
-        if _is_dynamic(leaf):
+        if _is_dynamic(leaf) or (abstract and isinstance(leaf, jax.ShapeDtypeStruct)):
             statics.append(_DYNAMIC)
             dynamic.append(leaf)
         else:
@@ -393,31 +396,50 @@ def probe(fn: Callable[..., Any], fixed: tuple, varying: Any) -> tuple[Any, tupl
     """``(jax.eval_shape(fn, *fixed, varying), (total, largest))``, memoized.
 
     ``fixed`` may hold pytrees (a model): their arrays enter as shapes, so the memo holds
-    no arrays and a model with new weights of the same shapes hits it. The second part
-    is the size of the values computed from ``varying`` (see :func:`_value_bytes`), what
-    :func:`jaxattr._core.batched_chunks` sizes chunks by.
+    no arrays and a model with new weights of the same shapes hits it. A
+    :class:`jax.ShapeDtypeStruct` leaf stands for an array of that shape (see
+    :func:`abstract_numpy`). The second part is the size of the values computed from
+    ``varying`` (see :func:`_value_bytes`), what :func:`jaxattr._core.batched_chunks`
+    sizes chunks by.
     """
-    part, fixed_dyn = partition((fn, fixed))
-    vpart, var_dyn = partition(varying)
+    part, fixed_dyn = partition((fn, fixed), abstract=True)
+    vpart, var_dyn = partition(varying, abstract=True)
     flags = [False] * len(fixed_dyn) + [True] * len(var_dyn)
+
+    def run(fdyn, vdyn):
+        f, fx = part.combine(fdyn)
+        return f(*fx, vpart.combine(vdyn))
+
+    def shapes(dyn):
+        return [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in dyn]
+
     if not (is_hashable(part) and is_hashable(vpart)):
-        closed, out = jax.make_jaxpr(lambda: fn(*fixed, varying), return_shape=True)()
+        closed, out = jax.make_jaxpr(run, return_shape=True)(shapes(fixed_dyn), shapes(var_dyn))
         return out, (0, 0)
     spec = tuple((tuple(a.shape), str(a.dtype)) for a in (*fixed_dyn, *var_dyn))
     key = (part, vpart, spec)
     hit = _SHAPES.get(key)
     if hit is None:
-
-        def run(fdyn, vdyn):
-            f, fx = part.combine(fdyn)
-            return f(*fx, vpart.combine(vdyn))
-
-        closed, out = jax.make_jaxpr(run, return_shape=True)(
-            [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in fixed_dyn],
-            [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in var_dyn],
-        )
+        closed, out = jax.make_jaxpr(run, return_shape=True)(shapes(fixed_dyn), shapes(var_dyn))
         hit = _SHAPES.put(key, (out, _value_bytes(closed.jaxpr, flags)))
     return hit
+
+
+def abstract_numpy(tree: Any) -> Any:
+    """``tree`` with each numeric NumPy array replaced by its :class:`jax.ShapeDtypeStruct`.
+
+    For the extra inputs of a shape probe (``args``, ``kwargs``): a compiled method core
+    traces them as arrays anyway, so only their shapes matter, and :func:`probe` then
+    memoizes by shape instead of tracing the model again on every call (a NumPy leaf is
+    otherwise static and unhashable).
+    """
+
+    def leaf(a: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.dtype.kind in "biufc":
+            return jax.ShapeDtypeStruct(a.shape, a.dtype)
+        return a
+
+    return jax.tree_util.tree_map(leaf, tree)
 
 
 # --------------------------------------------------------------------------------------

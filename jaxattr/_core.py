@@ -318,7 +318,7 @@ def _call_fn(inputs: Inputs, fn: Callable[..., Any], args: tuple, x: PyTree) -> 
 
 
 def _output_shape(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple) -> tuple:
-    out, value_bytes = _caching.probe(_call_fn, (inputs, fn, args), x)
+    out, value_bytes = _caching.probe(_call_fn, (inputs, fn, _caching.abstract_numpy(args)), x)
     scope = _SCOPE.get()
     if scope is not None and scope.value_bytes is None:  # the first probe sizes chunks
         scope.value_bytes = value_bytes
