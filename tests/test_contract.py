@@ -886,7 +886,7 @@ NOT_METHODS = {
     "stabilize", "is_relu", "named_merge_batch_norm", "merge_batch_norm", "canonize",
     "attach", "residual_sums",
     # model structure, targets, quadrature, resizing
-    "layer_graph", "model_buffers", "incremental_plan", "select_target", "one_hot_max",
+    "layer_graph", "model_buffers", "select_target", "one_hot_max",
     "quadrature", "interpolate", "gradient_to_saliency",
     # configuration
     "clear_caches", "compiler_options", "memory_budget", "set_memory_budget",
