@@ -7,7 +7,7 @@ Nakandala et al., SIGMOD 2019). :func:`incremental_plan` reads a bridged model's
 (:class:`jaxattr.bridge.Converted`) once and, for the changed input region of every
 perturbation, works out the changed region of every node (receptive-field propagation,
 clipped to the map). Evaluation then runs the model once on the unperturbed input and,
-per perturbation (``vmap``-ped, the perturbations folded into the batch):
+per perturbation (the perturbations of a chunk folded into the batch):
 
 - a *local* node recomputes only a box of fixed size (the largest changed region over
   the perturbations, shifted inside the map at the borders): a convolution or pool reads
@@ -1070,10 +1070,13 @@ class _Shaped:
 # --------------------------------------------------------------------------------------
 
 
-def _converted_type() -> Any:
+def _is_bridged(fn: Any) -> bool:
+    """Whether ``fn`` is a bridged model (the bridge is imported only if it may be one)."""
+    if not type(fn).__module__.startswith("jaxattr.bridge"):
+        return False
     from jaxattr.bridge.convert import Converted
 
-    return Converted
+    return isinstance(fn, Converted)
 
 
 def choose(fn: Any, x: Any, args: tuple, incremental: bool | None, method: str,
@@ -1092,7 +1095,7 @@ def choose(fn: Any, x: Any, args: tuple, incremental: bool | None, method: str,
         raise TypeError(f"incremental: expected None, True or False, got {incremental!r}")
     why = None
     leaves = jax.tree_util.tree_leaves(x)
-    if not isinstance(fn, _converted_type()):
+    if not _is_bridged(fn):
         why = (f"fn: incremental evaluation needs a bridged model (jaxattr.bridge.Converted), "
                f"got {type(fn).__name__}")
     elif fn._n_args != 1 or fn.kwarg_names:

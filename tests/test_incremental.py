@@ -86,9 +86,9 @@ class _VGGLike(nn.Module):
 
 
 class _Mixed(nn.Module):
-    """Dilated and strided convolutions, padding of every kind, channel concatenation,
-    average pools (one whose padding is not counted: computed in full), leaky ReLU,
-    hardswish, a PReLU."""
+    """Dilated, depthwise and strided convolutions, padding of every kind, channel
+    concatenation, average pools (one whose padding is not counted: computed in full),
+    leaky ReLU, hardswish, a PReLU."""
 
     def __init__(self):
         super().__init__()
@@ -98,6 +98,7 @@ class _Mixed(nn.Module):
         self.pool = nn.AvgPool2d(3, 1, 1)
         self.side = nn.Conv2d(6, 4, 1)
         self.prelu = nn.PReLU(10)
+        self.depthwise = nn.Conv2d(10, 10, 3, padding=1, groups=10)
         self.down = nn.Conv2d(10, 8, 3, stride=2)
         self.pool2 = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
         self.fc = nn.Linear(8 * 7 * 7, 3)
@@ -105,7 +106,7 @@ class _Mixed(nn.Module):
     def forward(self, x):
         a = self.pool(self.act(self.bn(self.dil(x))))
         a = self.prelu(torch.cat([a, nn.functional.hardswish(self.side(a))], 1))
-        return self.fc(torch.flatten(self.pool2(self.down(a)), 1))
+        return self.fc(torch.flatten(self.pool2(self.down(self.depthwise(a))), 1))
 
 
 class _FullyConv(nn.Module):
