@@ -350,7 +350,18 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
                 raise
             return plain(*args, **kwargs)
 
+    def cache_size() -> int:
+        """Programs compiled so far (both forms), as ``jax.jit``'s ``_cache_size``."""
+        return plain._cache_size() + (safe[0]._cache_size() if safe else 0)
+
+    def clear_cache() -> None:
+        plain.clear_cache()
+        if safe:
+            safe[0].clear_cache()
+
     call.plain = plain  # type: ignore[attr-defined]
+    call._cache_size = cache_size  # type: ignore[attr-defined]
+    call.clear_cache = clear_cache  # type: ignore[attr-defined]
     return call
 
 
