@@ -30,12 +30,21 @@ from jax import lax
 
 __all__ = ["conv2d", "conv2d_slices", "conv2d_xla", "use_slices"]
 
-#: Output maps up to this many pixels (Ho*Wo) are computed as slice patches at any batch
-#: size: XLA's CPU convolution is pathological there (benchmarks/bench_conv.py).
-SLICES_ALWAYS_PIXELS = 8 * 8
-#: Larger maps use slice patches while the matrix product has at most this many rows
-#: (N*Ho*Wo); beyond it XLA's convolution is as fast or faster (memory-bound patches).
+#: Output maps up to this many pixels (Ho*Wo, 2x2) are computed as slice patches at any
+#: batch size and depth: XLA's CPU convolution is pathological there (5x at 64 channels,
+#: 70x at 512; benchmarks/bench_conv.py).
+SLICES_ALWAYS_PIXELS = 4
+#: Deeper convolutions (C*kh*kw at least this, e.g. 3x3 from 256 channels) use slice
+#: patches while the matrix product has at most :data:`SLICES_MAX_ROWS` rows (N*Ho*Wo) or
+#: the map is at most :data:`SLICES_DEEP_PIXELS`; shallower ones use XLA's convolution,
+#: which runs as fast or faster there and compiles 2-4x faster (its derivatives are one
+#: convolution each, the slice form's are kh*kw pads).
+SLICES_MIN_DEPTH = 2048
+#: Beyond this many product rows XLA's convolution is as fast or faster (memory-bound
+#: patches) ...
 SLICES_MAX_ROWS = 512
+#: ... except on maps this small (4x4), where it stays 2x slower at any batch.
+SLICES_DEEP_PIXELS = 16
 #: And the patches' size: above it the copy dominates whatever the map size.
 SLICES_MAX_BYTES = 64 << 20
 
@@ -56,9 +65,10 @@ def use_slices(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[
         itemsize: Bytes per element.
 
     Returns:
-        True for small output maps, few output rows N*Ho*Wo (at most
-        :data:`SLICES_MAX_ROWS`, or at most the output channels: patches smaller than the
-        weight) or a 1x1 kernel, whose patches stay within :data:`SLICES_MAX_BYTES`.
+        True for a 1x1 kernel, a tiny output map (:data:`SLICES_ALWAYS_PIXELS`), or a deep
+        convolution (:data:`SLICES_MIN_DEPTH`) with few product rows N*Ho*Wo
+        (:data:`SLICES_MAX_ROWS`) or a small map (:data:`SLICES_DEEP_PIXELS`), whose
+        patches stay within :data:`SLICES_MAX_BYTES`.
 
     Example:
         >>> use_slices((16, 512, 2, 2), (512, 512, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1))
@@ -76,10 +86,10 @@ def use_slices(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[
         return False
     patch_bytes = n * ho * wo * c * kh * kw * itemsize
     small = (
-        ho * wo <= SLICES_ALWAYS_PIXELS
-        or n * ho * wo <= SLICES_MAX_ROWS
-        or n * ho * wo <= w_shape[0]  # patches smaller than the weight (used as it is)
-        or (kh, kw) == (1, 1)  # no patches to copy: a (strided) slice and one product
+        (kh, kw) == (1, 1)  # no patches to copy: a (strided) slice and one product
+        or ho * wo <= SLICES_ALWAYS_PIXELS
+        or (c * kh * kw >= SLICES_MIN_DEPTH
+            and (n * ho * wo <= SLICES_MAX_ROWS or ho * wo <= SLICES_DEEP_PIXELS))
     )
     return small and patch_bytes <= SLICES_MAX_BYTES
 

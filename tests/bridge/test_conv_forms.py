@@ -81,3 +81,11 @@ def test_the_choice_follows_the_map_size():
     assert C.use_slices((8, 64, 56, 56), (128, 64, 1, 1), (2, 2), [(0, 0), (0, 0)], (1, 1))
     assert not C.use_slices((8, 128, 28, 28), (128, 128, 3, 3), (1, 1), three, (1, 1))
     assert not C.use_slices((1, 3, 4, 4), (2, 3, 3, 3), (1, 1), [(-1, 0), (0, 0)], (1, 1))
+    # shallow convolutions (C*kh*kw < 2048) use XLA's form beyond 2x2 maps: as fast or
+    # faster there, and 2-4x cheaper to compile (benchmarks/results/conv.md)
+    assert not C.use_slices((2, 32, 8, 8), (32, 32, 3, 3), (1, 1), three, (1, 1))
+    assert not C.use_slices((50, 128, 4, 4), (128, 128, 3, 3), (1, 1), three, (1, 1))
+    assert C.use_slices((32, 128, 2, 2), (128, 128, 3, 3), (1, 1), three, (1, 1))
+    # deep ones beyond 512 rows only on maps up to 4x4 (IG's 50-step batches on 7x7: XLA)
+    assert C.use_slices((50, 256, 4, 4), (256, 256, 3, 3), (1, 1), three, (1, 1))
+    assert not C.use_slices((50, 256, 7, 7), (256, 256, 3, 3), (1, 1), three, (1, 1))
