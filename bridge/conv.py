@@ -53,9 +53,14 @@ def _out_size(size: int, k: int, stride: int, pads: tuple[int, int], dilation: i
     return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
 
 
-def use_slices(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[int],
-               pads: Sequence[tuple[int, int]], dilation: Sequence[int],
-               itemsize: int = 4) -> bool:
+def use_slices(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    itemsize: int = 4,
+) -> bool:
     """Whether :func:`conv2d` computes this (ungrouped, NCHW) convolution as slice patches.
 
     Args:
@@ -88,14 +93,21 @@ def use_slices(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[
     small = (
         (kh, kw) == (1, 1)  # no patches to copy: a (strided) slice and one product
         or ho * wo <= SLICES_ALWAYS_PIXELS
-        or (c * kh * kw >= SLICES_MIN_DEPTH
-            and (n * ho * wo <= SLICES_MAX_ROWS or ho * wo <= SLICES_DEEP_PIXELS))
+        or (
+            c * kh * kw >= SLICES_MIN_DEPTH
+            and (n * ho * wo <= SLICES_MAX_ROWS or ho * wo <= SLICES_DEEP_PIXELS)
+        )
     )
     return small and patch_bytes <= SLICES_MAX_BYTES
 
 
-def conv2d_slices(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
-                  pads: Sequence[tuple[int, int]], dilation: Sequence[int]) -> jnp.ndarray:
+def conv2d_slices(
+    x: jnp.ndarray,
+    w: jnp.ndarray,
+    stride: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+) -> jnp.ndarray:
     """Ungrouped 2-d convolution as slice patches and one matrix product.
 
     Args:
@@ -124,11 +136,21 @@ def conv2d_slices(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
     xt = jnp.transpose(x, (0, 2, 3, 1))  # NHWC: the channel axis is contiguous
     if any(p for pair in pads for p in pair):
         xt = jnp.pad(xt, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-    taps = [lax.slice(xt, (0, i * dilation[0], j * dilation[1], 0),
-                      (n, i * dilation[0] + (ho - 1) * stride[0] + 1,
-                       j * dilation[1] + (wo - 1) * stride[1] + 1, c),
-                      (1, stride[0], stride[1], 1))
-            for i in range(kh) for j in range(kw)]  # each (N, Ho, Wo, C)
+    taps = [
+        lax.slice(
+            xt,
+            (0, i * dilation[0], j * dilation[1], 0),
+            (
+                n,
+                i * dilation[0] + (ho - 1) * stride[0] + 1,
+                j * dilation[1] + (wo - 1) * stride[1] + 1,
+                c,
+            ),
+            (1, stride[0], stride[1], 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]  # each (N, Ho, Wo, C)
     dims = (((3,), (1,)), ((), ()))
     if len(taps) == 1:  # 1x1: the weight as it is, (O, C)
         out = lax.dot_general(taps[0], w.reshape(o, c), dims)
@@ -145,9 +167,15 @@ def conv2d_slices(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
     return jnp.transpose(out, (0, 3, 1, 2))  # (N, O, Ho, Wo)
 
 
-def conv2d_xla(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
-               pads: Sequence[tuple[int, int]], dilation: Sequence[int], groups: int = 1,
-               lhs_dilation: Sequence[int] | None = None) -> jnp.ndarray:
+def conv2d_xla(
+    x: jnp.ndarray,
+    w: jnp.ndarray,
+    stride: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    groups: int = 1,
+    lhs_dilation: Sequence[int] | None = None,
+) -> jnp.ndarray:
     """XLA's convolution, run in NHWC (its faster CPU layout) for NCHW data.
 
     Args:
@@ -169,16 +197,27 @@ def conv2d_xla(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
     xt = jnp.transpose(x, (0, 2, 3, 1))
     wt = jnp.transpose(w, (2, 3, 1, 0))
     out = lax.conv_general_dilated(
-        xt, wt, tuple(stride), [tuple(p) for p in pads],
+        xt,
+        wt,
+        tuple(stride),
+        [tuple(p) for p in pads],
         lhs_dilation=None if lhs_dilation is None else tuple(lhs_dilation),
-        rhs_dilation=tuple(dilation), feature_group_count=groups,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        rhs_dilation=tuple(dilation),
+        feature_group_count=groups,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return jnp.transpose(out, (0, 3, 1, 2))
 
 
-def conv2d(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
-           pads: Sequence[tuple[int, int]], dilation: Sequence[int], groups: int = 1,
-           lhs_dilation: Sequence[int] | None = None) -> jnp.ndarray:
+def conv2d(
+    x: jnp.ndarray,
+    w: jnp.ndarray,
+    stride: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    groups: int = 1,
+    lhs_dilation: Sequence[int] | None = None,
+) -> jnp.ndarray:
     """A 2-d convolution (NCHW, torch's weight layout) in its fastest form for the shape.
 
     Slice patches (:func:`conv2d_slices`) for ungrouped convolutions on small output maps,
@@ -204,7 +243,10 @@ def conv2d(x: jnp.ndarray, w: jnp.ndarray, stride: Sequence[int],
         (16, 8, 2, 2)
     """
     pads = [tuple(p) for p in pads]
-    if groups == 1 and lhs_dilation is None and use_slices(
-            x.shape, w.shape, stride, pads, dilation, jnp.dtype(x.dtype).itemsize):
+    if (
+        groups == 1
+        and lhs_dilation is None
+        and use_slices(x.shape, w.shape, stride, pads, dilation, jnp.dtype(x.dtype).itemsize)
+    ):
         return conv2d_slices(x, w, stride, pads, dilation)
     return conv2d_xla(x, w, stride, pads, dilation, groups, lhs_dilation)

@@ -124,13 +124,14 @@ def refusal(key: str, args: Any, kwargs: Any, out: Any = None) -> str | None:
     for leaf in _example_leaves((args, kwargs, out)):
         dt = _leaf_dtype(leaf)
         if dt is not None and getattr(dt, "is_complex", False) is True:
-            return (f"complex dtype {dt}: the bridge has no complex numbers; keep the "
-                    "computation real (e.g. torch.view_as_real, or real and imaginary parts "
-                    "as separate tensors)")
+            return (
+                f"complex dtype {dt}: the bridge has no complex numbers; keep the "
+                "computation real (e.g. torch.view_as_real, or real and imaginary parts "
+                "as separate tensors)"
+            )
     args = tuple(args)
     if key == "aten.index.Tensor" and len(args) > 1:
-        if any(i is not None and str(_leaf_dtype(i)) in ("torch.bool", "bool")
-               for i in args[1]):
+        if any(i is not None and str(_leaf_dtype(i)) in ("torch.bool", "bool") for i in args[1]):
             return _BOOL_READ
     if key == "aten.index_put.default" and len(args) > 1:
         given = [i for i in args[1] if i is not None]
@@ -144,11 +145,15 @@ def refusal(key: str, args: Any, kwargs: Any, out: Any = None) -> str | None:
     return None
 
 
-_BOOL_READ = ("reading x[bool_mask] gives a shape that depends on the data, which one traced "
-              "JAX program cannot have; write the model with torch.where (or multiply by the "
-              "mask), or assign through the mask (x[mask] = v works, x[mask] += v does not)")
-_BOOL_MIXED = ("a boolean mask combined with other index tensors in one assignment; assign "
-               "with the mask alone, or use torch.where")
+_BOOL_READ = (
+    "reading x[bool_mask] gives a shape that depends on the data, which one traced "
+    "JAX program cannot have; write the model with torch.where (or multiply by the "
+    "mask), or assign through the mask (x[mask] = v works, x[mask] += v does not)"
+)
+_BOOL_MIXED = (
+    "a boolean mask combined with other index tensors in one assignment; assign "
+    "with the mask alone, or use torch.where"
+)
 _BICUBIC_3D = "bicubic interpolation exists only for 4-d inputs"
 
 
@@ -204,8 +209,27 @@ reg("aten.sym_size.int")(lambda self, dim: self.shape[dim])
 reg("aten.sym_numel.default")(lambda self: int(np.prod(self.shape)))
 reg("aten.sym_stride.int")(lambda self, dim: int(np.prod(self.shape[dim + 1 :])))
 reg("operator.getitem")(lambda obj, index: obj[index])
-for _name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "neg", "pos", "eq", "ne",
-              "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs"):
+for _name in (
+    "add",
+    "sub",
+    "mul",
+    "floordiv",
+    "truediv",
+    "mod",
+    "pow",
+    "neg",
+    "pos",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and_",
+    "or_",
+    "not_",
+    "abs",
+):
     LOWERINGS[f"operator.{_name}"] = getattr(operator, _name)
 reg("math.ceil")(math.ceil)
 reg("math.floor")(math.floor)
@@ -231,9 +255,16 @@ def detach(self):
     return jax.lax.stop_gradient(self)
 
 
-@reg("aten.clone.default", "aten.alias.default",
-     "aten.lift_fresh_copy.default", "aten.contiguous.default", "aten.lift_fresh.default",
-     "aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_dropout.default")
+@reg(
+    "aten.clone.default",
+    "aten.alias.default",
+    "aten.lift_fresh_copy.default",
+    "aten.contiguous.default",
+    "aten.lift_fresh.default",
+    "aten.dropout.default",
+    "aten.feature_dropout.default",
+    "aten.alpha_dropout.default",
+)
 def identity(self, *args, **kwargs):
     """Ops that return their input in eval mode (clone, alias, dropout with train=False).
 
@@ -329,8 +360,9 @@ def arange(start, end=None, step=1, *, dtype=None, **kwargs):
     if end is None:
         start, end = 0, start
     if dtype is None:
-        dtype = _default_dtype(start + end + step if all(
-            isinstance(v, int) for v in (start, end, step)) else 0.5)
+        dtype = _default_dtype(
+            start + end + step if all(isinstance(v, int) for v in (start, end, step)) else 0.5
+        )
     return jnp.arange(start, end, step, dtype=dtype)
 
 
@@ -350,20 +382,54 @@ def _unary(name: str, fn: Callable[[Any], Any]) -> None:
 
 
 for _name, _fn in {
-    "neg": jnp.negative, "abs": jnp.abs, "exp": jnp.exp, "exp2": jnp.exp2, "log": jnp.log,
-    "log2": jnp.log2, "log10": jnp.log10, "log1p": jnp.log1p, "expm1": jnp.expm1,
-    "sqrt": jnp.sqrt, "rsqrt": lax.rsqrt, "reciprocal": jnp.reciprocal, "sin": jnp.sin,
-    "cos": jnp.cos, "tan": jnp.tan, "asin": jnp.arcsin, "acos": jnp.arccos,
-    "atan": jnp.arctan, "sinh": jnp.sinh, "cosh": jnp.cosh, "asinh": jnp.arcsinh,
-    "acosh": jnp.arccosh, "atanh": jnp.arctanh, "erf": lax.erf, "erfc": lax.erfc,
-    "erfinv": lax.erf_inv, "floor": jnp.floor, "ceil": jnp.ceil, "round": jnp.round,
-    "trunc": jnp.trunc, "sign": jnp.sign, "sgn": jnp.sign, "isnan": jnp.isnan,
-    "isinf": jnp.isinf, "isfinite": jnp.isfinite, "logical_not": jnp.logical_not,
-    "bitwise_not": jnp.invert, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
-    "relu": jax.nn.relu, "silu": jax.nn.silu, "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
-    "log_sigmoid": jax.nn.log_sigmoid, "frac": lambda x: x - jnp.trunc(x),
-    "square": jnp.square, "lgamma": lax.lgamma,
-    "positive": lambda x: x, "signbit": jnp.signbit,
+    "neg": jnp.negative,
+    "abs": jnp.abs,
+    "exp": jnp.exp,
+    "exp2": jnp.exp2,
+    "log": jnp.log,
+    "log2": jnp.log2,
+    "log10": jnp.log10,
+    "log1p": jnp.log1p,
+    "expm1": jnp.expm1,
+    "sqrt": jnp.sqrt,
+    "rsqrt": lax.rsqrt,
+    "reciprocal": jnp.reciprocal,
+    "sin": jnp.sin,
+    "cos": jnp.cos,
+    "tan": jnp.tan,
+    "asin": jnp.arcsin,
+    "acos": jnp.arccos,
+    "atan": jnp.arctan,
+    "sinh": jnp.sinh,
+    "cosh": jnp.cosh,
+    "asinh": jnp.arcsinh,
+    "acosh": jnp.arccosh,
+    "atanh": jnp.arctanh,
+    "erf": lax.erf,
+    "erfc": lax.erfc,
+    "erfinv": lax.erf_inv,
+    "floor": jnp.floor,
+    "ceil": jnp.ceil,
+    "round": jnp.round,
+    "trunc": jnp.trunc,
+    "sign": jnp.sign,
+    "sgn": jnp.sign,
+    "isnan": jnp.isnan,
+    "isinf": jnp.isinf,
+    "isfinite": jnp.isfinite,
+    "logical_not": jnp.logical_not,
+    "bitwise_not": jnp.invert,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "frac": lambda x: x - jnp.trunc(x),
+    "square": jnp.square,
+    "lgamma": lax.lgamma,
+    "positive": lambda x: x,
+    "signbit": jnp.signbit,
 }.items():
     _unary(_name, _fn)
 
@@ -408,8 +474,9 @@ def _trigamma(x):
     poly = jax.scipy.special.polygamma
     low = x < 0.5
     r = x - jnp.round(x)
-    reflected = (math.pi ** 2) / jnp.square(jnp.sin(math.pi * r)) - poly(
-        1, 1.0 - jnp.where(low, x, 0.0))
+    reflected = (math.pi**2) / jnp.square(jnp.sin(math.pi * r)) - poly(
+        1, 1.0 - jnp.where(low, x, 0.0)
+    )
     return jnp.where(low, reflected, poly(1, jnp.where(low, 1.0, x)))
 
 
@@ -499,13 +566,26 @@ def pow_scalar(self, exponent):
 
 
 for _name, _fn in {
-    "eq": jnp.equal, "ne": jnp.not_equal, "lt": jnp.less, "le": jnp.less_equal,
-    "gt": jnp.greater, "ge": jnp.greater_equal, "maximum": jnp.maximum,
-    "minimum": jnp.minimum, "fmax": jnp.fmax, "fmin": jnp.fmin, "atan2": jnp.arctan2,
-    "logical_and": jnp.logical_and, "logical_or": jnp.logical_or,
-    "logical_xor": jnp.logical_xor, "bitwise_and": jnp.bitwise_and,
-    "bitwise_or": jnp.bitwise_or, "bitwise_xor": jnp.bitwise_xor, "hypot": jnp.hypot,
-    "copysign": jnp.copysign, "xlogy": jax.scipy.special.xlogy,
+    "eq": jnp.equal,
+    "ne": jnp.not_equal,
+    "lt": jnp.less,
+    "le": jnp.less_equal,
+    "gt": jnp.greater,
+    "ge": jnp.greater_equal,
+    "maximum": jnp.maximum,
+    "minimum": jnp.minimum,
+    "fmax": jnp.fmax,
+    "fmin": jnp.fmin,
+    "atan2": jnp.arctan2,
+    "logical_and": jnp.logical_and,
+    "logical_or": jnp.logical_or,
+    "logical_xor": jnp.logical_xor,
+    "bitwise_and": jnp.bitwise_and,
+    "bitwise_or": jnp.bitwise_or,
+    "bitwise_xor": jnp.bitwise_xor,
+    "hypot": jnp.hypot,
+    "copysign": jnp.copysign,
+    "xlogy": jax.scipy.special.xlogy,
 }.items():
     for _ov in ("Tensor", "Scalar", "default"):
         LOWERINGS[f"aten.{_name}.{_ov}"] = (lambda f: lambda self, other: f(self, other))(_fn)
@@ -610,13 +690,15 @@ def relu6(self):
 @reg("aten.hardsigmoid.default")
 def hardsigmoid(self):
     return jnp.where(self <= -3.0, 0.0, jnp.where(self >= 3.0, 1.0, self / 6.0 + 0.5)).astype(
-        self.dtype)
+        self.dtype
+    )
 
 
 @reg("aten.hardswish.default")
 def hardswish(self):
-    return jnp.where(self <= -3.0, 0.0, jnp.where(self >= 3.0, self, self * (self + 3.0) / 6.0)
-                     ).astype(self.dtype)
+    return jnp.where(
+        self <= -3.0, 0.0, jnp.where(self >= 3.0, self, self * (self + 3.0) / 6.0)
+    ).astype(self.dtype)
 
 
 @reg("aten.threshold.default")
@@ -626,8 +708,11 @@ def threshold(self, threshold, value):
 
 @reg("aten.prelu.default", "aten._prelu_kernel.default")
 def prelu(self, weight):
-    w = weight.reshape((-1,) + (1,) * (self.ndim - 2)) if self.ndim >= 2 and weight.size > 1 \
+    w = (
+        weight.reshape((-1,) + (1,) * (self.ndim - 2))
+        if self.ndim >= 2 and weight.size > 1
         else weight
+    )
     return jnp.where(self > 0, self, w * self)
 
 
@@ -644,8 +729,7 @@ def softmax_int(self, dim, dtype=None):
 def _safe_softmax(x, axis):
     """Softmax whose rows of all ``-inf`` (fully masked) are 0 with a zero gradient."""
     dead = jnp.all(x == -jnp.inf, axis=axis, keepdims=True)
-    return jnp.where(dead, 0.0, jax.nn.softmax(jnp.where(dead, 0.0, x), axis=axis)).astype(
-        x.dtype)
+    return jnp.where(dead, 0.0, jax.nn.softmax(jnp.where(dead, 0.0, x), axis=axis)).astype(x.dtype)
 
 
 @reg("aten._safe_softmax.default")
@@ -701,14 +785,18 @@ def min_(self):
 
 @reg("aten.max.dim")
 def max_dim(self, dim, keepdim=False):
-    return (jnp.max(self, axis=dim, keepdims=keepdim),
-            jnp.argmax(self, axis=dim, keepdims=keepdim).astype(_int_dtype()))
+    return (
+        jnp.max(self, axis=dim, keepdims=keepdim),
+        jnp.argmax(self, axis=dim, keepdims=keepdim).astype(_int_dtype()),
+    )
 
 
 @reg("aten.min.dim")
 def min_dim(self, dim, keepdim=False):
-    return (jnp.min(self, axis=dim, keepdims=keepdim),
-            jnp.argmin(self, axis=dim, keepdims=keepdim).astype(_int_dtype()))
+    return (
+        jnp.min(self, axis=dim, keepdims=keepdim),
+        jnp.argmin(self, axis=dim, keepdims=keepdim).astype(_int_dtype()),
+    )
 
 
 @reg("aten.argmax.default")
@@ -785,8 +873,11 @@ def linalg_vector_norm(self, ord=2, dim=None, keepdim=False, *, dtype=None):
             return jnp.min(a, axis=axis, keepdims=keepdim)
         # |x|^p for p < 1 has an infinite slope at 0, where torch's gradient is 0
         pos = a > 0
-        s = jnp.sum(jnp.where(pos, jnp.where(pos, a, 1.0) ** ord, 0.0 if ord > 0 else jnp.inf),
-                    axis=axis, keepdims=keepdim)
+        s = jnp.sum(
+            jnp.where(pos, jnp.where(pos, a, 1.0) ** ord, 0.0 if ord > 0 else jnp.inf),
+            axis=axis,
+            keepdims=keepdim,
+        )
     # so has the root at 0: keep it off zero norms, whose gradient torch sets to 0
     nonzero = s > 0
     safe = jnp.where(nonzero, s, 1.0)
@@ -809,8 +900,7 @@ def sort(self, dim=-1, descending=False, *, stable=None):
 
 @reg("aten.argsort.default", "aten.argsort.stable")
 def argsort(self, dim=-1, descending=False, *, stable=None):
-    return jnp.argsort(-self if descending else self, axis=dim, stable=True).astype(
-        _int_dtype())
+    return jnp.argsort(-self if descending else self, axis=dim, stable=True).astype(_int_dtype())
 
 
 # --------------------------------------------------------------------------- shape & view
@@ -862,13 +952,13 @@ def squeeze(self, dim=None):
 @reg("aten.flatten.using_ints")
 def flatten(self, start_dim=0, end_dim=-1):
     s, e = _axis(start_dim, self.ndim), _axis(end_dim, self.ndim)
-    return jnp.reshape(self, self.shape[:s] + (-1,) + self.shape[e + 1:])
+    return jnp.reshape(self, self.shape[:s] + (-1,) + self.shape[e + 1 :])
 
 
 @reg("aten.unflatten.int")
 def unflatten(self, dim, sizes):
     d = _axis(dim, self.ndim)
-    return jnp.reshape(self, self.shape[:d] + tuple(sizes) + self.shape[d + 1:])
+    return jnp.reshape(self, self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
 
 
 @reg("aten.slice.Tensor")
@@ -880,8 +970,9 @@ def slice_(self, dim=0, start=None, end=None, step=1):
 
 @reg("aten.select.int")
 def select(self, dim, index):
-    return lax.index_in_dim(self, index if index >= 0 else index + self.shape[dim], dim,
-                            keepdims=False)
+    return lax.index_in_dim(
+        self, index if index >= 0 else index + self.shape[dim], dim, keepdims=False
+    )
 
 
 @reg("aten.narrow.default")
@@ -1032,8 +1123,12 @@ def index_put(self, indices, values, accumulate=False):
     idx = tuple(slice(None) if i is None else i for i in indices)
     if accumulate:
         return self.at[idx].add(values)
-    return _index_set(self, jnp.asarray(values), tuple(i for i in indices if i is not None),
-                      tuple(i is not None for i in indices))
+    return _index_set(
+        self,
+        jnp.asarray(values),
+        tuple(i for i in indices if i is not None),
+        tuple(i is not None for i in indices),
+    )
 
 
 def _bool_index_put(self, indices, values, accumulate):
@@ -1047,11 +1142,11 @@ def _bool_index_put(self, indices, values, accumulate):
         raise UnsupportedArgumentsError("aten.index_put.default", _BOOL_MIXED)
     k = pos[0]
     mask = indices[k]
-    lead, rest = self.shape[:k], self.shape[k + mask.ndim:]
+    lead, rest = self.shape[:k], self.shape[k + mask.ndim :]
     # values broadcast against self[mask]'s shape: lead + (count,) + rest
     v = values.reshape((1,) * (len(lead) + 1 + len(rest) - values.ndim) + values.shape)
     if v.shape[k] == 1:
-        v = v.reshape(v.shape[:k] + (1,) * mask.ndim + v.shape[k + 1:])
+        v = v.reshape(v.shape[:k] + (1,) * mask.ndim + v.shape[k + 1 :])
     else:
         row = jnp.clip(jnp.cumsum(mask.reshape(-1)) - 1, 0, v.shape[k] - 1).reshape(mask.shape)
         v = jnp.take(v, row, axis=k)
@@ -1133,8 +1228,13 @@ def linear(input, weight, bias=None):
     return out if bias is None else out + bias
 
 
-@reg("aten.mm.default", "aten.bmm.default", "aten.matmul.default", "aten.mv.default",
-     "aten.dot.default")
+@reg(
+    "aten.mm.default",
+    "aten.bmm.default",
+    "aten.matmul.default",
+    "aten.mv.default",
+    "aten.dot.default",
+)
 def matmul(self, other):
     return jnp.matmul(self, other)
 
@@ -1181,8 +1281,9 @@ def trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
             x = jnp.expand_dims(x, d)
         xs.append(x)
     total = xs[0].ndim
-    size = [0 if any(x.shape[k] == 0 for x in xs) else max(x.shape[k] for x in xs)
-            for k in range(total)]
+    size = [
+        0 if any(x.shape[k] == 0 for x in xs) else max(x.shape[k] for x in xs) for k in range(total)
+    ]
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     subs, ops = [], []
     for x in xs:  # a size-1 axis that another operand fills is broadcast: leave it out
@@ -1219,8 +1320,12 @@ def _conv(x, w, stride, padding, dilation, groups, lhs_dilation=None):
     if nsp == 2 and CONFIG["conv_layout"] == "NHWC":
         if impl == "auto":
             return _convforms.conv2d(x, w, stride, pads, dilation, groups, lhs_dilation)
-        if impl == "slices" and groups == 1 and lhs_dilation is None and min(
-                min(p) for p in pads) >= 0:
+        if (
+            impl == "slices"
+            and groups == 1
+            and lhs_dilation is None
+            and min(min(p) for p in pads) >= 0
+        ):
             return _convforms.conv2d_slices(x, w, stride, pads, dilation)
     return _conv_xla(x, w, stride, pads, dilation, groups, lhs_dilation, nsp)
 
@@ -1231,28 +1336,49 @@ def _conv_xla(x, w, stride, pads, dilation, groups, lhs_dilation, nsp):
         xt = jnp.transpose(x, (0, 2, 3, 1))
         wt = jnp.transpose(w, (2, 3, 1, 0))
         out = lax.conv_general_dilated(
-            xt, wt, tuple(stride), pads, lhs_dilation=lhs_dilation,
-            rhs_dilation=tuple(dilation), feature_group_count=groups,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            xt,
+            wt,
+            tuple(stride),
+            pads,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=tuple(dilation),
+            feature_group_count=groups,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         return jnp.transpose(out, (0, 3, 1, 2))
     return lax.conv_general_dilated(
-        x, w, tuple(stride), pads, lhs_dilation=lhs_dilation, rhs_dilation=tuple(dilation),
+        x,
+        w,
+        tuple(stride),
+        pads,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=tuple(dilation),
         feature_group_count=groups,
-        dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp))
+        dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp),
+    )
 
 
 @reg("aten.convolution.default")
-def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
-                groups):
+def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     """N-d (transposed) convolution in torch's layout; grouped and depthwise included."""
     nsp = weight.ndim - 2
     pads = [(p, p) for p in _expand(padding, nsp)]
-    return conv_nd(input, weight, bias, _expand(stride, nsp), pads, _expand(dilation, nsp),
-                   groups, transposed, _expand(output_padding, nsp) if transposed else None)
+    return conv_nd(
+        input,
+        weight,
+        bias,
+        _expand(stride, nsp),
+        pads,
+        _expand(dilation, nsp),
+        groups,
+        transposed,
+        _expand(output_padding, nsp) if transposed else None,
+    )
 
 
-def conv_nd(input, weight, bias, stride, pads, dilation, groups, transposed=False,
-            output_padding=None):
+def conv_nd(
+    input, weight, bias, stride, pads, dilation, groups, transposed=False, output_padding=None
+):
     """N-d (transposed) convolution with per-side padding ``pads = [(lo, hi), ...]``.
 
     Weights in torch/ONNX layout: ``(O, I/groups, *k)``, transposed ``(I, O/groups, *k)``.
@@ -1271,8 +1397,10 @@ def conv_nd(input, weight, bias, stride, pads, dilation, groups, transposed=Fals
         w = jnp.flip(w, tuple(range(2, 2 + nsp)))
         extra = output_padding or (0,) * nsp
         tpads = [
-            (dilation[i] * (k[i] - 1) - pads[i][0],
-             dilation[i] * (k[i] - 1) - pads[i][1] + extra[i])
+            (
+                dilation[i] * (k[i] - 1) - pads[i][0],
+                dilation[i] * (k[i] - 1) - pads[i][1] + extra[i],
+            )
             for i in range(nsp)
         ]
         out = _conv(x, w, (1,) * nsp, tpads, dilation, groups, lhs_dilation=tuple(stride))
@@ -1313,11 +1441,11 @@ def _max_windows(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=
     k = _expand(kernel_size, n)
     s = _expand(stride, n) if stride else k
     d = _expand(dilation, n)
-    sizes = self.shape[self.ndim - n:]
+    sizes = self.shape[self.ndim - n :]
     windows = []
     for size, ki, si, di, (lo, hi) in zip(
-            sizes, k, s, d, _pool_pads(sizes, k, s, _expand(padding, n), d, ceil_mode),
-            strict=True):
+        sizes, k, s, d, _pool_pads(sizes, k, s, _expand(padding, n), d, ceil_mode), strict=True
+    ):
         out = (size + lo + hi - di * (ki - 1) - 1) // si + 1
         pos = np.arange(out)[:, None] * si - lo + np.arange(ki)[None, :] * di
         windows.append((pos, (pos >= 0) & (pos < size)))
@@ -1344,10 +1472,14 @@ def _window_max(self, windows):
         x = jnp.take(x, jnp.asarray(np.clip(pos, 0, sizes[i] - 1), jnp.int32), axis=lead + 2 * i)
         shape = [1] * (2 * n)
         shape[i], shape[n + i] = pos.shape
-        flat = flat + pos.reshape(shape) * int(np.prod(sizes[i + 1:]))
+        flat = flat + pos.reshape(shape) * int(np.prod(sizes[i + 1 :]))
         ok = ok & valid.reshape(shape)
-    x = jnp.transpose(x, tuple(range(lead)) + tuple(lead + 2 * i for i in range(n))
-                      + tuple(lead + 2 * i + 1 for i in range(n)))
+    x = jnp.transpose(
+        x,
+        tuple(range(lead))
+        + tuple(lead + 2 * i for i in range(n))
+        + tuple(lead + 2 * i + 1 for i in range(n)),
+    )
     k = int(np.prod(ks))
     vals = x.reshape(x.shape[:lead] + outs + (k,))
     ok = jnp.asarray(ok.reshape(outs + (k,)))
@@ -1358,8 +1490,10 @@ def _window_max(self, windows):
     last = k - 1 - jnp.argmax(hit[..., ::-1], axis=-1)
     j = jnp.where(jnp.isnan(best[..., 0]), last, first)[..., None]
     table = jnp.broadcast_to(jnp.asarray(flat.reshape(outs + (k,)), _int_dtype()), vals.shape)
-    return (jnp.take_along_axis(vals, j, axis=-1)[..., 0],
-            jnp.take_along_axis(table, j, axis=-1)[..., 0])
+    return (
+        jnp.take_along_axis(vals, j, axis=-1)[..., 0],
+        jnp.take_along_axis(table, j, axis=-1)[..., 0],
+    )
 
 
 def _max_pool(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
@@ -1372,25 +1506,35 @@ def _max_pool(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=Fal
     lead = self.ndim - n
     pads = _pool_pads(self.shape[lead:], k, s, p, d, ceil_mode)
     # a Python scalar init lets JAX pick its differentiable max-window primitive
-    init = -math.inf if jnp.issubdtype(self.dtype, jnp.floating) else int(
-        jnp.iinfo(self.dtype).min)
+    init = -math.inf if jnp.issubdtype(self.dtype, jnp.floating) else int(jnp.iinfo(self.dtype).min)
     if n == 2 and self.ndim == 4 and CONFIG["conv_layout"] == "NHWC":
         # between two convolutions (a ResNet's stem): in their layout, so that XLA cancels
         # the transposes around it instead of copying the map to NCHW and back
         out = lax.reduce_window(
-            jnp.transpose(self, (0, 2, 3, 1)), init, lax.max, (1, *k, 1), (1, *s, 1),
-            [(0, 0), *pads, (0, 0)])
+            jnp.transpose(self, (0, 2, 3, 1)),
+            init,
+            lax.max,
+            (1, *k, 1),
+            (1, *s, 1),
+            [(0, 0), *pads, (0, 0)],
+        )
         return jnp.transpose(out, (0, 3, 1, 2))
     return lax.reduce_window(
-        self, init, lax.max, (1,) * lead + k, (1,) * lead + s,
-        [(0, 0)] * lead + pads, window_dilation=(1,) * lead + d)
+        self,
+        init,
+        lax.max,
+        (1,) * lead + k,
+        (1,) * lead + s,
+        [(0, 0)] * lead + pads,
+        window_dilation=(1,) * lead + d,
+    )
 
 
-def _max_pool_with_indices(self, kernel_size, stride=(), padding=0, dilation=1,
-                           ceil_mode=False):
-    return (_max_pool(self, kernel_size, stride, padding, dilation, ceil_mode),
-            _window_max(self, _max_windows(self, kernel_size, stride, padding, dilation,
-                                           ceil_mode))[1])
+def _max_pool_with_indices(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    return (
+        _max_pool(self, kernel_size, stride, padding, dilation, ceil_mode),
+        _window_max(self, _max_windows(self, kernel_size, stride, padding, dilation, ceil_mode))[1],
+    )
 
 
 for _d in (1, 2, 3):
@@ -1398,16 +1542,24 @@ for _d in (1, 2, 3):
     LOWERINGS[f"aten.max_pool{_d}d.default"] = _max_pool
 
 
-def _avg_pool(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
-              divisor_override=None):
+def _avg_pool(
+    self,
+    kernel_size,
+    stride=(),
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     n = len(kernel_size)
     k = _expand(kernel_size, n)
     s = _expand(stride, n) if stride else k
     p = [pi if isinstance(pi, tuple) else (pi, pi) for pi in _expand(padding, n)]
     lead = self.ndim - n
     pads = _pool_pads(self.shape[lead:], k, s, p, (1,) * n, ceil_mode)
-    total = lax.reduce_window(self, 0.0, lax.add, (1,) * lead + k,
-                              (1,) * lead + s, [(0, 0)] * lead + pads)
+    total = lax.reduce_window(
+        self, 0.0, lax.add, (1,) * lead + k, (1,) * lead + s, [(0, 0)] * lead + pads
+    )
     if divisor_override:
         return total / divisor_override
     if not any(lo or hi for lo, hi in p) and not ceil_mode:
@@ -1420,8 +1572,9 @@ def _avg_pool(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_in
     else:
         extra = pads
     ones = np.pad(ones, extra)
-    cnt = np.lib.stride_tricks.sliding_window_view(ones, k)[tuple(slice(None, None, si)
-                                                                  for si in s)]
+    cnt = np.lib.stride_tricks.sliding_window_view(ones, k)[
+        tuple(slice(None, None, si) for si in s)
+    ]
     cnt = cnt.sum(axis=tuple(range(n, 2 * n)))
     if count_include_pad:  # torch clips the divisor window at the padded border
         cnt = np.maximum(cnt, 1.0)
@@ -1447,23 +1600,21 @@ def _adaptive_avg(self, output_size):
         if o == 1:
             x = jnp.mean(x, axis=ax, keepdims=True)
         elif size % o == 0:
-            x = jnp.mean(x.reshape(x.shape[:ax] + (o, size // o) + x.shape[ax + 1:]), ax + 1)
+            x = jnp.mean(x.reshape(x.shape[:ax] + (o, size // o) + x.shape[ax + 1 :]), ax + 1)
         else:
             m = np.zeros((size, o), np.float32)
             for j, (a, b) in enumerate(_adaptive_bounds(size, o)):
                 m[a:b, j] = 1.0 / (b - a)
-            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1,
-                             ax)
+            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1, ax)
     return x
 
 
 def _adaptive_max(self, output_size):
     # explicit windows: torch's indices, and the gradient to the chosen entry of tied maxima
     windows = []
-    for size, o in zip(self.shape[self.ndim - len(output_size):], output_size, strict=True):
+    for size, o in zip(self.shape[self.ndim - len(output_size) :], output_size, strict=True):
         bounds = _adaptive_bounds(size, size if o is None else o)
-        pos = np.array([[a + j for j in range(max(b - a for a, b in bounds))]
-                        for a, _ in bounds])
+        pos = np.array([[a + j for j in range(max(b - a for a, b in bounds))] for a, _ in bounds])
         windows.append((pos, pos < np.array([b for _, b in bounds])[:, None]))
     return _window_max(self, windows)
 
@@ -1529,11 +1680,12 @@ def _interp(self, output_size, align_corners, scale_factors):
 
 
 for _d, _nm in ((1, "linear1d"), (2, "bilinear2d"), (3, "trilinear3d")):
-    LOWERINGS[f"aten.upsample_nearest{_d}d.vec"] = (
-        lambda self, output_size, scale_factors: _nearest(self, output_size, scale_factors))
-    LOWERINGS[f"aten._upsample_nearest_exact{_d}d.vec"] = (
-        lambda self, output_size, scale_factors: _nearest(self, output_size, scale_factors,
-                                                          exact=True))
+    LOWERINGS[f"aten.upsample_nearest{_d}d.vec"] = lambda self, output_size, scale_factors: (
+        _nearest(self, output_size, scale_factors)
+    )
+    LOWERINGS[f"aten._upsample_nearest_exact{_d}d.vec"] = lambda self, output_size, scale_factors: (
+        _nearest(self, output_size, scale_factors, exact=True)
+    )
     LOWERINGS[f"aten.upsample_{_nm}.vec"] = _interp
 
 
@@ -1602,8 +1754,7 @@ def batch_norm(input, weight, bias, running_mean, running_var, training, momentu
 
 
 @reg("aten._native_batch_norm_legit_functional.default")
-def batch_norm_functional(input, weight, bias, running_mean, running_var, training, momentum,
-                          eps):
+def batch_norm_functional(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """What ``torch.export`` makes of a batch norm that may update its running statistics:
     ``(out, mean, rstd, new_running_mean, new_running_var)``. Training mode (batch
     statistics, updated running statistics) is computed as torch does; the bridge refuses it
@@ -1636,8 +1787,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 @reg("aten.layer_norm.default")
-def layer_norm_single(input, normalized_shape, weight=None, bias=None, eps=1e-5,
-                      cudnn_enable=True):
+def layer_norm_single(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
     return layer_norm(input, normalized_shape, weight, bias, eps)[0]
 
 
@@ -1670,8 +1820,17 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 
 # --------------------------------------------------------------------------- attention
 @reg("aten.scaled_dot_product_attention.default")
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, *, scale=None, enable_gqa=False):
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    *,
+    scale=None,
+    enable_gqa=False,
+):
     """softmax(q k^T * scale + mask) v; a boolean mask keeps entries where it is True.
 
     A query row with every key masked gives 0 (torch's safe softmax), not NaN.
@@ -1680,7 +1839,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise TrainModeError(
             f"aten.scaled_dot_product_attention: dropout_p={dropout_p} drops attention "
             "weights at random, as in training mode; pass dropout_p=0.0 outside training "
-            "(e.g. dropout_p=self.p if self.training else 0.0) and export again")
+            "(e.g. dropout_p=self.p if self.training else 0.0) and export again"
+        )
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         rep = query.shape[-3] // key.shape[-3]
         key = jnp.repeat(key, rep, axis=-3)
@@ -1711,7 +1871,8 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
         raise NotImplementedError(
             f"aten.{kind}: expected {num_layers * dirs * per} weight tensors "
             f"(num_layers={num_layers}, bidirectional={bidirectional}, "
-            f"has_biases={has_biases}), got {len(params)}; LSTM proj_size is not supported")
+            f"has_biases={has_biases}), got {len(params)}; LSTM proj_size is not supported"
+        )
     unbatched = input.ndim == 2
     x = input[:, None] if unbatched else (jnp.swapaxes(input, 0, 1) if batch_first else input)
     hx = [h[:, None] if unbatched else h for h in hx]
@@ -1720,7 +1881,7 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            w = params[k * per: (k + 1) * per]
+            w = params[k * per : (k + 1) * per]
             w_ih, w_hh = w[0], w[1]
             b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
             xs = x if d == 0 else jnp.flip(x, 0)
@@ -1730,6 +1891,7 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
                 xw = xw + (b_ih if kind == "gru" else b_ih + b_hh)
             init = tuple(h[k] for h in hx)
             if kind == "lstm":
+
                 def step(carry, xt, w_hh=w_hh):
                     h, c = carry
                     g = xt + _dense(h, w_hh)
@@ -1738,6 +1900,7 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
                     h = jax.nn.sigmoid(o) * jnp.tanh(c)
                     return (h, c), h
             elif kind == "gru":
+
                 def step(carry, xt, w_hh=w_hh, b_hh=b_hh):
                     (h,) = carry
                     hw = _dense(h, w_hh)
@@ -1757,6 +1920,7 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
                     (h,) = carry
                     h = act(xt + _dense(h, w_hh))
                     return (h,), h
+
             carry, ys = lax.scan(step, init, xw)
             if d == 1:
                 ys = jnp.flip(ys, 0)
@@ -1772,8 +1936,7 @@ def _rnn(kind, input, hx, params, has_biases, num_layers, bidirectional, batch_f
 
 
 @reg("aten.lstm.input")
-def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-         batch_first):
+def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     """Multi-layer (bi)LSTM as one ``lax.scan`` per layer and direction (gates i, f, g, o)."""
     return _rnn("lstm", input, hx, params, has_biases, num_layers, bidirectional, batch_first)
 
@@ -1785,17 +1948,13 @@ def gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional
 
 
 @reg("aten.rnn_tanh.input")
-def rnn_tanh(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-             batch_first):
-    return _rnn("rnn_tanh", input, [hx], params, has_biases, num_layers, bidirectional,
-                batch_first)
+def rnn_tanh(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _rnn("rnn_tanh", input, [hx], params, has_biases, num_layers, bidirectional, batch_first)
 
 
 @reg("aten.rnn_relu.input")
-def rnn_relu(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-             batch_first):
-    return _rnn("rnn_relu", input, [hx], params, has_biases, num_layers, bidirectional,
-                batch_first)
+def rnn_relu(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _rnn("rnn_relu", input, [hx], params, has_biases, num_layers, bidirectional, batch_first)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -1854,17 +2013,16 @@ def _grid_sampler(input, grid, interpolation_mode, padding_mode, align_corners):
     sizes = input.shape[2:]
     out_sp = grid.shape[1:-1]
     flat = input.reshape(n, c, -1)
-    strides = [int(np.prod(sizes[a + 1:])) for a in range(nd)]
+    strides = [int(np.prod(sizes[a + 1 :])) for a in range(nd)]
     # grid's last axis is (x, y[, z]): x indexes the last spatial axis
-    coords = [_grid_unnormalize(grid[..., nd - 1 - a], sizes[a], align_corners)
-              for a in range(nd)]
+    coords = [_grid_unnormalize(grid[..., nd - 1 - a], sizes[a], align_corners) for a in range(nd)]
 
     def fetch(idx):
         """Values at integer positions ``idx`` (per axis, ``(N, *out)``), 0 outside."""
-        ok = functools.reduce(operator.and_, [(i >= 0) & (i < s) for i, s in
-                                               zip(idx, sizes, strict=True)])
-        lin = sum(jnp.clip(i, 0, s - 1) * st for i, s, st in zip(idx, sizes, strides,
-                                                                 strict=True))
+        ok = functools.reduce(
+            operator.and_, [(i >= 0) & (i < s) for i, s in zip(idx, sizes, strict=True)]
+        )
+        lin = sum(jnp.clip(i, 0, s - 1) * st for i, s, st in zip(idx, sizes, strides, strict=True))
         lin = jnp.broadcast_to(lin.reshape(n, 1, -1), (n, c, lin[0].size))
         vals = jnp.take_along_axis(flat, lin, axis=2).reshape((n, c) + out_sp)
         return jnp.where(ok[:, None], vals, jnp.zeros((), input.dtype))
@@ -1878,28 +2036,34 @@ def _grid_sampler(input, grid, interpolation_mode, padding_mode, align_corners):
         out = jnp.zeros((n, c) + out_sp, input.dtype)
         for i in range(4):  # rows (y)
             for j in range(4):  # columns (x)
-                taps = [_grid_pad_coord(base[0] - 1 + i, sizes[0], padding_mode, align_corners),
-                        _grid_pad_coord(base[1] - 1 + j, sizes[1], padding_mode, align_corners)]
+                taps = [
+                    _grid_pad_coord(base[0] - 1 + i, sizes[0], padding_mode, align_corners),
+                    _grid_pad_coord(base[1] - 1 + j, sizes[1], padding_mode, align_corners),
+                ]
                 idx = [jnp.trunc(t).astype(jnp.int32) for t in taps]
                 out = out + (wts[0][i] * wts[1][j])[:, None] * fetch(idx)
         return out
-    coords = [_grid_pad_coord(x, s, padding_mode, align_corners)
-              for x, s in zip(coords, sizes, strict=True)]
+    coords = [
+        _grid_pad_coord(x, s, padding_mode, align_corners)
+        for x, s in zip(coords, sizes, strict=True)
+    ]
     if interpolation_mode == 1:
         return fetch([jnp.round(lax.stop_gradient(x)).astype(jnp.int32) for x in coords])
     lo = [jnp.floor(lax.stop_gradient(x)) for x in coords]
     out = jnp.zeros((n, c) + out_sp, input.dtype)
     for corner in np.ndindex(*(2,) * nd):
-        w = functools.reduce(operator.mul, [
-            (x - f) if bit else (f + 1 - x) for x, f, bit in zip(coords, lo, corner,
-                                                                 strict=True)])
+        w = functools.reduce(
+            operator.mul,
+            [(x - f) if bit else (f + 1 - x) for x, f, bit in zip(coords, lo, corner, strict=True)],
+        )
         idx = [(f + bit).astype(jnp.int32) for f, bit in zip(lo, corner, strict=True)]
         out = out + w[:, None] * fetch(idx)
     return out
 
 
-reg("aten.grid_sampler_2d.default", "aten.grid_sampler_3d.default",
-    "aten.grid_sampler.default")(_grid_sampler)
+reg("aten.grid_sampler_2d.default", "aten.grid_sampler_3d.default", "aten.grid_sampler.default")(
+    _grid_sampler
+)
 
 
 # --------------------------------------------------------------------------- scatter-reduce
@@ -1969,8 +2133,17 @@ def index_reduce(self, dim, index, source, reduce, *, include_self=True):
 
 # --------------------------------------------------------------------------- embedding bag
 @reg("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default")
-def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
-                  per_sample_weights=None, include_last_offset=False, padding_idx=-1):
+def embedding_bag(
+    weight,
+    indices,
+    offsets,
+    scale_grad_by_freq=False,
+    mode=0,
+    sparse=False,
+    per_sample_weights=None,
+    include_last_offset=False,
+    padding_idx=-1,
+):
     """``nn.EmbeddingBag``: sum (0), mean (1) or max (2) of the rows of each bag; entries
     equal to ``padding_idx`` are left out (and do not count in the mean); an empty bag is 0.
 
@@ -1980,8 +2153,11 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     nb = offsets.shape[0] - (1 if include_last_offset else 0)
     bag = jnp.searchsorted(offsets, jnp.arange(n, dtype=offsets.dtype), side="right") - 1
     bag = bag.astype(jnp.int32)
-    keep = indices != padding_idx if padding_idx is not None and padding_idx >= 0 else \
-        jnp.ones((n,), jnp.bool_)
+    keep = (
+        indices != padding_idx
+        if padding_idx is not None and padding_idx >= 0
+        else jnp.ones((n,), jnp.bool_)
+    )
     rows = jnp.take(weight, indices, axis=0)
     if per_sample_weights is not None:
         rows = rows * per_sample_weights[:, None].astype(rows.dtype)
@@ -2043,27 +2219,31 @@ def _aa_weights(n_in, n_out, align_corners, scale, interp_size, filt):
 def _upsample_aa(interp_size, filt):
     def lowering(self, output_size, align_corners, scales_h=None, scales_w=None):
         x = self
-        for ax, o, sc in ((self.ndim - 2, output_size[0], scales_h),
-                          (self.ndim - 1, output_size[1], scales_w)):
+        for ax, o, sc in (
+            (self.ndim - 2, output_size[0], scales_h),
+            (self.ndim - 1, output_size[1], scales_w),
+        ):
             m = _aa_weights(self.shape[ax], o, align_corners, sc, interp_size, filt)
-            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1,
-                             ax)
+            x = jnp.moveaxis(jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([ax], [0])), -1, ax)
         return x
 
     def vec(input, output_size, align_corners, scale_factors):
         if output_size is None:
-            output_size = [int(math.floor(n * s)) for n, s in
-                           zip(input.shape[-2:], scale_factors, strict=True)]
+            output_size = [
+                int(math.floor(n * s)) for n, s in zip(input.shape[-2:], scale_factors, strict=True)
+            ]
         sh, sw = scale_factors if scale_factors is not None else (None, None)
         return lowering(input, output_size, align_corners, sh, sw)
 
     return lowering, vec
 
 
-LOWERINGS["aten._upsample_bilinear2d_aa.default"], \
-    LOWERINGS["aten._upsample_bilinear2d_aa.vec"] = _upsample_aa(2, _aa_linear)
-LOWERINGS["aten._upsample_bicubic2d_aa.default"], \
-    LOWERINGS["aten._upsample_bicubic2d_aa.vec"] = _upsample_aa(4, _aa_cubic)
+LOWERINGS["aten._upsample_bilinear2d_aa.default"], LOWERINGS["aten._upsample_bilinear2d_aa.vec"] = (
+    _upsample_aa(2, _aa_linear)
+)
+LOWERINGS["aten._upsample_bicubic2d_aa.default"], LOWERINGS["aten._upsample_bicubic2d_aa.vec"] = (
+    _upsample_aa(4, _aa_cubic)
+)
 
 
 # --------------------------------------------------------------------------- distances
@@ -2219,7 +2399,8 @@ def _search(seq, x, side):
         return jnp.searchsorted(seq, x, side=side)
     lead = seq.shape[:-1]
     flat = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side=side))(
-        seq.reshape((-1, seq.shape[-1])), x.reshape((int(np.prod(lead)), -1)))
+        seq.reshape((-1, seq.shape[-1])), x.reshape((int(np.prod(lead)), -1))
+    )
     return flat.reshape(x.shape)
 
 
@@ -2232,8 +2413,7 @@ def bucketize(self, boundaries, *, out_int32=False, right=False):
 
 
 @reg("aten.searchsorted.Tensor", "aten.searchsorted.Scalar")
-def searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None,
-                 sorter=None):
+def searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None):
     """Insertion points into the last axis of ``sorted_sequence`` (leading axes batched)."""
     side = side or ("right" if right else "left")
     seq = sorted_sequence
@@ -2260,15 +2440,47 @@ def _scalar_as_vector(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _name in (
-    "sum.dim_IntList", "mean.dim", "prod.dim_int", "amax.default", "amin.default", "max.dim",
-    "min.dim", "argmax.default", "argmin.default", "var.correction", "var.dim",
-    "std.correction", "std.dim", "var_mean.correction", "any.dim", "any.dims", "all.dim",
-    "all.dims", "logsumexp.default", "cumsum.default", "cumprod.default",
-    "linalg_vector_norm.default", "topk.default", "sort.default", "sort.stable",
-    "argsort.default", "argsort.stable", "_softmax.default", "softmax.int",
-    "_safe_softmax.default", "_log_softmax.default", "log_softmax.int", "index_select.default",
-    "gather.default", "scatter.src", "scatter.value", "scatter_add.default",
-    "scatter_reduce.two", "index_reduce.default", "flip.default", "roll.default",
+    "sum.dim_IntList",
+    "mean.dim",
+    "prod.dim_int",
+    "amax.default",
+    "amin.default",
+    "max.dim",
+    "min.dim",
+    "argmax.default",
+    "argmin.default",
+    "var.correction",
+    "var.dim",
+    "std.correction",
+    "std.dim",
+    "var_mean.correction",
+    "any.dim",
+    "any.dims",
+    "all.dim",
+    "all.dims",
+    "logsumexp.default",
+    "cumsum.default",
+    "cumprod.default",
+    "linalg_vector_norm.default",
+    "topk.default",
+    "sort.default",
+    "sort.stable",
+    "argsort.default",
+    "argsort.stable",
+    "_softmax.default",
+    "softmax.int",
+    "_safe_softmax.default",
+    "_log_softmax.default",
+    "log_softmax.int",
+    "index_select.default",
+    "gather.default",
+    "scatter.src",
+    "scatter.value",
+    "scatter_add.default",
+    "scatter_reduce.two",
+    "index_reduce.default",
+    "flip.default",
+    "roll.default",
     "transpose.int",
 ):
     LOWERINGS[f"aten.{_name}"] = _scalar_as_vector(LOWERINGS[f"aten.{_name}"])
@@ -2330,11 +2542,13 @@ def linalg_solve_ex_lu(A, B, *, left=True, check_errors=False):
     vector = B.ndim == 1 or (B.ndim == A.ndim - 1 and B.shape == A.shape[:-1])
     b = B[..., None] if vector else B
     if left:
-        x = jnp.linalg.solve(A, b) if not vector or b.ndim == A.ndim else jnp.linalg.solve(
-            A, jnp.broadcast_to(b, A.shape[:-2] + b.shape[-2:]))
+        x = (
+            jnp.linalg.solve(A, b)
+            if not vector or b.ndim == A.ndim
+            else jnp.linalg.solve(A, jnp.broadcast_to(b, A.shape[:-2] + b.shape[-2:]))
+        )
     else:
-        x = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(A, -1, -2), jnp.swapaxes(b, -1, -2)),
-                         -1, -2)
+        x = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(A, -1, -2), jnp.swapaxes(b, -1, -2)), -1, -2)
     x = x[..., 0] if vector else x
     lu, piv = _lu(A)
     return x, lu, piv, _info(A)
@@ -2349,10 +2563,23 @@ def linalg_solve_ex(A, B, *, left=True, check_errors=False):
 
 # --------------------------------------------------------------------------- small extras
 # the *_copy forms of view ops compute the same values as the views
-for _view in ("view.default", "permute.default", "unbind.int", "narrow.default",
-              "expand.default", "transpose.int", "select.int", "slice.Tensor",
-              "squeeze.default", "squeeze.dim", "squeeze.dims", "unsqueeze.default",
-              "diagonal.default", "alias.default", "t.default"):
+for _view in (
+    "view.default",
+    "permute.default",
+    "unbind.int",
+    "narrow.default",
+    "expand.default",
+    "transpose.int",
+    "select.int",
+    "slice.Tensor",
+    "squeeze.default",
+    "squeeze.dim",
+    "squeeze.dims",
+    "unsqueeze.default",
+    "diagonal.default",
+    "alias.default",
+    "t.default",
+):
     _base, _ov = _view.split(".")
     LOWERINGS[f"aten.{_base}_copy.{_ov}"] = LOWERINGS[f"aten.{_view}"]
 
@@ -2393,8 +2620,10 @@ def scatter_reduce_legacy(self, dim, index, src, *, reduce):
 
 
 for _name, _fn in {
-    "special_ndtri": jax.scipy.special.ndtri, "i0": jax.scipy.special.i0,
-    "special_i0e": jax.scipy.special.i0e, "special_i1": jax.scipy.special.i1,
+    "special_ndtri": jax.scipy.special.ndtri,
+    "i0": jax.scipy.special.i0,
+    "special_i0e": jax.scipy.special.i0e,
+    "special_i1": jax.scipy.special.i1,
     "special_i1e": jax.scipy.special.i1e,
 }.items():
     _unary(_name, _fn)
