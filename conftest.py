@@ -1,4 +1,4 @@
-"""Doctest set-up for the bridge's docstrings.
+"""Suite-wide set-up: compile effort, the memory bound, and the bridge doctests' context.
 
 The examples in ``bridge/*.py`` share a context, as the module docs do: ``torch``, ``np``,
 ``jax``, ``bridge``, a torchvision-style ResNet-18 ``torch_model`` (also ``model``), an
@@ -8,11 +8,29 @@ not lower). They run in a temporary directory, so saved files do not land in the
 
 from __future__ import annotations
 
+import gc
 import importlib
+import os
 import pkgutil
 import sys
 
 import pytest
+
+# ------------------------------------------------------------------ compile effort
+#: The suite's programs are compiled with LLVM at -O0 (``--xla_backend_optimization_level=0``,
+#: set here before JAX starts its backend): compilation is most of the suite's CPU time,
+#: and -O0 cuts the suite's CPU time by about 40% (tests/test_layers.py: 121 -> 79 CPU-s).
+#: XLA's graph passes (fusion, layout, the YNNPACK library calls) are the same at every
+#: level, and so are the results to float32 rounding; the XLA miscompiles jaxattr works
+#: around (tests/test_trust.py -k fusion) show at -O0 as at the default. Users, the
+#: benchmarks and ``scripts/test_slow.sh`` compile with XLA's defaults;
+#: ``JAXATTR_TEST_XLA_DEFAULTS=1`` runs this suite with them too.
+if not os.environ.get("JAXATTR_TEST_XLA_DEFAULTS") and "xla_backend_optimization_level" not in (
+    os.environ.get("XLA_FLAGS", "")
+):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 
 def _one_bridge() -> None:
@@ -29,7 +47,16 @@ def _one_bridge() -> None:
         sys.modules[f"bridge.{info.name}"] = module
 
 
-_one_bridge()
+def _is_xdist_controller(config) -> bool:
+    """The pytest-xdist controller only schedules: its workers collect and run the tests."""
+    return not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+
+
+def pytest_configure(config):
+    # Not at import: the xdist controller would hold torch and JAX (~300 MB) for nothing.
+    if not _is_xdist_controller(config):
+        _one_bridge()
+
 
 _NAMESPACE: dict = {}
 
@@ -80,6 +107,72 @@ def _transformers_doctests(request):
             yield
     else:
         yield
+
+
+# ------------------------------------------------------------------ memory bound
+# Here, not in tests/conftest.py: the doctests (README.md, docs/*.md, the modules) are
+# items of the run too, and late in a worker's run they had grown it to 2.7 GB.
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module starts with empty caches, so the suite's memory stays bounded."""
+    yield
+    _release()
+
+
+#: Resident memory (MiB) above which a test's compiled programs are released at once
+#: instead of at the end of its module (``JAXATTR_TEST_RSS_LIMIT_MB``). Tests that each
+#: compile a model of their own (closures over weights are constants of their programs)
+#: otherwise pile up 100-250 MiB apiece within one module.
+#: Under pytest-xdist (two workers share the machine) each worker gets a lower limit.
+RSS_LIMIT_MB = float(
+    os.environ.get(
+        "JAXATTR_TEST_RSS_LIMIT_MB", "1300" if os.environ.get("PYTEST_XDIST_WORKER") else "2048"
+    )
+)
+#: What a release cannot free (imported libraries, the module's fixtures, pages the
+#: allocator keeps) can itself sit near or above the limit late in a run; releasing after
+#: every test then frees nothing but recompiles the module's shared programs each time.
+#: So the next release also waits until the process has grown this much (MiB,
+#: ``JAXATTR_TEST_RSS_STEP_MB``) above where the last release left it.
+RSS_STEP_MB = float(os.environ.get("JAXATTR_TEST_RSS_STEP_MB", "300"))
+_AFTER_RELEASE_MB = [0.0]
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux: no bound
+        return 0.0
+
+
+def _release() -> None:
+    import jaxattr
+
+    jaxattr.clear_caches()  # jax.clear_caches() too
+    gc.collect()
+    _return_freed_memory()
+    _AFTER_RELEASE_MB[0] = _rss_mb()
+
+
+@pytest.fixture(autouse=True)
+def _bound_memory_within_a_module():
+    """Release compiled programs after a test that leaves the process above the limit."""
+    yield
+    if _rss_mb() > max(RSS_LIMIT_MB, _AFTER_RELEASE_MB[0] + RSS_STEP_MB):
+        _release()
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed by the test module back to the OS (glibc keeps it otherwise)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 # ------------------------------------------------------------------ suite profile (opt-in)

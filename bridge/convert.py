@@ -629,7 +629,7 @@ class Converted:
     Example:
         >>> conv = from_torch(torch_model.eval(), torch.randn(2, 3, 32, 32))
         >>> y = conv(np.random.rand(4, 3, 32, 32).astype("float32"))
-        >>> g = jax.grad(lambda p, x: conv.fn(p, x).sum())(conv.params, x)
+        >>> g = jax.jit(jax.grad(lambda p, x: conv.fn(p, x).sum()))(conv.params, x)
     """
 
     def __init__(
@@ -961,8 +961,8 @@ class Converted:
             The model's output(s): an array, or a tuple/dict of arrays mirroring torch.
 
         Example:
-            >>> y = conv.fn(conv.params, x)
-            >>> gx = jax.grad(lambda x: conv.fn(conv.params, x)[:, 3].sum())(x)
+            >>> y = jax.jit(conv.fn)(conv.params, x)
+            >>> gx = jax.jit(jax.grad(lambda x: conv.fn(conv.params, x)[:, 3].sum()))(x)
         """
         env = self._env(params, inputs, kwargs)
         _run(self._instrs, env)

@@ -11,12 +11,9 @@ Reference ResNets used with Zennit's ResNet canonizer subclass these placeholder
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import types
-
-import pytest
 
 
 def _install_torchvision_stub() -> None:
@@ -73,57 +70,14 @@ def _install_torchvision_stub() -> None:
     )
 
 
-_install_torchvision_stub()
+if not os.environ.get("PYTEST_VERSION"):  # imported outside pytest (the benchmarks)
+    _install_torchvision_stub()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-    """Each test module starts with empty caches, so the suite's memory stays bounded."""
-    yield
-    import jaxattr
-
-    jaxattr.clear_caches()
-    gc.collect()
-    _return_freed_memory()
+def pytest_configure(config):
+    # Before collection imports zennit; not in the xdist controller, which runs no tests
+    # (importing torch there would hold ~300 MB for the whole run).
+    if hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no":
+        _install_torchvision_stub()
 
 
-#: Resident memory (MiB) above which a test's compiled programs are released at once
-#: instead of at the end of its module (``JAXATTR_TEST_RSS_LIMIT_MB``). Tests that each
-#: compile a model of their own (closures over weights are constants of their programs)
-#: otherwise pile up 100-250 MiB apiece within one module.
-#: Under pytest-xdist (two workers share the machine) each worker gets a lower limit.
-RSS_LIMIT_MB = float(os.environ.get(
-    "JAXATTR_TEST_RSS_LIMIT_MB", "1536" if os.environ.get("PYTEST_XDIST_WORKER") else "2048"
-))
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):  # not Linux: no bound
-        return 0.0
-
-
-@pytest.fixture(autouse=True)
-def _bound_memory_within_a_module():
-    """Release compiled programs after a test that leaves the process above the limit."""
-    yield
-    if _rss_mb() > RSS_LIMIT_MB:
-        import jaxattr
-
-        jaxattr.clear_caches()
-        gc.collect()
-        _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """Hand memory freed by the test module back to the OS (glibc keeps it otherwise)."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass

@@ -25,7 +25,7 @@ bridge = pytest.importorskip("jaxattr.bridge")
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
-    m = tm.randomize_norm_stats(tm.resnet18(num_classes=10)).eval()
+    m = tm.randomize_norm_stats(tm.resnet_small()).eval()
     x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
     return m, bridge.from_torch(m, torch.zeros(2, 3, 64, 64)), x, torch.from_numpy(x)
 
@@ -66,7 +66,9 @@ def test_layer_gradient_x_activation_several_layers(resnet):
         assert_close(a, b)
 
 
-@pytest.mark.parametrize("to_input", [False, True])
+# to_input=True is slow: layer IG stays with False, and the layer-input tap with Captum's
+# LayerActivation (test_layer_activation_and_input) and layer LRP (test_layers_rules).
+@pytest.mark.parametrize("to_input", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_layer_integrated_gradients(resnet, to_input):
     m, conv, x, xt = resnet
     ours, delta = jaxattr.layer_integrated_gradients(
@@ -169,7 +171,7 @@ def test_layer_gradient_shap(resnet, monkeypatch):
 
 def test_layer_feature_ablation(resnet):
     m, conv, x, xt = resnet
-    mask = np.arange(512).reshape(1, 512, 1, 1) // 64
+    mask = np.arange(128).reshape(1, 128, 1, 1) // 16
     assert_close(
         jaxattr.layer_feature_ablation(conv, x, "layer4", target=2, layer_mask=mask, batch_size=3),
         ca.LayerFeatureAblation(m, m.layer4).attribute(
@@ -183,7 +185,9 @@ def test_layer_feature_ablation(resnet):
     )
 
 
-@pytest.mark.parametrize("relu", [False, True])
+# relu=True is slow: test_compat_captum checks LayerGradCam's relu_attributions both ways,
+# and test_bridge_features::test_layer_tap_gradcam_matches_captum with relu on a ResNet.
+@pytest.mark.parametrize("relu", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_grad_cam(resnet, relu):
     m, conv, x, xt = resnet
     ref = ca.LayerGradCam(m, m.layer4).attribute(xt, target=[3, 4], relu_attributions=relu)
@@ -266,6 +270,7 @@ def test_neuron_gradient_shap(resnet, monkeypatch):
     )
 
 
+@pytest.mark.slow  # for_each_target vs one target at a time: test_trust (IG), test_llm (LIG)
 def test_for_each_target_is_one_vmap(resnet):
     _, conv, x, _ = resnet
     many = jaxattr.for_each_target(jaxattr.grad_cam, conv, x, range(10), layer="layer4")

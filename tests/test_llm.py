@@ -154,7 +154,8 @@ def llama(tok):
     return module, convert(module)
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+# Llama is slow here: test_feature_ablation_template runs it by default.
+@pytest.fixture(scope="module", params=["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def hf(request):
     return request.getfixturevalue(request.param)
 
@@ -164,6 +165,7 @@ def _embedding(module):
 
 
 # ------------------------------------------------------------------ perturbation methods
+@pytest.mark.slow  # the same call through the front door: test_compat_llm (token input)
 def test_feature_ablation_tokens(gpt2, tok):
     module, model = gpt2
     ref = ca.LLMAttribution(ca.FeatureAblation(module), tok).attribute(
@@ -336,6 +338,7 @@ def test_product_baselines_dict_mask_trials(gpt2, tok):
     assert_result(res, ref)
 
 
+@pytest.mark.slow  # test_compat_llm::test_generated_target_and_prob runs it by default
 def test_generated_target_and_prob(gpt2, tok, monkeypatch):
     """target=None: the greedy continuation equals transformers' generate."""
     module, model = gpt2

@@ -55,7 +55,16 @@ def vgg():
     return model, bridge.from_torch(model, torch.randn(2, 3, 32, 32)), _x((2, 3, 32, 32))
 
 
-@pytest.mark.parametrize("name", ["epsilon_gamma_box", "epsilon_plus_flat", "guided_backprop"])
+# One composite on VGG-11 by default; the other two (and excitation backprop below) are
+# slow: every Zennit composite also runs against Zennit on `tiny` (the table further down).
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("epsilon_gamma_box", marks=pytest.mark.slow),
+        "epsilon_plus_flat",
+        pytest.param("guided_backprop", marks=pytest.mark.slow),
+    ],
+)
 def test_vgg11_composites_match_zennit(vgg, name):
     model, conv, x = vgg
     ours_comp, ref_comp = {
@@ -78,12 +87,12 @@ def test_vgg11_composites_match_zennit(vgg, name):
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(1)
-    model = tm.randomize_norm_stats(tm.resnet18(num_classes=10).eval())
+    model = tm.randomize_norm_stats(tm.resnet_small().eval())  # ResNet-18's blocks, fewer
     return model, bridge.from_torch(model, torch.randn(2, 3, 32, 32)), _x((2, 3, 32, 32), 1)
 
 
 @pytest.mark.parametrize("name", ["epsilon_plus_flat"])
-def test_resnet18_with_canonizers_matches_zennit(resnet, name):
+def test_resnet_with_canonizers_matches_zennit(resnet, name):
     model, conv, x = resnet
     cans = [ResNetCanonizer()]
     assert isinstance(model.layer1[0], ResNetBasicBlock)  # Zennit will canonize the blocks
@@ -102,6 +111,7 @@ def test_resnet18_with_canonizers_matches_zennit(resnet, name):
     assert rules["layer1.0.add"].name == "norm"
 
 
+@pytest.mark.slow  # the "excitation_backprop" case of the tiny table runs by default
 def test_zennit_excitation_backprop_composite(vgg):
     model, conv, x = vgg
     ref = zennit_relevance(model, ExcitationBackprop(), x, [1, 1], 10)

@@ -382,6 +382,48 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+def test_fresh_models_are_not_kept_alive_by_the_caches():
+    """Caches hold no models: once dropped, attributed models and their weights are freed.
+
+    The quick form of the fifty-model RSS check below (marked slow): every converted model
+    attributed here is garbage once the test drops it, and the device arrays alive after
+    three such models are those alive after the first."""
+    import gc
+    import weakref
+
+    torch = pytest.importorskip("torch")
+    from jaxattr.bridge import from_torch
+
+    x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
+    alive = []
+
+    def one(seed):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(  # 8 MiB of weights, as in the fifty-model test
+            torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Linear(8 * 6 * 6, 7000), torch.nn.ReLU(), torch.nn.Linear(7000, 4),
+        ).eval()  # fmt: skip
+        model = from_torch(net, torch.from_numpy(x))
+        a = jaxattr.saliency(model, x, target=1)
+        b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), target=1)
+        alive.extend(
+            [weakref.ref(net), weakref.ref(model)]
+            + [weakref.ref(p) for p in jax.tree_util.tree_leaves(model.params)]
+        )
+        return float(a.sum() + b.sum())
+
+    one(0)
+    gc.collect()
+    before = sum(a.nbytes for a in jax.live_arrays())
+    for seed in (1, 2):
+        one(seed)
+    gc.collect()
+    assert not [r for r in alive if r() is not None], "a cache keeps a model or its weights"
+    grown = sum(a.nbytes for a in jax.live_arrays()) - before
+    assert grown < 2**20, f"{grown / 2**20:.1f} MiB of device arrays outlive two models"
+
+
+@pytest.mark.slow  # ~100 CPU-s (55 conversions); test_fresh_models_are_not_kept_alive_... above
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="Linux only")
 def test_fifty_fresh_models_do_not_grow_memory():
     """Caches hold no models: attributing freshly converted models stays bounded."""

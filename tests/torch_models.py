@@ -86,19 +86,20 @@ class BasicBlock(_block_base()):
 class ResNet(nn.Module):
     """torchvision-style ResNet built from BasicBlocks."""
 
-    def __init__(self, layers: list[int], num_classes: int = 1000):
+    def __init__(self, layers: list[int], num_classes: int = 1000, width_div: int = 1):
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        w = [c // width_div for c in (64, 128, 256, 512)]
+        self.inplanes = w[0]
+        self.conv1 = nn.Conv2d(3, w[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], 2)
-        self.layer3 = self._make_layer(256, layers[2], 2)
-        self.layer4 = self._make_layer(512, layers[3], 2)
+        self.layer1 = self._make_layer(w[0], layers[0])
+        self.layer2 = self._make_layer(w[1], layers[1], 2)
+        self.layer3 = self._make_layer(w[2], layers[2], 2)
+        self.layer4 = self._make_layer(w[3], layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(w[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -130,6 +131,23 @@ def resnet18(num_classes: int = 1000) -> ResNet:
         torch.Size([1, 10])
     """
     return ResNet([2, 2, 2, 2], num_classes)
+
+
+def resnet_small(num_classes: int = 10) -> ResNet:
+    """ResNet-18's module tree with one block per stage but two in ``layer3``, at a
+    quarter of its widths (16 to 128 channels).
+
+    Every structure of ResNet-18 (stem, max pool, downsampling and identity residual
+    blocks, ``layerN.i.convK`` names up to ``layer3.1``) at about a tenth of the cost
+    to compile and run: the default tests' ResNet; ResNet-18 itself runs in the model
+    zoo tests (``tests/bridge/test_bridge_models.py``) and the slow ones.
+
+    Example:
+        >>> m = resnet_small().eval()
+        >>> m(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 10])
+    """
+    return ResNet([1, 1, 2, 1], num_classes, width_div=4)
 
 
 class VGG(nn.Module):

@@ -101,7 +101,20 @@ def first_output(out):
     return out["logits"] if "logits" in out else out[0]
 
 
-@pytest.mark.parametrize("name,exporter", CASES, ids=[f"{n}-{e}" for n, e in CASES])
+# Slow: ResNet-18 with both exporters (the `resnets` fixture below exports a smaller ResNet
+# with both, and hf_resnet runs here too), VGG-11 (its ops: seed_cnn's and the op_pools
+# case's), and the TorchScript exports of the other networks: torch 2.13 exports with dynamo
+# by default, and the TorchScript exporter's op forms run here in the op_* cases, in
+# seed_cnn and in the recurrent nets (whose TorchScript export is ONNX's LSTM and GRU ops).
+SLOW_ZOO = {("resnet18", "torchscript"), ("resnet18", "dynamo"), ("vgg11", "dynamo")} | {
+    (name, "torchscript")
+    for name in ("vgg11", "mobilenet", "hf_bert", "hf_gpt2", "hf_vit", "hf_resnet", "hf_convnext")
+}
+
+
+@pytest.mark.parametrize("name,exporter", [
+    pytest.param(n, e, id=f"{n}-{e}", marks=[pytest.mark.slow] if (n, e) in SLOW_ZOO else [])
+    for n, e in CASES])
 def test_zoo_matches_onnxruntime_and_torch_autograd(name, exporter, tmp_path):
     model, xs = ZOO[name]
     model = model.eval()
@@ -151,9 +164,10 @@ def test_zoo_matches_onnxruntime_and_torch_autograd(name, exporter, tmp_path):
 
 @pytest.fixture(scope="module")
 def resnets(tmp_path_factory):
-    """Torch ResNet-18, bridged, and exported with both exporters (BN kept and folded)."""
+    """A torch ResNet (ResNet-18's blocks, fewer and narrower: ``tm.resnet_small``), bridged,
+    and exported with both exporters (BN kept and folded). ResNet-18 itself: the zoo test."""
     torch.manual_seed(1)
-    model = tm.randomize_norm_stats(tm.resnet18(num_classes=10)).eval()
+    model = tm.randomize_norm_stats(tm.resnet_small()).eval()
     x = torch.randn(2, 3, 32, 32)
     d = tmp_path_factory.mktemp("onnx")
     return (model, bridge.from_torch(model, x),
@@ -171,7 +185,7 @@ def test_layer_names_follow_the_torch_module_tree(resnets):
     assert ts.layers["layer1.0.bn1"].param_names == {
         "weight": "layer1.0.bn1.weight", "bias": "layer1.0.bn1.bias",
         "running_mean": "layer1.0.bn1.running_mean", "running_var": "layer1.0.bn1.running_var"}
-    assert ts.output_layer("layer4") == conv.output_layer("layer4") == "layer4.1.relu:1"
+    assert ts.output_layer("layer3") == conv.output_layer("layer3") == "layer3.1.relu:1"
     assert ts.module_layers("layer2.0.downsample") == conv.module_layers("layer2.0.downsample")
     # BatchNorm folded by the dynamo exporter's optimizer: convolutions keep their names
     no_bn = [n for n, layer in conv.layers.items() if layer.kind != "batch_norm"]
@@ -195,8 +209,8 @@ def test_lrp_composite_and_grad_cam_agree_with_the_torch_model(resnets):
     cam = jaxattr.grad_cam(conv, x, "layer4", target=[3, 4])
     for m in (ts, dy):
         assert_close(jaxattr.grad_cam(m, x, "layer4", target=[3, 4]), cam, what="Grad-CAM")
-    tap = jaxattr.layer_gradient_x_activation(conv, x, "layer4.1.conv2", target=1)
-    assert_close(jaxattr.layer_gradient_x_activation(ts, x, "layer4.1.conv2", target=1), tap)
+    tap = jaxattr.layer_gradient_x_activation(conv, x, "layer3.1.conv2", target=1)
+    assert_close(jaxattr.layer_gradient_x_activation(ts, x, "layer3.1.conv2", target=1), tap)
 
 
 def test_dynamic_batch_jit_and_vmap(resnets):
@@ -211,7 +225,7 @@ def test_dynamic_batch_jit_and_vmap(resnets):
 
     assert_close(jax.jit(jax.vmap(one))(np.concatenate([x, x[:1]])), batched, what="vmap")
     # initializers are params: gradients reach them, weight noise changes the output
-    g = jax.grad(lambda p: dy.fn(p, x).sum())(dy.params)
+    g = jax.jit(jax.grad(lambda p: dy.fn(p, x).sum()))(dy.params)  # eager: 270 compiles
     assert set(g) == set(dy.params) and float(jnp.abs(g["fc.weight"]).sum()) > 0
 
 
@@ -636,11 +650,12 @@ def test_a_traced_or_data_computed_shape_input_is_a_named_error():
                                ["x", "shape"])
     conv = bridge.from_onnx(model)
     x = feeds["x"]
-    before = conv._jit_concrete._cache_size()
     assert conv(x, np.array([3, 4])).shape == (3, 4)
+    # (counted from here: the program cache is shared by every model of this program kind)
+    before = conv._jit_concrete._cache_size()
     assert conv(x, np.array([4, 3])).shape == (4, 3)  # one program per value
     assert conv(x, np.array([3, 4])).shape == (3, 4)
-    assert conv._jit_concrete._cache_size() == before + 2
+    assert conv._jit_concrete._cache_size() == before + 1
     with pytest.raises(ConcreteInputError, match=r"input 'shape' is the 'shape' input "
                        r"of node 'op' \(Reshape\)"):
         jax.jit(lambda s: conv.fn(conv.params, x, s))(np.array([3, 4]))

@@ -1,4 +1,4 @@
-"""A fast slice of the peer suites in the default run: every 25th PyTorch OpInfo (its first
+"""A fast slice of the peer suites in the default run: every 50th PyTorch OpInfo (its first
 sample) and every 40th ONNX backend node case, through the same harness and the same
 ``KNOWN`` lists as the full suites (``python -m pytest -m peer tests/peer``). A new silent
 wrong answer or crash in a sliced op fails the default run, not only the opt-in one."""
@@ -10,7 +10,7 @@ import pytest
 from tests.peer import test_onnx_backend as onnx_suite
 from tests.peer import test_opinfo as opinfo_suite
 
-OPINFO_STRIDE = 25
+OPINFO_STRIDE = 50
 ONNX_STRIDE = 40
 
 
@@ -20,7 +20,7 @@ def _opinfo_slice() -> list[str]:
 
 def test_an_opinfo_slice_has_no_wrong_or_crashing_sample():
     ids = _opinfo_slice()
-    assert len(ids) > 20, "op_db yielded too few OpInfos"
+    assert len(ids) > 10, "op_db yielded too few OpInfos"
     bad, kinds = [], {}
     for name in ids:
         op = opinfo_suite._op_db()[name]
