@@ -382,6 +382,23 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+def _fresh_attributed_model(seed, x):
+    """A freshly converted torch net with 8 MiB of weights (50 kept alive would be 400+
+    MiB), attributed with saliency and LRP: ``(net, model, sum of both attributions)``."""
+    import torch
+    from jaxattr.bridge import from_torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 7000), torch.nn.ReLU(), torch.nn.Linear(7000, 4),
+    ).eval()  # fmt: skip
+    model = from_torch(net, torch.from_numpy(x))
+    a = jaxattr.saliency(model, x, target=1)
+    b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), target=1)
+    return net, model, float(a.sum() + b.sum())
+
+
 def test_fresh_models_are_not_kept_alive_by_the_caches():
     """Caches hold no models: once dropped, attributed models and their weights are freed.
 
@@ -391,26 +408,17 @@ def test_fresh_models_are_not_kept_alive_by_the_caches():
     import gc
     import weakref
 
-    torch = pytest.importorskip("torch")
-    from jaxattr.bridge import from_torch
-
+    pytest.importorskip("torch")
     x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
     alive = []
 
     def one(seed):
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(  # 8 MiB of weights, as in the fifty-model test
-            torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-            torch.nn.Linear(8 * 6 * 6, 7000), torch.nn.ReLU(), torch.nn.Linear(7000, 4),
-        ).eval()  # fmt: skip
-        model = from_torch(net, torch.from_numpy(x))
-        a = jaxattr.saliency(model, x, target=1)
-        b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), target=1)
+        net, model, score = _fresh_attributed_model(seed, x)
         alive.extend(
             [weakref.ref(net), weakref.ref(model)]
             + [weakref.ref(p) for p in jax.tree_util.tree_leaves(model.params)]
         )
-        return float(a.sum() + b.sum())
+        return score
 
     one(0)
     gc.collect()
@@ -429,21 +437,11 @@ def test_fifty_fresh_models_do_not_grow_memory():
     """Caches hold no models: attributing freshly converted models stays bounded."""
     import gc
 
-    torch = pytest.importorskip("torch")
-    from jaxattr.bridge import from_torch
-
+    pytest.importorskip("torch")
     x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
 
     def one(seed):
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(  # 8 MiB of weights: 50 kept alive would be 400+ MiB
-            torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-            torch.nn.Linear(8 * 6 * 6, 7000), torch.nn.ReLU(), torch.nn.Linear(7000, 4),
-        ).eval()  # fmt: skip
-        model = from_torch(net, torch.from_numpy(x))
-        a = jaxattr.saliency(model, x, target=1)
-        b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), target=1)
-        return float(a.sum() + b.sum())
+        return _fresh_attributed_model(seed, x)[2]
 
     for seed in range(5):  # warm up imports, JAX's own caches, the allocator
         one(seed)
