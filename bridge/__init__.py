@@ -1,7 +1,8 @@
 """jaxattr.bridge: PyTorch modules as pure JAX functions with named layers.
 
 ``from_onnx(path_or_model_proto)`` reads an ONNX model into the same structure (see
-:mod:`jaxattr.bridge.onnx_import`).
+:mod:`jaxattr.bridge.onnx_import`). Both front ends build the neutral graph of
+:mod:`jaxattr.bridge.graph`, which :class:`Converted` runs and which never imports torch.
 
 ``from_torch(module, example_input)`` exports the module with ``torch.export`` (dynamic
 batch dimension), decomposes it to core ATen (keeping fast ops such as ``linear`` whole),
@@ -28,7 +29,7 @@ if __name__ != "jaxattr.bridge":  # the repository's bridge/ folder imported dir
         f"(Converted, the errors) that the first copy does not recognise"
     )
 
-from .convert import Converted, from_exported, from_torch, load
+from .convert import from_exported, from_torch, load
 from .errors import (
     BridgeError,
     ExportError,
@@ -36,6 +37,7 @@ from .errors import (
     UnsupportedArgumentsError,
     UnsupportedOpsError,
 )
+from .graph import Converted
 from .lowerings import CONFIG, register_lowering, supported_ops
 from .onnx_import import ConcreteInputError, OnnxFormatError, from_onnx, supported_onnx_ops
 from .onnx_ops import register_onnx_lowering

@@ -41,8 +41,8 @@ import numpy as np
 
 from jaxattr import _caching
 
-from .convert import MODULE_KINDS, Converted, _Graph, _Input, _Instr, _module_kind, _Ref
 from .errors import BridgeError, UnsupportedOpsError
+from .graph import MODULE_KINDS, Converted, _Graph, _Input, _Instr, _module_kind, _Ref
 from .onnx_ops import _NP_DTYPES, ONNX_LOWERINGS, STATIC_INPUTS, ConcreteInputError
 
 __all__ = ["from_onnx", "supported_onnx_ops", "OnnxFormatError", "ConcreteInputError", "MIN_OPSET"]

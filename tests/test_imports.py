@@ -46,3 +46,51 @@ def test_the_doctests_see_the_installed_bridge(name):
         None,
         getattr(jaxattr.bridge, name),
     )
+
+
+def test_the_neutral_graph_never_imports_torch():
+    """``bridge/graph.py`` (the graph, its interpreter, ``Converted``) names no torch module
+    in any import, not even one inside a function: the torch front end is ``convert.py``."""
+    import ast
+
+    with open(os.path.join(_ROOT, "bridge", "graph.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.split(".")[0] == "torch"], imported
+
+
+def test_an_onnx_model_loads_and_runs_without_torch():
+    """The ONNX front end and the neutral graph load and run a model, layers and all, in a
+    process that never imports torch."""
+    pytest.importorskip("onnx")
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from onnx import TensorProto, helper, numpy_helper\n"
+        "import jaxattr.bridge.graph, jaxattr.bridge.onnx_import\n"
+        "from jaxattr import bridge\n"
+        "w = np.arange(12, dtype=np.float32).reshape(4, 3) - 6\n"
+        "g = helper.make_graph(\n"
+        "    [helper.make_node('MatMul', ['x', 'fc.weight'], ['h'], name='fc'),\n"
+        "     helper.make_node('Relu', ['h'], ['y'], name='relu')], 'tiny',\n"
+        "    [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['batch', 4])],\n"
+        "    [helper.make_tensor_value_info('y', TensorProto.FLOAT, ['batch', 3])],\n"
+        "    [numpy_helper.from_array(w, 'fc.weight')])\n"
+        "conv = bridge.from_onnx(helper.make_model(g))\n"
+        "assert isinstance(conv, jaxattr.bridge.graph.Converted), type(conv)\n"
+        "x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)\n"
+        "want = np.maximum(x @ w, 0)\n"
+        "np.testing.assert_allclose(np.asarray(conv(x)), want, rtol=1e-6, atol=1e-6)\n"
+        "seen = []\n"
+        "def tap(layer, f, p, *xs):\n"
+        "    seen.append(layer.name)\n"
+        "    return f(p, *xs)\n"
+        "y = conv.apply(conv.params, x, intercept=tap)\n"
+        "np.testing.assert_allclose(np.asarray(y), want, rtol=1e-6, atol=1e-6)\n"
+        "assert seen == list(conv.layers) and len(seen) == 2, (seen, list(conv.layers))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -63,8 +63,9 @@ def test_pt2_round_trip(tmp_path):
     loaded = bridge.load(str(path))
     direct = bridge.from_torch(model, x)
     assert_close(loaded(x.numpy()), model(x), atol=2e-5)
-    np.testing.assert_allclose(np.asarray(loaded(x.numpy())), np.asarray(direct(x.numpy())),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(loaded(x.numpy())), np.asarray(direct(x.numpy())), rtol=1e-6, atol=1e-6
+    )
     assert list(loaded.layers) == list(direct.layers)
     assert set(loaded.params) == set(direct.params)
     assert_close(loaded(x[:1].numpy()), model(x[:1]), atol=2e-5)  # batch still dynamic
@@ -183,9 +184,9 @@ def test_guided_backprop_matches_captum(resnet):
 
     got = jax.jit(jax.grad(score))(jnp.asarray(x.numpy()))
     assert_close(got, want, atol=5e-5)
-    plain = jax.jit(jax.grad(lambda xj: conv.fn(conv.params, xj)[jnp.arange(2),
-                                                                  jnp.asarray(target)].sum()))(
-        jnp.asarray(x.numpy()))
+    plain = jax.jit(
+        jax.grad(lambda xj: conv.fn(conv.params, xj)[jnp.arange(2), jnp.asarray(target)].sum())
+    )(jnp.asarray(x.numpy()))
     assert not np.allclose(np.asarray(plain), np.asarray(got))  # the override did something
 
 

@@ -20,17 +20,34 @@ def test_seed_cnn():
 def test_resnet18():
     torch.manual_seed(0)  # fixed data: float32 ReLU-boundary sign flips are seed-dependent
     model = tm.randomize_norm_stats(tm.resnet18(num_classes=10)).eval()
-    conv = check_model(model, (torch.randn(3, 3, 64, 64),), name="resnet18", atol=2e-5,
-                       grad_atol=5e-5)
+    conv = check_model(
+        model, (torch.randn(3, 3, 64, 64),), name="resnet18", atol=2e-5, grad_atol=5e-5
+    )
     names = list(conv.layers)
-    for n in ("conv1", "bn1", "relu", "maxpool", "layer1.0.conv1", "layer1.0.relu",
-              "layer1.0.relu:1", "layer1.0.add", "layer2.0.downsample.0",
-              "layer2.0.downsample.1", "layer4.1.conv2", "avgpool", "fc"):
+    for n in (
+        "conv1",
+        "bn1",
+        "relu",
+        "maxpool",
+        "layer1.0.conv1",
+        "layer1.0.relu",
+        "layer1.0.relu:1",
+        "layer1.0.add",
+        "layer2.0.downsample.0",
+        "layer2.0.downsample.1",
+        "layer4.1.conv2",
+        "avgpool",
+        "fc",
+    ):
         assert n in names, n
     assert conv.layers["layer1.0.add"].kind == "add"
     assert conv.layers["layer4.1.bn2"].kind == "batch_norm"
     assert set(conv.layers["layer4.1.bn2"].param_names) == {
-        "weight", "bias", "running_mean", "running_var"}
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+    }
     assert "layer4.1.bn2.running_mean" in conv.params
     assert "layer4.1.bn2.num_batches_tracked" not in conv.params
     assert "layer4.1.bn2.num_batches_tracked" in conv.constants

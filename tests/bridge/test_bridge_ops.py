@@ -29,73 +29,202 @@ def img(c=3, h=8, w=8):
 SDPA_MASK = torch.randn(6, 6, generator=torch.Generator().manual_seed(0)) * 0.1
 
 CASES = {
-    "conv1d_dilated": (Fn(lambda m, x: m.c(x), c=nn.Conv1d(3, 4, 3, dilation=2, padding=2)),
-                       torch.randn(3, 3, 10)),
-    "conv3d_stride": (Fn(lambda m, x: m.c(x), c=nn.Conv3d(2, 4, 3, stride=2, padding=1)),
-                      torch.randn(3, 2, 5, 6, 6)),
-    "conv2d_grouped_same": (Fn(lambda m, x: m.c(x), c=nn.Conv2d(4, 6, 3, groups=2,
-                                                                 padding="same")), img(4)),
-    "conv_transpose2d_groups": (Fn(lambda m, x: m.c(x), c=nn.ConvTranspose2d(
-        4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)), img(4, 5, 5)),
-    "conv_transpose1d": (Fn(lambda m, x: m.c(x), c=nn.ConvTranspose1d(3, 2, 4, stride=3)),
-                         torch.randn(3, 3, 6)),
-    "rnn_relu_bidirectional": (Fn(lambda m, x: m.rnn(x)[0] * m.rnn(x)[1].mean((0, 2))[:, None,
-                                                                                   None],
-                                  rnn=nn.RNN(3, 4, num_layers=2, nonlinearity="relu",
-                                             bidirectional=True, batch_first=True)),
-                               torch.randn(3, 5, 3)),
-    "pools": (Fn(lambda m, x: torch.cat([
-        F.max_pool2d(x, 3, 2, 1, ceil_mode=True).flatten(1),
-        F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False).flatten(1),
-        F.avg_pool2d(x, 2).flatten(1),
-        F.avg_pool2d(x, 3, 2, 1).flatten(1),
-        F.adaptive_avg_pool2d(x, (3, 5)).flatten(1),
-        F.adaptive_max_pool2d(x, 3).flatten(1),
-        F.max_pool1d(x.flatten(2), 4).flatten(1)], 1)), img(3, 9, 9)),
-    "norms": (Fn(lambda m, x: m.ln(m.gn(x)) + m.inorm(x) + m.bn(x), gn=nn.GroupNorm(2, 4),
-                 inorm=nn.InstanceNorm2d(4, affine=True), ln=nn.LayerNorm([4, 8, 8]),
-                 bn=nn.BatchNorm2d(4)), img(4)),
-    "upsample": (Fn(lambda m, x: torch.cat([
-        F.interpolate(x, scale_factor=2, mode="nearest"),
-        F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False),
-        F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=True)], 1)), img()),
-    "upsample_odd": (Fn(lambda m, x: F.interpolate(x, size=(11, 7), mode="bilinear")
-                        + F.interpolate(x, size=(11, 7), mode="nearest")), img(2, 5, 4)),
-    "pads": (Fn(lambda m, x: F.pad(x, (1, 2, 0, 1)).sum((2, 3), keepdim=True)
+    "conv1d_dilated": (
+        Fn(lambda m, x: m.c(x), c=nn.Conv1d(3, 4, 3, dilation=2, padding=2)),
+        torch.randn(3, 3, 10),
+    ),
+    "conv3d_stride": (
+        Fn(lambda m, x: m.c(x), c=nn.Conv3d(2, 4, 3, stride=2, padding=1)),
+        torch.randn(3, 2, 5, 6, 6),
+    ),
+    "conv2d_grouped_same": (
+        Fn(lambda m, x: m.c(x), c=nn.Conv2d(4, 6, 3, groups=2, padding="same")),
+        img(4),
+    ),
+    "conv_transpose2d_groups": (
+        Fn(
+            lambda m, x: m.c(x),
+            c=nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+        ),
+        img(4, 5, 5),
+    ),
+    "conv_transpose1d": (
+        Fn(lambda m, x: m.c(x), c=nn.ConvTranspose1d(3, 2, 4, stride=3)),
+        torch.randn(3, 3, 6),
+    ),
+    "rnn_relu_bidirectional": (
+        Fn(
+            lambda m, x: m.rnn(x)[0] * m.rnn(x)[1].mean((0, 2))[:, None, None],
+            rnn=nn.RNN(
+                3, 4, num_layers=2, nonlinearity="relu", bidirectional=True, batch_first=True
+            ),
+        ),
+        torch.randn(3, 5, 3),
+    ),
+    "pools": (
+        Fn(
+            lambda m, x: torch.cat(
+                [
+                    F.max_pool2d(x, 3, 2, 1, ceil_mode=True).flatten(1),
+                    F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False).flatten(1),
+                    F.avg_pool2d(x, 2).flatten(1),
+                    F.avg_pool2d(x, 3, 2, 1).flatten(1),
+                    F.adaptive_avg_pool2d(x, (3, 5)).flatten(1),
+                    F.adaptive_max_pool2d(x, 3).flatten(1),
+                    F.max_pool1d(x.flatten(2), 4).flatten(1),
+                ],
+                1,
+            )
+        ),
+        img(3, 9, 9),
+    ),
+    "norms": (
+        Fn(
+            lambda m, x: m.ln(m.gn(x)) + m.inorm(x) + m.bn(x),
+            gn=nn.GroupNorm(2, 4),
+            inorm=nn.InstanceNorm2d(4, affine=True),
+            ln=nn.LayerNorm([4, 8, 8]),
+            bn=nn.BatchNorm2d(4),
+        ),
+        img(4),
+    ),
+    "upsample": (
+        Fn(
+            lambda m, x: torch.cat(
+                [
+                    F.interpolate(x, scale_factor=2, mode="nearest"),
+                    F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False),
+                    F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=True),
+                ],
+                1,
+            )
+        ),
+        img(),
+    ),
+    "upsample_odd": (
+        Fn(
+            lambda m, x: (
+                F.interpolate(x, size=(11, 7), mode="bilinear")
+                + F.interpolate(x, size=(11, 7), mode="nearest")
+            )
+        ),
+        img(2, 5, 4),
+    ),
+    "pads": (
+        Fn(
+            lambda m, x: (
+                F.pad(x, (1, 2, 0, 1)).sum((2, 3), keepdim=True)
                 + F.pad(x, (2, 2, 1, 1), "reflect").mean(1, keepdim=True)
                 + F.pad(x, (2, 2, 1, 1), "replicate") * 0.5
-                + F.pad(x, (2, 2, 1, 1), value=0.3)), img(2, 6, 6)),
-    "activations": (Fn(lambda m, x: torch.cat([
-        F.leaky_relu(x, 0.2), F.elu(x), F.selu(x), F.celu(x, 0.7), F.gelu(x),
-        F.gelu(x, approximate="tanh"), F.silu(x), torch.sigmoid(x), torch.tanh(x),
-        F.softplus(x, beta=2.0), F.hardswish(x), F.hardsigmoid(x), F.hardtanh(x, -0.5, 0.7),
-        F.relu6(x * 4), F.mish(x), F.logsigmoid(x), m.prelu(x), F.relu(x),
-        F.softmax(x, -1), F.log_softmax(x, 1)], 1), prelu=nn.PReLU(3, 0.2)), img(3, 4, 4)),
-    "mha_masks": (Fn(lambda m, x: m.mha(x, x, x, attn_mask=torch.triu(
-        torch.ones(5, 5, dtype=torch.bool), 1), need_weights=False)[0]
-        + m.mha(x, x, x, key_padding_mask=torch.arange(5)[None].expand(x.shape[0], 5) > 3)[0],
-        mha=nn.MultiheadAttention(8, 2, batch_first=True)), torch.randn(3, 5, 8)),
-    "sdpa": (Fn(lambda m, x: F.scaled_dot_product_attention(x, x * 0.5, x, is_causal=True)
-                + F.scaled_dot_product_attention(x, x, x, attn_mask=SDPA_MASK)),
-             torch.randn(3, 2, 6, 4)),
-    "elementwise_reductions": (Fn(lambda m, x: torch.stack([
-        (x.exp().log1p() - x.abs().sqrt() * x.sign()).sum((1, 2)),
-        x.amax(1).mean(1) + x.amin(2).sum(1), x.var(1).mean(1) + x.std(2, unbiased=False).mean(1),
-        x.cumsum(2).pow(2).mean((1, 2)), torch.where(x > 0.3, x, x * x).sum((1, 2)),
-        torch.clamp(x, -0.5, 0.5).prod(2).sum(1), x.norm(dim=2).sum(1),
-        torch.logsumexp(x, 2).sum(1), (x / (x.abs() + 1)).rsqrt().nan_to_num().sum((1, 2)),
-        torch.maximum(x, x.flip(2)).sum((1, 2)) + x.max(1).values.sum(1)
-        + torch.minimum(x, x.roll(1, 2)).sum((1, 2))], 1)), torch.randn(3, 4, 6)),
-    "indexing_shapes": (Fn(lambda m, x: torch.cat([
-        x[:, 1:3].reshape(x.shape[0], -1), x.transpose(1, 2)[:, :, ::2].flatten(1),
-        x.permute(0, 2, 1).contiguous().view(x.shape[0], -1)[:, :5],
-        torch.stack(x.split(2, 1), 1).sum(1).flatten(1), x.chunk(3, 2)[1].flatten(1),
-        x[:, [0, 2]].flatten(1),
-        x.gather(2, torch.ones_like(x[:, :, :2], dtype=torch.long)).flatten(1),
-        x.unsqueeze(1).expand(-1, 2, -1, -1).flatten(1), x[:, -1], x.select(2, 0),
-        torch.index_select(x, 2, torch.tensor([5, 0])).flatten(1),
-        x.repeat(1, 1, 2).flatten(1), torch.tril(x[:, :, :4]).flatten(1),
-        x.masked_fill(x > 0.5, -1.0).flatten(1)], 1)), torch.randn(3, 4, 6)),
+                + F.pad(x, (2, 2, 1, 1), value=0.3)
+            )
+        ),
+        img(2, 6, 6),
+    ),
+    "activations": (
+        Fn(
+            lambda m, x: torch.cat(
+                [
+                    F.leaky_relu(x, 0.2),
+                    F.elu(x),
+                    F.selu(x),
+                    F.celu(x, 0.7),
+                    F.gelu(x),
+                    F.gelu(x, approximate="tanh"),
+                    F.silu(x),
+                    torch.sigmoid(x),
+                    torch.tanh(x),
+                    F.softplus(x, beta=2.0),
+                    F.hardswish(x),
+                    F.hardsigmoid(x),
+                    F.hardtanh(x, -0.5, 0.7),
+                    F.relu6(x * 4),
+                    F.mish(x),
+                    F.logsigmoid(x),
+                    m.prelu(x),
+                    F.relu(x),
+                    F.softmax(x, -1),
+                    F.log_softmax(x, 1),
+                ],
+                1,
+            ),
+            prelu=nn.PReLU(3, 0.2),
+        ),
+        img(3, 4, 4),
+    ),
+    "mha_masks": (
+        Fn(
+            lambda m, x: (
+                m.mha(
+                    x,
+                    x,
+                    x,
+                    attn_mask=torch.triu(torch.ones(5, 5, dtype=torch.bool), 1),
+                    need_weights=False,
+                )[0]
+                + m.mha(x, x, x, key_padding_mask=torch.arange(5)[None].expand(x.shape[0], 5) > 3)[
+                    0
+                ]
+            ),
+            mha=nn.MultiheadAttention(8, 2, batch_first=True),
+        ),
+        torch.randn(3, 5, 8),
+    ),
+    "sdpa": (
+        Fn(
+            lambda m, x: (
+                F.scaled_dot_product_attention(x, x * 0.5, x, is_causal=True)
+                + F.scaled_dot_product_attention(x, x, x, attn_mask=SDPA_MASK)
+            )
+        ),
+        torch.randn(3, 2, 6, 4),
+    ),
+    "elementwise_reductions": (
+        Fn(
+            lambda m, x: torch.stack(
+                [
+                    (x.exp().log1p() - x.abs().sqrt() * x.sign()).sum((1, 2)),
+                    x.amax(1).mean(1) + x.amin(2).sum(1),
+                    x.var(1).mean(1) + x.std(2, unbiased=False).mean(1),
+                    x.cumsum(2).pow(2).mean((1, 2)),
+                    torch.where(x > 0.3, x, x * x).sum((1, 2)),
+                    torch.clamp(x, -0.5, 0.5).prod(2).sum(1),
+                    x.norm(dim=2).sum(1),
+                    torch.logsumexp(x, 2).sum(1),
+                    (x / (x.abs() + 1)).rsqrt().nan_to_num().sum((1, 2)),
+                    torch.maximum(x, x.flip(2)).sum((1, 2))
+                    + x.max(1).values.sum(1)
+                    + torch.minimum(x, x.roll(1, 2)).sum((1, 2)),
+                ],
+                1,
+            )
+        ),
+        torch.randn(3, 4, 6),
+    ),
+    "indexing_shapes": (
+        Fn(
+            lambda m, x: torch.cat(
+                [
+                    x[:, 1:3].reshape(x.shape[0], -1),
+                    x.transpose(1, 2)[:, :, ::2].flatten(1),
+                    x.permute(0, 2, 1).contiguous().view(x.shape[0], -1)[:, :5],
+                    torch.stack(x.split(2, 1), 1).sum(1).flatten(1),
+                    x.chunk(3, 2)[1].flatten(1),
+                    x[:, [0, 2]].flatten(1),
+                    x.gather(2, torch.ones_like(x[:, :, :2], dtype=torch.long)).flatten(1),
+                    x.unsqueeze(1).expand(-1, 2, -1, -1).flatten(1),
+                    x[:, -1],
+                    x.select(2, 0),
+                    torch.index_select(x, 2, torch.tensor([5, 0])).flatten(1),
+                    x.repeat(1, 1, 2).flatten(1),
+                    torch.tril(x[:, :, :4]).flatten(1),
+                    x.masked_fill(x > 0.5, -1.0).flatten(1),
+                ],
+                1,
+            )
+        ),
+        torch.randn(3, 4, 6),
+    ),
 }
 
 
@@ -113,8 +242,9 @@ def test_op_family(name):
             if isinstance(mod, nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.3, 0.3)
                 mod.running_var.uniform_(0.5, 1.5)
-    check_model(model, (x,), name=name, atol=2e-5, param_grads=any(
-        True for _ in model.parameters()))
+    check_model(
+        model, (x,), name=name, atol=2e-5, param_grads=any(True for _ in model.parameters())
+    )
 
 
 # --------------------------------------------------------------------------- ops of issue 14
@@ -144,11 +274,20 @@ def check_fn(fn, *inputs, atol=2e-5, rtol=1e-5, dynamic_batch=False):
     wrt = [i for i, x in enumerate(inputs) if x.is_floating_point()]
     if not diff:
         wrt = []
-    want = torch.autograd.grad([touts[i] for i in diff], [tin[i] for i in wrt],
-                               [torch.from_numpy(cots[i]) for i in diff],
-                               allow_unused=True) if wrt else []
-    jin = [jnp.asarray(x.numpy().astype(np.int32) if x.dtype == torch.int64 else x.numpy())
-           for x in inputs]
+    want = (
+        torch.autograd.grad(
+            [touts[i] for i in diff],
+            [tin[i] for i in wrt],
+            [torch.from_numpy(cots[i]) for i in diff],
+            allow_unused=True,
+        )
+        if wrt
+        else []
+    )
+    jin = [
+        jnp.asarray(x.numpy().astype(np.int32) if x.dtype == torch.int64 else x.numpy())
+        for x in inputs
+    ]
 
     def loss(*xs):
         full = list(jin)
@@ -164,11 +303,19 @@ def check_fn(fn, *inputs, atol=2e-5, rtol=1e-5, dynamic_batch=False):
             np.testing.assert_array_equal(np.asarray(a), b.numpy(), err_msg=f"output {k}")
         else:
             assert_close(a, b, rtol=rtol, atol=atol, what=f"output {k}")
-    got = jax.jit(jax.grad(loss, argnums=tuple(range(len(wrt)))))(
-        *[jin[i] for i in wrt]) if wrt else []
+    got = (
+        jax.jit(jax.grad(loss, argnums=tuple(range(len(wrt)))))(*[jin[i] for i in wrt])
+        if wrt
+        else []
+    )
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
-        assert_close(a, torch.zeros_like(inputs[wrt[k]]) if b is None else b, rtol=rtol,
-                     atol=atol, what=f"gradient of input {wrt[k]}")
+        assert_close(
+            a,
+            torch.zeros_like(inputs[wrt[k]]) if b is None else b,
+            rtol=rtol,
+            atol=atol,
+            what=f"gradient of input {wrt[k]}",
+        )
     return conv
 
 
@@ -180,96 +327,238 @@ def _r(*shape, seed=0, lo=-1.0, hi=1.0):
 _IDX = torch.tensor([0, 2, 2, 5])
 
 FN_CASES = {
-    "grid_sample_2d": (lambda x, g: torch.cat([
-        F.grid_sample(x, g, mode=m, padding_mode=p, align_corners=a).flatten(1)
-        for m in ("bilinear", "nearest", "bicubic") for p in ("zeros", "border", "reflection")
-        for a in (False, True)], 1), (_r(2, 3, 5, 6), _r(2, 4, 7, 2, seed=1, lo=-1.3, hi=1.3))),
-    "grid_sample_3d": (lambda x, g: torch.cat([
-        F.grid_sample(x, g, mode=m, padding_mode=p, align_corners=a).flatten(1)
-        for m in ("bilinear", "nearest") for p in ("zeros", "border", "reflection")
-        for a in (False, True)], 1), (_r(2, 2, 4, 5, 3), _r(2, 3, 2, 4, 3, seed=1, lo=-1.3,
-                                                              hi=1.3))),
-    "scatter_reduce": (lambda x: torch.cat([
-        x.scatter_reduce(1, (torch.arange(3)[:, None] + _IDX) % 6,
-                         x[:, :4] * torch.tensor([2.0, 0.0, 1.5, -1.0]) + 0.25, r,
-                         include_self=inc)
-        for r in ("sum", "prod", "mean", "amax", "amin") for inc in (True, False)], 1),
-        (_r(3, 6),)),
-    "index_reduce": (lambda x: torch.cat([
-        x.index_reduce(1, _IDX, x[:, :4] * 1.5 - 0.2, r, include_self=inc)
-        for r in ("prod", "mean", "amax", "amin") for inc in (True, False)], 1), (_r(3, 6),)),
-    "embedding_bag": (lambda w, ids, psw: torch.cat([
-        F.embedding_bag(ids, w, mode="sum", per_sample_weights=psw),
-        F.embedding_bag(ids, w, mode="mean", padding_idx=3),
-        F.embedding_bag(ids, w, mode="max"),
-        F.embedding_bag(ids.flatten(), w, torch.tensor([0, 4, 4, 9]), mode="mean"),
-        F.embedding_bag(ids.flatten(), w, torch.tensor([0, 4, 9, 15]), mode="sum",
-                        include_last_offset=True)], 0),
-        (_r(10, 4), torch.tensor([[1, 3, 3, 7, 0], [3, 3, 3, 2, 9], [4, 5, 6, 8, 1]]),
-         _r(3, 5, seed=2))),
-    "bilinear": (lambda a, b, w, bias: F.bilinear(a, b, w, bias) + F.bilinear(
-        a[:, None], b[:, None], w)[:, 0], (_r(3, 4), _r(3, 5, seed=1), _r(6, 4, 5, seed=2),
-                                         _r(6, seed=3))),
-    "upsample_antialias": (lambda x: torch.cat([
-        F.interpolate(x, size=s, mode=m, antialias=True, align_corners=a).flatten(1)
-        for s in ((4, 3), (7, 12), (13, 5)) for m in ("bilinear", "bicubic")
-        for a in (False, True)], 1), (_r(2, 3, 9, 11),)),
-    "cdist": (lambda x, y: torch.cat([
-        torch.cdist(x, torch.cat([x[:, :2], y], 1), p=p).flatten()
-        for p in (2.0, 1.0, 0.5, 3.0, float("inf"), 0.0)]), (_r(2, 5, 4), _r(2, 6, 4, seed=1))),
-    "pdist": (lambda x: torch.cat([F.pdist(torch.cat([x, x[:1]]), p=p)
-                                   for p in (2.0, 1.0, 1.5, float("inf"))]), (_r(5, 3),)),
-    "unfold": (lambda x: torch.cat([x.unfold(2, 3, 2).flatten(), x.unfold(0, 2, 1).flatten(),
-                                    x.unfold(-1, 9, 1).flatten(), x[0, 0, 0].unfold(0, 1, 1)]),
-               (_r(3, 4, 9),)),
-    "round_decimals": (lambda x: torch.cat([torch.round(x * 100, decimals=d)
-                                            for d in (0, 1, 2, -1)]), (_r(4, 5),)),
-    "addmv_addbmm": (lambda b, m, v, b3, p, q: torch.cat([
-        torch.addmv(b, m, v), torch.addmv(b, m, v, beta=0.5, alpha=-2.0),
-        torch.addmv(b * float("nan"), m, v, beta=0.0),
-        torch.addbmm(b3, p, q).flatten(), torch.addbmm(b3, p, q, beta=2.0, alpha=0.5).flatten(),
-        torch.addmm(b3 * float("inf"), p[0], q[0], beta=0).flatten()]),
-        (_r(3), _r(3, 4, seed=1), _r(4, seed=2), _r(3, 5, seed=3), _r(2, 3, 4, seed=4),
-         _r(2, 4, 5, seed=5))),
-    "cummax_cummin": (lambda x: (*torch.cummax(x, 1), *torch.cummin(x, 0),
-                                 *torch.cummax(x[0, 0], 0)),
-                      (torch.tensor([[1.0, 3.0, 3.0, 2.0, 5.0, -1.0], [0.5, 0.2, 0.7, 0.7, 0.1,
-                                                                       0.9]]),)),
-    "median_mode_kthvalue": (lambda x: (
-        *torch.median(x, 1), *torch.median(x, 0, keepdim=True), torch.median(x),
-        *torch.nanmedian(x, 1), torch.nanmedian(x), *torch.kthvalue(x, 2, 1),
-        *torch.kthvalue(x, 3, 0, keepdim=True), *torch.mode(x, 1), *torch.mode(x, 0)),
-        (torch.tensor([[1.0, 3.0, 3.0, 2.0, 5.0], [0.5, 0.2, 0.7, 0.7, 0.1],
-                       [2.0, 2.0, 4.0, 1.0, 1.0]]),)),
-    "median_nan": (lambda x: (*torch.median(x, 1), *torch.nanmedian(x, 1), torch.median(x),
-                              torch.nanmedian(x[:1])),
-                   (torch.tensor([[1.0, float("nan"), 2.0, 0.5], [4.0, 3.0, 2.0, 1.0]]),)),
-    "bucketize_searchsorted": (lambda x, s: (
-        torch.bucketize(x, torch.tensor([-0.5, 0.0, 0.5])),
-        torch.bucketize(x, torch.tensor([-0.5, 0.0, 0.5]), right=True, out_int32=True),
-        torch.searchsorted(torch.sort(s).values, x), torch.searchsorted(
-            torch.sort(s).values, x, side="right"),
-        torch.searchsorted(s, x, sorter=torch.argsort(s)),
-        torch.searchsorted(torch.tensor([-0.5, 0.0, 0.5]), x[0])),
-        (torch.tensor([[-0.7, -0.5, 0.0, 0.2], [0.5, 0.9, -0.1, 0.0]]), _r(2, 5))),
-    "logit_eps": (lambda x: torch.cat([torch.logit(x, 0.1), torch.logit(x, 0.25),
-                                       torch.logit(x)]), (_r(4, 5, lo=0.02, hi=0.98),)),
+    "grid_sample_2d": (
+        lambda x, g: torch.cat(
+            [
+                F.grid_sample(x, g, mode=m, padding_mode=p, align_corners=a).flatten(1)
+                for m in ("bilinear", "nearest", "bicubic")
+                for p in ("zeros", "border", "reflection")
+                for a in (False, True)
+            ],
+            1,
+        ),
+        (_r(2, 3, 5, 6), _r(2, 4, 7, 2, seed=1, lo=-1.3, hi=1.3)),
+    ),
+    "grid_sample_3d": (
+        lambda x, g: torch.cat(
+            [
+                F.grid_sample(x, g, mode=m, padding_mode=p, align_corners=a).flatten(1)
+                for m in ("bilinear", "nearest")
+                for p in ("zeros", "border", "reflection")
+                for a in (False, True)
+            ],
+            1,
+        ),
+        (_r(2, 2, 4, 5, 3), _r(2, 3, 2, 4, 3, seed=1, lo=-1.3, hi=1.3)),
+    ),
+    "scatter_reduce": (
+        lambda x: torch.cat(
+            [
+                x.scatter_reduce(
+                    1,
+                    (torch.arange(3)[:, None] + _IDX) % 6,
+                    x[:, :4] * torch.tensor([2.0, 0.0, 1.5, -1.0]) + 0.25,
+                    r,
+                    include_self=inc,
+                )
+                for r in ("sum", "prod", "mean", "amax", "amin")
+                for inc in (True, False)
+            ],
+            1,
+        ),
+        (_r(3, 6),),
+    ),
+    "index_reduce": (
+        lambda x: torch.cat(
+            [
+                x.index_reduce(1, _IDX, x[:, :4] * 1.5 - 0.2, r, include_self=inc)
+                for r in ("prod", "mean", "amax", "amin")
+                for inc in (True, False)
+            ],
+            1,
+        ),
+        (_r(3, 6),),
+    ),
+    "embedding_bag": (
+        lambda w, ids, psw: torch.cat(
+            [
+                F.embedding_bag(ids, w, mode="sum", per_sample_weights=psw),
+                F.embedding_bag(ids, w, mode="mean", padding_idx=3),
+                F.embedding_bag(ids, w, mode="max"),
+                F.embedding_bag(ids.flatten(), w, torch.tensor([0, 4, 4, 9]), mode="mean"),
+                F.embedding_bag(
+                    ids.flatten(),
+                    w,
+                    torch.tensor([0, 4, 9, 15]),
+                    mode="sum",
+                    include_last_offset=True,
+                ),
+            ],
+            0,
+        ),
+        (
+            _r(10, 4),
+            torch.tensor([[1, 3, 3, 7, 0], [3, 3, 3, 2, 9], [4, 5, 6, 8, 1]]),
+            _r(3, 5, seed=2),
+        ),
+    ),
+    "bilinear": (
+        lambda a, b, w, bias: (
+            F.bilinear(a, b, w, bias) + F.bilinear(a[:, None], b[:, None], w)[:, 0]
+        ),
+        (_r(3, 4), _r(3, 5, seed=1), _r(6, 4, 5, seed=2), _r(6, seed=3)),
+    ),
+    "upsample_antialias": (
+        lambda x: torch.cat(
+            [
+                F.interpolate(x, size=s, mode=m, antialias=True, align_corners=a).flatten(1)
+                for s in ((4, 3), (7, 12), (13, 5))
+                for m in ("bilinear", "bicubic")
+                for a in (False, True)
+            ],
+            1,
+        ),
+        (_r(2, 3, 9, 11),),
+    ),
+    "cdist": (
+        lambda x, y: torch.cat(
+            [
+                torch.cdist(x, torch.cat([x[:, :2], y], 1), p=p).flatten()
+                for p in (2.0, 1.0, 0.5, 3.0, float("inf"), 0.0)
+            ]
+        ),
+        (_r(2, 5, 4), _r(2, 6, 4, seed=1)),
+    ),
+    "pdist": (
+        lambda x: torch.cat(
+            [F.pdist(torch.cat([x, x[:1]]), p=p) for p in (2.0, 1.0, 1.5, float("inf"))]
+        ),
+        (_r(5, 3),),
+    ),
+    "unfold": (
+        lambda x: torch.cat(
+            [
+                x.unfold(2, 3, 2).flatten(),
+                x.unfold(0, 2, 1).flatten(),
+                x.unfold(-1, 9, 1).flatten(),
+                x[0, 0, 0].unfold(0, 1, 1),
+            ]
+        ),
+        (_r(3, 4, 9),),
+    ),
+    "round_decimals": (
+        lambda x: torch.cat([torch.round(x * 100, decimals=d) for d in (0, 1, 2, -1)]),
+        (_r(4, 5),),
+    ),
+    "addmv_addbmm": (
+        lambda b, m, v, b3, p, q: torch.cat(
+            [
+                torch.addmv(b, m, v),
+                torch.addmv(b, m, v, beta=0.5, alpha=-2.0),
+                torch.addmv(b * float("nan"), m, v, beta=0.0),
+                torch.addbmm(b3, p, q).flatten(),
+                torch.addbmm(b3, p, q, beta=2.0, alpha=0.5).flatten(),
+                torch.addmm(b3 * float("inf"), p[0], q[0], beta=0).flatten(),
+            ]
+        ),
+        (
+            _r(3),
+            _r(3, 4, seed=1),
+            _r(4, seed=2),
+            _r(3, 5, seed=3),
+            _r(2, 3, 4, seed=4),
+            _r(2, 4, 5, seed=5),
+        ),
+    ),
+    "cummax_cummin": (
+        lambda x: (*torch.cummax(x, 1), *torch.cummin(x, 0), *torch.cummax(x[0, 0], 0)),
+        (torch.tensor([[1.0, 3.0, 3.0, 2.0, 5.0, -1.0], [0.5, 0.2, 0.7, 0.7, 0.1, 0.9]]),),
+    ),
+    "median_mode_kthvalue": (
+        lambda x: (
+            *torch.median(x, 1),
+            *torch.median(x, 0, keepdim=True),
+            torch.median(x),
+            *torch.nanmedian(x, 1),
+            torch.nanmedian(x),
+            *torch.kthvalue(x, 2, 1),
+            *torch.kthvalue(x, 3, 0, keepdim=True),
+            *torch.mode(x, 1),
+            *torch.mode(x, 0),
+        ),
+        (
+            torch.tensor(
+                [[1.0, 3.0, 3.0, 2.0, 5.0], [0.5, 0.2, 0.7, 0.7, 0.1], [2.0, 2.0, 4.0, 1.0, 1.0]]
+            ),
+        ),
+    ),
+    "median_nan": (
+        lambda x: (
+            *torch.median(x, 1),
+            *torch.nanmedian(x, 1),
+            torch.median(x),
+            torch.nanmedian(x[:1]),
+        ),
+        (torch.tensor([[1.0, float("nan"), 2.0, 0.5], [4.0, 3.0, 2.0, 1.0]]),),
+    ),
+    "bucketize_searchsorted": (
+        lambda x, s: (
+            torch.bucketize(x, torch.tensor([-0.5, 0.0, 0.5])),
+            torch.bucketize(x, torch.tensor([-0.5, 0.0, 0.5]), right=True, out_int32=True),
+            torch.searchsorted(torch.sort(s).values, x),
+            torch.searchsorted(torch.sort(s).values, x, side="right"),
+            torch.searchsorted(s, x, sorter=torch.argsort(s)),
+            torch.searchsorted(torch.tensor([-0.5, 0.0, 0.5]), x[0]),
+        ),
+        (torch.tensor([[-0.7, -0.5, 0.0, 0.2], [0.5, 0.9, -0.1, 0.0]]), _r(2, 5)),
+    ),
+    "logit_eps": (
+        lambda x: torch.cat([torch.logit(x, 0.1), torch.logit(x, 0.25), torch.logit(x)]),
+        (_r(4, 5, lo=0.02, hi=0.98),),
+    ),
     "bool_mask_assign": (lambda x: _masked_assign(x), (_r(3, 5),)),
-    "batch_norm_functional": (lambda x, w, b: torch.cat([
-        F.batch_norm(x, torch.zeros(3) + 0.2, torch.ones(3) * 1.5, w, b, False).flatten(),
-        torch.ops.aten._native_batch_norm_legit(x, w, b, torch.zeros(3), torch.ones(3), False,
-                                                0.1, 1e-5)[0].flatten()]),
-        (_r(2, 3, 4), _r(3, seed=1), _r(3, seed=2))),
-    "replicate_pad_negative": (lambda x: torch.cat([
-        F.pad(x, (-1, 2), mode="replicate").flatten(1),
-        F.pad(x, (2, -2), mode="replicate").flatten(1),
-        F.pad(x, (-1, 2), mode="circular").flatten(1),
-        F.pad(x, (2, 1), mode="reflect").flatten(1)], 1), (_r(2, 3, 5),)),
-    "reductions_0d": (lambda x: (
-        x.sum(0), x.sum(-1, keepdim=True), x.mean(0), x.amax(0), x.max(0)[0], x.argmax(-1),
-        torch.logsumexp(x, 0), x.cumsum(0), x.softmax(0), x.log_softmax(-1), x.prod(0),
-        x.norm(dim=0), x.sort(0)[0], torch.index_select(x, 0, torch.tensor([0]))),
-        (torch.tensor(0.7),)),
+    "batch_norm_functional": (
+        lambda x, w, b: torch.cat(
+            [
+                F.batch_norm(x, torch.zeros(3) + 0.2, torch.ones(3) * 1.5, w, b, False).flatten(),
+                torch.ops.aten._native_batch_norm_legit(
+                    x, w, b, torch.zeros(3), torch.ones(3), False, 0.1, 1e-5
+                )[0].flatten(),
+            ]
+        ),
+        (_r(2, 3, 4), _r(3, seed=1), _r(3, seed=2)),
+    ),
+    "replicate_pad_negative": (
+        lambda x: torch.cat(
+            [
+                F.pad(x, (-1, 2), mode="replicate").flatten(1),
+                F.pad(x, (2, -2), mode="replicate").flatten(1),
+                F.pad(x, (-1, 2), mode="circular").flatten(1),
+                F.pad(x, (2, 1), mode="reflect").flatten(1),
+            ],
+            1,
+        ),
+        (_r(2, 3, 5),),
+    ),
+    "reductions_0d": (
+        lambda x: (
+            x.sum(0),
+            x.sum(-1, keepdim=True),
+            x.mean(0),
+            x.amax(0),
+            x.max(0)[0],
+            x.argmax(-1),
+            torch.logsumexp(x, 0),
+            x.cumsum(0),
+            x.softmax(0),
+            x.log_softmax(-1),
+            x.prod(0),
+            x.norm(dim=0),
+            x.sort(0)[0],
+            torch.index_select(x, 0, torch.tensor([0])),
+        ),
+        (torch.tensor(0.7),),
+    ),
 }
 
 
@@ -288,8 +577,10 @@ SLOW_FN_CASES = {"grid_sample_2d", "grid_sample_3d"}
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_FN_CASES else n
-     for n in sorted(FN_CASES)],
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_FN_CASES else n
+        for n in sorted(FN_CASES)
+    ],
 )
 def test_op_issue14(name):
     fn, inputs = FN_CASES[name]
@@ -299,21 +590,29 @@ def test_op_issue14(name):
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 def test_grid_sample_batch(mode):
     """grid_sample as a layer of a batched model: dynamic batch and vmap included."""
-    model = Fn(lambda m, x: F.grid_sample(x, m.c(x).permute(0, 2, 3, 1).tanh() * 1.2,
-                                          mode=mode, padding_mode="reflection"),
-               c=nn.Conv2d(3, 2, 3, padding=1))
+    model = Fn(
+        lambda m, x: F.grid_sample(
+            x, m.c(x).permute(0, 2, 3, 1).tanh() * 1.2, mode=mode, padding_mode="reflection"
+        ),
+        c=nn.Conv2d(3, 2, 3, padding=1),
+    )
     check_model(model.eval(), (img(3, 6, 7),), name=f"grid_sample_{mode}", atol=2e-5)
 
 
 def test_embedding_bag_and_bilinear_layers():
-    model = Fn(lambda m, x: m.bil(m.bag((x.abs() * 3).long().clamp(max=7)), x),
-               bag=nn.EmbeddingBag(8, 4, mode="mean"), bil=nn.Bilinear(4, 4, 3))
+    model = Fn(
+        lambda m, x: m.bil(m.bag((x.abs() * 3).long().clamp(max=7)), x),
+        bag=nn.EmbeddingBag(8, 4, mode="mean"),
+        bil=nn.Bilinear(4, 4, 3),
+    )
     check_model(model.eval(), (torch.randn(3, 4),), name="bag_bilinear", atol=2e-5)
 
 
 def test_antialias_layer():
-    model = Fn(lambda m, x: m.c(F.interpolate(x, scale_factor=0.5, mode="bilinear",
-                                              antialias=True)), c=nn.Conv2d(3, 2, 3))
+    model = Fn(
+        lambda m, x: m.c(F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True)),
+        c=nn.Conv2d(3, 2, 3),
+    )
     check_model(model.eval(), (img(3, 12, 10),), name="antialias", atol=2e-5)
 
 
@@ -404,8 +703,9 @@ def test_linalg_lowering(name):
     diff = [i for i, o in enumerate(tout) if o.requires_grad]
     rng = np.random.default_rng(0)
     cots = {i: rng.standard_normal(tout[i].shape).astype(np.float32) for i in diff}
-    want = torch.autograd.grad([tout[i] for i in diff], tx,
-                               [torch.from_numpy(cots[i]) for i in diff])
+    want = torch.autograd.grad(
+        [tout[i] for i in diff], tx, [torch.from_numpy(cots[i]) for i in diff]
+    )
     lowering = LOWERINGS[str(op)]
     jx = [jnp.asarray(x.numpy()) for x in xs]
     jout = lowering(*jx, **kw)
@@ -425,9 +725,11 @@ def test_linalg_lowering(name):
         assert_close(a, b, what=f"gradient {k}", atol=1e-5)
 
 
-@pytest.mark.parametrize("fn", [torch.linalg.inv, torch.linalg.cholesky,
-                                lambda a: torch.linalg.solve(a, a[..., :2])],
-                         ids=["inv", "cholesky", "solve"])
+@pytest.mark.parametrize(
+    "fn",
+    [torch.linalg.inv, torch.linalg.cholesky, lambda a: torch.linalg.solve(a, a[..., :2])],
+    ids=["inv", "cholesky", "solve"],
+)
 def test_linalg_graph_lowered(fn):
     """Every op of the decomposed graph (with_effects, the error check, the *_ex op) has a
     lowering; the effect token input is an empty constant of the conversion."""

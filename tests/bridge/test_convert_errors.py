@@ -24,14 +24,14 @@ def test_linalg_with_error_checks_converts_through_the_effect_token():
     # torch.export writes linalg_inv_ex's error check with an effect token input
     a = torch.randn(2, 3, 3) + 3 * torch.eye(3)
     conv = bridge.from_torch(Fn(torch.linalg.inv), a)
-    np.testing.assert_allclose(np.asarray(conv(a)), torch.linalg.inv(a).numpy(), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(conv(a)), torch.linalg.inv(a).numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_complex_casts_are_refused_at_conversion():
     with pytest.raises(bridge.UnsupportedOpsError, match="complex dtype"):
-        bridge.from_torch(Fn(lambda x: torch.view_as_real(x.to(torch.cfloat))),
-                          torch.randn(2, 3))
+        bridge.from_torch(Fn(lambda x: torch.view_as_real(x.to(torch.cfloat))), torch.randn(2, 3))
 
 
 def test_a_failing_decomposition_is_an_export_error(monkeypatch):
@@ -51,8 +51,10 @@ def test_a_failing_decomposition_is_an_export_error(monkeypatch):
 def test_block_diag_operands_of_batch_one_convert(module):
     # the OpInfo samples that crashed: operands leading with 1 (duplicated for export) and
     # operands of several leading sizes, one of them 1 (then no batch is guessed)
-    for xs in [(torch.randn(1, 5), torch.randn(1, 6), torch.randn(1, 5)),
-               (torch.randn(1, 5), torch.randn(2, 5), torch.randn(1, 5))]:
+    for xs in [
+        (torch.randn(1, 5), torch.randn(1, 6), torch.randn(1, 5)),
+        (torch.randn(1, 5), torch.randn(2, 5), torch.randn(1, 5)),
+    ]:
         conv = bridge.from_torch(module, xs)
         np.testing.assert_allclose(np.asarray(conv(*xs)), torch.block_diag(*xs).numpy())
 

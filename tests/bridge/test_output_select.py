@@ -53,7 +53,9 @@ def test_output_selects_the_same_part_as_torch(torch_model, output, pick):
     assert again.output == output
     np.testing.assert_allclose(
         jax.tree.leaves(jax.jit(lambda m, v: m.fn(m.params, v))(again, x.numpy()))[0],
-        jax.tree.leaves(got)[0], rtol=1e-6)
+        jax.tree.leaves(got)[0],
+        rtol=1e-6,
+    )
 
 
 def test_structured_methods_work_on_the_selected_output(torch_model):

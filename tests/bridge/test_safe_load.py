@@ -120,8 +120,16 @@ def test_pickled_constants_and_foreign_entries_are_refused(tmp_path):
 
     def edit(name, data):
         if name.endswith("constants_config.json"):
-            cfg = {"config": {"obj": {"path_name": "opaque_obj_0", "is_param": False,
-                                      "use_pickle": True, "tensor_meta": None}}}
+            cfg = {
+                "config": {
+                    "obj": {
+                        "path_name": "opaque_obj_0",
+                        "is_param": False,
+                        "use_pickle": True,
+                        "tensor_meta": None,
+                    }
+                }
+            }
             return json.dumps(cfg).encode()
         return data
 

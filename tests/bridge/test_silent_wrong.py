@@ -54,8 +54,10 @@ def compare_with_torch(model, *inputs, **tol):
     floats = [i for i, t in enumerate(touts) if t.is_floating_point()]
     sum((touts[i] * torch.from_numpy(cots[i])).sum() for i in floats).backward()
 
-    jin = [jnp.asarray(x.numpy().astype(np.int32) if x.dtype == torch.int64 else x.numpy())
-           for x in inputs]
+    jin = [
+        jnp.asarray(x.numpy().astype(np.int32) if x.dtype == torch.int64 else x.numpy())
+        for x in inputs
+    ]
 
     def loss(params, *xs):
         out = jax.tree.leaves(conv.fn(params, *xs))
@@ -75,8 +77,9 @@ def compare_with_torch(model, *inputs, **tol):
     def one(*xs):
         return jax.tree.map(lambda o: o[0], conv.fn(conv.params, *(x[None] for x in xs)))
 
-    for i, (a, b) in enumerate(zip(jax.tree.leaves(jax.jit(jax.vmap(one))(*jin)), jout,
-                                   strict=True)):
+    for i, (a, b) in enumerate(
+        zip(jax.tree.leaves(jax.jit(jax.vmap(one))(*jin)), jout, strict=True)
+    ):
         same(a, b, f"vmap output {i}", **tol)
     return conv
 
@@ -84,10 +87,18 @@ def compare_with_torch(model, *inputs, **tol):
 # --------------------------------------------------------------------------- torch
 def test_var_and_std_with_positional_keepdim():
     """``aten.var.dim``/``std.dim`` pass ``unbiased, keepdim`` positionally."""
+
     def f(m, x):
         norm = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-5).sqrt()
-        return torch.cat([norm, x.std(-1, True, True), torch.var(x, -1, False, True),
-                          torch.var(x, 1, correction=0, keepdim=True).expand(-1, 4, -1)], -1)
+        return torch.cat(
+            [
+                norm,
+                x.std(-1, True, True),
+                torch.var(x, -1, False, True),
+                torch.var(x, 1, correction=0, keepdim=True).expand(-1, 4, -1),
+            ],
+            -1,
+        )
 
     compare_with_torch(Fn(f), torch.randn(3, 4, 6))
 
@@ -97,8 +108,9 @@ def _masked_attention(m, x):
     mask[1] = False  # query 1 sees no key
     float_mask = torch.zeros(5, 5)
     float_mask[3] = -torch.inf
-    return (F.scaled_dot_product_attention(x, x * 0.5, x, attn_mask=mask)
-            + F.scaled_dot_product_attention(x, x, x * 2, attn_mask=float_mask))
+    return F.scaled_dot_product_attention(
+        x, x * 0.5, x, attn_mask=mask
+    ) + F.scaled_dot_product_attention(x, x, x * 2, attn_mask=float_mask)
 
 
 def test_sdpa_with_a_fully_masked_query_row_gives_zero_and_finite_gradients():
@@ -128,12 +140,12 @@ def _ties(*shape):
 
 def test_max_pool_indices_match_torch():
     def f(m, x):
-        vd, idil = F.max_pool2d(x, 3, 2, 1, dilation=(1, 2), ceil_mode=True,
-                                return_indices=True)
+        vd, idil = F.max_pool2d(x, 3, 2, 1, dilation=(1, 2), ceil_mode=True, return_indices=True)
         v2, i2 = F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
         v1, i1 = F.max_pool1d(x.flatten(2), 4, 3, 2, return_indices=True)
-        v3, i3 = F.max_pool3d(x[:, None], (2, 3, 2), (1, 2, 2), (1, 1, 0), ceil_mode=True,
-                              return_indices=True)
+        v3, i3 = F.max_pool3d(
+            x[:, None], (2, 3, 2), (1, 2, 2), (1, 1, 0), ceil_mode=True, return_indices=True
+        )
         va, ia = F.adaptive_max_pool2d(x, (3, 4), return_indices=True)
         return vd, idil, v2, i2, v1, i1, v3, i3, va, ia
 
@@ -197,13 +209,20 @@ R = np.random.default_rng(3)
 def onnx_model(nodes, inputs, inits=(), opset=18, outputs=("y",)):
     """A graph of ``nodes`` with graph ``inputs`` {name: array} and initializers ``inits``
     ({name: array}, or TensorProtos)."""
-    vi = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-          for k, v in inputs.items()]
+    vi = [
+        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for k, v in inputs.items()
+    ]
     out = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs]
-    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()] if \
-        isinstance(inits, dict) else list(inits)
-    model = helper.make_model(helper.make_graph(nodes, "g", vi, out, inits),
-                              opset_imports=[helper.make_opsetid("", opset)])
+    inits = (
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+        if isinstance(inits, dict)
+        else list(inits)
+    )
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", vi, out, inits),
+        opset_imports=[helper.make_opsetid("", opset)],
+    )
     return onnx.shape_inference.infer_shapes(model)
 
 
@@ -215,8 +234,8 @@ def compare_with_onnxruntime(model, inputs, **tol):
     got = got if isinstance(got, tuple) else (got,)
     for i, (a, b) in enumerate(zip(got, ref, strict=True)):
         assert np.asarray(a).dtype == b.dtype or (
-            b.dtype == np.int64 and np.asarray(a).dtype == np.int32), \
-            f"output {i}: dtype {np.asarray(a).dtype} != onnxruntime {b.dtype}"
+            b.dtype == np.int64 and np.asarray(a).dtype == np.int32
+        ), f"output {i}: dtype {np.asarray(a).dtype} != onnxruntime {b.dtype}"
         same(a, b, f"output {i}", **tol)
     return conv
 
@@ -231,8 +250,16 @@ def test_onnx_lp_pool_uses_dilations_and_has_a_finite_gradient_on_zero_windows()
     x = R.normal(size=(2, 3, 7, 8)).astype(np.float32)
     x[:, :, :4, :4] = 0.0  # all-zero windows
     for p, dil in ((2, [2, 1]), (3, [1, 3]), (1, [2, 2])):
-        node = helper.make_node("LpPool", ["x"], ["y"], kernel_shape=[2, 3], strides=[1, 2],
-                                dilations=dil, pads=[1, 0, 0, 1], p=p)
+        node = helper.make_node(
+            "LpPool",
+            ["x"],
+            ["y"],
+            kernel_shape=[2, 3],
+            strides=[1, 2],
+            dilations=dil,
+            pads=[1, 0, 0, 1],
+            p=p,
+        )
         conv = compare_with_onnxruntime(onnx_model([node], {"x": x}), {"x": x})
         finite_input_grad(conv, x)
 
@@ -251,12 +278,14 @@ def test_onnx_pow_keeps_an_integer_base_integer():
     x = np.array([[0, 1, 2, 3], [4, 5, 7, 9]], np.int32)
     for e in (np.array([2.0, 0.5, 3.0, 1.5], np.float32), np.array(2.5, np.float32)):
         compare_with_onnxruntime(
-            onnx_model([helper.make_node("Pow", ["x", "e"], ["y"])], {"x": x}, {"e": e}),
-            {"x": x})
+            onnx_model([helper.make_node("Pow", ["x", "e"], ["y"])], {"x": x}, {"e": e}), {"x": x}
+        )
     # all static (an initializer base): NumPy's int64 stays int64
-    model = onnx_model([helper.make_node("Pow", ["b", "e"], ["p"]),
-                        helper.make_node("Add", ["x", "p"], ["y"])], {"x": x.astype(np.int64)},
-                       {"b": np.array([1, 2, 3, 6], np.int64), "e": np.float32(1.5)})
+    model = onnx_model(
+        [helper.make_node("Pow", ["b", "e"], ["p"]), helper.make_node("Add", ["x", "p"], ["y"])],
+        {"x": x.astype(np.int64)},
+        {"b": np.array([1, 2, 3, 6], np.int64), "e": np.float32(1.5)},
+    )
     compare_with_onnxruntime(model, {"x": x.astype(np.int64)})
 
 
@@ -264,40 +293,78 @@ def test_onnx_pow_keeps_an_integer_base_integer():
 def test_onnx_resize_tf_crop_and_resize_fills_outside_with_the_extrapolation_value(mode):
     x = R.normal(size=(1, 2, 5, 6)).astype(np.float32)
     roi = np.array([0, 0, -0.3, 0.2, 1, 1, 1.2, 0.9], np.float32)
-    node = helper.make_node("Resize", ["x", "roi", "", "sz"], ["y"], mode=mode,
-                            coordinate_transformation_mode="tf_crop_and_resize",
-                            extrapolation_value=-7.5)
+    node = helper.make_node(
+        "Resize",
+        ["x", "roi", "", "sz"],
+        ["y"],
+        mode=mode,
+        coordinate_transformation_mode="tf_crop_and_resize",
+        extrapolation_value=-7.5,
+    )
     model = onnx_model([node], {"x": x}, {"roi": roi, "sz": np.array([1, 2, 8, 5])})
     compare_with_onnxruntime(model, {"x": x})
 
 
 #: values around every float8 format's range, halfway points, subnormals, inf and NaN
-F8_VALUES = np.concatenate([np.linspace(-70000, 70000, 2001), np.linspace(-600, 600, 2401),
-                            np.linspace(-0.02, 0.02, 401), [np.inf, -np.inf, np.nan, 464.0,
-                                                             -0.0]]).astype(np.float32)
+F8_VALUES = np.concatenate(
+    [
+        np.linspace(-70000, 70000, 2001),
+        np.linspace(-600, 600, 2401),
+        np.linspace(-0.02, 0.02, 401),
+        [np.inf, -np.inf, np.nan, 464.0, -0.0],
+    ]
+).astype(np.float32)
 
 
-@pytest.mark.parametrize("to", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ,
-                                TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ])
+@pytest.mark.parametrize(
+    "to",
+    [
+        TensorProto.FLOAT8E4M3FN,
+        TensorProto.FLOAT8E4M3FNUZ,
+        TensorProto.FLOAT8E5M2,
+        TensorProto.FLOAT8E5M2FNUZ,
+    ],
+)
 def test_onnx_saturating_cast_to_float8_matches_onnxruntime(to):
     x = F8_VALUES[None]
     like = [helper.make_tensor("like", to, [1], [0.0])]
-    for first, inits in ((helper.make_node("Cast", ["x"], ["c"], to=to), ()),
-                         (helper.make_node("CastLike", ["x", "like"], ["c"]), like)):
-        model = onnx_model([first, helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
-                           {"x": x}, inits, opset=21)
+    for first, inits in (
+        (helper.make_node("Cast", ["x"], ["c"], to=to), ()),
+        (helper.make_node("CastLike", ["x", "like"], ["c"]), like),
+    ):
+        model = onnx_model(
+            [first, helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
+            {"x": x},
+            inits,
+            opset=21,
+        )
         compare_with_onnxruntime(model, {"x": x})
 
 
-@pytest.mark.parametrize("to", [TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2,
-                                TensorProto.UINT2, TensorProto.FLOAT4E2M1])
+@pytest.mark.parametrize(
+    "to",
+    [
+        TensorProto.INT4,
+        TensorProto.UINT4,
+        TensorProto.INT2,
+        TensorProto.UINT2,
+        TensorProto.FLOAT4E2M1,
+    ],
+)
 @pytest.mark.parametrize("op", ["Cast", "CastLike"])
 def test_onnx_cast_to_narrow_types_is_refused(to, op):
     x = np.array([[-1000.0, -3.3, 0.1, 1.7, 500.0, 7.5]], np.float32)
-    first = (helper.make_node("Cast", ["x"], ["c"], to=to) if op == "Cast" else
-             helper.make_node("CastLike", ["x", "like"], ["c"]))
-    model = onnx_model([first, helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
-                       {"x": x}, [helper.make_tensor("like", to, [1], [0])], opset=25)
+    first = (
+        helper.make_node("Cast", ["x"], ["c"], to=to)
+        if op == "Cast"
+        else helper.make_node("CastLike", ["x", "like"], ["c"])
+    )
+    model = onnx_model(
+        [first, helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
+        {"x": x},
+        [helper.make_tensor("like", to, [1], [0])],
+        opset=25,
+    )
     name = TensorProto.DataType.Name(to)
     # a Cast is refused at conversion; a CastLike's type is known only when traced
     with pytest.raises(bridge.UnsupportedOpsError, match=rf"{op} \(to={name}\)"):
@@ -308,9 +375,13 @@ def test_onnx_cast_to_narrow_types_is_refused(to, op):
 
 def test_onnx_non_saturating_float8_cast_is_refused():
     x = np.array([[-1000.0, 500.0]], np.float32)
-    model = onnx_model([helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT8E4M3FN,
-                                         saturate=0),
-                        helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
-                       {"x": x}, opset=21)
+    model = onnx_model(
+        [
+            helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT8E4M3FN, saturate=0),
+            helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT),
+        ],
+        {"x": x},
+        opset=21,
+    )
     with pytest.raises(bridge.UnsupportedOpsError, match="saturate=0"):  # at conversion
         bridge.from_onnx(model)

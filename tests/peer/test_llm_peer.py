@@ -40,10 +40,20 @@ with _no_torchvision_stub():
 
 
 def _config_kwargs(vocab):
-    return dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                bos_token_id=0, eos_token_id=1, pad_token_id=2, use_cache=False,
-                initializer_range=INIT)
+    return dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        use_cache=False,
+        initializer_range=INIT,
+    )
 
 
 def _mistral(vocab):
@@ -90,9 +100,11 @@ def _captum(method, module, monkeypatch, key, n, f):
         return ca.ShapleyValueSampling(module), {"n_samples": n}
     if method == "lime":
         z = np.asarray(jaxattr.lime_samples(key, 1, f, n)).astype(np.int64).reshape(-1, f)
-        return ca.Lime(module, interpretable_model=_recorder(),
-                       perturb_func=Replay([torch.from_numpy(r[None]) for r in z])), {
-            "n_samples": n}
+        return ca.Lime(
+            module,
+            interpretable_model=_recorder(),
+            perturb_func=Replay([torch.from_numpy(r[None]) for r in z]),
+        ), {"n_samples": n}
     z = list(np.asarray(jaxattr.kernel_shap_samples(key, 1, f, n)).astype(np.int64))
 
     def replay(self, original_inp, **kwargs):
@@ -119,10 +131,18 @@ def test_template_every_method(lm, tok, method, padding, monkeypatch):
     key, n = jax.random.key(11), 10
     attr, kw = _captum(method, module, monkeypatch, key, n, 4)
     ref = ca.LLMAttribution(attr, tok).attribute(
-        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, **kw)
+        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False, **kw
+    )
     monkeypatch.undo()
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET,
-                              method=method, padding=padding, **_ours(method, key, n))
+    res = llm.llm_attribution(
+        model,
+        tok,
+        llm.TextTemplateInput(**TEMPLATE),
+        target=TARGET,
+        method=method,
+        padding=padding,
+        **_ours(method, key, n),
+    )
     assert_result(res, ref, per_token=method in llm.PER_TOKEN_METHODS)
 
 
@@ -134,11 +154,15 @@ def test_tokens_methods(lm, tok, method, monkeypatch):
     key, n = jax.random.key(5), 6
     attr, kw = _captum(method, module, monkeypatch, key, n, inp.n_itp_features)
     ref = ca.LLMAttribution(attr, tok).attribute(
-        ca.TextTokenInput(prompt, tok, skip_tokens=[0], baselines=2), target=" and the dog",
-        use_cached_outputs=False, **kw)
+        ca.TextTokenInput(prompt, tok, skip_tokens=[0], baselines=2),
+        target=" and the dog",
+        use_cached_outputs=False,
+        **kw,
+    )
     monkeypatch.undo()
-    res = llm.llm_attribution(model, tok, inp, target=" and the dog", method=method,
-                              batch_size=3, **_ours(method, key, n))
+    res = llm.llm_attribution(
+        model, tok, inp, target=" and the dog", method=method, batch_size=3, **_ours(method, key, n)
+    )
     assert_result(res, ref, per_token=method in llm.PER_TOKEN_METHODS)
 
 
@@ -147,15 +171,28 @@ def test_prob_and_trials(lm, tok, monkeypatch):
     key = jax.random.key(2)
     keys = jax.random.split(key, 3)
     perms = [p for k in keys for p in np.asarray(jaxattr.shapley_permutations(k, 4, 3))]
-    monkeypatch.setattr(torch, "randperm",
-                        Replay([torch.from_numpy(p.astype(np.int64)) for p in perms]))
+    monkeypatch.setattr(
+        torch, "randperm", Replay([torch.from_numpy(p.astype(np.int64)) for p in perms])
+    )
     ref = ca.LLMAttribution(ca.ShapleyValueSampling(module), tok, attr_target="prob").attribute(
-        ca.TextTemplateInput(**TEMPLATE), target=TARGET, use_cached_outputs=False,
-        n_samples=3, num_trials=3)
+        ca.TextTemplateInput(**TEMPLATE),
+        target=TARGET,
+        use_cached_outputs=False,
+        n_samples=3,
+        num_trials=3,
+    )
     monkeypatch.undo()
-    res = llm.llm_attribution(model, tok, llm.TextTemplateInput(**TEMPLATE), target=TARGET,
-                              method="shapley_value_sampling", key=key, n_samples=3,
-                              num_trials=3, attr_target="prob")
+    res = llm.llm_attribution(
+        model,
+        tok,
+        llm.TextTemplateInput(**TEMPLATE),
+        target=TARGET,
+        method="shapley_value_sampling",
+        key=key,
+        n_samples=3,
+        num_trials=3,
+        attr_target="prob",
+    )
     assert_result(res, ref)
 
 
@@ -163,22 +200,33 @@ def test_prob_and_trials(lm, tok, monkeypatch):
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_gradient_methods(lm, tok, method, padding):
     _, module, model = lm
-    cls = (ca.LayerIntegratedGradients if method == "layer_integrated_gradients"
-           else ca.LayerGradientXActivation)
+    cls = (
+        ca.LayerIntegratedGradients
+        if method == "layer_integrated_gradients"
+        else ca.LayerGradientXActivation
+    )
     kw = {"n_steps": 16} if method == "layer_integrated_gradients" else {}
     ref = ca.LLMGradientAttribution(cls(module, _embedding(module)), tok).attribute(
-        ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, **kw)
+        ca.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET, **kw
+    )
     res = llm.llm_gradient_attribution(
-        model, tok, llm.TextTokenInput(PROMPT, tok, skip_tokens=[0]), target=TARGET,
-        method=method, padding=padding, **kw)
+        model,
+        tok,
+        llm.TextTokenInput(PROMPT, tok, skip_tokens=[0]),
+        target=TARGET,
+        method=method,
+        padding=padding,
+        **kw,
+    )
     assert_result(res, ref)
 
 
 def test_generation_matches_transformers(lm, tok):
     _, module, model = lm
     ids = tok.encode(PROMPT)
-    hf = module.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                         use_cache=False, eos_token_id=None)[0, len(ids):].tolist()
+    hf = module.generate(
+        torch.tensor([ids]), max_new_tokens=8, do_sample=False, use_cache=False, eos_token_id=None
+    )[0, len(ids) :].tolist()
     assert llm.generate(model, ids, max_new_tokens=8).tolist() == hf
 
 
@@ -189,8 +237,14 @@ def test_cli_gradient_method(tok, tmp_path):
     with _no_torchvision_stub():
         model = convert(_gpt2(len(tok)))
     inp = llm.TextTokenInput(PROMPT, tok)
-    for name, kw in (("layer_integrated_gradients", {"n_steps": 4}),
-                     ("layer_gradient_x_activation", {})):
+    for name, kw in (
+        ("layer_integrated_gradients", {"n_steps": 4}),
+        ("layer_gradient_x_activation", {}),
+    ):
         ref = llm.llm_gradient_attribution(model, tok, inp, target=TARGET, method=name, **kw)
-        np.testing.assert_allclose(got[f"{name}_token_attr"], ref.token_attr, rtol=1e-4,
-                                   atol=1e-4 * np.abs(ref.token_attr).max())
+        np.testing.assert_allclose(
+            got[f"{name}_token_attr"],
+            ref.token_attr,
+            rtol=1e-4,
+            atol=1e-4 * np.abs(ref.token_attr).max(),
+        )

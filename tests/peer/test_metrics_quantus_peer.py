@@ -60,8 +60,10 @@ def _numpy2_aliases(monkeypatch):
 
 
 def run16(metric, fn=FN16, a=A16, **kwargs):
-    return np.asarray(metric(model=JaxModule(fn).eval(), x_batch=X16, y_batch=Y16, a_batch=a,
-                             **kwargs), dtype=np.float64)
+    return np.asarray(
+        metric(model=JaxModule(fn).eval(), x_batch=X16, y_batch=Y16, a_batch=a, **kwargs),
+        dtype=np.float64,
+    )
 
 
 BASELINES = ["black", "white", "mean", 0.3]
@@ -70,20 +72,31 @@ BASELINES = ["black", "white", "mean", 0.3]
 @pytest.mark.parametrize("baseline", BASELINES)
 @pytest.mark.parametrize("fis", [3, 21])
 def test_faithfulness_estimate_sweep(baseline, fis):
-    ref = run(quantus.FaithfulnessEstimate(features_in_step=fis, perturb_baseline=baseline,
-                                           **QKW), FN3, X3, A3)
-    ours = metrics.faithfulness_estimate(FN3, X3, A3, target=Y, features_in_step=fis,
-                                         perturb_baseline=baseline)
+    ref = run(
+        quantus.FaithfulnessEstimate(features_in_step=fis, perturb_baseline=baseline, **QKW),
+        FN3,
+        X3,
+        A3,
+    )
+    ours = metrics.faithfulness_estimate(
+        FN3, X3, A3, target=Y, features_in_step=fis, perturb_baseline=baseline
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize("baseline", BASELINES)
 @pytest.mark.parametrize("softmax", [True, False])
 def test_pixel_flipping_sweep(baseline, softmax):
-    ref = run(quantus.PixelFlipping(features_in_step=6, perturb_baseline=baseline, **QKW),
-              FN3, X3, A3, softmax=softmax)
-    ours = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=6,
-                                  perturb_baseline=baseline, softmax=softmax)
+    ref = run(
+        quantus.PixelFlipping(features_in_step=6, perturb_baseline=baseline, **QKW),
+        FN3,
+        X3,
+        A3,
+        softmax=softmax,
+    )
+    ours = metrics.pixel_flipping(
+        FN3, X3, A3, target=Y, features_in_step=6, perturb_baseline=baseline, softmax=softmax
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -95,18 +108,28 @@ def test_pixel_flipping_default_single_features_on_16x16():
 
 def test_pixel_flipping_on_a_torch_model_and_its_jax_twin():
     net = _cnn()
-    ref = np.asarray(quantus.PixelFlipping(features_in_step=6, **QKW)(
-        model=net, x_batch=X1, y_batch=Y, a_batch=A1))
+    ref = np.asarray(
+        quantus.PixelFlipping(features_in_step=6, **QKW)(
+            model=net, x_batch=X1, y_batch=Y, a_batch=A1
+        )
+    )
     ours = metrics.pixel_flipping(twin(net), X1, A1, target=Y, features_in_step=6)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize("baseline", ["black", "white", "mean"])
 def test_monotonicity_correlation_deterministic_baselines(baseline):
-    ref = run(quantus.MonotonicityCorrelation(features_in_step=6, nr_samples=2,
-                                              perturb_baseline=baseline, **QKW), FN3, X3, A3)
-    ours = metrics.monotonicity_correlation(FN3, X3, A3, target=Y, features_in_step=6,
-                                            perturb_baseline=baseline)
+    ref = run(
+        quantus.MonotonicityCorrelation(
+            features_in_step=6, nr_samples=2, perturb_baseline=baseline, **QKW
+        ),
+        FN3,
+        X3,
+        A3,
+    )
+    ours = metrics.monotonicity_correlation(
+        FN3, X3, A3, target=Y, features_in_step=6, perturb_baseline=baseline
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -121,14 +144,29 @@ def test_faithfulness_correlation_quantus_defaults_on_16x16(monkeypatch):
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
-@pytest.mark.parametrize(("baseline", "order"),
-                         [("black", "morf"), ("white", "lerf"), ("mean", "morf")])
+@pytest.mark.parametrize(
+    ("baseline", "order"), [("black", "morf"), ("white", "lerf"), ("mean", "morf")]
+)
 @pytest.mark.parametrize("patch", [3, 4, 5])
 def test_region_perturbation_sweep(baseline, order, patch):
-    ref = run(quantus.RegionPerturbation(patch_size=patch, order=order, regions_evaluation=4,
-                                         perturb_baseline=baseline, **QKW), FN3, X3, A3)
-    ours = metrics.region_perturbation(FN3, X3, A3, target=Y, patch_size=patch, order=order,
-                                       regions_evaluation=4, perturb_baseline=baseline)
+    ref = run(
+        quantus.RegionPerturbation(
+            patch_size=patch, order=order, regions_evaluation=4, perturb_baseline=baseline, **QKW
+        ),
+        FN3,
+        X3,
+        A3,
+    )
+    ours = metrics.region_perturbation(
+        FN3,
+        X3,
+        A3,
+        target=Y,
+        patch_size=patch,
+        order=order,
+        regions_evaluation=4,
+        perturb_baseline=baseline,
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -136,10 +174,12 @@ def test_region_perturbation_uniform_draws(monkeypatch):
     key = jax.random.key(13)
     draws = jax.random.uniform(jax.random.split(key, 3)[1], (4, 3))
     monkeypatch.setattr(np.random, "uniform", Replay(list(np.asarray(draws))))
-    ref = run(quantus.RegionPerturbation(patch_size=4, perturb_baseline="uniform", **QKW),
-              FN3, X3, A3)
-    ours = metrics.region_perturbation(FN3, X3, A3, target=Y, patch_size=4,
-                                       perturb_baseline="uniform", key=key)
+    ref = run(
+        quantus.RegionPerturbation(patch_size=4, perturb_baseline="uniform", **QKW), FN3, X3, A3
+    )
+    ours = metrics.region_perturbation(
+        FN3, X3, A3, target=Y, patch_size=4, perturb_baseline="uniform", key=key
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -147,8 +187,9 @@ def test_region_perturbation_uniform_draws(monkeypatch):
 @pytest.mark.parametrize("baseline", ["black", "mean"])
 def test_selectivity_sweep(patch, baseline):
     ref = run16(quantus.Selectivity(patch_size=patch, perturb_baseline=baseline, **QKW))
-    ours = metrics.selectivity(FN16, X16, A16, target=Y16, patch_size=patch,
-                               perturb_baseline=baseline)
+    ours = metrics.selectivity(
+        FN16, X16, A16, target=Y16, patch_size=patch, perturb_baseline=baseline
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -158,18 +199,21 @@ def test_road_default_percentages_without_noise():
     labels = np.array(jnp.argmax(fn(X16), -1))
     a = np.asarray(jaxattr.saliency(fn, X16, target=labels))
     a = a + 1e-3 * RNG.normal(size=a.shape).astype(np.float32)  # no ties
-    ref = quantus.ROAD(noise=0.0, **QKW)(model=JaxModule(fn).eval(), x_batch=X16,
-                                         y_batch=labels, a_batch=a)
+    ref = quantus.ROAD(noise=0.0, **QKW)(
+        model=JaxModule(fn).eval(), x_batch=X16, y_batch=labels, a_batch=a
+    )
     ours = metrics.road(fn, X16, a, target=labels, noise=0.0)
     np.testing.assert_array_equal(np.asarray(ours).mean(0), list(ref.values()))
 
 
 @pytest.mark.parametrize("baseline", ["mean", "black", 0.0])
 def test_irof_slic_per_example(baseline):
-    ref = run16(quantus.IROF(perturb_baseline=baseline, return_aggregate=False, **QKW),
-                batch_size=1)
-    ours = metrics.irof(FN16, X16, A16, target=Y16, perturb_baseline=baseline,
-                        return_aggregate=False)
+    ref = run16(
+        quantus.IROF(perturb_baseline=baseline, return_aggregate=False, **QKW), batch_size=1
+    )
+    ours = metrics.irof(
+        FN16, X16, A16, target=Y16, perturb_baseline=baseline, return_aggregate=False
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-5)
 
 
@@ -186,7 +230,8 @@ def test_sufficiency_thresholds(threshold):
     a = np.concatenate([A3, A3[:1] + 0.01, A3[1:2] * 1.02]).astype(np.float32)
     x = np.concatenate([X3, X3[:1], X3[1:2]])
     ref = quantus.Sufficiency(threshold=threshold, normalise=False, disable_warnings=True)(
-        model=JaxModule(FN3).eval(), x_batch=x, y_batch=np.zeros(5, int), a_batch=a)
+        model=JaxModule(FN3).eval(), x_batch=x, y_batch=np.zeros(5, int), a_batch=a
+    )
     ours = metrics.sufficiency(FN3, x, a, threshold=threshold, normalise=False)
     np.testing.assert_allclose(ours, np.asarray(ref, np.float64), atol=ATOL)
 
@@ -194,15 +239,28 @@ def test_sufficiency_thresholds(threshold):
 def test_max_sensitivity_return_nan_when_prediction_changes(monkeypatch):
     key = jax.random.key(8)
     keys = jax.random.split(jax.random.split(key)[0], 3)
-    noise = [np.asarray(jax.random.uniform(k, (X1.size,), minval=-2.0, maxval=2.0))
-             for k in keys]
+    noise = [np.asarray(jax.random.uniform(k, (X1.size,), minval=-2.0, maxval=2.0)) for k in keys]
     monkeypatch.setattr(np.random, "uniform", Replay(noise))
-    ref = run(quantus.MaxSensitivity(nr_samples=3, lower_bound=2.0,
-                                     return_nan_when_prediction_changes=True, **QKW),
-              FN1, X1, A_GRAD, explain_func=explainer(FN1))
-    ours = metrics.max_sensitivity(jaxattr.gradient, FN1, X1, A_GRAD, target=Y, nr_samples=3,
-                                   lower_bound=2.0, key=key,
-                                   return_nan_when_prediction_changes=True)
+    ref = run(
+        quantus.MaxSensitivity(
+            nr_samples=3, lower_bound=2.0, return_nan_when_prediction_changes=True, **QKW
+        ),
+        FN1,
+        X1,
+        A_GRAD,
+        explain_func=explainer(FN1),
+    )
+    ours = metrics.max_sensitivity(
+        jaxattr.gradient,
+        FN1,
+        X1,
+        A_GRAD,
+        target=Y,
+        nr_samples=3,
+        lower_bound=2.0,
+        key=key,
+        return_nan_when_prediction_changes=True,
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
     assert np.isnan(ref).any()
 
@@ -210,15 +268,30 @@ def test_max_sensitivity_return_nan_when_prediction_changes(monkeypatch):
 def test_avg_sensitivity_upper_bound_and_normalise(monkeypatch):
     key = jax.random.key(9)
     keys = jax.random.split(jax.random.split(key)[0], 4)
-    noise = [np.asarray(jax.random.uniform(k, (X1.size,), minval=0.1, maxval=0.3))
-             for k in keys]
+    noise = [np.asarray(jax.random.uniform(k, (X1.size,), minval=0.1, maxval=0.3)) for k in keys]
     monkeypatch.setattr(np.random, "uniform", Replay(noise))
-    ref = run(quantus.AvgSensitivity(nr_samples=4, lower_bound=0.1, upper_bound=0.3,
-                                     normalise=True, abs=True, **QKW),
-              FN1, X1, A_GRAD, explain_func=explainer(FN1))
-    ours = metrics.avg_sensitivity(jaxattr.gradient, FN1, X1, A_GRAD, target=Y, nr_samples=4,
-                                   lower_bound=0.1, upper_bound=0.3, normalise=True, abs=True,
-                                   key=key)
+    ref = run(
+        quantus.AvgSensitivity(
+            nr_samples=4, lower_bound=0.1, upper_bound=0.3, normalise=True, abs=True, **QKW
+        ),
+        FN1,
+        X1,
+        A_GRAD,
+        explain_func=explainer(FN1),
+    )
+    ours = metrics.avg_sensitivity(
+        jaxattr.gradient,
+        FN1,
+        X1,
+        A_GRAD,
+        target=Y,
+        nr_samples=4,
+        lower_bound=0.1,
+        upper_bound=0.3,
+        normalise=True,
+        abs=True,
+        key=key,
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -238,15 +311,25 @@ def test_localisation_abs_sweep(ab):
         ("RelevanceRankAccuracy", metrics.relevance_rank_accuracy, {}),
         ("AUC", metrics.auc, {}),
     ]:
-        ref = run(getattr(quantus, name)(abs=ab, **kwargs, **QKW), FN1, X1, A1,
-                  s_batch=MASKS.astype(np.float32))
+        ref = run(
+            getattr(quantus, name)(abs=ab, **kwargs, **QKW),
+            FN1,
+            X1,
+            A1,
+            s_batch=MASKS.astype(np.float32),
+        )
         got = np.asarray(ours(A1, MASKS, abs=ab, **kwargs))
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4, err_msg=name)
 
 
 def test_attribution_localisation_weighted_differs_by_quantus_size_factor():
-    ref = run(quantus.AttributionLocalisation(weighted=True, **QKW), FN1, X1, A1,
-              s_batch=MASKS.astype(np.float32))
+    ref = run(
+        quantus.AttributionLocalisation(weighted=True, **QKW),
+        FN1,
+        X1,
+        A1,
+        s_batch=MASKS.astype(np.float32),
+    )
     ours = np.asarray(metrics.attribution_localisation(A1, MASKS, weighted=True))
     # Quantus divides the mask size by x_batch[2:].size (every example after the second)
     np.testing.assert_allclose(ours * 42 / X1[2:].size, ref, atol=ATOL)
@@ -261,23 +344,37 @@ def test_mprt_bottom_up_independent_and_skip_layers():
 
     def torch_reset(key, name, layer):
         module = dict(net.named_children())[name]
-        args = ((module.in_channels, module.out_channels, module.kernel_size)
-                if isinstance(module, torch.nn.Conv2d)
-                else (module.in_features, module.out_features))
+        args = (
+            (module.in_channels, module.out_channels, module.kernel_size)
+            if isinstance(module, torch.nn.Conv2d)
+            else (module.in_features, module.out_features)
+        )
         copy = type(module)(*args)
         torch.manual_seed(43)
         copy.reset_parameters()
         return {k: jnp.asarray(v.detach().numpy()) for k, v in copy.named_parameters()}
 
     a = explain(net, X1, Y)
-    for kwargs in ({"layer_order": "bottom_up"}, {"layer_order": "independent"},
-                   {"skip_layers": True}):
-        ref = quantus.MPRT(disable_warnings=True, normalise_func_kwargs=PER_EXAMPLE,
-                           **kwargs)(model=net, x_batch=X1, y_batch=Y, a_batch=a,
-                                     explain_func=explain)
+    for kwargs in (
+        {"layer_order": "bottom_up"},
+        {"layer_order": "independent"},
+        {"skip_layers": True},
+    ):
+        ref = quantus.MPRT(disable_warnings=True, normalise_func_kwargs=PER_EXAMPLE, **kwargs)(
+            model=net, x_batch=X1, y_batch=Y, a_batch=a, explain_func=explain
+        )
         ours = metrics.model_parameter_randomisation(
-            jaxattr.gradient, apply_twin, params, X1, a, target=Y, key=jax.random.key(0),
-            randomise_func=torch_reset, batch_size=2, **kwargs)
+            jaxattr.gradient,
+            apply_twin,
+            params,
+            X1,
+            a,
+            target=Y,
+            key=jax.random.key(0),
+            randomise_func=torch_reset,
+            batch_size=2,
+            **kwargs,
+        )
         assert list(ours) == list(ref)
         for name in ref:
             np.testing.assert_allclose(ours[name], ref[name], atol=ATOL)
@@ -286,14 +383,27 @@ def test_mprt_bottom_up_independent_and_skip_layers():
 def test_mprt_default_reinitialisation_lowers_similarity():
     net = _cnn()
     out = metrics.model_parameter_randomisation(
-        jaxattr.gradient, apply_twin, twin_params(net), X1, target=Y, key=jax.random.key(1),
-        layer_order="bottom_up")
+        jaxattr.gradient,
+        apply_twin,
+        twin_params(net),
+        X1,
+        target=Y,
+        key=jax.random.key(1),
+        layer_order="bottom_up",
+    )
     assert list(out) == ["original", "0", "3"]
     np.testing.assert_allclose(out["original"], 1.0, atol=1e-6)
     assert float(np.mean(out["3"])) < 0.9
     avg = metrics.model_parameter_randomisation(
-        jaxattr.gradient, apply_twin, twin_params(net), X1, target=Y, key=jax.random.key(1),
-        layer_order="bottom_up", return_average_correlation=True)
+        jaxattr.gradient,
+        apply_twin,
+        twin_params(net),
+        X1,
+        target=Y,
+        key=jax.random.key(1),
+        layer_order="bottom_up",
+        return_average_correlation=True,
+    )
     np.testing.assert_allclose(avg, (out["0"] + out["3"]) / 2, atol=1e-6)
 
 
@@ -311,16 +421,18 @@ def test_random_logit_more_classes(monkeypatch):
     key = jax.random.key(12)
     draws = np.asarray(jax.random.randint(jax.random.split(key, 3)[0], (3,), 0, 9))
     monkeypatch.setattr(np.random, "randint", lambda *args, **kwargs: draws)
-    ref = run(quantus.RandomLogit(num_classes=10, **QKW), fn, X1, a,
-              explain_func=explainer(fn))
+    ref = run(quantus.RandomLogit(num_classes=10, **QKW), fn, X1, a, explain_func=explainer(fn))
     ours = metrics.random_logit(jaxattr.gradient, fn, X1, a, target=Y, key=key)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", ["Sparseness", "Complexity", "EffectiveComplexity"])
 def test_complexity_on_16x16_without_normalise(name):
-    ours = {"Sparseness": metrics.sparseness, "Complexity": metrics.complexity,
-            "EffectiveComplexity": metrics.effective_complexity}[name]
+    ours = {
+        "Sparseness": metrics.sparseness,
+        "Complexity": metrics.complexity,
+        "EffectiveComplexity": metrics.effective_complexity,
+    }[name]
     ref = run16(getattr(quantus, name)(normalise=False, **QKW))
     np.testing.assert_allclose(ours(A16, normalise=False), ref, rtol=1e-5, atol=ATOL)
 
@@ -332,8 +444,9 @@ def test_faithfulness_correlation_chunks_and_aggregate(monkeypatch):
     idx = np.asarray(qf._subsets(jax.random.split(key, 3)[0], 10, 3, 3 * 6 * 7, 20))
     monkeypatch.setattr(np.random, "choice", Replay(list(idx.reshape(-1, 20))))
     ref = run(quantus.FaithfulnessCorrelation(nr_runs=10, subset_size=20, **QKW), FN3, X3, A3)
-    ours = metrics.faithfulness_correlation(FN3, X3, A3, target=Y, nr_runs=10, subset_size=20,
-                                            key=key, batch_size=3)
+    ours = metrics.faithfulness_correlation(
+        FN3, X3, A3, target=Y, nr_runs=10, subset_size=20, key=key, batch_size=3
+    )
     np.testing.assert_allclose(ours, ref[0], atol=ATOL)
 
 

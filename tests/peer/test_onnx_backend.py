@@ -52,55 +52,120 @@ def _known(reason: str, *patterns: str) -> None:
 
 # Control flow: subgraph operators (If, Loop, Scan) are not lowered; the function-expanded
 # forms of Range, SequenceMap, LinearAttention and AffineGrid are built from them.
-_known("control flow (If/Loop/Scan)",
-       "test_if", "test_if_opt", "test_if_seq", "test_loop11", "test_loop13_seq",
-       "test_loop16_seq_none", "test_scan_sum", "test_scan9_*", "test_range_*_expanded",
-       "test_sequence_map_*_expanded", "test_linear_attention_*_expanded",
-       "test_affine_grid_*_expanded")
+_known(
+    "control flow (If/Loop/Scan)",
+    "test_if",
+    "test_if_opt",
+    "test_if_seq",
+    "test_loop11",
+    "test_loop13_seq",
+    "test_loop16_seq_none",
+    "test_scan_sum",
+    "test_scan9_*",
+    "test_range_*_expanded",
+    "test_sequence_map_*_expanded",
+    "test_linear_attention_*_expanded",
+    "test_affine_grid_*_expanded",
+)
 # Sequences, maps and optionals have no JAX array equivalent.
-_known("sequence/optional types",
-       "test_sequence_insert_*", "test_sequence_map_*", "test_split_to_sequence_*",
-       "test_optional_get_element_*", "test_optional_has_element_*")
+_known(
+    "sequence/optional types",
+    "test_sequence_insert_*",
+    "test_sequence_map_*",
+    "test_split_to_sequence_*",
+    "test_optional_get_element_*",
+    "test_optional_has_element_*",
+)
 # Strings (JAX has no string arrays) and operators on text or encoded images.
-_known("strings, text and image decoding",
-       "test_equal_string", "test_equal_string_broadcast", "test_string_concat*",
-       "test_string_split_*", "test_strnormalizer_*", "test_regex_full_match_*",
-       "test_tfidfvectorizer_*", "test_image_decoder_*")
+_known(
+    "strings, text and image decoding",
+    "test_equal_string",
+    "test_equal_string_broadcast",
+    "test_string_concat*",
+    "test_string_split_*",
+    "test_strnormalizer_*",
+    "test_regex_full_match_*",
+    "test_tfidfvectorizer_*",
+    "test_image_decoder_*",
+)
 # Output shape depends on the data: no fixed-shape lowering.
-_known("data-dependent output shape",
-       "test_nonzero_example", "test_unique_*", "test_compress_*", "test_nonmaxsuppression_*")
+_known(
+    "data-dependent output shape",
+    "test_nonzero_example",
+    "test_unique_*",
+    "test_compress_*",
+    "test_nonmaxsuppression_*",
+)
 # Random operators (and Dropout in training mode with a nonzero ratio, which draws).
-_known("random",
-       "test_bernoulli*", "test_training_dropout", "test_training_dropout_default",
-       "test_training_dropout_default_mask", "test_training_dropout_mask")
+_known(
+    "random",
+    "test_bernoulli*",
+    "test_training_dropout",
+    "test_training_dropout_default",
+    "test_training_dropout_default_mask",
+    "test_training_dropout_mask",
+)
 # Quantized operators and types whose rounding/overflow JAX (ml_dtypes) does not follow:
 # 4- and 2-bit integers, FLOAT4E2M1, FLOAT8E8M0, non-saturating float8 casts; BitCast.
-_known("quantization and narrow types",
-       "test_quantizelinear*", "test_dequantizelinear*", "test_dynamicquantizelinear*",
-       "test_qlinearconv", "test_qlinearmatmul_*", "test_convinteger_*", "test_matmulinteger",
-       "test_cast_*_to_INT4", "test_cast_*_to_UINT4", "test_cast_*_to_INT2",
-       "test_cast_*_to_UINT2", "test_cast_*_to_FLOAT4E2M1", "test_cast_e8m0_*_to_FLOAT8E8M0",
-       "test_cast_no_saturate_*", "test_castlike_*_to_INT4*", "test_castlike_*_to_UINT4*",
-       "test_castlike_*_to_INT2*", "test_castlike_*_to_UINT2*",
-       "test_castlike_*_to_FLOAT4E2M1*", "test_castlike_no_saturate_*", "test_bitcast_*")
+_known(
+    "quantization and narrow types",
+    "test_quantizelinear*",
+    "test_dequantizelinear*",
+    "test_dynamicquantizelinear*",
+    "test_qlinearconv",
+    "test_qlinearmatmul_*",
+    "test_convinteger_*",
+    "test_matmulinteger",
+    "test_cast_*_to_INT4",
+    "test_cast_*_to_UINT4",
+    "test_cast_*_to_INT2",
+    "test_cast_*_to_UINT2",
+    "test_cast_*_to_FLOAT4E2M1",
+    "test_cast_e8m0_*_to_FLOAT8E8M0",
+    "test_cast_no_saturate_*",
+    "test_castlike_*_to_INT4*",
+    "test_castlike_*_to_UINT4*",
+    "test_castlike_*_to_INT2*",
+    "test_castlike_*_to_UINT2*",
+    "test_castlike_*_to_FLOAT4E2M1*",
+    "test_castlike_no_saturate_*",
+    "test_bitcast_*",
+)
 # Training: BatchNormalization with training_mode=1 (batch statistics and running-stat
 # updates) and the ai.onnx.preview.training optimizers.
-_known("training",
-       "test_batchnorm_*_training_mode", "test_adagrad*", "test_adam*", "test_momentum*",
-       "test_nesterov_momentum")
+_known(
+    "training",
+    "test_batchnorm_*_training_mode",
+    "test_adagrad*",
+    "test_adam*",
+    "test_momentum*",
+    "test_nesterov_momentum",
+)
 # Other domains: ai.onnx.ml (classic ML) and ai.onnx.preview (FlexAttention).
 _known("non-default domain", "test_ai_onnx_ml_*", "test_flexattention*")
 # Signal processing: complex-valued FFTs.
 _known("signal processing (DFT/STFT)", "test_dft*", "test_stft*", "test_melweightmatrix")
 # Not lowered yet; each could be (fixed shapes): listed so that a lowering that lands
 # removes its line.
-_known("not lowered yet",
-       "test_gridsample*", "test_affine_grid_2d", "test_affine_grid_2d_align_corners",
-       "test_affine_grid_3d", "test_affine_grid_3d_align_corners", "test_roialign_*",
-       "test_basic_deform_conv_*", "test_deform_conv_*", "test_col2im*",
-       "test_center_crop_pad_*", "test_maxunpool_*", "test_maxpool_with_argmax_*",
-       "test_reversesequence_*", "test_tensorscatter*", "test_linear_attention_*",
-       "test_causal_conv_with_state_*")
+_known(
+    "not lowered yet",
+    "test_gridsample*",
+    "test_affine_grid_2d",
+    "test_affine_grid_2d_align_corners",
+    "test_affine_grid_3d",
+    "test_affine_grid_3d_align_corners",
+    "test_roialign_*",
+    "test_basic_deform_conv_*",
+    "test_deform_conv_*",
+    "test_col2im*",
+    "test_center_crop_pad_*",
+    "test_maxunpool_*",
+    "test_maxpool_with_argmax_*",
+    "test_reversesequence_*",
+    "test_tensorscatter*",
+    "test_linear_attention_*",
+    "test_causal_conv_with_state_*",
+)
 
 
 # --------------------------------------------------------------------------- the cases
@@ -137,8 +202,14 @@ def _close(got, want, rtol, atol) -> str | None:
         return f"output is not an array ({type(got).__name__}: {e})"
     if got.shape != want.shape:
         return f"shape {got.shape} != {want.shape}"
-    kinds = {"f": "float", "c": "complex", "i": "int", "u": "int", "b": "bool",
-             "V": "float"}  # "V": ml_dtypes (bfloat16, float8) read back as void
+    kinds = {
+        "f": "float",
+        "c": "complex",
+        "i": "int",
+        "u": "int",
+        "b": "bool",
+        "V": "float",
+    }  # "V": ml_dtypes (bfloat16, float8) read back as void
     if kinds.get(got.dtype.kind, got.dtype.kind) != kinds.get(want.dtype.kind, want.dtype.kind):
         return f"dtype {got.dtype} != {want.dtype}"
     if want.dtype.kind in "biu" or want.dtype == object:
@@ -159,8 +230,10 @@ def _close(got, want, rtol, atol) -> str | None:
         bad = ~same & ~(np.abs(g - w) <= atol + rtol * np.abs(w))
     if bad.any():
         i = np.flatnonzero(bad)[0]
-        return (f"{int(bad.sum())}/{bad.size} elements differ (first: {g.flat[i]!r} vs "
-                f"{w.flat[i]!r}; rtol {rtol}, atol {atol:.3g})")
+        return (
+            f"{int(bad.sum())}/{bad.size} elements differ (first: {g.flat[i]!r} vs "
+            f"{w.flat[i]!r}; rtol {rtol}, atol {atol:.3g})"
+        )
     return None
 
 
@@ -203,9 +276,9 @@ def test_onnx_backend_node_case(name):
     status, msg = classify(_cases()[name])
     reason = known_reason(name)
     if reason is not None:
-        assert status == "clean", (
-            f"{name} is listed as unsupported ({reason}) but is {status}"
-            + (f": {msg}" if msg else "; remove it from KNOWN_UNSUPPORTED"))
+        assert status == "clean", f"{name} is listed as unsupported ({reason}) but is {status}" + (
+            f": {msg}" if msg else "; remove it from KNOWN_UNSUPPORTED"
+        )
     else:
         assert status == "pass", f"{name}: {status}: {msg}"
 
@@ -233,8 +306,10 @@ def main(argv: list[str]) -> None:
         if status != "pass" and (verbose or not ok):
             print(f"{status:5s} {'' if ok else 'UNEXPECTED '}{name}: {msg}", flush=True)
     total = sum(counts.values())
-    print(f"{total} cases: {counts['pass']} pass, {counts['clean']} clean unsupported, "
-          f"{counts['wrong']} wrong, {counts['crash']} crash; {unexpected} unexpected")
+    print(
+        f"{total} cases: {counts['pass']} pass, {counts['clean']} clean unsupported, "
+        f"{counts['wrong']} wrong, {counts['crash']} crash; {unexpected} unexpected"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,15 @@ from jaxattr import bridge  # noqa: E402
 pytestmark = pytest.mark.peer
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-MODELS = sorted(f[len("light_"):-len(".onnx")] for f in os.listdir(LIGHT)
-                if f.startswith("light_") and f.endswith(".onnx")) if os.path.isdir(LIGHT) else []
+MODELS = (
+    sorted(
+        f[len("light_") : -len(".onnx")]
+        for f in os.listdir(LIGHT)
+        if f.startswith("light_") and f.endswith(".onnx")
+    )
+    if os.path.isdir(LIGHT)
+    else []
+)
 
 #: ``|jax - ort| <= RTOL |ort| + ATOL max|ort|`` per element (float32, deep models)
 RTOL, ATOL = 1e-4, 1e-4
@@ -59,7 +66,8 @@ def _close(got, want, what):
     err = np.abs(got - want)
     assert np.all(err <= bound), (
         f"{what}: {int((err > bound).sum())}/{err.size} elements off; max error "
-        f"{err.max():.3g}, max |ref| {np.abs(want).max():.3g}")
+        f"{err.max():.3g}, max |ref| {np.abs(want).max():.3g}"
+    )
 
 
 def test_the_light_models_are_shipped():
@@ -72,8 +80,9 @@ def test_light_model_matches_onnxruntime_eagerly_and_under_jit(name):
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    ref = ort.InferenceSession(model.SerializeToString(), opts,
-                               providers=["CPUExecutionProvider"]).run(None, {inp: x})[0]
+    ref = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    ).run(None, {inp: x})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # opset 9 upgraded to 13
         conv = bridge.from_onnx(model)

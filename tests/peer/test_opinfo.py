@@ -75,14 +75,35 @@ KNOWN: dict[str, dict[object, str]] = {
 
 #: OpInfos whose samples draw random numbers: only shapes and dtypes are compared.
 RANDOM = {
-    "bernoulli", "normal", "normal.number_mean", "rand_like", "randn_like", "randint_like",
-    "randint", "multinomial", "uniform", "cauchy", "exponential", "geometric", "log_normal",
-    "nn.functional.dropout", "nn.functional.dropout2d", "nn.functional.dropout3d",
-    "nn.functional.alpha_dropout", "nn.functional.feature_alpha_dropout.with_train",
-    "nn.functional.feature_alpha_dropout.without_train", "nn.functional.rrelu",
-    "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
-    "empty_permuted", "nn.functional.fractional_max_pool2d",
-    "nn.functional.fractional_max_pool3d", "torch.empty",
+    "bernoulli",
+    "normal",
+    "normal.number_mean",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "randint",
+    "multinomial",
+    "uniform",
+    "cauchy",
+    "exponential",
+    "geometric",
+    "log_normal",
+    "nn.functional.dropout",
+    "nn.functional.dropout2d",
+    "nn.functional.dropout3d",
+    "nn.functional.alpha_dropout",
+    "nn.functional.feature_alpha_dropout.with_train",
+    "nn.functional.feature_alpha_dropout.without_train",
+    "nn.functional.rrelu",
+    "empty",
+    "empty_like",
+    "new_empty",
+    "empty_strided",
+    "new_empty_strided",
+    "empty_permuted",
+    "nn.functional.fractional_max_pool2d",
+    "nn.functional.fractional_max_pool3d",
+    "torch.empty",
 }
 
 
@@ -135,8 +156,7 @@ class _OpModule(nn.Module):
 def _module_class(n: int) -> type:
     names = ", ".join(f"x{i}" for i in range(n))
     ns: dict = {}
-    exec(f"def forward(self, {names}):\n    return self._call(({names}{',' if n else ''}))",
-         ns)
+    exec(f"def forward(self, {names}):\n    return self._call(({names}{',' if n else ''}))", ns)
     return type(f"OpModule{n}", (_OpModule,), {"forward": ns["forward"]})
 
 
@@ -177,11 +197,13 @@ def _compare(got, want, what: str) -> None:
     fin = np.isfinite(want)
     same_nonfinite = (got[~fin] == want[~fin]) | (np.isnan(got[~fin]) & np.isnan(want[~fin]))
     if not same_nonfinite.all():
-        raise _Outcome("wrong", f"{what}: {int((~same_nonfinite).sum())} NaN/inf entries of "
-                                "torch differ")
+        raise _Outcome(
+            "wrong", f"{what}: {int((~same_nonfinite).sum())} NaN/inf entries of torch differ"
+        )
     if not np.isfinite(got[fin]).all():
-        raise _Outcome("wrong", f"{what}: {int((~np.isfinite(got[fin])).sum())} NaN/inf where "
-                                "torch is finite")
+        raise _Outcome(
+            "wrong", f"{what}: {int((~np.isfinite(got[fin])).sum())} NaN/inf where torch is finite"
+        )
     g, w = got[fin], want[fin]
     if not w.size:
         return
@@ -189,8 +211,11 @@ def _compare(got, want, what: str) -> None:
     err = np.abs(g - w)
     bad = err > RTOL * np.abs(w) + ATOL * scale
     if bad.any():
-        raise _Outcome("wrong", f"{what}: {int(bad.sum())}/{w.size} entries off, max abs err "
-                                f"{err.max():.3g} (max |torch| {scale:.3g})")
+        raise _Outcome(
+            "wrong",
+            f"{what}: {int(bad.sum())}/{w.size} entries off, max abs err "
+            f"{err.max():.3g} (max |torch| {scale:.3g})",
+        )
 
 
 def _no_worse(got, torch32, torch64) -> bool:
@@ -205,8 +230,9 @@ def _no_worse(got, torch32, torch64) -> bool:
     if got.shape != t64.shape:
         return False
     fin = np.isfinite(t64)
-    if not (np.isfinite(got) == fin).all() or not np.array_equal(got[~fin], t64[~fin],
-                                                                equal_nan=True):
+    if not (np.isfinite(got) == fin).all() or not np.array_equal(
+        got[~fin], t64[~fin], equal_nan=True
+    ):
         return False
     if not fin.any():
         return True
@@ -233,8 +259,10 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
     # must not require one) for the first, else none
     tout = None
     for wants in (grad_in, grad_in[:1], []):
-        tin = [t.clone().requires_grad_(i in wants and op.supports_autograd)
-               for i, t in enumerate(tensors)]
+        tin = [
+            t.clone().requires_grad_(i in wants and op.supports_autograd)
+            for i, t in enumerate(tensors)
+        ]
         try:
             tout = model(*tin)
             break
@@ -245,17 +273,25 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
     touts = _leaves(tout)
     rng = np.random.default_rng(0)
     cots = [rng.standard_normal(np.shape(t)).astype(np.float32) for t in touts]
-    diff = [i for i, t in enumerate(touts) if isinstance(t, torch.Tensor)
-            and t.is_floating_point() and t.requires_grad]
+    diff = [
+        i
+        for i, t in enumerate(touts)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad
+    ]
     want_grads = None
     wrt = [i for i in grad_in if tin[i].requires_grad]
     if diff and wrt and not random:
         try:
-            gs = torch.autograd.grad([touts[i] for i in diff], [tin[i] for i in wrt],
-                                     [torch.from_numpy(cots[i]) for i in diff],
-                                     allow_unused=True)
-            want_grads = [torch.zeros_like(tin[i]) if g is None or g._is_zerotensor() else g
-                          for i, g in zip(wrt, gs, strict=True)]
+            gs = torch.autograd.grad(
+                [touts[i] for i in diff],
+                [tin[i] for i in wrt],
+                [torch.from_numpy(cots[i]) for i in diff],
+                allow_unused=True,
+            )
+            want_grads = [
+                torch.zeros_like(tin[i]) if g is None or g._is_zerotensor() else g
+                for i, g in zip(wrt, gs, strict=True)
+            ]
         except Exception:  # noqa: BLE001 - torch has no gradient here: outputs only
             want_grads = None
 
@@ -267,16 +303,23 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
         next to an entry of 1e4), so a result that matches float64 torch passes."""
         if not exact:
             try:
-                t64 = [t.double().requires_grad_(i in wrt) if t.dtype == torch.float32
-                       else t.clone() for i, t in enumerate(tensors)]
+                t64 = [
+                    t.double().requires_grad_(i in wrt) if t.dtype == torch.float32 else t.clone()
+                    for i, t in enumerate(tensors)
+                ]
                 o64 = _leaves(model(*t64))
                 g64 = None
                 if want_grads is not None:
                     gs = torch.autograd.grad(
-                        [o64[i] for i in diff], [t64[i] for i in wrt],
-                        [torch.from_numpy(cots[i]).double() for i in diff], allow_unused=True)
-                    g64 = [torch.zeros_like(t64[i]) if g is None or g._is_zerotensor() else g
-                           for i, g in zip(wrt, gs, strict=True)]
+                        [o64[i] for i in diff],
+                        [t64[i] for i in wrt],
+                        [torch.from_numpy(cots[i]).double() for i in diff],
+                        allow_unused=True,
+                    )
+                    g64 = [
+                        torch.zeros_like(t64[i]) if g is None or g._is_zerotensor() else g
+                        for i, g in zip(wrt, gs, strict=True)
+                    ]
                 exact.append((o64, g64))
             except Exception:  # noqa: BLE001 - no float64 reference: float32 decides
                 exact.append(None)
@@ -313,6 +356,7 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
         if want_grads is None:
             jleaves = jax.jit(fwd)(conv.params, *jin)
         else:
+
             def both(params, *xs):
                 def f(*ws):
                     full = list(xs)
@@ -321,9 +365,12 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
                     return fwd(params, *full)
 
                 outs, vjp = jax.vjp(f, *[xs[i] for i in wrt])
-                ct = [(jnp.asarray(cots[i], o.dtype) if i in diff else jnp.zeros_like(o))
-                      if jnp.issubdtype(o.dtype, jnp.inexact) else
-                      np.zeros(o.shape, jax.dtypes.float0) for i, o in enumerate(outs)]
+                ct = [
+                    (jnp.asarray(cots[i], o.dtype) if i in diff else jnp.zeros_like(o))
+                    if jnp.issubdtype(o.dtype, jnp.inexact)
+                    else np.zeros(o.shape, jax.dtypes.float0)
+                    for i, o in enumerate(outs)
+                ]
                 return outs, vjp(ct)
 
             try:
@@ -348,13 +395,22 @@ def run_sample(op, sample, random: bool = False) -> tuple[str, str]:
     except _Outcome as o:
         return o.kind, o.detail
     except bridge.BridgeError as e:
-        what = sorted(e.ops) if isinstance(e, bridge.UnsupportedOpsError) else \
-            str(e).splitlines()[0][:200]
+        what = (
+            sorted(e.ops)
+            if isinstance(e, bridge.UnsupportedOpsError)
+            else str(e).splitlines()[0][:200]
+        )
         return "unsupported", f"{type(e).__name__} at {stage}: {what}"
     except Exception as e:  # noqa: BLE001 - classified, not hidden
         tb = traceback.extract_tb(e.__traceback__)
-        where = next((f"{os.path.basename(fr.filename)}:{fr.lineno}" for fr in reversed(tb)
-                      if "/bridge/" in fr.filename or "jaxattr" in fr.filename), "")
+        where = next(
+            (
+                f"{os.path.basename(fr.filename)}:{fr.lineno}"
+                for fr in reversed(tb)
+                if "/bridge/" in fr.filename or "jaxattr" in fr.filename
+            ),
+            "",
+        )
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         return "crash", f"{type(e).__name__} at {stage} ({where}): {msg}"
     return "pass", ""
@@ -397,10 +453,13 @@ def _summary(request):
     for res in _RESULTS.values():
         for kind, _ in res:
             counts[kind] = counts.get(kind, 0) + 1
-    line = (f"OpInfo peer suite: {len(_RESULTS)} OpInfos, "
-            f"{sum(counts.values())} samples: "
-            + ", ".join(f"{counts.get(k, 0)} {k}" for k in
-                        ("pass", "unsupported", "wrong", "crash", "skip")))
+    line = (
+        f"OpInfo peer suite: {len(_RESULTS)} OpInfos, "
+        f"{sum(counts.values())} samples: "
+        + ", ".join(
+            f"{counts.get(k, 0)} {k}" for k in ("pass", "unsupported", "wrong", "crash", "skip")
+        )
+    )
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_line("")
@@ -437,4 +496,3 @@ def test_opinfo(opinfo):
     _RESULTS[opinfo] = results
     jax.clear_caches() if len(_RESULTS) % 50 == 0 else None
     assert not bad, f"{opinfo}: " + "; ".join(bad)
-
