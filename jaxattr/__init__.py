@@ -9,12 +9,22 @@ See the README for the tour and the table of methods.
 """
 
 from jaxattr import canonizers, composites, draws, rules, structure, viz
+from jaxattr._ablation import feature_ablation, feature_permutation, permute_feature
 from jaxattr._adversarial import (
     fgsm,
     pgd,
     pgd_random_start,
 )
 from jaxattr._caching import clear_caches, compiler_options
+from jaxattr._cam import (
+    grad_cam,
+    grad_cam_plus_plus,
+    gradient_to_saliency,
+    guided_grad_cam,
+    interpolate,
+    linear_approx,
+    score_cam,
+)
 from jaxattr._canonizers import (
     Canonized,
     NamedMergeBatchNorm,
@@ -50,10 +60,13 @@ from jaxattr._core import (
     set_memory_budget,
 )
 from jaxattr._dataset import AttributionStore, ResumeMismatchError, attribute_dataset
+from jaxattr._deeplift import deep_lift, deep_lift_shap
+from jaxattr._excitation import contrastive_excitation_backprop, excitation_backprop
 from jaxattr._extremal import (
     extremal_perturbation,
     smooth_mask,
 )
+from jaxattr._for_each import for_each_neuron, for_each_target
 from jaxattr._fusion import (
     fusion_grad,
     fusion_grad_draws,
@@ -68,84 +81,19 @@ from jaxattr._gradient import (
 )
 from jaxattr._incremental import IncrementalPlan, incremental_plan
 from jaxattr._integrated import QUADRATURES, integrated_gradients, quadrature
-from jaxattr._layers import (
-    NeuronModel,
-    for_each_neuron,
-    for_each_target,
-    grad_cam,
-    grad_cam_plus_plus,
-    gradient_to_saliency,
-    guided_grad_cam,
+from jaxattr._layer import (
     internal_influence,
-    interpolate,
     layer_activation,
     layer_conductance,
-    layer_deep_lift,
-    layer_deep_lift_shap,
-    layer_feature_ablation,
-    layer_feature_permutation,
     layer_gradient_shap,
     layer_gradient_x_activation,
     layer_integrated_gradients,
-    layer_lrp,
-    linear_approx,
-    neuron_conductance,
-    neuron_deconvolution,
-    neuron_deep_lift,
-    neuron_deep_lift_shap,
-    neuron_feature_ablation,
-    neuron_gradient,
-    neuron_gradient_shap,
-    neuron_guided_backprop,
-    neuron_integrated_gradients,
-    neuron_model,
     probe,
-    score_cam,
 )
-from jaxattr._lrp import (
-    Attached,
-    attach,
-    contrastive_excitation_backprop,
-    deconvolution,
-    deep_lift,
-    deep_lift_shap,
-    excitation_backprop,
-    guided_backprop,
-    lrp,
-)
-from jaxattr._metrics import (
-    Curve,
-    completeness,
-    deletion_curve,
-    infidelity,
-    insertion_curve,
-    pointing_game,
-    sensitivity_max,
-    uniform_perturb,
-)
-from jaxattr._noise import (
-    NT_TYPES,
-    draw_noise,
-    gradient_shap,
-    gradient_shap_draws,
-    noise_tunnel,
-    smoothgrad,
-    smoothgrad_draws,
-)
-from jaxattr._pair import (
-    XRAIOutput,
-    XRAIParameters,
-    blur_ig,
-    felzenszwalb,
-    guided_ig,
-    xrai,
-    xrai_segments,
-)
-from jaxattr._perturbation import (
+from jaxattr._layer_perturbation import layer_feature_ablation, layer_feature_permutation
+from jaxattr._layer_rules import layer_deep_lift, layer_deep_lift_shap, layer_lrp
+from jaxattr._lime import (
     INTERPRETABLE_MODELS,
-    MAX_EXACT_SHAPLEY_FEATURES,
-    feature_ablation,
-    feature_permutation,
     fit_lasso,
     fit_linear,
     fit_ridge,
@@ -156,16 +104,51 @@ from jaxattr._perturbation import (
     lime,
     lime_base,
     lime_samples,
-    occlude_independent,
-    occlusion,
-    permute_feature,
-    rise,
-    rise_masks,
-    shapley_permutations,
-    shapley_value_sampling,
-    shapley_values,
-    tiled_occlusion,
 )
+from jaxattr._lrp import Attached, attach, deconvolution, guided_backprop, lrp
+from jaxattr._metrics import (
+    Curve,
+    completeness,
+    deletion_curve,
+    infidelity,
+    insertion_curve,
+    pointing_game,
+    sensitivity_max,
+    uniform_perturb,
+)
+from jaxattr._neuron import (
+    NeuronModel,
+    neuron_conductance,
+    neuron_deconvolution,
+    neuron_deep_lift,
+    neuron_deep_lift_shap,
+    neuron_feature_ablation,
+    neuron_gradient,
+    neuron_gradient_shap,
+    neuron_guided_backprop,
+    neuron_integrated_gradients,
+    neuron_model,
+)
+from jaxattr._noise import (
+    NT_TYPES,
+    draw_noise,
+    gradient_shap,
+    gradient_shap_draws,
+    noise_tunnel,
+    smoothgrad,
+    smoothgrad_draws,
+)
+from jaxattr._occlusion import occlude_independent, occlusion, tiled_occlusion
+from jaxattr._pair import (
+    XRAIOutput,
+    XRAIParameters,
+    blur_ig,
+    felzenszwalb,
+    guided_ig,
+    xrai,
+    xrai_segments,
+)
+from jaxattr._rise import rise, rise_masks
 from jaxattr._rules import (
     ParamMod,
     Rule,
@@ -194,6 +177,12 @@ from jaxattr._sensitivity import (
     sobol_design,
     sobol_sequence,
     sobol_total_indices,
+)
+from jaxattr._shapley import (
+    MAX_EXACT_SHAPLEY_FEATURES,
+    shapley_permutations,
+    shapley_value_sampling,
+    shapley_values,
 )
 
 __version__ = "0.1.0"

@@ -11,8 +11,10 @@ A plain Python function is a static leaf: arrays it closes over are fixed at its
 call, exactly as :func:`jax.jit` treats them. Pass weights that change as a pytree
 (``jax.tree_util.Partial(apply, params)``, a bridged model, a Flax adapter) instead.
 
-Every cache here is a bounded LRU registered with :func:`clear_caches`; none grows
-without bound, and :func:`trace_count` counts how often a method core was traced.
+Every cache is made here: a bounded LRU (:class:`LRU`, :func:`lru`, :func:`cached_jit`) or
+a table per live graph object (:class:`WeakTable`), each registered with
+:func:`clear_caches`; none grows without bound, and :func:`trace_count` counts how often a
+method core was traced.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 __all__ = [
     "LRU",
     "Partition",
+    "WeakTable",
     "cached_jit",
     "clear_caches",
     "compiler_options",
@@ -78,26 +81,42 @@ class LRU:
 def lru(maxsize: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``functools.lru_cache`` for factories, registered with :func:`clear_caches`.
 
-    Unhashable arguments are not an error: the factory then runs uncached.
+    Arguments key the cache by type and value (:func:`static_key`: ``1`` and ``1.0`` are
+    two entries). Unhashable arguments are not an error: the factory then runs uncached.
     """
 
     def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
         cache = LRU(maxsize)
 
         @functools.wraps(factory)
-        def wrapper(*args: Any) -> Any:
-            key = tuple(static_key(a) for a in args)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = (
+                tuple(static_key(a) for a in args),
+                tuple((k, static_key(v)) for k, v in sorted(kwargs.items())),
+            )
             try:
                 hash(key)
             except TypeError:
-                return factory(*args)
+                return factory(*args, **kwargs)
             hit = cache.get(key)
-            return hit if hit is not None else cache.put(key, factory(*args))
+            return hit if hit is not None else cache.put(key, factory(*args, **kwargs))
 
         wrapper.cache = cache  # type: ignore[attr-defined]
         return wrapper
 
     return decorator
+
+
+class WeakTable(weakref.WeakKeyDictionary):
+    """Values kept per live object (a bridged model's shared graph), emptied by
+    :func:`clear_caches`; an entry goes when its key object does. Never keyed by weights."""
+
+    __hash__ = object.__hash__  # registered by identity (two empty tables are two caches)
+    __eq__ = object.__eq__
+
+    def __init__(self) -> None:
+        super().__init__()
+        _CACHES.add(self)
 
 
 def clear_caches() -> None:

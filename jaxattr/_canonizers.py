@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattr import _caching
-from jaxattr.structure import Layer
+from jaxattr.structure import Layer, trace_layers
 
 __all__ = [
     "Canonized",
@@ -70,25 +70,19 @@ def layer_graph(model: Any, *inputs: Any) -> dict[str, tuple[str | None, ...]]:
 
 
 def _graph_and_users(model, *inputs):
-    producers: dict[int, str] = {}
-    keep: list[Any] = []
+    trace = trace_layers(model.apply, model.params, *inputs)
+    made_by: dict[int, str] = {}  # value -> the latest layer that output it
     graph: dict[str, tuple[str | None, ...]] = {}
     users: dict[str, int] = {}
-
-    def record(layer, layer_fn, params, *xs):
-        preds = tuple(producers.get(id(x)) for x in xs)
+    for c in trace.calls:
+        preds = tuple(None if v is None else made_by.get(v) for v in c.inputs)
         for p in preds:
             if p is not None:
                 users[p] = users.get(p, 0) + 1
-        out = layer_fn(params, *xs)
-        graph.setdefault(layer.name, preds)
-        keep.extend(xs)
-        keep.append(out)
-        for leaf in jax.tree_util.tree_leaves(out):
-            producers[id(leaf)] = layer.name
-        return out
-
-    jax.eval_shape(lambda p, *a: model.apply(p, *a, intercept=record), model.params, *inputs)
+        graph.setdefault(c.layer.name, preds)
+        for v in c.outputs:
+            if v is not None:
+                made_by[v] = c.layer.name
     return graph, users
 
 

@@ -15,11 +15,10 @@ predicate ``layer -> bool``, or a tuple of those (any of them).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jaxattr import _rules
+from jaxattr import _caching, _rules
 from jaxattr._rules import Rule
 from jaxattr.structure import Layer
 
@@ -313,17 +312,7 @@ def mixed_composite(composites: Sequence[Composite], canonizers: Any = None) -> 
     return MixedComposite(composites=tuple(composites), canonizers=canonizers, name="mixed")
 
 
-def _cached(factory):
-    cached = functools.lru_cache(maxsize=128)(factory)
-
-    @functools.wraps(factory)
-    def wrapper(*args, **kwargs):
-        try:
-            return cached(*args, **kwargs)
-        except TypeError:
-            return factory(*args, **kwargs)
-
-    return wrapper
+_cached = _caching.lru(128)  # one composite object per factory call: compiled programs reuse
 
 
 def layer_map_base(stabilizer: float = 1e-6) -> tuple[tuple[Matcher, Rule], ...]:

@@ -169,10 +169,22 @@ def check_finite(tree: PyTree, name: str = "x") -> None:
 #: and its ``params``, ``x``, a ``layer``, a neuron), and a metric's data. Every parameter
 #: after the first one not named here is keyword-only: ``integrated_gradients(fn, x, 0)``
 #: must not read 0 as the baselines when the caller meant the target.
-POSITIONAL = frozenset({
-    "method", "fn", "apply_fn", "model", "params", "x", "layer", "neuron_selector",
-    "neuron_selectors", "perturb_func", "attributions", "targets",
-})
+POSITIONAL = frozenset(
+    {
+        "method",
+        "fn",
+        "apply_fn",
+        "model",
+        "params",
+        "x",
+        "layer",
+        "neuron_selector",
+        "neuron_selectors",
+        "perturb_func",
+        "attributions",
+        "targets",
+    }
+)
 
 
 def _positional_count(sig: inspect.Signature) -> int:
@@ -188,8 +200,9 @@ def _too_many_positional(name: str, sig: inspect.Signature, k: int, args: tuple)
     names = [n for n, p in sig.parameters.items() if p.kind is not p.VAR_KEYWORD]
     keywords = names[k:]
     meant = (["target"] if "target" in keywords else []) + [n for n in keywords if n != "target"]
-    shown = ", ".join(f"<array {tuple(a.shape)}>" if hasattr(a, "shape") else repr(a)
-                      for a in args[k:])
+    shown = ", ".join(
+        f"<array {tuple(a.shape)}>" if hasattr(a, "shape") else repr(a) for a in args[k:]
+    )
     return TypeError(
         f"{name}() takes {k} positional argument(s) ({', '.join(names[:k])}) but {len(args)} "
         f"were given; the options after them are keyword-only: pass {shown} by name, e.g. "
@@ -226,12 +239,17 @@ def contract(method: Callable[..., Any]) -> Callable[..., Any]:
 
     params = [
         p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        if i >= k and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else p
+        if i >= k and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        else p
         for i, p in enumerate(sig.parameters.values())
     ]
     at = len(params) - (params and params[-1].kind is inspect.Parameter.VAR_KEYWORD)
-    params.insert(at, inspect.Parameter("check_finite", inspect.Parameter.KEYWORD_ONLY,
-                                        default=True, annotation="bool"))
+    params.insert(
+        at,
+        inspect.Parameter(
+            "check_finite", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"
+        ),
+    )
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     doc = method.__doc__ or ""
     line = (
@@ -768,7 +786,7 @@ def _even_chunk(total: int, cap: int) -> int:
 
 
 def batched_chunks(
-    total: int, batch_size: int | None, *, backward: bool = True
+    total: int, batch_size: int | None, *, backward: bool = True, unit_bytes: int | None = None
 ) -> list[tuple[int, int]]:
     """Split ``range(total)`` into ``(start, stop)`` chunks of at most ``batch_size``.
 
@@ -776,10 +794,13 @@ def batched_chunks(
     :func:`set_memory_budget`): each item of the expansion runs the model once on the
     whole batch, whose values the method's target validation measured. An item with a
     ``backward`` pass keeps every value (twice: forward and cotangent); a forward-only
-    item needs a few of the largest at a time.
+    item needs a few of the largest at a time. ``unit_bytes``, when given, is what one item
+    holds instead of that measurement (a method that sized its own expansion).
     """
     scope = _SCOPE.get()
-    if batch_size is None and scope is not None and scope.value_bytes:
+    if batch_size is None and unit_bytes is not None:
+        batch_size = _even_chunk(total, max(1, memory_budget() // max(1, unit_bytes)))
+    elif batch_size is None and scope is not None and scope.value_bytes:
         every, largest = scope.value_bytes
         unit = 2 * every if backward else 4 * largest
         if unit:
@@ -787,6 +808,34 @@ def batched_chunks(
     if batch_size is None or batch_size >= total:
         return [(0, total)]
     return [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+
+
+def per_leaf(
+    value: Any, n: int, name: str, *, single: Callable[[Any], bool], per: str = "input"
+) -> list:
+    """An option given once (applies to every input) or once per input, as a list of ``n``.
+
+    ``single(value)`` says whether ``value`` is one entry; otherwise it must be a tuple or
+    list of exactly ``n`` entries (the named error says so).
+    """
+    if single(value):
+        return [value] * n
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        got = f"{len(value)}" if isinstance(value, (tuple, list)) else type(value).__name__
+        raise ValueError(f"{name} gives one entry per {per}: expected {n}, got {got}")
+    return list(value)
+
+
+def example_sums(tree: PyTree) -> Array:
+    """Each example's sum over every leaf of ``tree`` (batch first), shape (N,).
+
+    Accumulated in float32 at least (float64 stays float64), whatever the leaves' dtype:
+    the one per-example sum behind every completeness delta.
+    """
+    return sum(
+        jnp.sum(a.reshape(a.shape[0], -1), axis=1, dtype=jnp.promote_types(a.dtype, jnp.float32))
+        for a in jax.tree_util.tree_leaves(tree)
+    )
 
 
 def tree_add(a: PyTree, b: PyTree) -> PyTree:

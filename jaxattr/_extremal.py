@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxattr import _caching, _core, _torchray
 from jaxattr._core import PyTree
-from jaxattr._perturbation import _spatial_axes
+from jaxattr._rise import _spatial_axes
 
 __all__ = ["extremal_perturbation", "smooth_mask"]
 
@@ -31,7 +31,7 @@ REGUL_GROWTH = 1.0035
 CONTRAST_FILL = -100.0
 
 
-@functools.lru_cache(maxsize=32)
+@_caching.lru(32)
 def _mask_tables(spatial: tuple, step: int, sigma: float):
     """TorchRay's ``MaskGenerator`` geometry, in float32 as TorchRay computes it.
 

@@ -253,10 +253,7 @@ def _ibxg_core(*, fn, inputs, x, baselines, alphas, args, target, multiply_by_in
 
 def completeness_delta(fn, inputs, x, baselines, args, target, attr):
     """``sum(attr) - (f(x) - f(baseline))`` per example, shape (N,)."""
-    total = sum(
-        jnp.sum(a.reshape(a.shape[0], -1).astype(jnp.float32), axis=1)
-        for a in jax.tree_util.tree_leaves(attr)
-    )
+    total = _core.example_sums(attr)
     diff = _core.scores(fn, inputs, x, args, target) - _core.scores(
         fn, inputs, baselines, args, target
     )

@@ -29,7 +29,6 @@ import collections
 import dataclasses
 import inspect
 import math
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxattr import _core
+from jaxattr import _caching, _core
 
 __all__ = ["IncrementalPlan", "incremental_plan"]
 
@@ -229,7 +228,7 @@ class IncrementalPlan:
 
 
 def _refs(template: Any) -> list[str]:
-    from jaxattr.bridge.convert import _Ref
+    from jaxattr.bridge.graph import _Ref
 
     out: list[str] = []
 
@@ -256,7 +255,7 @@ def _expand(v: Any, n: int) -> tuple[int, ...]:
     return v * n if len(v) == 1 else v
 
 
-_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHAPES = _caching.WeakTable()  # per model graph: value shapes by input shape
 
 
 def _graph_shapes(model: Any, x_shape: tuple, dtype: Any) -> dict[str, Any]:
@@ -265,7 +264,7 @@ def _graph_shapes(model: Any, x_shape: tuple, dtype: Any) -> dict[str, Any]:
     key = (tuple(x_shape), jnp.dtype(dtype).name)
     if key in per_model:
         return per_model[key]
-    from jaxattr.bridge.convert import _run
+    from jaxattr.bridge.graph import _run
 
     shapes: dict[str, Any] = {}
 
@@ -307,8 +306,9 @@ def _box(lo: np.ndarray, hi: np.ndarray, spatial: Sequence[int]) -> tuple[np.nda
     return start.astype(np.int32), tuple(int(s) for s in size)
 
 
-def _mode(b_start: np.ndarray, b_size: Sequence[int], r_start: np.ndarray,
-          r_size: Sequence[int]) -> str:
+def _mode(
+    b_start: np.ndarray, b_size: Sequence[int], r_start: np.ndarray, r_size: Sequence[int]
+) -> str:
     """How a box (starts, size) is brought to a region (starts, size), all perturbations."""
     bs, rs = np.asarray(b_size), np.asarray(r_size)
     if np.array_equal(b_start, r_start) and np.array_equal(bs, rs):
@@ -320,8 +320,14 @@ def _mode(b_start: np.ndarray, b_size: Sequence[int], r_start: np.ndarray,
     return "select"
 
 
-def _window_geometry(ins: Any, bound: inspect.BoundArguments, nsp: int, w_shape: Any,
-                     in_spatial: tuple, out_spatial: tuple):
+def _window_geometry(
+    ins: Any,
+    bound: inspect.BoundArguments,
+    nsp: int,
+    w_shape: Any,
+    in_spatial: tuple,
+    out_spatial: tuple,
+):
     """``(input argument, [(k, s, p, d)] per axis, pad value, overrides)`` or None."""
     a = bound.arguments
     key = ins.key
@@ -368,8 +374,7 @@ def _window_geometry(ins: Any, bound: inspect.BoundArguments, nsp: int, w_shape:
     return None
 
 
-def _cost(ins: Any, shapes: Mapping[str, Any], out_spatial_size: int | None,
-          nsp: int) -> float:
+def _cost(ins: Any, shapes: Mapping[str, Any], out_spatial_size: int | None, nsp: int) -> float:
     """Multiply-adds of one node per example (``out_spatial_size``: a box's, else the map's)."""
     out = shapes.get(ins.name)
     if isinstance(out, tuple) and out and isinstance(out[0], tuple):
@@ -407,7 +412,7 @@ def _channel_ok(c_shape: tuple, out_shape: tuple, nsp: int) -> bool:
     return True
 
 
-_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLANS = _caching.WeakTable()  # per model graph: plans by input shape and boxes
 
 
 def incremental_plan(
@@ -451,7 +456,7 @@ def incremental_plan(
         >>> plan.full
         ('view', 'linear')
     """
-    from jaxattr.bridge.convert import Converted
+    from jaxattr.bridge.graph import Converted
 
     if not isinstance(model, Converted):
         raise TypeError(
@@ -470,8 +475,10 @@ def incremental_plan(
         )
     nsp = len(x_shape) - 2
     changed = np.asarray(changed)
-    if changed.ndim != 3 or changed.shape[1:] != (nsp, 2) or not np.issubdtype(
-        changed.dtype, np.integer
+    if (
+        changed.ndim != 3
+        or changed.shape[1:] != (nsp, 2)
+        or not np.issubdtype(changed.dtype, np.integer)
     ):
         raise ValueError(
             f"changed: expected integers of shape (P, {nsp}, 2) (per perturbation [lo, hi) "
@@ -519,9 +526,7 @@ def _analyse(model, x_shape, dtype, lo, hi, fallback) -> IncrementalPlan:
         status[ph] = "const"
     status[x_name] = "local"
     start0, size0 = _box(lo, hi, x_shape[2:])
-    local: dict[str, _Local] = {
-        x_name: _Local(lo, hi, start0, size0, x_name, tuple(x_shape[2:]))
-    }
+    local: dict[str, _Local] = {x_name: _Local(lo, hi, start0, size0, x_name, tuple(x_shape[2:]))}
     starts: dict[str, np.ndarray] = {x_name: start0}
 
     key_of = {ins.name: ins.key for ins in model._instrs}
@@ -542,8 +547,9 @@ def _analyse(model, x_shape, dtype, lo, hi, fallback) -> IncrementalPlan:
         cached[key] = (key, name, tuple(pad_lo), tuple(pad_hi), float(value))
         return key
 
-    def operand(name: str, r_start: np.ndarray, r_size: tuple, pad_lo: tuple,
-                pad_hi: tuple, value: float) -> _Operand:
+    def operand(
+        name: str, r_start: np.ndarray, r_size: tuple, pad_lo: tuple, pad_hi: tuple, value: float
+    ) -> _Operand:
         loc = local[name]
         b_start = loc.start + np.asarray(pad_lo, np.int64)
         mode = _mode(b_start, loc.size, r_start, r_size)
@@ -564,8 +570,20 @@ def _analyse(model, x_shape, dtype, lo, hi, fallback) -> IncrementalPlan:
         elif "dirty" in kinds:
             status[ins.name] = "dirty"
         else:
-            step = _local_step(ins, refs, status, local, shapes, nsp, is_map, users, fallback,
-                               operand, starts, key_of)
+            step = _local_step(
+                ins,
+                refs,
+                status,
+                local,
+                shapes,
+                nsp,
+                is_map,
+                users,
+                fallback,
+                operand,
+                starts,
+                key_of,
+            )
             status[ins.name] = "dirty" if step is None else "local"
             if step is not None:
                 steps.append(step)
@@ -580,8 +598,11 @@ def _analyse(model, x_shape, dtype, lo, hi, fallback) -> IncrementalPlan:
         elif status[ins.name] == "dirty":
             dirty.append(ins.name)
             inc_cost += full
-            shape = out_shape[0] if isinstance(out_shape, tuple) and out_shape and isinstance(
-                out_shape[0], tuple) else out_shape
+            shape = (
+                out_shape[0]
+                if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple)
+                else out_shape
+            )
             if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape):
                 biggest = max(biggest, int(np.prod(shape)) * itemsize)
 
@@ -637,17 +658,25 @@ def _analyse(model, x_shape, dtype, lo, hi, fallback) -> IncrementalPlan:
     )
 
 
-_KEEP_BATCH = _UNARY | _BINARY | _CHANNELWISE | _MAX_POOL | _AVG_POOL | _ADAPTIVE_AVG | {
-    _CONV,
-    _GETITEM,
-    "aten.adaptive_max_pool1d.default",
-    "aten.adaptive_max_pool2d.default",
-    "aten.adaptive_max_pool3d.default",
-    "aten.upsample_nearest2d.default",
-    "aten.upsample_bilinear2d.default",
-    "aten.upsample_nearest2d.vec",
-    "aten.upsample_bilinear2d.vec",
-}
+_KEEP_BATCH = (
+    _UNARY
+    | _BINARY
+    | _CHANNELWISE
+    | _MAX_POOL
+    | _AVG_POOL
+    | _ADAPTIVE_AVG
+    | {
+        _CONV,
+        _GETITEM,
+        "aten.adaptive_max_pool1d.default",
+        "aten.adaptive_max_pool2d.default",
+        "aten.adaptive_max_pool3d.default",
+        "aten.upsample_nearest2d.default",
+        "aten.upsample_bilinear2d.default",
+        "aten.upsample_nearest2d.vec",
+        "aten.upsample_bilinear2d.vec",
+    }
+)
 _DIM_OPS = {  # op -> the argument naming the axes it works along (axis 0 must not be one)
     "aten.mean.dim": "dim",
     "aten.sum.dim_IntList": "dim",
@@ -743,8 +772,11 @@ def _foldable(model, x_name, status, shapes, n, nsp, dirty) -> tuple[str, ...] |
                     return None
             continue
         if key in ("aten.linear.default", "aten.mm.default", "aten.addmm.default"):
-            lhs = bound.arguments.get("mat1" if key == "aten.addmm.default" else
-                                      ("input" if key == "aten.linear.default" else "self"))
+            lhs = bound.arguments.get(
+                "mat1"
+                if key == "aten.addmm.default"
+                else ("input" if key == "aten.linear.default" else "self")
+            )
             if _refs(lhs) != batched or len(batched) != 1:
                 return None
             continue
@@ -776,8 +808,9 @@ def _foldable(model, x_name, status, shapes, n, nsp, dirty) -> tuple[str, ...] |
     return tuple(batch_consts)
 
 
-def _local_step(ins, refs, status, local, shapes, nsp, is_map, users, fallback, operand,
-                starts, key_of):
+def _local_step(
+    ins, refs, status, local, shapes, nsp, is_map, users, fallback, operand, starts, key_of
+):
     """A :class:`_Step` for a node whose tensor inputs are local or constant, or None
     when it must be computed in full."""
     out_shape = shapes.get(ins.name)
@@ -801,8 +834,15 @@ def _local_step(ins, refs, status, local, shapes, nsp, is_map, users, fallback, 
             return None
         loc = local[src]
         local[ins.name] = dataclasses.replace(loc)
-        return _Step(ins.name, loc.key, loc.size, loc.key, loc.size,
-                     (_Operand(src, loc.key, "same", None, (0,) * nsp),), ())
+        return _Step(
+            ins.name,
+            loc.key,
+            loc.size,
+            loc.key,
+            loc.size,
+            (_Operand(src, loc.key, "same", None, (0,) * nsp),),
+            (),
+        )
     else:
         if not is_map(out_shape):
             return None
@@ -820,8 +860,7 @@ def _local_step(ins, refs, status, local, shapes, nsp, is_map, users, fallback, 
         else:
             for r in const_refs:
                 s = shapes.get(r)
-                if s is not None and not (isinstance(s, tuple) and _channel_ok(s, map_shape,
-                                                                                nsp)):
+                if s is not None and not (isinstance(s, tuple) and _channel_ok(s, map_shape, nsp)):
                     return None
         for r in local_refs:
             if shapes.get(r) != map_shape:
@@ -863,8 +902,9 @@ def _local_step(ins, refs, status, local, shapes, nsp, is_map, users, fallback, 
         out_lo = np.zeros_like(loc.lo)
         out_hi = np.zeros_like(loc.hi)
         halo_size, pad_lo, pad_hi = [], [], []
-        for i, ((k, s, p, d), n_in, n_out) in enumerate(zip(axes, in_shape[2:], spatial,
-                                                          strict=True)):
+        for i, ((k, s, p, d), n_in, n_out) in enumerate(
+            zip(axes, in_shape[2:], spatial, strict=True)
+        ):
             a, b = loc.lo[:, i], loc.hi[:, i]
             o_lo = np.clip(-((-(a + p - d * (k - 1))) // s), 0, n_out)
             o_hi = np.clip((b - 1 + p) // s + 1, 0, n_out)
@@ -884,12 +924,10 @@ def _local_step(ins, refs, status, local, shapes, nsp, is_map, users, fallback, 
         starts[ins.name] = start
         starts[region_key] = halo_start.astype(np.int32)
         local[ins.name] = _Local(out_lo, out_hi, start, size, ins.name, spatial)
-        ops = (operand(src, halo_start, tuple(halo_size), tuple(pad_lo), tuple(pad_hi),
-                       pad_value),)
+        ops = (operand(src, halo_start, tuple(halo_size), tuple(pad_lo), tuple(pad_hi), pad_value),)
         if key in _ADAPTIVE_AVG:
             overrides = (("output_size", tuple(size)),)
-        return _Step(ins.name, ins.name, size, region_key, tuple(halo_size), ops,
-                     tuple(overrides))
+        return _Step(ins.name, ins.name, size, region_key, tuple(halo_size), ops, tuple(overrides))
     return None
 
 
@@ -923,8 +961,16 @@ def _merge_step(ins, local_refs, local, spatial, fallback, operand, starts, nsp)
 # --------------------------------------------------------------------------------------
 
 
-def _bring(op: _Operand, value: Any, starts: Mapping[str, Any], cache: Mapping[str, Any],
-           region: str, region_size: tuple[int, ...], p: int, n: int) -> Any:
+def _bring(
+    op: _Operand,
+    value: Any,
+    starts: Mapping[str, Any],
+    cache: Mapping[str, Any],
+    region: str,
+    region_size: tuple[int, ...],
+    p: int,
+    n: int,
+) -> Any:
     """A local value (folded (P*N, C, *box)) on a step's region: (P*N, C, *region_size)."""
     if op.mode == "same":
         return value
@@ -946,8 +992,9 @@ def _bring(op: _Operand, value: Any, starts: Mapping[str, Any], cache: Mapping[s
         halo = jax.vmap(lambda rr: window(c, rr))(r)
         if op.mode == "update":  # the box lies inside the region
             out = jax.vmap(
-                lambda h, bb, o: lax.dynamic_update_slice(h, bb, (*zeros, *(o[i] for i in
-                                                                              range(nsp))))
+                lambda h, bb, o: lax.dynamic_update_slice(
+                    h, bb, (*zeros, *(o[i] for i in range(nsp)))
+                )
             )(halo, b, sb - r)
         else:  # they overlap: place the box by a mask
             box = b.shape[b.ndim - nsp :]
@@ -968,7 +1015,7 @@ def _bring(op: _Operand, value: Any, starts: Mapping[str, Any], cache: Mapping[s
 
 def cache_run(program: _Program, model: Any, x: jax.Array) -> tuple[Any, dict[str, Any]]:
     """The model's output on ``x`` and the unperturbed maps the plan reads (padded)."""
-    from jaxattr.bridge.convert import _run
+    from jaxattr.bridge.graph import _run
 
     env = model._env(model.params, (x,), {})
     _run(model._instrs, env)
@@ -982,8 +1029,14 @@ def cache_run(program: _Program, model: Any, x: jax.Array) -> tuple[Any, dict[st
     return model._finish(env), cache
 
 
-def evaluate(program: _Program, model: Any, x: jax.Array, cache: Mapping[str, Any],
-             starts: Mapping[str, Any], xbox: jax.Array) -> Any:
+def evaluate(
+    program: _Program,
+    model: Any,
+    x: jax.Array,
+    cache: Mapping[str, Any],
+    starts: Mapping[str, Any],
+    xbox: jax.Array,
+) -> Any:
     """The model's outputs for P perturbations, each a changed box of the input.
 
     Args:
@@ -998,7 +1051,7 @@ def evaluate(program: _Program, model: Any, x: jax.Array, cache: Mapping[str, An
     Returns:
         The model's output per perturbation, stacked: (P, *output shape).
     """
-    from jaxattr.bridge.convert import _resolve
+    from jaxattr.bridge.graph import _resolve
 
     p, n = xbox.shape[0], x.shape[0]
     nsp = program.nsp
@@ -1011,8 +1064,7 @@ def evaluate(program: _Program, model: Any, x: jax.Array, cache: Mapping[str, An
     for step in program.steps:
         ins = by_name[step.name]
         vals = {
-            op.name: _bring(op, boxes[op.name], starts, cache, step.region, step.region_size,
-                            p, n)
+            op.name: _bring(op, boxes[op.name], starts, cache, step.region, step.region_size, p, n)
             for op in step.operands
         }
         scope = collections.ChainMap(vals, env)
@@ -1032,7 +1084,8 @@ def evaluate(program: _Program, model: Any, x: jax.Array, cache: Mapping[str, An
         zeros = (0,) * (b.ndim - 1 - nsp)
         mats[name] = jax.vmap(
             lambda bb, s, c=c, zeros=zeros: lax.dynamic_update_slice(
-                c, bb, (*zeros, *(s[i] for i in range(nsp))))
+                c, bb, (*zeros, *(s[i] for i in range(nsp)))
+            )
         )(b, starts[start_key])
 
     def tail(m, consts):
@@ -1044,8 +1097,7 @@ def evaluate(program: _Program, model: Any, x: jax.Array, cache: Mapping[str, An
 
     if program.fold:  # the tail on the batch P*N (see _foldable)
         folded = collections.ChainMap({}, env)
-        stub = collections.ChainMap({program.input: _Shaped((p * n,) + tuple(x.shape[1:]))},
-                                    env)
+        stub = collections.ChainMap({program.input: _Shaped((p * n,) + tuple(x.shape[1:]))}, env)
         for name in program.batch_consts:
             ins = by_name[name]
             folded[name] = ins.fn(*_resolve(ins.args, stub), **_resolve(ins.kwargs, stub))
@@ -1074,13 +1126,14 @@ def _is_bridged(fn: Any) -> bool:
     """Whether ``fn`` is a bridged model (the bridge is imported only if it may be one)."""
     if not type(fn).__module__.startswith("jaxattr.bridge"):
         return False
-    from jaxattr.bridge.convert import Converted
+    from jaxattr.bridge.graph import Converted
 
     return isinstance(fn, Converted)
 
 
-def choose(fn: Any, x: Any, args: tuple, incremental: bool | None, method: str,
-           changed: Any) -> IncrementalPlan | None:
+def choose(
+    fn: Any, x: Any, args: tuple, incremental: bool | None, method: str, changed: Any
+) -> IncrementalPlan | None:
     """The plan a perturbation method uses, or None for the full computation.
 
     ``incremental=None`` (auto) plans when ``fn`` is a bridged model of one input, ``x``
@@ -1096,18 +1149,24 @@ def choose(fn: Any, x: Any, args: tuple, incremental: bool | None, method: str,
     why = None
     leaves = jax.tree_util.tree_leaves(x)
     if not _is_bridged(fn):
-        why = (f"fn: incremental evaluation needs a bridged model (jaxattr.bridge.Converted), "
-               f"got {type(fn).__name__}")
+        why = (
+            f"fn: incremental evaluation needs a bridged model (jaxattr.bridge.Converted), "
+            f"got {type(fn).__name__}"
+        )
     elif fn._n_args != 1 or fn.kwarg_names:
-        why = (f"fn: incremental evaluation needs a model of one positional input, got "
-               f"inputs {fn.input_names} and keyword inputs {fn.kwarg_names}")
+        why = (
+            f"fn: incremental evaluation needs a model of one positional input, got "
+            f"inputs {fn.input_names} and keyword inputs {fn.kwarg_names}"
+        )
     elif len(leaves) != 1:
         why = f"x: incremental evaluation needs one input array, got {len(leaves)}"
     elif args:
         why = f"args: incremental evaluation takes no extra arguments, got {len(args)}"
     elif leaves[0].ndim < 3 or not jnp.issubdtype(leaves[0].dtype, jnp.floating):
-        why = (f"x: incremental evaluation needs a floating array (N, C, *spatial), got "
-               f"{leaves[0].dtype} of shape {tuple(leaves[0].shape)}")
+        why = (
+            f"x: incremental evaluation needs a floating array (N, C, *spatial), got "
+            f"{leaves[0].dtype} of shape {tuple(leaves[0].shape)}"
+        )
     if why is not None:
         if incremental:
             raise ValueError(f"{method}(incremental=True): {why}")
@@ -1117,10 +1176,10 @@ def choose(fn: Any, x: Any, args: tuple, incremental: bool | None, method: str,
         if incremental:
             raise ValueError(
                 f"{method}(incremental=True): the perturbations change no bounded region of "
-                "the input's spatial axes")
+                "the input's spatial axes"
+            )
         return None
-    plan = incremental_plan(fn, leaves[0].shape, boxes, fallback=FALLBACK,
-                            dtype=leaves[0].dtype)
+    plan = incremental_plan(fn, leaves[0].shape, boxes, fallback=FALLBACK, dtype=leaves[0].dtype)
     if incremental is None and (not plan.local or plan.flop_fraction > AUTO_FLOPS):
         return None
     return plan
@@ -1129,12 +1188,7 @@ def choose(fn: Any, x: Any, args: tuple, incremental: bool | None, method: str,
 def chunks(plan: IncrementalPlan, total: int, batch_size: int | None) -> list[tuple[int, int]]:
     """Chunks of at most ``batch_size`` perturbations, else sized by the memory budget from
     the plan's largest per-perturbation value (four of them at a time)."""
-    if batch_size is None:
-        cap = max(1, _core.memory_budget() // max(1, 4 * plan.bytes_per_perturbation))
-        batch_size = _core._even_chunk(total, cap)
-    if batch_size >= total:
-        return [(0, total)]
-    return [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+    return _core.batched_chunks(total, batch_size, unit_bytes=4 * plan.bytes_per_perturbation)
 
 
 def _score(y: Any, target: Any) -> jax.Array:
@@ -1175,8 +1229,9 @@ def _occluded_boxes(x, b, wstarts, bstarts, window, size):
     return jax.vmap(one)(wstarts, bstarts)
 
 
-def occlusion_changed(grid: np.ndarray, window: Sequence[int], x_shape: Sequence[int]
-                      ) -> np.ndarray:
+def occlusion_changed(
+    grid: np.ndarray, window: Sequence[int], x_shape: Sequence[int]
+) -> np.ndarray:
     """Changed spatial regions (P, nsp, 2) of Captum-style windows (starts ``grid`` (P, D)
     over the non-batch dimensions, the last ``nsp`` spatial)."""
     nsp = len(x_shape) - 2
@@ -1187,19 +1242,20 @@ def occlusion_changed(grid: np.ndarray, window: Sequence[int], x_shape: Sequence
 
 
 @_core.cached_jit(("model", "program", "window"))
-def _occlusion_chunk(*, model, program, x, baselines, target, base, cache, starts,
-                     wstarts, valid, window):
+def _occlusion_chunk(
+    *, model, program, x, baselines, target, base, cache, starts, wstarts, valid, window
+):
     b = _core.expand_baselines(baselines, x)
-    xbox = _occluded_boxes(x, b, wstarts, starts[program.input_start], window,
-                           program.input_size)
+    xbox = _occluded_boxes(x, b, wstarts, starts[program.input_start], window, program.input_size)
     y = evaluate(program, model, x, cache, starts, xbox)
     s = jax.vmap(lambda yy: _score(yy, target))(y)
     w = jnp.where(valid[:, None], base[None] - s, 0.0)  # padding of a last, short chunk
     return _window_sum(w, wstarts, window, tuple(x.shape[1:]))
 
 
-def _window_sum(w: jax.Array, wstarts: jax.Array, window: tuple[int, ...],
-                dims: tuple[int, ...]) -> jax.Array:
+def _window_sum(
+    w: jax.Array, wstarts: jax.Array, window: tuple[int, ...], dims: tuple[int, ...]
+) -> jax.Array:
     """``sum_p w[p, o] * mask_p``: (O, *dims), for the boxes ``mask_p`` starting at
     ``wstarts[p]`` (P, D) of size ``window``; the masks are separable, so this is a chain of
     outer products and one small matrix product, not P dense masks."""
@@ -1270,9 +1326,17 @@ def _padded(parts: list[tuple[int, int]], total: int):
         yield a, b, idx, np.arange(a, a + size) < b
 
 
-def run_occlusion(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, target: Any,
-                  grid: np.ndarray, window: tuple[int, ...], batch_size: int | None,
-                  show_progress: bool) -> jax.Array:
+def run_occlusion(
+    plan: IncrementalPlan,
+    fn: Any,
+    x: jax.Array,
+    baselines: Any,
+    target: Any,
+    grid: np.ndarray,
+    window: tuple[int, ...],
+    batch_size: int | None,
+    show_progress: bool,
+) -> jax.Array:
     """Occlusion's summed window scores ``sum_p (f(x) - f(x_p)) * mask_p``: (n_out, *x[1:]).
 
     Args:
@@ -1292,20 +1356,37 @@ def run_occlusion(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, 
     acc = None
     parts = chunks(plan, len(grid), batch_size)
     show = bool(show_progress) and not isinstance(x, jax.core.Tracer)
-    for _a, _b, idx, valid in progress(_padded(parts, len(grid)), total=len(parts),
-                                       desc="occlusion", enabled=show):
+    for _a, _b, idx, valid in progress(
+        _padded(parts, len(grid)), total=len(parts), desc="occlusion", enabled=show
+    ):
         part = _occlusion_chunk(
-            model=fn, program=plan.program, x=x, baselines=baselines, target=target,
-            base=base, cache=cache, starts={k: v[idx] for k, v in plan.starts.items()},
-            wstarts=grid[idx], valid=valid, window=tuple(window))
+            model=fn,
+            program=plan.program,
+            x=x,
+            baselines=baselines,
+            target=target,
+            base=base,
+            cache=cache,
+            starts={k: v[idx] for k, v in plan.starts.items()},
+            wstarts=grid[idx],
+            valid=valid,
+            window=tuple(window),
+        )
         acc = part if acc is None else acc + part
         sync(acc, show)
     return acc
 
 
-def run_features(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, target: Any,
-                 fm: np.ndarray, batch_size: int | None, show_progress: bool
-                 ) -> tuple[jax.Array, jax.Array]:
+def run_features(
+    plan: IncrementalPlan,
+    fn: Any,
+    x: jax.Array,
+    baselines: Any,
+    target: Any,
+    fm: np.ndarray,
+    batch_size: int | None,
+    show_progress: bool,
+) -> tuple[jax.Array, jax.Array]:
     """Feature ablation's scores: base (n_out,) and per feature (F, n_out).
 
     Args:
@@ -1326,11 +1407,19 @@ def run_features(plan: IncrementalPlan, fn: Any, x: jax.Array, baselines: Any, t
     outs = []
     parts = chunks(plan, total, batch_size)
     show = bool(show_progress) and not isinstance(x, jax.core.Tracer)
-    for a, b, idx, _valid in progress(_padded(parts, total), total=len(parts),
-                                      desc="feature_ablation", enabled=show):
+    for a, b, idx, _valid in progress(
+        _padded(parts, total), total=len(parts), desc="feature_ablation", enabled=show
+    ):
         part = _feature_chunk(
-            model=fn, program=plan.program, x=x, baselines=baselines, target=target,
-            cache=cache, starts={k: v[idx] for k, v in plan.starts.items()}, fm=fm,
-            fids=fids[idx])
+            model=fn,
+            program=plan.program,
+            x=x,
+            baselines=baselines,
+            target=target,
+            cache=cache,
+            starts={k: v[idx] for k, v in plan.starts.items()},
+            fm=fm,
+            fids=fids[idx],
+        )
         outs.append(sync(part[: b - a], show))
     return base, outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)

@@ -620,11 +620,11 @@ def layer_gradients_per_target(
     inputs = _core.as_inputs(x, need_float=False)
     integrate = baselines is not None
     n = len(alphas)
+    unit = None
     if batch_size is None:
         _, (every, _) = _caching.probe(lambda m, ids: m.apply(m.params, ids), (model,), x)
         unit = 2 * every * (1 + int(model.tgt.shape[0]))
-        batch_size = max(1, _core.memory_budget() // unit) if unit else n
-    chunks = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    chunks = _core.batched_chunks(n, batch_size, unit_bytes=unit)
     total = diff = None
     for start, stop in progress(chunks, desc="layer gradients", enabled=show_progress):
         part, diff = _gradient_chunk(

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxattr import _core
 from jaxattr._core import PyTree
+from jaxattr._gradient import completeness_delta
 
 __all__ = [
     "NT_TYPES",
@@ -31,14 +32,8 @@ NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 def _per_leaf(value: Any, x: PyTree, name: str) -> list:
     """A scalar option, or one value per input of a tuple/pytree ``x``."""
     n_leaves = len(jax.tree_util.tree_leaves(x))
-    if isinstance(value, (tuple, list)):
-        if len(value) != n_leaves:
-            raise ValueError(
-                f"{name} gives one value per input: expected {n_leaves} values, got {len(value)}"
-            )
-        values = list(value)
-    else:
-        values = [value] * n_leaves
+    single = lambda v: not isinstance(v, (tuple, list))  # noqa: E731
+    values = _core.per_leaf(value, n_leaves, name, single=single)
     for v in values:
         if not isinstance(v, (int, float, np.number)) or isinstance(v, bool):
             raise TypeError(f"{name} must be a float or a tuple of floats, got {value!r}")
@@ -427,32 +422,36 @@ def gradient_shap_draws(
     return noise, idx, alphas
 
 
+def gradient_shap_sample(x, dist, noise_s, idx_s, alpha_s):
+    """One GradientSHAP sample: ``(noisy input, its baseline, the point between them)``.
+
+    The body every GradientSHAP shares (input, layer and neuron): ``noise_s``, ``idx_s`` and
+    ``alpha_s`` are one sample of :func:`gradient_shap_draws`; ``dist`` holds the baselines.
+    """
+    xs = jax.tree_util.tree_map(jnp.add, x, noise_s)
+    bs = jax.tree_util.tree_map(lambda d: d[idx_s], dist)
+
+    def between(xl, bl):
+        a = alpha_s.reshape((-1,) + (1,) * (xl.ndim - 1)).astype(xl.dtype)
+        return bl + a * (xl - bl)
+
+    return xs, bs, jax.tree_util.tree_map(between, xs, bs)
+
+
 @_core.cached_jit(("fn", "inputs", "multiply_by_inputs", "return_delta"))
 def _gradient_shap_core(
     *, fn, inputs, x, dist, noise, idx, alphas, args, target, multiply_by_inputs, return_delta
 ):
     def one(noise_s, idx_s, alpha_s):
-        xs = jax.tree_util.tree_map(jnp.add, x, noise_s)
-        bs = jax.tree_util.tree_map(lambda d: d[idx_s], dist)
-
-        def scale(xl, bl):
-            a = alpha_s.reshape((-1,) + (1,) * (xl.ndim - 1)).astype(xl.dtype)
-            return bl + a * (xl - bl)
-
-        grad = _core.input_gradient(fn, inputs, jax.tree_util.tree_map(scale, xs, bs), args, target)
+        xs, bs, point = gradient_shap_sample(x, dist, noise_s, idx_s, alpha_s)
+        grad = _core.input_gradient(fn, inputs, point, args, target)
         if multiply_by_inputs:
             attr = jax.tree_util.tree_map(lambda g, xl, bl: g * (xl - bl), grad, xs, bs)
         else:
             attr = grad
         if not return_delta:
             return attr, None
-        total = sum(
-            jnp.sum(a.reshape(a.shape[0], -1), axis=1) for a in jax.tree_util.tree_leaves(attr)
-        )
-        diff = _core.scores(fn, inputs, xs, args, target) - _core.scores(
-            fn, inputs, bs, args, target
-        )
-        return attr, total - diff
+        return attr, completeness_delta(fn, inputs, xs, bs, args, target, attr)
 
     attr, delta = jax.vmap(one)(noise, idx, alphas)
     mean = _core.cast_like(jax.tree_util.tree_map(lambda a: a.mean(0), attr), x)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxattr import _caching, _core
-from jaxattr.structure import StructuredModel
+from jaxattr.structure import StructuredModel, chain, trace_layers
 
 __all__ = [
     "Tap",
@@ -298,7 +298,6 @@ def run_tapped(
         return value
 
     def tapping(layer, layer_fn, layer_params, *xs):
-        run = intercept or (lambda lay, f, p, *a: f(p, *a))
         call = calls[0]
         calls[0] += 1
         here = by_layer.get(layer.name)
@@ -317,7 +316,7 @@ def run_tapped(
                     orig = xs[t.index]
                     xs[t.index] = route(orig, t.key)
                     originals[t.key] = (orig, xs[t.index])
-        out = run(layer, layer_fn, layer_params, *xs)
+        out = layer_fn(layer_params, *xs)
         for t in here or ():
             if not t.to_input:
                 out = route(out, t.key)
@@ -332,7 +331,7 @@ def run_tapped(
         a = list(a)
         for i, key in arg_adds.items():
             a[i] = a[i] + perturb[key]
-        return model.apply(params, *a, intercept=tapping, **dict(kwargs))
+        return model.apply(params, *a, intercept=chain(tapping, intercept), **dict(kwargs))
 
     y = inputs.call(model_call, x, args)
     missing = [t.request or t.layer for t in taps if t.key not in acts]
@@ -351,47 +350,29 @@ def _sources(model, params, inputs, x, args, kwargs, taps, intercept) -> dict[st
     """
     if not taps:
         return {}
-    by_layer: dict[str, list[Tap]] = {}
-    for t in taps:
-        by_layer.setdefault(t.layer, []).append(t)
+
+    def apply(p, *a, intercept):
+        return model.apply(p, *a, intercept=intercept, **dict(kwargs))
+
+    trace = trace_layers(apply, params, x, args, intercept=intercept, call=inputs.call)
+    made = trace.producers(first=True)
     found: dict[str, tuple] = {}
-
-    def spy_run(p, x_, a_):
-        made: dict[int, tuple[int, int]] = {}
-        keep: list[Any] = []  # the objects whose ids are keys above stay alive
-        reads: list[tuple] = []
-        wanted: dict[str, Any] = {}
-        given: list[Any] = []
-
-        def spy(layer, layer_fn, layer_params, *xs):
-            run = intercept or (lambda lay, f, q, *a: f(q, *a))
-            call = len(reads)
-            reads.append(xs)
-            for t in by_layer.get(layer.name, ()):
-                if t.key not in wanted and t.index < len(xs):
-                    wanted[t.key] = xs[t.index]
-            out = run(layer, layer_fn, layer_params, *xs)
-            for j, leaf in enumerate(jax.tree_util.tree_leaves(out)):
-                made.setdefault(id(leaf), (call, j))
-                keep.append(leaf)
-            return out
-
-        def model_call(*a):
-            given.extend(a)
-            return model.apply(p, *a, intercept=spy, **dict(kwargs))
-
-        inputs.call(model_call, x_, a_)
-        for key, obj in wanted.items():
-            if id(obj) in made:
-                found[key] = ("out", *made[id(obj)])
-            elif any(obj is v for v in given):
-                found[key] = ("arg", next(i for i, v in enumerate(given) if v is obj))
-            else:
-                sites = tuple((c, i) for c, xs in enumerate(reads) for i, v in enumerate(xs)
-                              if v is obj)  # fmt: skip
-                found[key] = ("sites", sites)
-
-    jax.eval_shape(spy_run, params, x, args)
+    for t in taps:
+        v = next(
+            (c.inputs[t.index] for c in trace.calls
+             if c.layer.name == t.layer and t.index < len(c.inputs)),
+            None,
+        )  # fmt: skip
+        if v is None or t.key in found:
+            continue
+        if v in made:
+            found[t.key] = ("out", *made[v])
+        elif v in trace.args:
+            found[t.key] = ("arg", trace.args.index(v))
+        else:
+            sites = tuple((k, i) for k, c in enumerate(trace.calls) for i, u in enumerate(c.inputs)
+                          if u == v)  # fmt: skip
+            found[t.key] = ("sites", sites)
     return found
 
 

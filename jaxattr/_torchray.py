@@ -195,7 +195,7 @@ def finish(
         )
     axes = spatial_axes(a.ndim, channel_axis)
     if resize is not False:
-        from jaxattr._layers import interpolate  # _layers imports this module
+        from jaxattr._cam import interpolate  # _layers imports this module
 
         size = target_size(resize, reference_spatial, len(axes))
         a = interpolate(a, size, mode=resize_mode, channel_axis=channel_axis)

@@ -523,7 +523,7 @@ def concept_activations(
         >>> concept_activations(demo_model(), c, ["conv3", "fc"])["fc"].shape
         (3, 4)
     """
-    from jaxattr._layers import layer_activation
+    from jaxattr._layer import layer_activation
 
     names = _check_layers(layers)
     parts: dict[str, list] = {n: [] for n in names}
@@ -747,7 +747,8 @@ def compute_cavs(
 
 def _layer_gradients(model, inputs, names, target, targets, args, attribute_to_layer_input):
     """Per layer: (N, F) layer gradients, or (T, N, F) for several targets."""
-    from jaxattr._layers import for_each_target, layer_gradient_x_activation
+    from jaxattr._for_each import for_each_target
+    from jaxattr._layer import layer_gradient_x_activation
 
     kw = dict(
         multiply_by_inputs=False, attribute_to_layer_input=attribute_to_layer_input, args=args

@@ -18,20 +18,17 @@ from __future__ import annotations
 from jaxattr._fusion import (  # noqa: F401
     fusion_grad_draws,
 )
+from jaxattr._lime import kernel_shap_samples, lime_samples  # noqa: F401
 from jaxattr._noise import (  # noqa: F401
     draw_noise,
     gradient_shap_draws,
     smoothgrad_draws,
 )
-from jaxattr._perturbation import (  # noqa: F401
-    kernel_shap_samples,
-    lime_samples,
-    rise_masks,
-    shapley_permutations,
-)
+from jaxattr._rise import rise_masks  # noqa: F401
 from jaxattr._sensitivity import (  # noqa: F401
     sobol_design,
 )
+from jaxattr._shapley import shapley_permutations  # noqa: F401
 
 __all__ = [
     "draw_noise",

@@ -35,7 +35,7 @@ from typing import Any
 
 import jax
 
-from jaxattr.structure import Layer, default_intercept
+from jaxattr.structure import Layer, default_intercept, trace_layers
 
 __all__ = ["FlaxModel", "from_linen", "from_nnx", "module_kind"]
 
@@ -160,14 +160,8 @@ class FlaxModel:
         """Trace the model abstractly on ``inputs`` to find its layers; returns them."""
         static = self._static
         if static.layers is None:
-            found: dict[str, Layer] = {}
-
-            def record(layer, layer_fn, p, *xs):
-                found.setdefault(layer.name, layer)
-                return layer_fn(p, *xs)
-
-            jax.eval_shape(lambda p, *a: static.runner(p, a, record, None), self.params, *inputs)
-            static.layers = found
+            run = lambda p, *a, intercept: static.runner(p, a, intercept, None)  # noqa: E731
+            static.layers = trace_layers(run, self.params, *inputs).layers()
         return static.layers
 
     def apply(self, params: Any, *inputs: Any, intercept: Callable[..., Any] | None = None):

@@ -1347,7 +1347,7 @@ class SimilarityInfluence:
         self._src: list[list[Array]] | None = None
 
     def _activations(self, x: tuple, args: tuple = ()) -> list[Array]:
-        from jaxattr._layers import layer_activation
+        from jaxattr._layer import layer_activation
 
         acts = layer_activation(self.module, x if len(x) > 1 else x[0], self.layers, args=args)
         return [a.reshape(a.shape[0], -1) for a in acts]

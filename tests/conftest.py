@@ -15,6 +15,11 @@ import os
 import sys
 import types
 
+import numpy as np
+import pytest
+
+from tests.helpers import normal
+
 
 def _install_torchvision_stub() -> None:
     if "torchvision" in sys.modules:
@@ -81,3 +86,67 @@ def pytest_configure(config):
         _install_torchvision_stub()
 
 
+# Models shared by several test modules: fixtures here, so that no test module imports
+# another's (each module still builds its own copy: module scope).
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """The seed CNN (torch) and its JAX twin, with a batch of two 3x32x32 images."""
+    from tests import twins
+
+    model = twins.seed_cnn(0)
+    return model, twins.seed_cnn_jax(model), normal((2, 3, 32, 32), 0)
+
+
+@pytest.fixture(scope="module")
+def two_input():
+    """A two-input torch model, its JAX twin, and inputs of shapes (3, 4) and (3, 3)."""
+    from tests import twins
+
+    model = twins.TwoInput(1)
+    rng = np.random.default_rng(1)
+    x1 = rng.normal(size=(3, 4)).astype(np.float32)
+    x2 = rng.normal(size=(3, 3)).astype(np.float32)
+    return model, twins.two_input_jax(model), (x1, x2)
+
+
+def _small_net(max_pool: bool):
+    import torch
+
+    from jaxattr import bridge
+    from tests.torch_models import SmallNet
+
+    torch.manual_seed(2)
+    model = SmallNet(max_pool=max_pool).eval()
+    return model, bridge.from_torch(model, torch.randn(2, 3, 16, 16)), normal((3, 3, 16, 16), 2)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """SmallNet (every nonlinearity its own module), bridged, and three 3x16x16 inputs."""
+    return _small_net(max_pool=True)
+
+
+@pytest.fixture(scope="module")
+def small_avg():
+    """SmallNet with an average pool: Captum's max-pool DeepLift rule does not take effect
+    with torch 2.13 (see test_deep_lift_max_pool_is_complete), so DeepLift parity is
+    checked without max pools."""
+    return _small_net(max_pool=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """TinyNet (conv-relu-conv-relu-avgpool-dense-relu-dense), bridged, two 3x12x12 inputs."""
+    from tests.torch_models import TinyNet, tiny_bridged
+
+    return tiny_bridged(TinyNet, 11, (2, 3, 12, 12))
+
+
+@pytest.fixture(scope="module")
+def tiny_bn():
+    """TinyVggBn (VGG-style features with batch norms), bridged, two 3x12x12 inputs."""
+    from tests.torch_models import TinyVggBn, tiny_bridged
+
+    return tiny_bridged(TinyVggBn, 12, (2, 3, 12, 12))

@@ -100,3 +100,8 @@ def samples_interleaved(noise_leaf):
 
     a = np.asarray(noise_leaf)
     return torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 0, 1)).reshape(-1, *a.shape[2:]))
+
+
+def normal(shape: tuple, seed: int = 0) -> np.ndarray:
+    """A float32 array of standard-normal draws from numpy's generator ``seed``."""
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)

@@ -5,7 +5,7 @@ Every test makes the same call on ``captum.attr``'s class and on
 return: ``max|ours - ref| / max|ref|`` is at most 1e-4 (float32 on both sides; observed
 1e-7 to 5e-6, see the report printed with ``-s``). Random methods are compared on the
 same draws: Captum's generators are replaced by the draws jaxattr makes from the key
-passed with ``key=`` (the front door's extension), as in test_parity_captum.
+passed with ``key=`` (the front door's extension), as in test_parity_captum_gradient.
 
 The models are tiny (3x16x16 images, a 4+3-feature two-input MLP, a 12-token embedding
 model); the front door converts each once per input signature for the whole module.
@@ -337,7 +337,7 @@ def test_shapley_value_sampling(mlp, monkeypatch):
 
 def test_kernel_shap_and_lime_run_jaxattr_on_the_same_key(cnn):
     """Captum's default LIME/KernelSHAP surrogates need scikit-learn (not installed), so
-    these are checked against jaxattr's own methods, which test_perturbation_parity
+    these are checked against jaxattr's own methods, which test_parity_captum_perturbation
     compares with Captum."""
     model, x = cnn
     mask = (torch.arange(16)[:, None] // 8 * 2 + torch.arange(16)[None] // 8)[None, None]

@@ -3,7 +3,7 @@
 Same model, same call on ``zennit.attribution``'s attributor and on
 ``jaxattr.compat.zennit``'s; ``max|ours - ref| / max|ref|`` is at most 1e-4 (observed
 ~2e-7 to 1e-6, printed with ``-s``). SmoothGrad is compared on the same draws (Zennit's
-``torch.randn_like`` replaced by jaxattr's, as in test_parity_zennit).
+``torch.randn_like`` replaced by jaxattr's, as in test_parity_zennit_gradient).
 """
 
 from __future__ import annotations

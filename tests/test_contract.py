@@ -480,7 +480,7 @@ def test_method_specific_errors():
         jaxattr.integrated_gradients(mlp, X, target=0, batch_size=0)
     with pytest.raises(ValueError, match="nt_type must be one of"):
         jaxattr.noise_tunnel(jaxattr.saliency, nt_type="smooth")
-    with pytest.raises(ValueError, match="stdevs gives one value per input: expected 2"):
+    with pytest.raises(ValueError, match="stdevs gives one entry per input: expected 2"):
         jaxattr.noise_tunnel(jaxattr.saliency, stdevs=(0.1,))(mlp2, X2, key=KEY, target=0)
     with pytest.raises(ValueError, match="noise_level must be"):
         jaxattr.smoothgrad(mlp, X, key=KEY, target=0, noise_level=-1.0)

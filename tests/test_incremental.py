@@ -48,8 +48,9 @@ class _Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -60,8 +61,12 @@ class _ResLike(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).reshape(1, 3, 1, 1))
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8),
-                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
         self.layer1 = _Block(8, 8)
         self.layer2 = _Block(8, 16, stride=2)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
@@ -74,9 +79,15 @@ class _VGGLike(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.Dropout(0.5),
-            nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Conv2d(12, 12, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
         self.classifier = nn.Sequential(nn.Linear(12 * 9, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -114,8 +125,9 @@ class _FullyConv(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(),
-                                 nn.Conv2d(4, 2, 3, stride=2, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 2, 3, stride=2, padding=1)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -137,8 +149,14 @@ class _BatchSoftmax(nn.Module):
 class _Conv1d(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-                                 nn.Conv1d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(64, 3))
+        self.net = nn.Sequential(
+            nn.Conv1d(2, 4, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(4, 4, 3, padding=1),
+            nn.Flatten(),
+            nn.Linear(64, 3),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -161,9 +179,16 @@ _MODELS: dict = {}
 def _model(name: str, shape: tuple):
     if name not in _MODELS:
         torch.manual_seed(1)
-        module = _randomize({"res": _ResLike, "vgg": _VGGLike, "mixed": _Mixed,
-                             "fconv": _FullyConv, "bsoft": _BatchSoftmax,
-                             "conv1d": _Conv1d}[name]())
+        module = _randomize(
+            {
+                "res": _ResLike,
+                "vgg": _VGGLike,
+                "mixed": _Mixed,
+                "fconv": _FullyConv,
+                "bsoft": _BatchSoftmax,
+                "conv1d": _Conv1d,
+            }[name]()
+        )
         x = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
         _MODELS[name] = (module, bridge.from_torch(module, torch.from_numpy(x)), x)
     return _MODELS[name]
@@ -201,8 +226,10 @@ def _full_occlusion(conv, x, window, strides, target, baselines) -> np.ndarray:
     cut at the edge; each element averages the windows that cover it)."""
     dims = x.shape[1:]
     strides = (strides,) * len(dims) if isinstance(strides, int) else strides
-    pos = [np.arange(-(-(n - w) // st) + 1) * st
-           for n, w, st in zip(dims, window, strides, strict=True)]
+    pos = [
+        np.arange(-(-(n - w) // st) + 1) * st
+        for n, w, st in zip(dims, window, strides, strict=True)
+    ]
     masks = []
     for start in np.stack(np.meshgrid(*pos, indexing="ij"), -1).reshape(-1, len(dims)):
         m = np.zeros(dims, bool)
@@ -229,13 +256,22 @@ def test_occlusion_matches_full_and_captum(name, monkeypatch):
     monkeypatch.setattr(_incremental, "run_occlusion", lambda *a: calls.append(1) or real(*a))
     ours = jaxattr.occlusion(conv, x, baselines=baselines, batch_size=27, **_CAPTUM_CASE)
     assert calls == [1]
-    full = _full_occlusion(conv, x, _CAPTUM_CASE["sliding_window_shapes"],
-                           _CAPTUM_CASE["strides"], _CAPTUM_CASE["target"], baselines)
+    full = _full_occlusion(
+        conv,
+        x,
+        _CAPTUM_CASE["sliding_window_shapes"],
+        _CAPTUM_CASE["strides"],
+        _CAPTUM_CASE["target"],
+        baselines,
+    )
     _exact(ours, full, _scale(conv, x))
     if name == "res":
-        ref = ca.Occlusion(module).attribute(torch.from_numpy(x), perturbations_per_eval=16,
-                                             baselines=torch.from_numpy(baselines),
-                                             **_CAPTUM_CASE)
+        ref = ca.Occlusion(module).attribute(
+            torch.from_numpy(x),
+            perturbations_per_eval=16,
+            baselines=torch.from_numpy(baselines),
+            **_CAPTUM_CASE,
+        )
         assert_close(ours, ref, rtol=1e-4)
 
 
@@ -251,19 +287,25 @@ def test_tuple_input_and_baselines_reuse_the_program():
     np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(first))
 
 
-@pytest.mark.parametrize("name,shape,window,target,ppe", [
-    ("fconv", (2, 3, 16, 16), (3, 3, 3), (1, 2, 5), 8),  # a map output: boxes written back
-    ("bsoft", (3, 3, 12, 12), (3, 4, 4), 2, 1),  # batch softmax: the full part vmapped
-    ("conv1d", (2, 2, 32), (2, 5), 1, 8),  # one spatial axis
-])
+@pytest.mark.parametrize(
+    "name,shape,window,target,ppe",
+    [
+        ("fconv", (2, 3, 16, 16), (3, 3, 3), (1, 2, 5), 8),  # a map output: boxes written back
+        ("bsoft", (3, 3, 12, 12), (3, 4, 4), 2, 1),  # batch softmax: the full part vmapped
+        ("conv1d", (2, 2, 32), (2, 5), 1, 8),  # one spatial axis
+    ],
+)
 def test_occlusion_other_graphs(name, shape, window, target, ppe):
     module, conv, x = _model(name, shape)
     kw = dict(target=target, sliding_window_shapes=window, strides=2)
     ours = jaxattr.occlusion(conv, x, incremental=True, **kw)
     ref = ca.Occlusion(module).attribute(torch.from_numpy(x), perturbations_per_eval=ppe, **kw)
     assert_close(ours, ref, rtol=1e-4)
-    plan = jaxattr.incremental_plan(conv, x.shape, _incremental.occlusion_changed(
-        np.zeros((1, len(shape) - 1), np.int64), window, x.shape))
+    plan = jaxattr.incremental_plan(
+        conv,
+        x.shape,
+        _incremental.occlusion_changed(np.zeros((1, len(shape) - 1), np.int64), window, x.shape),
+    )
     assert plan.program.fold == (name != "bsoft")
     assert plan.local
 
@@ -278,8 +320,9 @@ def test_small_fallback_is_still_exact(monkeypatch):
     assert len(early.local) < len(default.local)
     assert early.flop_fraction > default.flop_fraction
     monkeypatch.setattr(_incremental, "FALLBACK", 0.2)
-    ours = jaxattr.occlusion(conv, x, target=1, sliding_window_shapes=window,
-                             strides=strides, incremental=True)
+    ours = jaxattr.occlusion(
+        conv, x, target=1, sliding_window_shapes=window, strides=strides, incremental=True
+    )
     full = _full_occlusion(conv, x, window, strides, 1, 0.0)
     _exact(ours, full, _scale(conv, x))
 
@@ -288,8 +331,9 @@ def test_feature_ablation_superpixels():
     _, conv, x = _model("res", (3, 3, 16, 16))
     ids = (np.arange(16)[:, None] // 4) * 4 + np.arange(16)[None] // 4
     ids[5:7, 9:12] = 3  # a feature of two parts: its box spans both
-    ours = jaxattr.feature_ablation(conv, x, target=[0, 3, 4], feature_mask=ids[None, None],
-                                    baselines=0.1, incremental=True)
+    ours = jaxattr.feature_ablation(
+        conv, x, target=[0, 3, 4], feature_mask=ids[None, None], baselines=0.1, incremental=True
+    )
     masks = np.stack([np.broadcast_to(ids == f, x.shape[1:]) for f in range(16)])
     drop = _full(conv, x, masks, 0.1, [0, 3, 4])  # (F, N)
     full = np.broadcast_to(drop.T[:, ids][:, None], x.shape)
@@ -312,8 +356,14 @@ def test_auto_choice():
 
 
 def test_plan_boxes_and_describe():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1),
-                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 2, 1),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 2),
+    ).eval()
     conv = bridge.from_torch(net, torch.zeros(2, 3, 32, 32))
     changed = [[[0, 4], [10, 14]], [[28, 32], [28, 32]]]  # near a corner, the far corner
     plan = jaxattr.incremental_plan(conv, (1, 3, 32, 32), changed)
@@ -334,11 +384,13 @@ def test_plan_boxes_and_describe():
 def test_errors():
     _, conv, x = _model("res", (3, 3, 16, 16))
     with pytest.raises(ValueError, match="fn: incremental evaluation needs a bridged model"):
-        jaxattr.occlusion(lambda v: conv(v), x, target=0, sliding_window_shapes=(3, 4, 4),
-                          incremental=True)
+        jaxattr.occlusion(
+            lambda v: conv(v), x, target=0, sliding_window_shapes=(3, 4, 4), incremental=True
+        )
     with pytest.raises(ValueError, match="occlusion_fn"):
-        jaxattr.occlusion(conv, x, target=0, window=4, incremental=True,
-                          occlusion_fn=jaxattr.occlude_independent)
+        jaxattr.occlusion(
+            conv, x, target=0, window=4, incremental=True, occlusion_fn=jaxattr.occlude_independent
+        )
     with pytest.raises(TypeError, match="incremental: expected None, True or False"):
         jaxattr.occlusion(conv, x, target=0, sliding_window_shapes=(3, 4, 4), incremental=1)
     with pytest.raises(ValueError, match=r"changed: expected integers of shape \(P, 2, 2\)"):

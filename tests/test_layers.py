@@ -324,7 +324,7 @@ def test_grad_cam_plus_plus_against_the_paper(resnet):
 
 def test_score_cam_against_the_paper():
     """Score-CAM on a small CNN (8 channels at the CAM layer: one masked pass each)."""
-    from tests.test_rules_parity import SmallNet
+    from tests.torch_models import SmallNet
 
     torch.manual_seed(5)
     m = SmallNet(max_pool=False).eval()
@@ -398,7 +398,7 @@ def test_layer_errors(resnet):
 
 # --------------------------------------------------------------------------------------
 # Issue 15: Captum's remaining layer and neuron variants, callable baselines, LRP rules,
-# on the small models of test_rules_parity (every nonlinearity its own module)
+# on the small models of test_parity_captum_rules (every nonlinearity its own module)
 # --------------------------------------------------------------------------------------
 
 from captum.attr._utils.lrp_rules import (  # noqa: E402
@@ -407,7 +407,7 @@ from captum.attr._utils.lrp_rules import (  # noqa: E402
     GammaRule,
 )
 
-from tests.test_rules_parity import _x, small, small_avg  # noqa: E402, F401 - fixtures
+from tests.helpers import normal as _x  # noqa: E402
 
 
 def _dist_fn_torch(inp):

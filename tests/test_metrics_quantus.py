@@ -85,8 +85,10 @@ Y = np.array([0, 1, 2])
 
 
 def run(metric, fn, x, a, **kwargs):
-    return np.asarray(metric(model=JaxModule(fn).eval(), x_batch=x, y_batch=Y, a_batch=a,
-                             **kwargs), dtype=np.float64)
+    return np.asarray(
+        metric(model=JaxModule(fn).eval(), x_batch=x, y_batch=Y, a_batch=a, **kwargs),
+        dtype=np.float64,
+    )
 
 
 def explainer(fn, method=jaxattr.gradient):
@@ -119,20 +121,30 @@ def test_faithfulness_correlation_with_the_same_subsets(monkeypatch):
     idx = np.asarray(qf._subsets(jax.random.split(key, 3)[0], 10, 3, 3 * 6 * 7, 20))
     replay = Replay(list(idx.reshape(-1, 20)))
     monkeypatch.setattr(np.random, "choice", replay)
-    ref = run(quantus.FaithfulnessCorrelation(nr_runs=10, subset_size=20,
-                                              return_aggregate=False, **QKW), FN3, X3, A3)
+    ref = run(
+        quantus.FaithfulnessCorrelation(nr_runs=10, subset_size=20, return_aggregate=False, **QKW),
+        FN3,
+        X3,
+        A3,
+    )
     assert replay.calls == 30
-    ours = metrics.faithfulness_correlation(FN3, X3, A3, target=Y, nr_runs=10, subset_size=20,
-                                            key=key, return_aggregate=False)
+    ours = metrics.faithfulness_correlation(
+        FN3, X3, A3, target=Y, nr_runs=10, subset_size=20, key=key, return_aggregate=False
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize("baseline", ["mean"])  # more in tests/peer
 def test_faithfulness_estimate(baseline):
-    ref = run(quantus.FaithfulnessEstimate(features_in_step=3, perturb_baseline=baseline, **QKW),
-              FN3, X3, A3)
-    ours = metrics.faithfulness_estimate(FN3, X3, A3, target=Y, features_in_step=3,
-                                         perturb_baseline=baseline)
+    ref = run(
+        quantus.FaithfulnessEstimate(features_in_step=3, perturb_baseline=baseline, **QKW),
+        FN3,
+        X3,
+        A3,
+    )
+    ours = metrics.faithfulness_estimate(
+        FN3, X3, A3, target=Y, features_in_step=3, perturb_baseline=baseline
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -149,10 +161,16 @@ def test_monotonicity_restores_features_where_quantus_restores_none():
         return out
 
     fn = mlp(3, 6, 7, k=3, seed=4)
-    a = np.stack([np.asarray(jaxattr.input_x_gradient(fn, X3, target=int(t)))[i]
-                  for i, t in enumerate(Y)])
-    ref = run(quantus.Monotonicity(features_in_step=6, perturb_func=restore, **QKW), fn, X3, a,
-              softmax=False)
+    a = np.stack(
+        [np.asarray(jaxattr.input_x_gradient(fn, X3, target=int(t)))[i] for i, t in enumerate(Y)]
+    )
+    ref = run(
+        quantus.Monotonicity(features_in_step=6, perturb_func=restore, **QKW),
+        fn,
+        X3,
+        a,
+        softmax=False,
+    )
     degenerate = run(quantus.Monotonicity(features_in_step=6, **QKW), fn, X3, a, softmax=False)
     ours = metrics.monotonicity(fn, X3, a, target=Y, features_in_step=6, softmax=False)
     np.testing.assert_array_equal(ours, ref.astype(bool))
@@ -163,8 +181,9 @@ def test_monotonicity_is_true_for_a_monotone_model():
     w = jnp.array([1.0, 2.0, 3.0, 4.0])
     fn = lambda x: jnp.stack([x @ w, -(x @ w)], 1)  # noqa: E731
     x = jnp.ones((2, 4))
-    out = metrics.monotonicity(fn, x, x * w, target=np.array([0, 1]), perturb_baseline=0.0,
-                               softmax=False)
+    out = metrics.monotonicity(
+        fn, x, x * w, target=np.array([0, 1]), perturb_baseline=0.0, softmax=False
+    )
     np.testing.assert_array_equal(out, [True, False])
 
 
@@ -173,19 +192,23 @@ def test_monotonicity_correlation_with_the_same_uniform_draws(monkeypatch):
     steps = 3 * 6 * 7 // 21
     draws = jax.random.uniform(jax.random.split(key)[0], (steps, 4, 3))
     monkeypatch.setattr(np.random, "uniform", Replay(list(np.asarray(draws).reshape(-1, 3))))
-    ref = run(quantus.MonotonicityCorrelation(features_in_step=21, nr_samples=4, **QKW),
-              FN3, X3, A3)
-    ours = metrics.monotonicity_correlation(FN3, X3, A3, target=Y, features_in_step=21,
-                                            nr_samples=4, key=key)
+    ref = run(
+        quantus.MonotonicityCorrelation(features_in_step=21, nr_samples=4, **QKW), FN3, X3, A3
+    )
+    ours = metrics.monotonicity_correlation(
+        FN3, X3, A3, target=Y, features_in_step=21, nr_samples=4, key=key
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize("baseline", ["mean"])
 def test_pixel_flipping(baseline):
-    ref = run(quantus.PixelFlipping(features_in_step=6, perturb_baseline=baseline, **QKW),
-              FN3, X3, A3)
-    ours = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=6,
-                                  perturb_baseline=baseline)
+    ref = run(
+        quantus.PixelFlipping(features_in_step=6, perturb_baseline=baseline, **QKW), FN3, X3, A3
+    )
+    ours = metrics.pixel_flipping(
+        FN3, X3, A3, target=Y, features_in_step=6, perturb_baseline=baseline
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -194,21 +217,48 @@ def test_pixel_flipping_auc_and_uniform_draws(monkeypatch):
     steps = 3 * 6 * 7 // 21
     draws = jax.random.uniform(jax.random.split(key)[0], (steps, 3))
     monkeypatch.setattr(np.random, "uniform", Replay(list(np.asarray(draws))))
-    ref = run(quantus.PixelFlipping(features_in_step=21, perturb_baseline="uniform",
-                                    return_auc_per_sample=True, **QKW), FN3, X3, A3)
-    ours = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=21,
-                                  perturb_baseline="uniform", return_auc_per_sample=True,
-                                  key=key)
+    ref = run(
+        quantus.PixelFlipping(
+            features_in_step=21, perturb_baseline="uniform", return_auc_per_sample=True, **QKW
+        ),
+        FN3,
+        X3,
+        A3,
+    )
+    ours = metrics.pixel_flipping(
+        FN3,
+        X3,
+        A3,
+        target=Y,
+        features_in_step=21,
+        perturb_baseline="uniform",
+        return_auc_per_sample=True,
+        key=key,
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize(("baseline", "order"), [("mean", "lerf")])
 def test_region_perturbation_with_padding(baseline, order):
     # 6 x 7 images in 4 x 4 patches: padded to 8 x 8 as Quantus pads
-    ref = run(quantus.RegionPerturbation(patch_size=4, order=order, regions_evaluation=3,
-                                         perturb_baseline=baseline, **QKW), FN3, X3, A3)
-    ours = metrics.region_perturbation(FN3, X3, A3, target=Y, patch_size=4, order=order,
-                                       regions_evaluation=3, perturb_baseline=baseline)
+    ref = run(
+        quantus.RegionPerturbation(
+            patch_size=4, order=order, regions_evaluation=3, perturb_baseline=baseline, **QKW
+        ),
+        FN3,
+        X3,
+        A3,
+    )
+    ours = metrics.region_perturbation(
+        FN3,
+        X3,
+        A3,
+        target=Y,
+        patch_size=4,
+        order=order,
+        regions_evaluation=3,
+        perturb_baseline=baseline,
+    )
     assert ours.shape == (3, 3)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
@@ -216,11 +266,11 @@ def test_region_perturbation_with_padding(baseline, order):
 def test_region_perturbation_random_order(monkeypatch):
     key = jax.random.key(9)
     perms = jax.vmap(lambda k: jax.random.permutation(k, 4))(
-        jax.random.split(jax.random.split(key, 3)[0], 3))
+        jax.random.split(jax.random.split(key, 3)[0], 3)
+    )
     monkeypatch.setattr(np.random, "permutation", Replay(list(np.asarray(perms))))
     ref = run(quantus.RegionPerturbation(patch_size=4, order="random", **QKW), FN3, X3, A3)
-    ours = metrics.region_perturbation(FN3, X3, A3, target=Y, patch_size=4, order="random",
-                                       key=key)
+    ours = metrics.region_perturbation(FN3, X3, A3, target=Y, patch_size=4, order="random", key=key)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -253,7 +303,8 @@ def test_road_with_the_same_noise(monkeypatch):
     replay = Replay(draws)
     monkeypatch.setattr(np.random, "randn", lambda *shape: replay())
     ref = quantus.ROAD(percentages=pcts, noise=0.05, **QKW)(
-        model=JaxModule(fn).eval(), x_batch=x, y_batch=labels, a_batch=a)
+        model=JaxModule(fn).eval(), x_batch=x, y_batch=labels, a_batch=a
+    )
     ours = metrics.road(fn, x, a, target=labels, percentages=pcts, noise=0.05, key=key)
     assert replay.calls == 12
     np.testing.assert_array_equal(np.asarray(ours).mean(0), list(ref.values()))
@@ -280,10 +331,16 @@ def test_irof_felzenszwalb_per_example():
     x[:, :, :8] *= 0.2
     a = rng.normal(size=(3, 1, 16, 16)).astype(np.float32)
     # batch_size=1: Quantus's "mean" baseline and curve padding are then per example
-    ref = run(quantus.IROF(segmentation_method="felzenszwalb", return_aggregate=False, **QKW),
-              fn, x, a, batch_size=1)
-    ours = metrics.irof(fn, x, a, target=Y, segmentation_method="felzenszwalb",
-                        return_aggregate=False)
+    ref = run(
+        quantus.IROF(segmentation_method="felzenszwalb", return_aggregate=False, **QKW),
+        fn,
+        x,
+        a,
+        batch_size=1,
+    )
+    ours = metrics.irof(
+        fn, x, a, target=Y, segmentation_method="felzenszwalb", return_aggregate=False
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-5)
 
 
@@ -291,7 +348,8 @@ def test_sufficiency():
     a = np.concatenate([A3, A3[:1] + 0.01, A3[1:2] * 1.02]).astype(np.float32)
     x = np.concatenate([X3, X3[:1], X3[1:2]])
     ref = quantus.Sufficiency(threshold=0.5, normalise=False, disable_warnings=True)(
-        model=JaxModule(FN3).eval(), x_batch=x, y_batch=np.zeros(5, int), a_batch=a)
+        model=JaxModule(FN3).eval(), x_batch=x, y_batch=np.zeros(5, int), a_batch=a
+    )
     ours = metrics.sufficiency(FN3, x, a, threshold=0.5, normalise=False)
     np.testing.assert_allclose(ours, np.asarray(ref, np.float64), atol=ATOL)
     assert np.asarray(ours).max() > 0
@@ -309,10 +367,16 @@ def test_local_lipschitz_estimate_with_the_same_noise(monkeypatch):
     keys = jax.random.split(jax.random.split(key)[0], 5)
     noise = [0.1 * np.asarray(jax.random.normal(k, (X1.size,)).reshape(X1.shape)) for k in keys]
     monkeypatch.setattr(np.random, "normal", Replay(noise))
-    ref = run(quantus.LocalLipschitzEstimate(nr_samples=5, **QKW), FN1, X1, A_GRAD,
-              explain_func=explainer(FN1))
-    ours = metrics.local_lipschitz_estimate(jaxattr.gradient, FN1, X1, A_GRAD, target=Y,
-                                            nr_samples=5, key=key)
+    ref = run(
+        quantus.LocalLipschitzEstimate(nr_samples=5, **QKW),
+        FN1,
+        X1,
+        A_GRAD,
+        explain_func=explainer(FN1),
+    )
+    ours = metrics.local_lipschitz_estimate(
+        jaxattr.gradient, FN1, X1, A_GRAD, target=Y, nr_samples=5, key=key
+    )
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
@@ -322,20 +386,32 @@ def test_max_and_avg_sensitivity_with_the_same_noise(monkeypatch, name):
     keys = jax.random.split(jax.random.split(key)[0], 4)
     noise = [np.asarray(jax.random.uniform(k, (X1.size,), minval=-0.2, maxval=0.2)) for k in keys]
     monkeypatch.setattr(np.random, "uniform", Replay(noise))
-    ref = run(getattr(quantus, name)(nr_samples=4, **QKW), FN1, X1, A_GRAD,
-              explain_func=explainer(FN1))
-    ours = {"MaxSensitivity": metrics.max_sensitivity,
-            "AvgSensitivity": metrics.avg_sensitivity}[name](
-        jaxattr.gradient, FN1, X1, A_GRAD, target=Y, nr_samples=4, key=key)
+    ref = run(
+        getattr(quantus, name)(nr_samples=4, **QKW), FN1, X1, A_GRAD, explain_func=explainer(FN1)
+    )
+    ours = {"MaxSensitivity": metrics.max_sensitivity, "AvgSensitivity": metrics.avg_sensitivity}[
+        name
+    ](jaxattr.gradient, FN1, X1, A_GRAD, target=Y, nr_samples=4, key=key)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
 @pytest.mark.parametrize("return_nan", [True])
 def test_continuity(return_nan):
-    ref = run(quantus.Continuity(nr_steps=7, return_nan_when_prediction_changes=return_nan,
-                                 **QKW), FN1, X1, A_GRAD, explain_func=explainer(FN1))
-    ours = metrics.continuity(jaxattr.gradient, FN1, X1, target=Y, nr_steps=7,
-                              return_nan_when_prediction_changes=return_nan)
+    ref = run(
+        quantus.Continuity(nr_steps=7, return_nan_when_prediction_changes=return_nan, **QKW),
+        FN1,
+        X1,
+        A_GRAD,
+        explain_func=explainer(FN1),
+    )
+    ours = metrics.continuity(
+        jaxattr.gradient,
+        FN1,
+        X1,
+        target=Y,
+        nr_steps=7,
+        return_nan_when_prediction_changes=return_nan,
+    )
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=ATOL)
 
 
@@ -360,15 +436,20 @@ MASKS[2, 0, :2, :2] = True
     ],
 )
 def test_localisation(name, ours, kwargs):
-    ref = run(getattr(quantus, name)(**kwargs, **QKW), FN1, X1, A1,
-              s_batch=MASKS.astype(np.float32))
+    ref = run(
+        getattr(quantus, name)(**kwargs, **QKW), FN1, X1, A1, s_batch=MASKS.astype(np.float32)
+    )
     np.testing.assert_allclose(ours(A1, MASKS, **kwargs), ref, atol=ATOL)
 
 
 def test_localisation_empty_mask_is_nan():
     empty = np.zeros_like(MASKS)
-    for metric in (metrics.relevance_mass_accuracy, metrics.relevance_rank_accuracy,
-                   metrics.auc, metrics.attribution_localisation):
+    for metric in (
+        metrics.relevance_mass_accuracy,
+        metrics.relevance_rank_accuracy,
+        metrics.auc,
+        metrics.attribution_localisation,
+    ):
         assert np.isnan(np.asarray(metric(A1, empty))).all()
     assert np.isnan(np.asarray(metrics.top_k_intersection(A1, empty, k=10))).all()
 
@@ -381,8 +462,11 @@ def test_pointing_game_without_ties():
 
 @pytest.mark.parametrize("name", ["Sparseness", "Complexity", "EffectiveComplexity"])
 def test_complexity(name):
-    ours = {"Sparseness": metrics.sparseness, "Complexity": metrics.complexity,
-            "EffectiveComplexity": metrics.effective_complexity}[name]
+    ours = {
+        "Sparseness": metrics.sparseness,
+        "Complexity": metrics.complexity,
+        "EffectiveComplexity": metrics.effective_complexity,
+    }[name]
     a = np.where(np.abs(A1) < 0.3, 0.0, A1).astype(np.float32)
     ref = run(getattr(quantus, name)(**QKW), FN1, X1, a)
     np.testing.assert_allclose(ours(a), ref, atol=ATOL)
@@ -396,14 +480,16 @@ def test_complexity(name):
 def twin_params(net):
     return {
         name: {k: jnp.asarray(v.detach().numpy()) for k, v in module.named_parameters()}
-        for name, module in net.named_children() if list(module.parameters())
+        for name, module in net.named_children()
+        if list(module.parameters())
     }
 
 
 def apply_twin(params, x):
     """The JAX twin of Conv2d(1, 2, 3) - ReLU - Flatten - Linear(40, 3)."""
-    h = jax.lax.conv_general_dilated(x, params["0"]["weight"], (1, 1), "VALID",
-                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    h = jax.lax.conv_general_dilated(
+        x, params["0"]["weight"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
     h = jax.nn.relu(h + params["0"]["bias"][None, :, None, None])
     return h.reshape(h.shape[0], -1) @ params["3"]["weight"].T + params["3"]["bias"]
 
@@ -415,8 +501,7 @@ def _twin_explain(method, params, x, targets):
 
 def twin_explain(method, net, x, targets):
     """``method`` on the JAX twin of a torch CNN (compiled once: weights are arguments)."""
-    return np.asarray(_twin_explain(method, twin_params(net), jnp.asarray(x),
-                                    jnp.asarray(targets)))
+    return np.asarray(_twin_explain(method, twin_params(net), jnp.asarray(x), jnp.asarray(targets)))
 
 
 def twin(net):
@@ -426,8 +511,9 @@ def twin(net):
 
 def _cnn():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                               torch.nn.Linear(2 * 4 * 5, 3)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 5, 3)
+    ).eval()
 
 
 @pytest.mark.parametrize("order", ["top_down"])  # bottom_up, independent: tests/peer
@@ -446,18 +532,35 @@ def test_model_parameter_randomisation_with_torchs_reinitialisation(order):
         return {k: jnp.asarray(v.detach().numpy()) for k, v in copy.named_parameters()}
 
     a = explain(net, X1, Y)
-    ref = quantus.MPRT(layer_order=order, disable_warnings=True,
-                       normalise_func_kwargs=PER_EXAMPLE)(
-        model=net, x_batch=X1, y_batch=Y, a_batch=a, explain_func=explain)
+    ref = quantus.MPRT(layer_order=order, disable_warnings=True, normalise_func_kwargs=PER_EXAMPLE)(
+        model=net, x_batch=X1, y_batch=Y, a_batch=a, explain_func=explain
+    )
     ours = metrics.model_parameter_randomisation(
-        jaxattr.gradient, apply_twin, params, X1, a, target=Y, layer_order=order,
-        key=jax.random.key(0), randomise_func=torch_reset)
+        jaxattr.gradient,
+        apply_twin,
+        params,
+        X1,
+        a,
+        target=Y,
+        layer_order=order,
+        key=jax.random.key(0),
+        randomise_func=torch_reset,
+    )
     assert list(ours) == list(ref)
     for name in ref:
         np.testing.assert_allclose(ours[name], ref[name], atol=ATOL)
     last = metrics.model_parameter_randomisation(
-        jaxattr.gradient, apply_twin, params, X1, a, target=Y, layer_order=order,
-        key=jax.random.key(0), randomise_func=torch_reset, return_last_correlation=True)
+        jaxattr.gradient,
+        apply_twin,
+        params,
+        X1,
+        a,
+        target=Y,
+        layer_order=order,
+        key=jax.random.key(0),
+        randomise_func=torch_reset,
+        return_last_correlation=True,
+    )
     np.testing.assert_allclose(last, list(ref.values())[-1], atol=ATOL)
 
 
@@ -471,8 +574,9 @@ def test_random_logit_with_the_same_classes(monkeypatch):
     key = jax.random.key(11)
     draws = np.asarray(jax.random.randint(jax.random.split(key, 3)[0], (3,), 0, 2))
     monkeypatch.setattr(np.random, "randint", lambda *args, **kwargs: draws)
-    ref = run(quantus.RandomLogit(num_classes=3, **QKW), FN1, X1, A_GRAD,
-              explain_func=explainer(FN1))
+    ref = run(
+        quantus.RandomLogit(num_classes=3, **QKW), FN1, X1, A_GRAD, explain_func=explainer(FN1)
+    )
     ours = metrics.random_logit(jaxattr.gradient, FN1, X1, A_GRAD, target=Y, key=key)
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
@@ -512,7 +616,8 @@ def test_input_invariance_against_quantus_bias_shift(method):
 
     a = explain(net, X1, Y)
     ref = quantus.InputInvariance(perturb_func=_shift_all, disable_warnings=True)(
-        model=net, x_batch=X1, y_batch=Y, a_batch=a, explain_func=explain)
+        model=net, x_batch=X1, y_batch=Y, a_batch=a, explain_func=explain
+    )
     ours = metrics.input_invariance(method, fn, X1, a, target=Y)
     np.testing.assert_array_equal(ours, np.asarray(ref))
     assert bool(np.all(ours)) == (method is jaxattr.gradient)
@@ -525,12 +630,17 @@ def test_completeness_gap_matches_quantus_difference():
         captured.append(np.asarray(diff))
         return diff
 
-    a = np.asarray(jaxattr.integrated_gradients(FN1, X1, target=Y,
-                                                baselines=X1.min(axis=(1, 2, 3), keepdims=True)))
+    a = np.asarray(
+        jaxattr.integrated_gradients(
+            FN1, X1, target=Y, baselines=X1.min(axis=(1, 2, 3), keepdims=True)
+        )
+    )
     quantus.Completeness(normalise=False, output_func=output_func, disable_warnings=True)(
-        model=JaxModule(FN1).eval(), x_batch=X1, y_batch=Y, a_batch=a)
-    gap = metrics.completeness(FN1, X1, a, target=Y,
-                               baselines=X1.min(axis=(1, 2, 3), keepdims=True))
+        model=JaxModule(FN1).eval(), x_batch=X1, y_batch=Y, a_batch=a
+    )
+    gap = metrics.completeness(
+        FN1, X1, a, target=Y, baselines=X1.min(axis=(1, 2, 3), keepdims=True)
+    )
     np.testing.assert_allclose(gap, a.reshape(3, -1).sum(1) - captured[0], atol=ATOL)
 
 
@@ -543,14 +653,21 @@ def test_namespace_is_lazy_and_complete():
     import subprocess
     import sys
 
-    code = ("import sys, jaxattr; assert 'jaxattr.metrics' not in sys.modules; "
-            "m = jaxattr.metrics; print(sorted(n for n in dir(m) if not n.startswith('_')) "
-            "== sorted(m.__all__))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        "import sys, jaxattr; assert 'jaxattr.metrics' not in sys.modules; "
+        "m = jaxattr.metrics; print(sorted(n for n in dir(m) if not n.startswith('_')) "
+        "== sorted(m.__all__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "True", out.stderr
-    for name in ("infidelity", "sensitivity_max", "deletion_curve", "insertion_curve",
-                 "pointing_game", "completeness"):
+    for name in (
+        "infidelity",
+        "sensitivity_max",
+        "deletion_curve",
+        "insertion_curve",
+        "pointing_game",
+        "completeness",
+    ):
         assert getattr(metrics, name) is getattr(jaxattr, name)
 
 
@@ -560,8 +677,16 @@ def test_random_metrics_need_a_key_and_are_fixed_by_it():
     with pytest.raises(ValueError, match="key=jax.random.key"):
         metrics.pixel_flipping(FN3, X3, A3, target=Y, perturb_baseline="uniform")
     one, two, other = (
-        metrics.faithfulness_correlation(FN3, X3, A3, target=Y, subset_size=20, nr_runs=10,
-                                         key=jax.random.key(seed), return_aggregate=False)
+        metrics.faithfulness_correlation(
+            FN3,
+            X3,
+            A3,
+            target=Y,
+            subset_size=20,
+            nr_runs=10,
+            key=jax.random.key(seed),
+            return_aggregate=False,
+        )
         for seed in (0, 0, 1)
     )
     np.testing.assert_array_equal(one, two)
@@ -580,9 +705,15 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="masks must have one element per attribution"):
         metrics.auc(A1, MASKS[:, :, :3])
     with pytest.raises(ValueError, match="layer_order must be one of"):
-        metrics.model_parameter_randomisation(jaxattr.gradient, apply_twin,
-                                              twin_params(_cnn()), X1, target=Y,
-                                              key=jax.random.key(0), layer_order="random")
+        metrics.model_parameter_randomisation(
+            jaxattr.gradient,
+            apply_twin,
+            twin_params(_cnn()),
+            X1,
+            target=Y,
+            key=jax.random.key(0),
+            layer_order="random",
+        )
 
 
 def test_custom_perturb_func_sees_the_cumulative_mask():
@@ -592,9 +723,7 @@ def test_custom_perturb_func_sees_the_cumulative_mask():
         seen.append(mask.shape)
         return jnp.where(mask, 0.0, x)
 
-    ours = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=6,
-                                  perturb_func=perturb)
-    ref = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=6,
-                                 perturb_baseline=0.0)
+    ours = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=6, perturb_func=perturb)
+    ref = metrics.pixel_flipping(FN3, X3, A3, target=Y, features_in_step=6, perturb_baseline=0.0)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
     assert seen and seen[0] == X3.shape

@@ -137,8 +137,12 @@ def test_guided_ig_parity(numpy2_quantile, max_dist, fraction):
     )
     for n in range(len(X)):
         ref = sc.GuidedIG().GetMask(
-            hwc(X[n]), call_model, x_baseline=np.full((12, 12, 3), base, np.float32),
-            x_steps=16, max_dist=max_dist, fraction=fraction,
+            hwc(X[n]),
+            call_model,
+            x_baseline=np.full((12, 12, 3), base, np.float32),
+            x_steps=16,
+            max_dist=max_dist,
+            fraction=fraction,
         )
         assert_close(hwc(ours[n]), ref, 1e-5)
 
@@ -170,7 +174,7 @@ def _blocky_image(h=40, w=48, seed=0):
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3))
     img[: h // 2] = 0.3
-    img[:, w // 2:] += 0.5
+    img[:, w // 2 :] += 0.5
     img[10:30, 10:30, 1] += 0.4
     return img + rng.normal(0, 0.05, img.shape)
 
@@ -181,13 +185,10 @@ def test_felzenszwalb_matches_scikit_image(scale, sigma, min_size):
 
     img = _blocky_image()
     ours = jaxattr_pair.felzenszwalb(img, scale, sigma, min_size)
-    np.testing.assert_array_equal(
-        ours, reference(img, scale=scale, sigma=sigma, min_size=min_size)
-    )
+    np.testing.assert_array_equal(ours, reference(img, scale=scale, sigma=sigma, min_size=min_size))
     gray = jaxattr_pair.felzenszwalb(img[..., 0], scale, sigma, min_size)
     np.testing.assert_array_equal(
-        gray, reference(img[..., 0], scale=scale, sigma=sigma, min_size=min_size,
-                        channel_axis=None)
+        gray, reference(img[..., 0], scale=scale, sigma=sigma, min_size=min_size, channel_axis=None)
     )
 
 
@@ -243,17 +244,26 @@ def _pair_params(**kw):
     [("full", 1.0, 8), ("full", 0.4, 8), ("fast", 1.0, 8), ("full", 1.0, 50)],
 )
 def test_xrai_parity(segs32, algorithm, area_threshold, min_pixel_diff):
-    opts = dict(steps=8, algorithm=algorithm, area_threshold=area_threshold,
-                return_xrai_segments=True, return_ig_attributions=True)
+    opts = dict(
+        steps=8,
+        algorithm=algorithm,
+        area_threshold=area_threshold,
+        return_xrai_segments=True,
+        return_ig_attributions=True,
+    )
     params = jaxattr_pair.XRAIParameters(
         **opts, experimental_params={"min_pixel_diff": min_pixel_diff}
     )
-    out = jaxattr_pair.xrai(cnn32, X32, target=TARGET, segments=segs32,
-                            extra_parameters=params, return_details=True)
+    out = jaxattr_pair.xrai(
+        cnn32, X32, target=TARGET, segments=segs32, extra_parameters=params, return_details=True
+    )
     for n in range(len(X32)):
         masks = [m for m in segs32[n] if m.any()]
         ref = sc.XRAI().GetMaskWithDetails(
-            hwc(X32[n]), call_model32, segments=masks, batch_size=8,
+            hwc(X32[n]),
+            call_model32,
+            segments=masks,
+            batch_size=8,
             extra_parameters=_pair_params(**opts, min_pixel_diff=min_pixel_diff),
         )
         np.testing.assert_array_equal(out.segments[n], ref.segments)
@@ -268,15 +278,26 @@ def test_xrai_parity(segs32, algorithm, area_threshold, min_pixel_diff):
 def test_xrai_base_attribution_masks_and_baselines(segs32):
     base = jaxattr.saliency(cnn32, X32, target=TARGET, abs=False)
     params = jaxattr_pair.XRAIParameters(
-        return_xrai_segments=True, flatten_xrai_segments=False,
+        return_xrai_segments=True,
+        flatten_xrai_segments=False,
         experimental_params={"min_pixel_diff": 8},
     )
-    out = jaxattr_pair.xrai(None, X32, segments=segs32, base_attribution=base,
-                            extra_parameters=params, return_details=True)
+    out = jaxattr_pair.xrai(
+        None,
+        X32,
+        segments=segs32,
+        base_attribution=base,
+        extra_parameters=params,
+        return_details=True,
+    )
     ref = sc.XRAI().GetMaskWithDetails(
-        hwc(X32[0]), call_model32, segments=[m for m in segs32[0] if m.any()],
-        base_attribution=hwc(base[0]), extra_parameters=_pair_params(
-            return_xrai_segments=True, flatten_xrai_segments=False, min_pixel_diff=8),
+        hwc(X32[0]),
+        call_model32,
+        segments=[m for m in segs32[0] if m.any()],
+        base_attribution=hwc(base[0]),
+        extra_parameters=_pair_params(
+            return_xrai_segments=True, flatten_xrai_segments=False, min_pixel_diff=8
+        ),
     )
     assert_close(out.attribution_mask[0], ref.attribution_mask, 1e-5)
     k = len(ref.segments)
@@ -287,25 +308,48 @@ def test_xrai_base_attribution_masks_and_baselines(segs32):
     nhwc = lambda x: cnn32(jnp.moveaxis(x, -1, 1))  # noqa: E731
     params = jaxattr_pair.XRAIParameters(steps=4, experimental_params={"min_pixel_diff": 8})
     xl = jnp.moveaxis(X32, 1, -1)
-    a = jaxattr_pair.xrai(nhwc, xl, baselines=[0.0, 1.0], target=TARGET, segments=labels,
-                          channel_axis=-1, extra_parameters=params)
+    a = jaxattr_pair.xrai(
+        nhwc,
+        xl,
+        baselines=[0.0, 1.0],
+        target=TARGET,
+        segments=labels,
+        channel_axis=-1,
+        extra_parameters=params,
+    )
     ref = sc.XRAI().GetMask(
-        hwc(X32[1]), call_model32, segments=[labels == i for i in range(16)], batch_size=4,
+        hwc(X32[1]),
+        call_model32,
+        segments=[labels == i for i in range(16)],
+        batch_size=4,
         baselines=[np.zeros((32, 32, 3), np.float32), np.ones((32, 32, 3), np.float32)],
         extra_parameters=_pair_params(steps=4, min_pixel_diff=8),
     )
     assert_close(a[1], ref, 1e-4)
     masks = jnp.asarray(labels[None] == np.arange(16)[:, None, None])
-    j = jax.jit(lambda x: jaxattr_pair.xrai(
-        nhwc, x, baselines=[0.0, 1.0], target=TARGET, segments=masks, channel_axis=-1,
-        extra_parameters=params))(xl)
+    j = jax.jit(
+        lambda x: jaxattr_pair.xrai(
+            nhwc,
+            x,
+            baselines=[0.0, 1.0],
+            target=TARGET,
+            segments=masks,
+            channel_axis=-1,
+            extra_parameters=params,
+        )
+    )(xl)
     np.testing.assert_allclose(j, a, atol=1e-6)
 
 
 def test_xrai_errors(segs32):
     with pytest.raises(ValueError, match="algorithm must be one of"):
-        jaxattr_pair.xrai(cnn32, X32, target=1, segments=segs32,
-                          extra_parameters=jaxattr_pair.XRAIParameters(algorithm="slow"))
+        jaxattr_pair.xrai(
+            cnn32,
+            X32,
+            target=1,
+            segments=segs32,
+            extra_parameters=jaxattr_pair.XRAIParameters(algorithm="slow"),
+        )
     with pytest.raises(ValueError, match=r"boolean segments must have shape \(S, 32, 32\)"):
         jaxattr_pair.xrai(cnn32, X32, target=1, segments=np.zeros((3, 8, 8), bool))
     with pytest.raises(ValueError, match="base_attribution must have x's shape"):

@@ -22,22 +22,6 @@ from tests.helpers import Replay, assert_close, samples_interleaved
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    model = twins.seed_cnn(0)
-    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    return model, twins.seed_cnn_jax(model), x
-
-
-@pytest.fixture(scope="module")
-def two_input():
-    model = twins.TwoInput(1)
-    rng = np.random.default_rng(1)
-    x1 = rng.normal(size=(3, 4)).astype(np.float32)
-    x2 = rng.normal(size=(3, 3)).astype(np.float32)
-    return model, twins.two_input_jax(model), (x1, x2)
-
-
-@pytest.fixture(scope="module")
 def cube():
     model = twins.CubeOut(2)
     x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)

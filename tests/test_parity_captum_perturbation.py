@@ -26,7 +26,6 @@ from captum._utils.models.model import Model
 import jaxattr
 from tests import twins
 from tests.helpers import Replay, assert_close
-from tests.test_parity_captum import cnn, two_input  # noqa: F401 - fixtures
 
 
 def _superpixels(h=32, w=32, size=8):
@@ -295,7 +294,7 @@ def test_zennit_occlusion_trailing_window(cnn):
 
 def test_rise_mask_upsampling_matches_torchray_recipe():
     """TorchRay's RISE upsampling: reflect pad one cell, bilinear (align_corners=False)."""
-    from jaxattr._perturbation import _upsample_reflect
+    from jaxattr._rise import _upsample_reflect
 
     grid = (np.random.default_rng(3).uniform(size=(4, 1, 7, 7)) < 0.5).astype(np.float32)
     up_size = (32 + 5, 32 + 5)  # the input plus one cell of ceil(32 / 7) = 5

@@ -11,10 +11,10 @@ ELU/sigmoid/tanh/softplus/LeakyReLU ~1.3e-5; softmax ~3e-6.
 from __future__ import annotations
 
 import captum.attr as ca
-import jax
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import jaxattr
 from jaxattr import bridge
@@ -171,4 +171,3 @@ def test_deep_lift_on_a_plain_jax_function_matches_captum():
 # composite options (layer_map, first_map, zero_params, canonizers, name and mixed maps,
 # the stabilizer's norm_scale and dim), each on a tiny model (fast to compile)
 # --------------------------------------------------------------------------------------
-

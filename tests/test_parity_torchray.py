@@ -37,7 +37,7 @@ from torchray.benchmark.pointing_game import PointingGame  # noqa: E402
 
 import jaxattr  # noqa: E402
 from jaxattr import bridge  # noqa: E402
-from jaxattr._perturbation import _rise_masks_from  # noqa: E402
+from jaxattr._rise import _rise_masks_from  # noqa: E402
 from tests.helpers import assert_close_scaled  # noqa: E402
 
 TARGETS = [1, 3]

@@ -1,6 +1,6 @@
 """Parity with Zennit's attributors (Gradient, SmoothGrad, IntegratedGradients).
 
-Same weights, float32 on both sides; tolerance as in test_parity_captum (rtol 1e-4 with an
+Same weights, float32 on both sides; tolerance as in test_parity_captum_gradient (rtol 1e-4 with an
 absolute floor of 1e-4 * max|reference|). SmoothGrad is compared on the same draws:
 Zennit's ``torch.randn_like`` is replaced by jaxattr's standard-normal draws.
 """
@@ -92,7 +92,6 @@ from zennit.torchvision import ResNetBottleneckCanonizer  # noqa: E402
 from zennit.types import Linear as ZLinear  # noqa: E402
 
 from jaxattr.compat import zennit as jz  # noqa: E402
-from tests.test_rules_parity import tiny, tiny_bn  # noqa: E402, F401 - fixtures
 
 
 def _both(model, x, ours_comp, ref_comp, target=(1, 4), n=5):
@@ -173,7 +172,7 @@ def test_front_door_canonizers_match_zennit(tiny_bn, which):
 
 def test_front_door_canonizer_stand_ins_are_jaxattrs():
     """Each canonizer stand-in (and Zennit's own instance) is the jaxattr canonizer that
-    the parity tests of test_rules_parity check against Zennit."""
+    the parity tests of test_parity_zennit_rules check against Zennit."""
     named = [(("a",), "bn")]
     cases = [
         (jz.NamedMergeBatchNorm(named), (jaxattr.named_merge_batch_norm(named),)),

@@ -1,10 +1,9 @@
-"""Parity of the rule-based methods with Zennit and Captum on the same weights.
+"""Parity of the rule-based methods with Zennit on the same weights.
 
 Models are converted with the torch bridge. Tolerances: float32 on both sides; relevance
 maps agree to ``rtol=1e-4`` with an absolute floor of ``1e-4 * max|reference|``. Observed
 ``max|ours - ref| / max|ref|``: VGG-11 composites and ResNet-18 with merged batch norms
-~1.5e-6; Captum guided backprop, deconvolution, LRP, DeepLift, DeepLiftShap ~2e-7 to
-4e-7; DeepLift through ELU/sigmoid/tanh/softplus/LeakyReLU ~1.3e-5; softmax ~3e-6.
+~1.5e-6. Captum's rule methods: test_parity_captum_rules.py.
 
 Zennit's ResNet canonizer finds blocks by ``isinstance(torchvision...BasicBlock)``; the
 reference ResNet's blocks subclass the tests' torchvision stub, so Zennit's own
@@ -13,7 +12,6 @@ reference ResNet's blocks subclass the tests' torchvision stub, so Zennit's own
 
 from __future__ import annotations
 
-import captum.attr as ca
 import numpy as np
 import pytest
 import torch
@@ -23,6 +21,8 @@ import jaxattr
 from jaxattr import bridge
 from tests import torch_models as tm
 from tests.helpers import assert_close
+from tests.helpers import normal as _x
+from tests.torch_models import TinyNet, tiny_bridged
 
 zennit = pytest.importorskip("zennit")
 from torchvision.models.resnet import BasicBlock as ResNetBasicBlock  # noqa: E402
@@ -36,10 +36,6 @@ from zennit.composites import (  # noqa: E402
     GuidedBackprop,
 )
 from zennit.torchvision import ResNetCanonizer  # noqa: E402
-
-
-def _x(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
 def zennit_relevance(model, composite, x, target, n_classes):
@@ -135,45 +131,6 @@ from zennit.types import Activation as ZActivation  # noqa: E402
 from zennit.types import Linear as ZLinear  # noqa: E402
 
 
-class TinyNet(nn.Module):
-    """conv-relu-conv-relu-avgpool-dense-relu-dense; ``inplace`` ReLUs as torchvision's."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.relu1 = nn.ReLU(inplace=inplace)
-        self.conv2 = nn.Conv2d(6, 8, 3)
-        self.relu2 = nn.ReLU(inplace=inplace)
-        self.pool = nn.AvgPool2d(2)
-        self.fc1 = nn.Linear(8 * 5 * 5, 16)
-        self.relu3 = nn.ReLU(inplace=inplace)
-        self.fc2 = nn.Linear(16, 5)
-
-    def forward(self, x):
-        h = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
-        return self.fc2(self.relu3(self.fc1(torch.flatten(h, 1))))
-
-
-class TinyVggBn(nn.Module):
-    """VGG-style features with batch norms (for VGGCanonizer / NamedMergeBatchNorm)."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1),
-            nn.BatchNorm2d(6),
-            nn.ReLU(),
-            nn.Conv2d(6, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.AvgPool2d(2),
-        )
-        self.classifier = nn.Sequential(nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
 class TinyBottleneck(ResNetBottleneck):
     """torchvision's Bottleneck (Zennit's canonizer finds it through the stub's class)."""
 
@@ -215,25 +172,9 @@ class TinyBottleneckResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
 
-def _tiny(cls, seed, shape, **kw):
-    torch.manual_seed(seed)
-    model = tm.randomize_norm_stats(cls(**kw).eval(), seed)
-    return model, bridge.from_torch(model, torch.randn(2, *shape[1:])), _x(shape, seed)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return _tiny(TinyNet, 11, (2, 3, 12, 12))
-
-
-@pytest.fixture(scope="module")
-def tiny_bn():
-    return _tiny(TinyVggBn, 12, (2, 3, 12, 12))
-
-
 @pytest.fixture(scope="module")
 def tiny_bottleneck():
-    return _tiny(TinyBottleneckResNet, 13, (2, 3, 8, 8))
+    return tiny_bridged(TinyBottleneckResNet, 13, (2, 3, 8, 8))
 
 
 _NORM_STAB = ZStabilizer(0.3, norm_scale=True)

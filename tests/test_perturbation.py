@@ -1,6 +1,6 @@
 """Properties of the perturbation methods: axioms, known answers, slow references, errors.
 
-Parity with Captum/Zennit on the same weights is in ``test_perturbation_parity.py``; the
+Parity with Captum/Zennit on the same weights is in ``test_parity_captum_perturbation.py``; the
 contract checks (shapes, jit, vmap, chunking, targets) are in ``test_contract.py``.
 """
 
@@ -64,12 +64,14 @@ def test_shapley_exact_matches_permutation_average():
     fm = np.array([[0, 0, 1, 1, 2, 3]])
     exact = jaxattr.shapley_values(mlp, X, target=2, feature_mask=fm)
     perms = np.array(list(itertools.permutations(range(4))))
-    from jaxattr import _perturbation as P
+    from jaxattr import _ablation as AB
+    from jaxattr import _perturbation as PB
+    from jaxattr import _shapley as SH
 
-    x, args, inputs, t, _ = P._prepare(mlp, X, 2, ())
+    x, args, inputs, t, _ = PB._prepare(mlp, X, 2, ())
     b = jax.tree_util.tree_map(lambda a: np.float32(0.0), x)
-    fmasks, _ = P._feature_masks(fm, x, inputs)
-    every = P._shapley_from_orders(
+    fmasks, _ = AB._feature_masks(fm, x, inputs)
+    every = SH._shapley_from_orders(
         mlp, x, args, inputs, t, b, fmasks, jnp.asarray(perms), None, False
     )
     close(exact, every)
@@ -152,9 +154,7 @@ def test_tiled_occlusion_4d_and_errors():
             lambda a: a.sum((1, 2, 3, 4, 5)), jnp.ones((1,) * 6), k=1, window=1, target=None
         )
     with pytest.raises(ValueError, match=r"larger than the shifted tiling \(2,\)"):
-        jaxattr.tiled_occlusion(
-            lambda a: a.sum(1), jnp.ones((1, 4)), k=4, window=4, target=None
-        )
+        jaxattr.tiled_occlusion(lambda a: a.sum(1), jnp.ones((1, 4)), k=4, window=4, target=None)
 
 
 # ---- feature masks, ablation, permutation -------------------------------------------

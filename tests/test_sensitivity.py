@@ -147,15 +147,23 @@ def additive(x):
 
 def test_sobol_attribution_additive_model():
     x = jnp.ones((2, 1, 8, 8)).at[1].set(2.0)
-    heat = gsa.sobol_attribution(additive, x, target=1, grid_size=2, nb_design=128,
-                                 key=jax.random.key(0), batch_size=200)
+    heat = gsa.sobol_attribution(
+        additive, x, target=1, grid_size=2, nb_design=128, key=jax.random.key(0), batch_size=200
+    )
     # inpainting of a constant image: f = sum_i w_i * c * 16 * M_i, so ST_i = w_i^2 / sum w^2
     cells = (_WEIGHTS**2 / jnp.sum(_WEIGHTS**2)).reshape(1, 2, 2)
     expected = jax.image.resize(cells, (1, 8, 8), "cubic")  # the grid resized as Xplique
     np.testing.assert_allclose(heat, jnp.broadcast_to(expected, heat.shape), atol=0.03)
     nhwc = lambda z: additive(jnp.moveaxis(z, -1, 1))  # noqa: E731
-    last = gsa.sobol_attribution(nhwc, jnp.moveaxis(x, 1, -1), target=1, grid_size=2,
-                                 nb_design=128, key=jax.random.key(0), channel_axis=-1)
+    last = gsa.sobol_attribution(
+        nhwc,
+        jnp.moveaxis(x, 1, -1),
+        target=1,
+        grid_size=2,
+        nb_design=128,
+        key=jax.random.key(0),
+        channel_axis=-1,
+    )
     np.testing.assert_allclose(last, heat, atol=1e-5)
 
 
@@ -170,16 +178,32 @@ def test_perturbations_and_jit():
     # OpenCV's box blur: anchor at size // 2, BORDER_REFLECT_101
     img = np.asarray(x[0, 0])
     pad = np.pad(img, ((2, 1), (2, 1)), mode="reflect")
-    box = np.array([[pad[i:i + 4, j:j + 4].mean() for j in range(8)] for i in range(8)])
+    box = np.array([[pad[i : i + 4, j : j + 4].mean() for j in range(8)] for i in range(8)])
     np.testing.assert_allclose(gsa._box_blur(x, axes, 4)[0, 0], box, atol=1e-6)
     blurred = gsa._perturb("blurring", 4.0, x, m, axes)
     np.testing.assert_allclose(blurred[0, 0], img * m[0, 0] + (1 - m[0, 0]) * box, atol=1e-6)
-    jitted = jax.jit(lambda z, k: gsa.hsic_attribution(
-        additive, z, target=1, grid_size=2, nb_design=32, key=k,
-        perturbation_function="blurring", perturbation_sigma=3))(x, jax.random.key(2))
-    eager = gsa.hsic_attribution(additive, x, target=1, grid_size=2, nb_design=32,
-                                 key=jax.random.key(2), perturbation_function="blurring",
-                                 perturbation_sigma=3)
+    jitted = jax.jit(
+        lambda z, k: gsa.hsic_attribution(
+            additive,
+            z,
+            target=1,
+            grid_size=2,
+            nb_design=32,
+            key=k,
+            perturbation_function="blurring",
+            perturbation_sigma=3,
+        )
+    )(x, jax.random.key(2))
+    eager = gsa.hsic_attribution(
+        additive,
+        x,
+        target=1,
+        grid_size=2,
+        nb_design=32,
+        key=jax.random.key(2),
+        perturbation_function="blurring",
+        perturbation_sigma=3,
+    )
     np.testing.assert_allclose(jitted, eager, atol=1e-5)
 
 

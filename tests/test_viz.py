@@ -313,17 +313,26 @@ def test_visualize_image_attr_multiple_draws_captums_arrays():
     methods, signs = zip(*MULTI, strict=True)
     titles = [f"{m}/{s}" for m, s in MULTI]
     ref_fig, ref_axes = cviz.visualize_image_attr_multiple(
-        a, img, list(methods), list(signs), titles=titles, use_pyplot=False, outlier_perc=3,
-        alpha_overlay=0.4)
+        a,
+        img,
+        list(methods),
+        list(signs),
+        titles=titles,
+        use_pyplot=False,
+        outlier_perc=3,
+        alpha_overlay=0.4,
+    )
     fig, axes = viz.visualize_image_attr_multiple(
-        a, img, methods, signs, titles=titles, outlier_perc=3, alpha_overlay=0.4)
+        a, img, methods, signs, titles=titles, outlier_perc=3, alpha_overlay=0.4
+    )
     assert len(axes) == len(ref_axes) == len(MULTI)
     for ours, ref in zip(axes, ref_axes, strict=True):
         assert ours.get_title() == ref.get_title()
         assert len(ours.images) == len(ref.images)
         for oi, ri in zip(ours.images, ref.images, strict=True):
-            np.testing.assert_allclose(np.asarray(oi.get_array(), float),
-                                       np.asarray(ri.get_array(), float), atol=1e-12)
+            np.testing.assert_allclose(
+                np.asarray(oi.get_array(), float), np.asarray(ri.get_array(), float), atol=1e-12
+            )
             assert oi.get_alpha() == ri.get_alpha()
     assert _rendered(fig)[..., :3].std() > 5
 
@@ -334,8 +343,9 @@ def test_visualize_image_attr_multiple_one_view_and_errors():
     with pytest.raises(ValueError, match="one entry per view"):
         viz.visualize_image_attr_multiple(np.ones((4, 4)), None, ["heat_map"], [])
     with pytest.raises(ValueError, match="one title per view"):
-        viz.visualize_image_attr_multiple(np.ones((4, 4)), None, ["heat_map"], ["all"],
-                                          titles=["a", "b"])
+        viz.visualize_image_attr_multiple(
+            np.ones((4, 4)), None, ["heat_map"], ["all"], titles=["a", "b"]
+        )
 
 
 def _markup(s: str) -> str:
@@ -348,10 +358,19 @@ def test_visualize_text_records_match_captum(capsys):
     import torch
 
     records = [
-        viz.VisualizationDataRecord(np.array([0.9, -0.3, 0.0, 0.2]), 0.87, "pos", "pos", "pos",
-                                    1.25, ["<s>", "great", "film", "</s>"], 0.01),
-        viz.VisualizationDataRecord(torch.tensor([-1.5, 0.5]), 0.40, 1, 0, 1, -0.5,
-                                    ["dull", "plot"], 0.2),
+        viz.VisualizationDataRecord(
+            np.array([0.9, -0.3, 0.0, 0.2]),
+            0.87,
+            "pos",
+            "pos",
+            "pos",
+            1.25,
+            ["<s>", "great", "film", "</s>"],
+            0.01,
+        ),
+        viz.VisualizationDataRecord(
+            torch.tensor([-1.5, 0.5]), 0.40, 1, 0, 1, -0.5, ["dull", "plot"], 0.2
+        ),
     ]
     captum_records = [
         cviz.VisualizationDataRecord(*(getattr(r, k) for k in r.__slots__)) for r in records
@@ -371,8 +390,7 @@ def test_visualize_text_record_errors_and_escaping():
     with pytest.raises(ValueError, match="taken from the records"):
         viz.visualize_text([rec], [1.0])
     with pytest.raises(ValueError, match="one per token"):
-        viz.visualize_text([viz.VisualizationDataRecord([0.5], 0.5, 1, 1, 1, 0.1, ["a", "b"],
-                                                        0.0)])
+        viz.visualize_text([viz.VisualizationDataRecord([0.5], 0.5, 1, 1, 1, 0.1, ["a", "b"], 0.0)])
     with pytest.raises(TypeError, match="attributions is missing"):
         viz.visualize_text(["a", "b"])
 
@@ -400,8 +418,10 @@ def test_imsave_other_formats_go_through_pillow(tmp_path):
     a = RNG.normal(size=(6, 7))
     zimage.imsave(tmp_path / "ref.bmp", a, cmap="france")
     viz.imsave(tmp_path / "ours.bmp", a, cmap="france")
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "ours.bmp")),
-                                  np.asarray(Image.open(tmp_path / "ref.bmp").convert("RGB")))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "ours.bmp")),
+        np.asarray(Image.open(tmp_path / "ref.bmp").convert("RGB")),
+    )
     with pytest.raises(ValueError, match="writer_params are Pillow's options"):
         viz.imsave(tmp_path / "x.png", a, writer_params={"optimize": True})
 
@@ -420,10 +440,12 @@ def test_interval_norm_bounds_matches_zennit(symmetric, dim):
 def test_pair_grayscale_and_diverging_match_saliency(percentile):
     pair = pytest.importorskip("saliency.core")
     a = RNG.normal(size=(12, 11, 3)).astype(np.float32)
-    np.testing.assert_array_equal(viz.visualize_image_grayscale(a, percentile),
-                                  pair.VisualizeImageGrayscale(a, percentile))
-    np.testing.assert_array_equal(viz.visualize_image_diverging(a, percentile),
-                                  pair.VisualizeImageDiverging(a, percentile))
+    np.testing.assert_array_equal(
+        viz.visualize_image_grayscale(a, percentile), pair.VisualizeImageGrayscale(a, percentile)
+    )
+    np.testing.assert_array_equal(
+        viz.visualize_image_diverging(a, percentile), pair.VisualizeImageDiverging(a, percentile)
+    )
     assert viz.VisualizeImageGrayscale is viz.visualize_image_grayscale
     with pytest.raises(ValueError, match=r"image_3d must have shape \(H, W, C\)"):
         viz.visualize_image_grayscale(a[..., 0])

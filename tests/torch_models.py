@@ -429,3 +429,90 @@ def hf_convnext():
             layer_scale_init_value=0.5,
         )
         return T.ConvNextForImageClassification(cfg).eval()
+
+
+class SmallNet(nn.Module):
+    """Every nonlinearity its own module, used once (as Captum's DeepLift/LRP require)."""
+
+    def __init__(self, softmax: bool = False, max_pool: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2) if max_pool else nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(6, 8, 3)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AdaptiveAvgPool2d((2, 2))
+        self.fc1 = nn.Linear(32, 16)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(16, 10)
+        self.softmax = nn.Softmax(dim=1) if softmax else None
+
+    def forward(self, x):
+        h = self.pool2(self.relu2(self.conv2(self.pool1(self.relu1(self.conv1(x))))))
+        y = self.fc2(self.relu3(self.fc1(torch.flatten(h, 1))))
+        return self.softmax(y) if self.softmax is not None else y
+
+
+class Activations(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.a1 = nn.Linear(6, 8), nn.ELU()
+        self.fc2, self.a2 = nn.Linear(8, 8), nn.Sigmoid()
+        self.fc3, self.a3 = nn.Linear(8, 8), nn.Tanh()
+        self.fc4, self.a4 = nn.Linear(8, 8), nn.Softplus()
+        self.fc5, self.a5 = nn.Linear(8, 8), nn.LeakyReLU(0.1)
+        self.fc6 = nn.Linear(8, 4)
+
+    def forward(self, x):
+        for i in range(1, 6):
+            x = getattr(self, f"a{i}")(getattr(self, f"fc{i}")(x))
+        return self.fc6(x)
+
+
+class TinyNet(nn.Module):
+    """conv-relu-conv-relu-avgpool-dense-relu-dense; ``inplace`` ReLUs as torchvision's."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=inplace)
+        self.conv2 = nn.Conv2d(6, 8, 3)
+        self.relu2 = nn.ReLU(inplace=inplace)
+        self.pool = nn.AvgPool2d(2)
+        self.fc1 = nn.Linear(8 * 5 * 5, 16)
+        self.relu3 = nn.ReLU(inplace=inplace)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+        return self.fc2(self.relu3(self.fc1(torch.flatten(h, 1))))
+
+
+class TinyVggBn(nn.Module):
+    """VGG-style features with batch norms (for VGGCanonizer / NamedMergeBatchNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def tiny_bridged(cls, seed: int, shape: tuple, **kw):
+    """``cls(**kw)`` with seeded weights and random norm statistics, bridged, and an input."""
+    from jaxattr import bridge
+    from tests.helpers import normal
+
+    torch.manual_seed(seed)
+    model = randomize_norm_stats(cls(**kw).eval(), seed)
+    return model, bridge.from_torch(model, torch.randn(2, *shape[1:])), normal(shape, seed)
