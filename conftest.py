@@ -33,6 +33,19 @@ if not os.environ.get("JAXATTR_TEST_XLA_DEFAULTS") and "xla_backend_optimization
     ).strip()
 
 
+# ------------------------------------------------------------------ strict promotion
+#: As equinox's test suite does, the suite runs with JAX's strict dtype promotion and with
+#: rank promotion raising (set here, before anything imports JAX, which reads these
+#: variables when its config is created; the xdist workers inherit them, and
+#: tests/test_imports.py checks that they see them). Library code must not rely on implicit
+#: promotion: every mixed dtype or rank is made explicit (``jaxattr._core.promote``,
+#: ``expand_rank``; the bridge applies torch's own rules, ``bridge/lowerings.py``), so
+#: jaxattr runs under whatever promotion setting a user picks, and under JAX's defaults
+#: (what users get) it computes the same results, bit for bit.
+os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+
+
 def _one_bridge() -> None:
     """Collecting ``bridge/*.py`` for doctests imports them as ``bridge.<module>``: map
     those names to the installed ``jaxattr.bridge`` modules (the same files), so that the
@@ -91,6 +104,29 @@ def _bridge_doctests(request, doctest_namespace, tmp_path, monkeypatch):
     ):
         doctest_namespace.update(_bridge_namespace())
         monkeypatch.chdir(tmp_path)
+
+
+#: Doctests whose example code (written as a user writes it, not library code) relies on
+#: JAX's default promotion: they run with that one default restored.
+#: - docs/llm.md trains its model with optax's adam, whose bias correction computes
+#:   ``decay ** count`` with an int32 count (optax 0.2.8): standard dtype promotion.
+_DOCTESTS_WITH_DEFAULT_PROMOTION = {
+    "llm.md": ("dtype", "standard"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _doctests_with_default_promotion(request):
+    setting = _DOCTESTS_WITH_DEFAULT_PROMOTION.get(request.node.name)
+    if setting is None:
+        yield
+        return
+    import jax
+
+    kind, value = setting
+    context = jax.numpy_dtype_promotion if kind == "dtype" else jax.numpy_rank_promotion
+    with context(value):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -193,10 +193,26 @@ def _np_result(x: Any) -> Any:
     return np.asarray(x) if not isinstance(x, jax.Array) else x
 
 
+def _ranked(*xs: Any) -> list[Any]:
+    """``xs`` with leading size-1 axes up to their largest number of axes: ONNX's
+    multidirectional (NumPy) broadcasting aligns shapes at their last axis, and jnp is
+    not left to do so implicitly (it runs under ``jax_numpy_rank_promotion="raise"`` too)."""
+    nd = max((np.ndim(x) for x in xs if x is not None), default=0)
+    return [L._lift(x, nd) for x in xs]
+
+
+def _bcast(op: Callable[..., Any]) -> Callable[..., Any]:
+    """``op`` on operands of aligned ranks (:func:`_ranked`)."""
+    return lambda *xs: op(*_ranked(*xs))
+
+
+_add, _mul = _bcast(jnp.add), _bcast(jnp.multiply)
+
+
 # --------------------------------------------------------------------------- elementwise
 def _binary(np_fn: Callable[..., Any], jnp_fn: Callable[..., Any]) -> Callable[..., Any]:
     def fn(a, b):
-        return _np_result(np_fn(a, b)) if not _traced(a, b) else jnp_fn(a, b)
+        return _np_result(np_fn(a, b)) if not _traced(a, b) else jnp_fn(*_ranked(a, b))
 
     return fn
 
@@ -240,13 +256,19 @@ for _name, _np_fn, _j_fn in (
 def pow_(a, b):
     # the output has the base's type (an int base with a float exponent stays int)
     if _traced(a, b):
-        return jnp.power(a, b).astype(jnp.result_type(a))
+        # the power in the type jnp promotes the two to (made explicit), cast to the base's
+        with jax.numpy_dtype_promotion("standard"):
+            both = jnp.result_type(a, b)
+        base, exponent = _ranked(jnp.asarray(a).astype(both), jnp.asarray(b).astype(both))
+        return jnp.power(base, exponent).astype(jnp.result_type(a))
     return np.asarray(np.power(a, b)).astype(np.asarray(a).dtype)
 
 
 @reg("Mod")
 def mod(a, b, *, fmod=0):
     xp = _xp(a, b)
+    if xp is jnp:
+        a, b = _ranked(a, b)
     return _np_result((xp.fmod if fmod else xp.mod)(a, b))
 
 
@@ -350,12 +372,14 @@ def hard_sigmoid(x, *, alpha=0.2, beta=0.5):
 
 @reg("PRelu")
 def prelu(x, slope):
-    return jnp.where(x >= 0, x, slope * x)
+    return jnp.where(x >= 0, x, _mul(slope, x))
 
 
 @reg("Clip")
 def clip(x, min=None, max=None):  # noqa: A002 - ONNX input names
     xp = _xp(x, min, max)
+    if xp is jnp:
+        x, min, max = _ranked(x, min, max)  # noqa: A001
     return _np_result(xp.clip(x, min, max)) if (min is not None or max is not None) else x
 
 
@@ -367,7 +391,7 @@ def where(cond, a, b):
 
 def _variadic(np_fn, jnp_fn):
     def fn(*xs):
-        xp_fn = jnp_fn if _traced(*xs) else np_fn
+        xp_fn = _bcast(jnp_fn) if _traced(*xs) else np_fn
         out = xs[0]
         for x in xs[1:]:
             out = xp_fn(out, x)
@@ -721,6 +745,8 @@ def cumprod(x, axis, *, exclusive=0, reverse=0):
 @reg("BitShift")
 def bit_shift(x, y, *, direction):
     xp = _xp(x, y)
+    if xp is jnp:
+        x, y = _ranked(x, y)
     return _np_result((xp.left_shift if direction == "LEFT" else xp.right_shift)(x, y))
 
 
@@ -950,7 +976,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N80
     if alpha != 1.0:
         out = alpha * out
     if c is not None:
-        out = out + (c if beta == 1.0 else beta * c)
+        out = _add(out, c if beta == 1.0 else beta * c)
     return out
 
 
@@ -1106,7 +1132,7 @@ def average_pool(
         ] = 1.0
         taps = np.arange(total.shape[2 + a])[:, None] * st[a] + np.arange(k[a]) * dl[a]
         count = np.multiply.outer(count, valid[taps].sum(axis=1))
-    return total / jnp.asarray(np.maximum(count, 1.0), x.dtype)
+    return total / L._lift(jnp.asarray(np.maximum(count, 1.0), x.dtype), total.ndim)
 
 
 @reg("GlobalAveragePool")
@@ -1169,9 +1195,9 @@ def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1):
     mu = jnp.mean(x, axis=ax, keepdims=True)
     var = jnp.mean(jnp.square(x - mu), axis=ax, keepdims=True)
     inv = lax.rsqrt(var + epsilon)
-    y = (x - mu) * inv * scale
+    y = _mul((x - mu) * inv, scale)
     if b is not None:
-        y = y + b
+        y = _add(y, b)
     return y, mu, inv
 
 
@@ -1182,7 +1208,7 @@ def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
     a = _axis(axis, x.ndim)
     xf = x.astype(jnp.float32) if stash_type == 1 and jnp.dtype(x.dtype).itemsize < 4 else x
     ms = jnp.mean(jnp.square(xf), axis=tuple(range(a, x.ndim)), keepdims=True)
-    return (xf * lax.rsqrt(ms + epsilon)).astype(x.dtype) * scale
+    return _mul((xf * lax.rsqrt(ms + epsilon)).astype(x.dtype), scale)
 
 
 @reg("RotaryEmbedding")
@@ -1216,6 +1242,7 @@ def rotary_embedding(
         x1, x2 = head[..., 0::2], head[..., 1::2]
     else:
         x1, x2 = head[..., : rot // 2], head[..., rot // 2 :]
+    cos, sin, x1, x2 = _ranked(cos, sin, x1, x2)
     real = cos * x1 - sin * x2
     imag = sin * x1 + cos * x2
     if interleaved:
@@ -1288,7 +1315,7 @@ def attention(
             )
         if mask.dtype == jnp.bool_:
             mask = jnp.where(mask, jnp.asarray(0, dt), neg)
-        bias = bias + mask.astype(dt)
+        bias = _add(bias, mask.astype(dt))
     if nonpad_kv_seqlen is not None and past_key is None:
         offset = jnp.asarray(nonpad_kv_seqlen).reshape(-1, 1, 1, 1) - nq  # per batch
     else:
@@ -1296,18 +1323,19 @@ def attention(
     i_idx = jnp.arange(nq).reshape(nq, 1)
     j_idx = jnp.arange(nkv).reshape(1, nkv)
     if is_causal:
-        bias = bias + jnp.where(j_idx <= i_idx + offset, jnp.asarray(0, dt), neg)
+        causal = _bcast(jnp.less_equal)(j_idx, _add(i_idx, offset))
+        bias = _add(bias, jnp.where(causal, jnp.asarray(0, dt), neg))
     if left_window_size >= 0 or right_window_size >= 0:
-        diff = (i_idx + offset) - j_idx
+        diff = _bcast(jnp.subtract)(_add(i_idx, offset), j_idx)
         allowed = jnp.ones(jnp.shape(diff), bool)
         if left_window_size >= 0:
             allowed = allowed & (diff <= left_window_size)
         if right_window_size >= 0:
             allowed = allowed & (-diff <= right_window_size)
-        bias = bias + jnp.where(allowed, jnp.asarray(0, dt), neg)
+        bias = _add(bias, jnp.where(allowed, jnp.asarray(0, dt), neg))
     if nonpad_kv_seqlen is not None:
-        pad = jnp.arange(nkv) < jnp.asarray(nonpad_kv_seqlen).reshape(-1, 1)
-        bias = bias + jnp.where(pad, jnp.asarray(0, dt), neg).reshape(-1, 1, 1, nkv)
+        pad = jnp.arange(nkv)[None] < jnp.asarray(nonpad_kv_seqlen).reshape(-1, 1)
+        bias = _add(bias, jnp.where(pad, jnp.asarray(0, dt), neg).reshape(-1, 1, 1, nkv))
     nh_q, nh_k = q.shape[1], k.shape[1]
     if nh_q != nh_k and nh_q % nh_k == 0 and v.shape[1] == nh_k:
         k = jnp.repeat(k, nh_q // nh_k, axis=1)
@@ -1316,7 +1344,7 @@ def attention(
     if softcap and softcap > 0:
         qk = softcap * jnp.tanh(qk / softcap)
     qk_out = qk
-    with_bias = qk + bias
+    with_bias = _add(qk, bias)
     if qk_matmul_output_mode == 2:
         qk_out = with_bias
     if softmax_precision is not None:
@@ -1761,9 +1789,9 @@ def _gru_reset_first(x, w, r, b, h0, *, reverse):
     ``h~ = tanh(x W_h + (r * h) R_h + Rb_h + Wb_h)`` (torch, ``linear_before_reset=1``,
     scales the product instead). Gates in ONNX order z, r, h. Returns ``(Y, Y_h)``."""
     hsz = r.shape[-1]
-    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 3 * hsz]
+    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[None, None, : 3 * hsz]
     rz, rr, rh = r[:hsz], r[hsz : 2 * hsz], r[2 * hsz :]
-    bz, br, bh = b[3 * hsz : 4 * hsz], b[4 * hsz : 5 * hsz], b[5 * hsz :]
+    bz, br, bh = b[None, 3 * hsz : 4 * hsz], b[None, 4 * hsz : 5 * hsz], b[None, 5 * hsz :]
 
     def step(h, xt):
         z = jax.nn.sigmoid(xt[:, :hsz] + h @ rz.T + bz)
@@ -1781,8 +1809,8 @@ def _lstm_peephole(x, w, r, b, p, h0, c0, *, reverse, input_forget):
     ``input_forget``: ``f = 1 - i``). Gates in ONNX order i, o, f, c. Returns
     ``(Y, Y_h, Y_c)``."""
     hsz = r.shape[-1]
-    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[: 4 * hsz] + b[4 * hsz :]
-    pi, po, pf = p[:hsz], p[hsz : 2 * hsz], p[2 * hsz :]
+    xw = jnp.einsum("sbi,gi->sbg", x, w) + b[None, None, : 4 * hsz] + b[None, None, 4 * hsz :]
+    pi, po, pf = p[None, :hsz], p[None, hsz : 2 * hsz], p[None, 2 * hsz :]
 
     def step(carry, xt):
         h, c = carry

@@ -32,7 +32,8 @@ def _fgsm_step(fn, inputs, x, args, target, loss_func, labels, epsilon, targeted
     sign = jnp.where(targeted, -1.0, 1.0)
 
     def step(xl, g, m):
-        moved = xl + (sign * epsilon * jnp.sign(g) * m).astype(xl.dtype)
+        d, m = _core.promote(sign * epsilon * jnp.sign(g), m)
+        moved = xl + (d * _core.expand_rank(m, d.ndim)).astype(xl.dtype)
         return jnp.where(jnp.abs(g) > ZERO_THRESHOLD, moved, xl)
 
     return jax.tree_util.tree_map(step, x, grads, masks)
@@ -175,7 +176,8 @@ def _project(x0, xs, radius, norm):
         flat = diff.reshape(diff.shape[0], -1).astype(jnp.float32)
         nrm = jnp.sqrt(jnp.sum(flat * flat, axis=1))
         scale = jnp.where(nrm > radius, radius / (nrm + 1e-7), 1.0)
-        return a + (diff * scale.reshape((-1,) + (1,) * (diff.ndim - 1))).astype(a.dtype)
+        diff, scale = _core.promote(diff, scale.reshape((-1,) + (1,) * (diff.ndim - 1)))
+        return a + (diff * scale).astype(a.dtype)
 
     return jax.tree_util.tree_map(one, x0, xs)
 
@@ -203,7 +205,8 @@ def pgd_random_start(key: jax.Array, x: PyTree, radius: float, norm: str, masks:
             d = flat.shape[1]
             r = jax.random.uniform(k2, (leaf.shape[0], 1)) ** (1.0 / d) * radius
             step = (r * unit).reshape(leaf.shape)
-        out.append(leaf + (step * m).astype(leaf.dtype))
+        step, m = _core.promote(step, m)
+        out.append(leaf + (step * _core.expand_rank(m, step.ndim)).astype(leaf.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -543,6 +543,8 @@ def guided_grad_cam(
     attribute_to_layer_input: bool = False,
     channel_axis: int = 1,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree:
     """Guided Grad-CAM (Selvaraju et al., 2017), Captum's ``GuidedGradCam``.
 
@@ -559,6 +561,8 @@ def guided_grad_cam(
         attribute_to_layer_input: Grad-CAM on the layer's input.
         channel_axis: 1 (NCHW) or -1 (NHWC), for the layer and the input.
         args: Extra positional model inputs.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution, with x's structure.
@@ -583,8 +587,10 @@ def guided_grad_cam(
         attribute_to_layer_input=attribute_to_layer_input,
         channel_axis=channel_axis,
         args=args,
+        kwargs=kwargs,
+        params=params,
     )
-    gb = guided_backprop(model, x, target=target, args=args)
+    gb = guided_backprop(model, x, target=target, args=args, kwargs=kwargs, params=params)
 
     def times_cam(g):
         axis = channel_axis % g.ndim

@@ -116,7 +116,13 @@ class Canonized:
     def layers(self) -> Mapping[str, Layer]:
         return self.base.layers
 
-    def apply(self, params: Any, *inputs: Any, intercept: Callable[..., Any] | None = None):
+    def apply(
+        self,
+        params: Any,
+        *inputs: Any,
+        intercept: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ):
         """Run the canonized model, routing every layer through ``intercept``."""
         from jaxattr.structure import default_intercept
 
@@ -125,7 +131,7 @@ class Canonized:
             inner = self.rewrite(inputs, user, params)
         else:
             inner = self.rewrite(inputs, user)
-        return self.base.apply(params, *inputs, intercept=inner)
+        return self.base.apply(params, *inputs, intercept=inner, **kwargs)
 
     def __call__(self, *inputs: Any) -> Any:
         return self.apply(self.params, *inputs)
@@ -196,8 +202,8 @@ def merge_batch_norm(model: Any) -> Canonized:
         ...     def apply(self, p, x, intercept=None):
         ...         h = intercept(self.layers["fc"], lambda q, v: v @ q["weight"].T,
         ...                       {"weight": p["w"]}, x)
-        ...         bn = lambda q, v: (v - q["running_mean"]) / jnp.sqrt(
-        ...             q["running_var"]) * q["weight"] + q["bias"]
+        ...         bn = lambda q, v: (v - q["running_mean"][None]) / jnp.sqrt(
+        ...             q["running_var"][None]) * q["weight"][None] + q["bias"][None]
         ...         return intercept(self.layers["bn"], bn, {"running_mean": p["m"],
         ...             "running_var": p["v"], "weight": p["g"], "bias": p["b"]}, h)
         >>> merge_batch_norm(M())(jnp.array([[3.0]]))
@@ -460,8 +466,8 @@ def named_merge_batch_norm(name_map: Sequence[tuple[Sequence[str], str]]) -> Nam
         ...     def apply(self, p, x, intercept=None):
         ...         h = intercept(self.layers["fc"], lambda q, v: v @ q["weight"].T,
         ...                       {"weight": p["w"]}, x)
-        ...         bn = lambda q, v: (v - q["running_mean"]) / jnp.sqrt(
-        ...             q["running_var"]) * q["weight"] + q["bias"]
+        ...         bn = lambda q, v: (v - q["running_mean"][None]) / jnp.sqrt(
+        ...             q["running_var"][None]) * q["weight"][None] + q["bias"][None]
         ...         return intercept(self.layers["bn"], bn, {"running_mean": p["m"],
         ...             "running_var": p["v"], "weight": p["g"], "bias": p["b"]}, h)
         >>> named_merge_batch_norm([(("fc",), "bn")])(M())(jnp.array([[3.0]]))

@@ -12,7 +12,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -351,6 +351,41 @@ def _output_shape(fn: Callable[..., Any], inputs: Inputs, x: PyTree, args: tuple
             f"shape {tuple(out.shape)}"
         )
     return tuple(out.shape)
+
+
+class Prepared(NamedTuple):
+    """A validated call of an input method: see :func:`prepare`."""
+
+    x: PyTree
+    args: tuple
+    inputs: Inputs
+    target: Target | None
+
+
+def prepare(fn: Callable[..., Any], x: PyTree, target: Any, args: Sequence[Any]) -> Prepared:
+    """The input methods' prologue: arrays, the inputs' layout, and the checked target.
+
+    Args:
+        fn: The model function ``fn(x, *args)`` (``fn(*x, *args)`` for a tuple ``x``).
+        x: The input(s), batch first.
+        target: The method's ``target``.
+        args: Extra positional inputs.
+
+    Returns:
+        ``Prepared(x, args, inputs, target)``: ``x`` as JAX arrays, ``args`` as a tuple,
+        the :class:`Inputs` layout and the normalized :class:`Target`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxattr._core import prepare
+        >>> p = prepare(lambda x: x @ jnp.ones((3, 2)), jnp.ones((4, 3)), 1, ())
+        >>> p.inputs.n, p.target is not None
+        (4, True)
+    """
+    x = to_arrays(x)
+    args = tuple(args)
+    inputs = as_inputs(x)
+    return Prepared(x, args, inputs, prepare_target(target, fn, inputs, x, args))
 
 
 def _check_index(idx: Sequence[int], y_shape: tuple, what: str) -> None:
@@ -826,6 +861,44 @@ def per_leaf(
     return list(value)
 
 
+# --------------------------------------------------------------------------------------
+# Explicit promotion: the library runs under jax_numpy_dtype_promotion="strict" and
+# jax_numpy_rank_promotion="raise" (the test suite's settings) and computes under them
+# what it computes under JAX's defaults, bit for bit.
+# --------------------------------------------------------------------------------------
+
+
+def promote_types(*dtypes: Any) -> np.dtype:
+    """The dtype JAX's standard promotion gives ``dtypes``, whatever the promotion setting.
+
+    ``jnp.promote_types`` refuses mixed kinds (``bfloat16`` with ``float32``, an integer
+    with a float) under ``jax_numpy_dtype_promotion="strict"``; library code that mixes
+    dtypes casts its operands to this dtype explicitly instead.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return np.dtype(jnp.result_type(*dtypes))
+
+
+def promote(*arrays: Any) -> list[Array]:
+    """``arrays`` cast to the dtype JAX's standard promotion gives them together (weak
+    types weighed as JAX weighs them): what a mixed-dtype ``jnp`` operation did implicitly.
+    An array already of that dtype is returned as it is."""
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = jnp.result_type(*arrays)
+    return [a if jnp.result_type(a) == dtype else jnp.asarray(a).astype(dtype) for a in arrays]
+
+
+def at_least_float32(dtype: Any) -> np.dtype:
+    """``promote_types(dtype, float32)``: the accumulation dtype of low-precision values."""
+    return promote_types(dtype, jnp.float32)
+
+
+def expand_rank(a: Array, ndim: int) -> Array:
+    """``a`` with leading size-1 axes up to ``ndim`` axes: NumPy's implicit rank
+    promotion, made explicit (``jax_numpy_rank_promotion="raise"`` refuses the implicit one)."""
+    return jnp.reshape(a, (1,) * (ndim - jnp.ndim(a)) + tuple(jnp.shape(a)))
+
+
 def example_sums(tree: PyTree) -> Array:
     """Each example's sum over every leaf of ``tree`` (batch first), shape (N,).
 
@@ -833,7 +906,7 @@ def example_sums(tree: PyTree) -> Array:
     the one per-example sum behind every completeness delta.
     """
     return sum(
-        jnp.sum(a.reshape(a.shape[0], -1), axis=1, dtype=jnp.promote_types(a.dtype, jnp.float32))
+        jnp.sum(a.reshape(a.shape[0], -1), axis=1, dtype=at_least_float32(a.dtype))
         for a in jax.tree_util.tree_leaves(tree)
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -150,6 +150,7 @@ def _deep_lift_core(
     x,
     baselines,
     args,
+    kwargs,
     target,
     eps,
     multiply_by_inputs,
@@ -160,9 +161,9 @@ def _deep_lift_core(
     intercept = _deeplift_intercept(eps, 2 * inputs.n)
 
     def score(x_):
-        both, args2, _ = _doubled(x_, baselines, args)
+        both, args2, kw2 = _doubled(x_, baselines, args, kwargs)
         call_in = (*both, *args2) if inputs.is_tuple else (both, *args2)
-        return _pair_score(model.apply(params, *call_in, intercept=intercept), target)
+        return _pair_score(model.apply(params, *call_in, intercept=intercept, **kw2), target)
 
     grads = jax.grad(score)(x)
     if custom is not None:
@@ -176,7 +177,7 @@ def _deep_lift_core(
         return attr
     from jaxattr._gradient import completeness_delta
 
-    fn = lambda *a: model.apply(params, *a, intercept=default_intercept)  # noqa: E731
+    fn = lambda *a: model.apply(params, *a, intercept=default_intercept, **kwargs)  # noqa: E731
     return attr, completeness_delta(fn, inputs, x, baselines, args, target, attr)
 
 
@@ -192,6 +193,8 @@ def deep_lift(
     custom_attribution_func: Callable[..., Any] | None = None,
     return_delta: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree | tuple[PyTree, jax.Array]:
     """DeepLIFT with the rescale rule (Shrikumar et al., 2017), as Captum's ``DeepLift``.
 
@@ -222,6 +225,8 @@ def deep_lift(
         return_delta: Also return ``sum(attr) - (f(x) - f(b))`` per example, shape (N,).
         args: Extra positional model inputs after ``x`` (repeated for the baseline half);
             not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution with x's structure, shapes and dtypes, or ``(attribution, delta)``.
@@ -239,7 +244,9 @@ def deep_lift(
         Array([[2., 0.]], dtype=float32)
     """
     model = _with_layers(model, x, args, _has_deeplift_rule, "deep_lift")
-    x, args, inputs, t = _prep_structured(model, x, target, args, "deep_lift")
+    x, args, kwargs, inputs, t, params = _prep_structured(
+        model, x, target, args, "deep_lift", kwargs, params
+    )
     b = _core.broadcast_baselines(baselines, x, inputs)
     if custom_attribution_func is not None and not callable(custom_attribution_func):
         raise TypeError(
@@ -249,10 +256,11 @@ def deep_lift(
     return _deep_lift_core(
         model=model,
         inputs=inputs,
-        params=model.params,
+        params=params,
         x=x,
         baselines=b,
         args=args,
+        kwargs=kwargs,
         target=t,
         eps=float(eps),
         multiply_by_inputs=multiply_by_inputs,
@@ -273,6 +281,8 @@ def deep_lift_shap(
     custom_attribution_func: Callable[..., Any] | None = None,
     return_delta: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree | tuple[PyTree, jax.Array]:
     """DeepLIFT SHAP: DeepLIFT averaged over a baseline distribution, as Captum's.
 
@@ -291,6 +301,8 @@ def deep_lift_shap(
         return_delta: Also return the delta of every (example, baseline) pair, shape
             (N, M) (``delta.reshape(-1)`` is Captum's order).
         args: Extra positional model inputs after ``x``; not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution with x's structure, or ``(attribution, delta)``.
@@ -313,7 +325,9 @@ def deep_lift_shap(
     from jaxattr._noise import resolve_baselines
 
     model = _with_layers(model, x, args, _has_deeplift_rule, "deep_lift_shap")
-    x, args, inputs, t = _prep_structured(model, x, target, args, "deep_lift_shap")
+    x, args, kwargs, inputs, t, params = _prep_structured(
+        model, x, target, args, "deep_lift_shap", kwargs, params
+    )
     dist = _core.baseline_distribution(resolve_baselines(baselines, x), x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     if m < 2:
@@ -324,18 +338,19 @@ def deep_lift_shap(
     n = inputs.n
     x_rep = jax.tree_util.tree_map(lambda a: jnp.repeat(a, m, axis=0), x)
     b_rep = jax.tree_util.tree_map(lambda b: jnp.tile(b, (n,) + (1,) * (b.ndim - 1)), dist)
-    args_rep = tuple(
-        jnp.repeat(a, m, axis=0) if hasattr(a, "shape") and a.ndim else a for a in args
-    )
+    rep = lambda a: jnp.repeat(a, m, axis=0) if hasattr(a, "ndim") and a.ndim else a  # noqa: E731
+    args_rep = tuple(rep(a) for a in args)
+    kwargs_rep = {k: rep(v) for k, v in kwargs.items()}
     t_rep = _repeat_target(t, m)
     inputs_rep = _core.Inputs(is_tuple=inputs.is_tuple, n=n * m)
     out = _deep_lift_core(
         model=model,
         inputs=inputs_rep,
-        params=model.params,
+        params=params,
         x=x_rep,
         baselines=b_rep,
         args=args_rep,
+        kwargs=kwargs_rep,
         target=t_rep,
         eps=float(eps),
         multiply_by_inputs=multiply_by_inputs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -71,9 +71,9 @@ def _ebp_composite(flip_layer: str | None = None) -> Composite:
     )
 
 
-def _layer_outputs(model, params, inputs, names):
+def _layer_outputs(model, params, inputs, names, kwargs):
     """Abstract shapes of the named layers' outputs."""
-    calls = trace_layers(model.apply, params, *inputs).calls
+    calls = trace_layers(model.apply, params, *inputs, **kwargs).calls
     shapes: dict[str, Any] = {}
     for c in calls:
         if c.layer.name in names:
@@ -87,7 +87,7 @@ def _layer_outputs(model, params, inputs, names):
     return shapes
 
 
-def _tapped_apply(model, composite, params, inputs, taps, subtract=None):
+def _tapped_apply(model, composite, params, inputs, kwargs, taps, subtract=None):
     """Run with composite rules, adding ``taps[name]`` to named layer outputs.
 
     ``subtract[name]``: a cotangent removed from the gradient flowing into that layer's
@@ -102,7 +102,8 @@ def _tapped_apply(model, composite, params, inputs, taps, subtract=None):
             out = out + taps[layer.name]
         return out
 
-    return model.apply(params, *inputs, intercept=chain(tap, composite.intercept(model.layers)))
+    intercept = chain(tap, composite.intercept(model.layers))
+    return model.apply(params, *inputs, intercept=intercept, **kwargs)
 
 
 @jax.custom_vjp
@@ -152,6 +153,7 @@ def _ebp_core(
     params,
     x,
     args,
+    kwargs,
     target,
     layer,
     contrast_layer,
@@ -161,7 +163,7 @@ def _ebp_core(
 ):
     all_in = (*x, *args) if inputs.is_tuple else (x, *args)
     names = [n for n in (layer, contrast_layer) if n is not None]
-    shapes = _layer_outputs(model, params, all_in, names) if names else {}
+    shapes = _layer_outputs(model, params, all_in, names, kwargs) if names else {}
 
     def grad_at(comp, point_name, subtract=None):
         """Pseudo-gradient at the input (point_name None) or at a layer output."""
@@ -169,7 +171,7 @@ def _ebp_core(
         def f(x_, tap):
             a = (*x_, *args) if inputs.is_tuple else (x_, *args)
             taps = {point_name: tap} if point_name is not None else {}
-            y = _tapped_apply(model, comp, params, a, taps, subtract)
+            y = _tapped_apply(model, comp, params, a, kwargs, taps, subtract)
             return jnp.sum(_core.target_score(y, target))
 
         zero = (
@@ -193,6 +195,61 @@ def _ebp_core(
     )
 
 
+def _excitation(
+    model,
+    x,
+    target,
+    layer,
+    contrast_layer,
+    classifier_layer,
+    sum_channels,
+    channel_axis,
+    args,
+    kwargs,
+    params,
+    torchray_options,
+    method,
+):
+    """Both excitation backprops: the prologue, the compiled core and TorchRay's finish."""
+    resize, resize_mode, smooth = _torchray.check_options(*torchray_options)
+    x, args, kwargs, inputs, t, params = _prep_structured(
+        model, x, target, args, method, kwargs, params
+    )
+    if method == "contrastive_excitation_backprop":
+        for nm, val in (
+            ("contrast_layer", contrast_layer),
+            ("classifier_layer", classifier_layer),
+            ("saliency_layer", layer),
+        ):
+            if val is not None and val not in model.layers:
+                raise ValueError(f"{nm}: {val!r} is not a layer of the model")
+        if classifier_layer is None:
+            classifier_layer = _last_linear(model)
+    sal = _ebp_core(
+        model=model,
+        inputs=inputs,
+        params=params,
+        x=x,
+        args=args,
+        kwargs=kwargs,
+        target=t,
+        layer=layer,
+        contrast_layer=contrast_layer,
+        classifier_layer=classifier_layer,
+        sum_channels=sum_channels,
+        channel_axis=channel_axis,
+    )
+    return _torchray.finish_tree(
+        sal,
+        x,
+        reduce=None,
+        channel_axis=channel_axis,
+        resize=resize,
+        resize_mode=resize_mode,
+        smooth=smooth,
+    )
+
+
 @_core.contract
 def excitation_backprop(
     model: Any,
@@ -203,6 +260,8 @@ def excitation_backprop(
     sum_channels: bool = True,
     channel_axis: int = 1,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
     saliency_layer: str | None = None,
     resize: bool | str | Sequence[int] = False,
     resize_mode: str = "bilinear",
@@ -229,6 +288,8 @@ def excitation_backprop(
         sum_channels: Sum over ``channel_axis`` (keeping it, size 1), as TorchRay.
         channel_axis: The channel axis.
         args: Extra positional model inputs after ``x``; not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
         saliency_layer: Take the map at this layer's output instead of the input
             (TorchRay's ``saliency_layer``; ``None`` or ``""``: the input).
         resize: ``False``; ``True`` (or ``"input"``) resizes the map to x's spatial size;
@@ -256,30 +317,20 @@ def excitation_backprop(
         ...                             sum_channels=False)
         Array([[1., 0.]], dtype=float32)
     """
-    layer = _torchray.saliency_layer_alias(layer, saliency_layer)
-    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
-    x, args, inputs, t = _prep_structured(model, x, target, args, "excitation_backprop")
-    sal = _ebp_core(
-        model=model,
-        inputs=inputs,
-        params=model.params,
-        x=x,
-        args=args,
-        target=t,
-        layer=layer,
-        contrast_layer=None,
-        classifier_layer=None,
-        sum_channels=sum_channels,
-        channel_axis=channel_axis,
-    )
-    return _torchray.finish_tree(
-        sal,
+    return _excitation(
+        model,
         x,
-        reduce=None,
-        channel_axis=channel_axis,
-        resize=resize,
-        resize_mode=resize_mode,
-        smooth=smooth,
+        target,
+        _torchray.saliency_layer_alias(layer, saliency_layer),
+        None,
+        None,
+        sum_channels,
+        channel_axis,
+        args,
+        kwargs,
+        params,
+        (resize, resize_mode, smooth),
+        "excitation_backprop",
     )
 
 
@@ -302,6 +353,8 @@ def contrastive_excitation_backprop(
     sum_channels: bool = True,
     channel_axis: int = 1,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
     saliency_layer: str | None = None,
     resize: bool | str | Sequence[int] = False,
     resize_mode: str = "bilinear",
@@ -327,6 +380,8 @@ def contrastive_excitation_backprop(
         sum_channels: Sum over ``channel_axis`` (keeping it), then clamp at 0.
         channel_axis: The channel axis.
         args: Extra positional model inputs after ``x``; not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
         saliency_layer: Take the map at this layer's output instead of the input
             (TorchRay's ``saliency_layer``; ``None`` or ``""``: the input. TorchRay's
             contrastive variant has no input option: its ``""`` probes the model's
@@ -357,37 +412,18 @@ def contrastive_excitation_backprop(
         ...     Mlp(), jnp.array([[1.0, 1.0]]), target=1, contrast_layer="fc1").shape
         (1, 1)
     """
-    layer = _torchray.saliency_layer_alias(layer, saliency_layer)
-    resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
-    x, args, inputs, t = _prep_structured(model, x, target, args, "contrastive_excitation_backprop")
-    for nm, val in (
-        ("contrast_layer", contrast_layer),
-        ("classifier_layer", classifier_layer),
-        ("saliency_layer", layer),
-    ):
-        if val is not None and val not in model.layers:
-            raise ValueError(f"{nm}: {val!r} is not a layer of the model")
-    if classifier_layer is None:
-        classifier_layer = _last_linear(model)
-    sal = _ebp_core(
-        model=model,
-        inputs=inputs,
-        params=model.params,
-        x=x,
-        args=args,
-        target=t,
-        layer=layer,
-        contrast_layer=contrast_layer,
-        classifier_layer=classifier_layer,
-        sum_channels=sum_channels,
-        channel_axis=channel_axis,
-    )
-    return _torchray.finish_tree(
-        sal,
+    return _excitation(
+        model,
         x,
-        reduce=None,
-        channel_axis=channel_axis,
-        resize=resize,
-        resize_mode=resize_mode,
-        smooth=smooth,
+        target,
+        _torchray.saliency_layer_alias(layer, saliency_layer),
+        contrast_layer,
+        classifier_layer,
+        sum_channels,
+        channel_axis,
+        args,
+        kwargs,
+        params,
+        (resize, resize_mode, smooth),
+        "contrastive_excitation_backprop",
     )

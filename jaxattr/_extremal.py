@@ -102,7 +102,7 @@ def _full_mask(params: jax.Array, spatial: tuple, step: int, sigma: float, weigh
         idx.append(ind.reshape(shape))
     vals = padded[(Ellipsis, *idx)]  # (..., *shape_out, *K_d)
     vals = vals.reshape(*lead, table.shape[0], table.shape[1])
-    a = vals * (table if weight is None else weight)
+    a = vals * _core.expand_rank(table if weight is None else weight, vals.ndim)
     m = jnp.sum(a * jax.nn.softmax(COLDNESS * a, axis=-1), axis=-1)
     return jnp.clip(m, 0.0, 1.0).reshape(*lead, *shape_out)
 
@@ -173,7 +173,7 @@ def _apply(pyr, mask, num_levels):
     k0 = jnp.broadcast_to(k, shape)
     k1 = jnp.minimum(k0 + 1, num_levels - 1)
     take = jax.vmap(lambda kk: jnp.take_along_axis(pyr, kk[None], axis=0)[0])
-    y0, y1 = take(k0), take(k1)
+    frac, y0, y1 = _core.promote(frac, take(k0), take(k1))
     return ((1 - frac) * y0 + frac * y1).astype(pyr.dtype)
 
 

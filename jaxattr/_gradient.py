@@ -31,10 +31,7 @@ def _gradient_core(*, fn, inputs: Inputs, x, args, target: Target, mode: str):
 
 
 def _run_gradient(fn, x, target, args, mode):
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    x, args, inputs, t = _core.prepare(fn, x, target, args)
     return _gradient_core(fn=fn, inputs=inputs, x=x, args=args, target=t, mode=mode)
 
 
@@ -300,10 +297,7 @@ def input_baseline_x_gradient(
         >>> jaxattr.input_baseline_x_gradient(fn, jnp.ones((1, 2)), key=jax.random.key(0))
         Array([[2., 2.]], dtype=float32)
     """
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    x, args, inputs, t = _core.prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     if alphas is None:
         key = _core.check_key(key, "input_baseline_x_gradient (alpha ~ U[0, 1])")

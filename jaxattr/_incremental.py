@@ -979,7 +979,7 @@ def _bring(
     lead = tuple(b.shape[2 : b.ndim - nsp])
     zeros = (0,) * (1 + len(lead))
     size = (n, *lead, *region_size)
-    sb = starts[op.start] + jnp.asarray(op.pad_lo, jnp.int32)
+    sb = starts[op.start] + jnp.asarray(op.pad_lo, jnp.int32)[None]  # (P, nsp)
     r = starts[region]
 
     def window(a, o):
@@ -1263,7 +1263,7 @@ def _window_sum(
     for d, (size, k) in enumerate(zip(dims, window, strict=True)):
         i = jnp.arange(size)
         st = wstarts[:, d : d + 1]
-        factors.append(((i >= st) & (i < st + k)).astype(jnp.float32))  # (P, size)
+        factors.append(((i[None] >= st) & (i[None] < st + k)).astype(jnp.float32))  # (P, size)
     t = w
     for f in factors[:-1]:
         t = (t[:, :, None] * f[:, None, :]).reshape(t.shape[0], -1)

@@ -189,10 +189,7 @@ def integrated_gradients(
     alphas, weights = checked_quadrature(method, n_steps)
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    x, args, inputs, t = _core.prepare(fn, x, target, args)
     b = _core.broadcast_baselines(resolve_baselines(baselines, x), x, inputs)
     chunks = _core.batched_chunks(len(alphas), batch_size)
     if len(chunks) == 1:

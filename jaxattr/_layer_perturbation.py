@@ -50,7 +50,9 @@ def _ablation_chunk(
         }
         y_g, _ = _taps.run_tapped(model, params, inputs, x, args, kwargs, taps, replace=values)
         drop = base_score - _core.target_score(y_g, target)
-        return tuple(drop.reshape((-1,) + (1,) * (m.ndim - 1)) * (m == g) for m in masks_b)
+        return tuple(
+            drop.reshape((-1,) + (1,) * (m.ndim - 1)) * (m == g).astype(drop.dtype) for m in masks_b
+        )
 
     per_group = jax.vmap(one)(groups)
     return tuple(
@@ -194,13 +196,16 @@ def layer_feature_ablation(
     return s.out(total)
 
 
-@_caching.model_pytree(["model"], static=["taps", "inputs", "treedef", "n_args", "kw_names"])
+@_caching.model_pytree(
+    ["model", "params"], static=["taps", "inputs", "treedef", "n_args", "kw_names"]
+)
 class _LayerReplaced:
     """``fn(*activations, *x_leaves, *args, *kw_values)``: the model with the tapped
     layer's activations replaced by the given ones (the layers after it run on them)."""
 
-    def __init__(self, model, taps, inputs, treedef, n_args, kw_names):
+    def __init__(self, model, params, taps, inputs, treedef, n_args, kw_names):
         self.model = model
+        self.params = params  # a pytree child: the weights stay arguments of the program
         self.taps = taps
         self.inputs = inputs
         self.treedef = treedef
@@ -216,7 +221,7 @@ class _LayerReplaced:
         args, kw_values = rest[: self.n_args], rest[self.n_args :]
         y, _ = _taps.run_tapped(
             self.model,
-            self.model.params,
+            self.params,
             self.inputs,
             x,
             tuple(args),
@@ -240,6 +245,7 @@ def layer_feature_permutation(
     show_progress: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> jax.Array | tuple[jax.Array, ...]:
     """Permutation importance of a layer's units, Captum's ``LayerFeaturePermutation``.
 
@@ -262,6 +268,7 @@ def layer_feature_permutation(
         show_progress: Show a progress bar over the chunks (eager calls).
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         Shaped like the layer's activation (a tuple, one per tensor, for a layer returning
@@ -283,7 +290,7 @@ def layer_feature_permutation(
         target=None,
         args=args,
         kwargs=kwargs,
-        params=None,
+        params=params,
         to_input=False,
         need_target=False,
         tuple_ok=True,
@@ -292,7 +299,7 @@ def layer_feature_permutation(
         raise TypeError(f"layer must be one layer name (str), got {type(layer).__name__}")
     values = _activation_core(**s.common())
     leaves, treedef = jax.tree_util.tree_flatten(s.x)
-    fn = _LayerReplaced(s.model, s.taps, s.inputs, treedef, len(s.args), s.kw_names)
+    fn = _LayerReplaced(s.model, s.params, s.taps, s.inputs, treedef, len(s.args), s.kw_names)
     attr = feature_permutation(
         fn,
         values[0] if len(values) == 1 else tuple(values),

@@ -75,6 +75,7 @@ def layer_lrp(
     return_delta: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> Any:
     """The LRP relevance at one or several layers, Captum's ``LayerLRP``.
 
@@ -98,6 +99,7 @@ def layer_lrp(
             list of layers).
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         Relevance shaped like the layer's activation (a tuple, one per tensor, for a layer
@@ -131,7 +133,7 @@ def layer_lrp(
         target=target,
         args=args,
         kwargs=kwargs,
-        params=None,
+        params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
     )
@@ -234,6 +236,7 @@ def layer_deep_lift(
     return_delta: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> Any:
     """DeepLIFT multipliers at a layer times its activation difference, Captum's ``LayerDeepLift``.
 
@@ -258,6 +261,7 @@ def layer_deep_lift(
             (Captum's convergence delta; all tensors of a tuple-valued layer summed).
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         Shaped like the layer's activation (a tuple, one per tensor, for a layer returning a
@@ -279,7 +283,7 @@ def layer_deep_lift(
         target=target,
         args=args,
         kwargs=kwargs,
-        params=None,
+        params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
     )
@@ -330,6 +334,7 @@ def layer_deep_lift_shap(
     return_delta: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> Any:
     """DeepLIFT SHAP at a layer, Captum's ``LayerDeepLiftShap``.
 
@@ -352,6 +357,7 @@ def layer_deep_lift_shap(
             (N, M) (``delta.reshape(-1)`` is Captum's order).
         args: Extra positional model inputs (repeated with the examples).
         kwargs: Keyword model inputs (repeated with the examples).
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         Shaped like the layer's activation (a tuple, one per tensor, for a layer returning a
@@ -380,7 +386,7 @@ def layer_deep_lift_shap(
         target=target,
         args=args,
         kwargs=kwargs,
-        params=None,
+        params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
     )

@@ -55,7 +55,7 @@ def _weighted_center(z, y, w):
     p = w / jnp.sum(w)
     zbar = p @ z
     ybar = p @ y
-    return z - zbar, y - ybar, p, zbar, ybar
+    return z - zbar[None], y - ybar[None], p, zbar, ybar
 
 
 def fit_linear(z: jax.Array, y: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -963,12 +963,12 @@ def lime_base(
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxattr
-        >>> fn = lambda x: (x * jnp.array([1.0, -2.0])).sum(1)
+        >>> fn = lambda x: (x * jnp.array([[1.0, -2.0]])).sum(1)
         >>> coef = jaxattr.lime_base(
         ...     fn, jnp.ones((1, 2)), key=jax.random.key(0), interpretable_model="linear",
         ...     similarity_func=lambda x, xp, z: 1.0,
         ...     perturb_func=lambda k, x: jax.random.bernoulli(k, 0.5, (2,)),
-        ...     from_interp_rep_transform=lambda z, x: x * z)
+        ...     from_interp_rep_transform=lambda z, x: x * z.astype(x.dtype))
         >>> coef.round(3)
         Array([[ 1., -2.]], dtype=float32)
     """

@@ -16,7 +16,7 @@ by the explained output, so the relevance sums to about ``f(x)[target]``; pass
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -67,34 +67,49 @@ def _canon_key(canonizers):
     return tuple(canonizers)
 
 
-@_caching.model_pytree(["model"])
+@_caching.model_pytree(["model"], static=["kw_names"])
 class _PlainFn:
-    """A structured model as a plain function of its inputs (its weights stay leaves)."""
+    """A structured model as a plain function ``fn(*inputs, *kw_values)`` (its weights stay
+    leaves). It passes :func:`default_intercept` explicitly: user models need not accept
+    ``intercept=None``."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, kw_names: tuple = ()):
         self.model = model
+        self.kw_names = kw_names
 
-    def __call__(self, *inputs: Any) -> Any:
-        return self.model.apply(self.model.params, *inputs, intercept=default_intercept)
+    def __call__(self, *a: Any) -> Any:
+        n = len(a) - len(self.kw_names)
+        kwargs = dict(zip(self.kw_names, a[n:], strict=True))
+        return self.model.apply(self.model.params, *a[:n], intercept=default_intercept, **kwargs)
 
 
-def _plain_fn(model: Any) -> _PlainFn:
-    return _PlainFn(model)
+def _plain_fn(model: Any, kw_names: tuple = ()) -> _PlainFn:
+    return _PlainFn(model, kw_names)
 
 
 @_caching.lru(8)
-def _canonized_cached(model: Any, canonizers: tuple) -> Any:
-    return canonize(model, canonizers)
+def _canonized_for(part: _caching.Partition, shapes: tuple, canonizers: tuple) -> Any:
+    """The canonizers applied to the model's structure (weights as shapes only), so that
+    neither this cache nor the canonizers' closures (static parts of compiled programs)
+    hold a model's weights, and models of one structure share the programs."""
+    abstract = part.combine([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+    return canonize(abstract, canonizers)
 
 
 def _canonized(model: Any, canonizers: tuple | None) -> Any:
-    """Canonizers build their rewrite once per model (it is a static part of programs)."""
+    """The canonized model: the structure's canonized template with the model's weights."""
     if not canonizers:
         return model
+    part, arrays = _caching.partition(model)
+    shapes = tuple((tuple(a.shape), jnp.dtype(a.dtype)) for a in arrays)
     try:
-        return _canonized_cached(model, canonizers)
+        template = _canonized_for(part, shapes, canonizers)
     except TypeError:  # an unhashable canonizer: no caching
         return canonize(model, canonizers)
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    it = iter(arrays)
+    leaves = [next(it) if isinstance(v, jax.ShapeDtypeStruct) else v for v in leaves]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 @_caching.model_pytree(["model"], static=["composite"])
@@ -116,14 +131,14 @@ class Attached:
         self.composite = composite
         self._intercept = None
 
-    def apply(self, params: Any, *inputs: Any) -> Any:
-        """Run the rewritten model with ``params``."""
+    def apply(self, params: Any, *inputs: Any, **kwargs: Any) -> Any:
+        """Run the rewritten model with ``params`` (``kwargs``: the model's keyword inputs)."""
         if self._intercept is None:
             discover = getattr(self.model, "discover", None)
             if discover is not None:  # models that find their layers on the first call
                 discover(*inputs)
             self._intercept = self.composite.intercept(self.model.layers)
-        return self.model.apply(params, *inputs, intercept=self._intercept)
+        return self.model.apply(params, *inputs, intercept=self._intercept, **kwargs)
 
     def __call__(self, *inputs: Any) -> Any:
         return self.apply(self.model.params, *inputs)
@@ -177,8 +192,8 @@ def attach(model: Any, composite: Composite, *, canonizers: Any = None) -> Attac
 
 
 @_core.cached_jit(("attached", "inputs", "captum_normalize", "return_delta"))
-def _lrp_core(*, attached, inputs, params, x, args, target, captum_normalize, return_delta):
-    fn = lambda *a: attached.apply(params, *a)  # noqa: E731
+def _lrp_core(*, attached, inputs, params, x, args, kwargs, target, captum_normalize, return_delta):
+    fn = lambda *a: attached.apply(params, *a, **kwargs)  # noqa: E731
 
     def score(x_):
         y = inputs.call(fn, x_, args)
@@ -201,27 +216,55 @@ def _lrp_core(*, attached, inputs, params, x, args, target, captum_normalize, re
     return grad, total - _core.example_sums(grad)
 
 
-def _prep_structured(model, x, target, args, method):
-    """The rule methods' prologue: ``(x, args, inputs, target)`` of a structured model."""
+def _prep_structured(model, x, target, args, method, kwargs=None, params=None):
+    """The rule methods' prologue: ``(x, args, kwargs, inputs, target, params)``.
+
+    ``kwargs`` are the model's keyword inputs (batch first, as ``x``); ``params`` replace
+    the model's own parameters (``None``: the model's).
+    """
     _check_structured(model, method)
     x = _core.to_arrays(x)
     args = tuple(args)
+    kwargs = {k: _core.to_arrays(v) for k, v in (kwargs or {}).items()}
+    if kwargs and isinstance(model, _FunctionModel):
+        raise TypeError(
+            f"{method}: kwargs need a structured model; a plain function takes its keyword "
+            f"inputs by closure (functools.partial), got kwargs {sorted(kwargs)}"
+        )
+    if params is not None and isinstance(model, _FunctionModel):
+        raise TypeError(f"{method}: params need a structured model, got a plain function")
     inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, _plain_fn(model), inputs, x, args)
-    return x, args, inputs, t
+    kw_names = tuple(sorted(kwargs))
+    fn = _plain_fn(model, kw_names)
+    kw_values = tuple(kwargs[k] for k in kw_names)
+    t = _core.prepare_target(target, fn, inputs, x, args + kw_values)
+    return x, args, kwargs, inputs, t, model.params if params is None else params
 
 
 def _run_rules(
-    model, x, composite, canonizers, target, args, captum_normalize, return_delta, method
+    model,
+    x,
+    composite,
+    canonizers,
+    target,
+    args,
+    captum_normalize,
+    return_delta,
+    method,
+    kwargs=None,
+    params=None,
 ):
-    x, args, inputs, t = _prep_structured(model, x, target, args, method)
+    x, args, kwargs, inputs, t, params = _prep_structured(
+        model, x, target, args, method, kwargs, params
+    )
     attached = attach(model, composite, canonizers=canonizers)
     return _lrp_core(
         attached=attached,
         inputs=inputs,
-        params=attached.model.params,
+        params=params,
         x=x,
         args=args,
+        kwargs=kwargs,
         target=t,
         captum_normalize=captum_normalize,
         return_delta=return_delta,
@@ -239,6 +282,8 @@ def lrp(
     return_delta: bool = False,
     captum_normalize: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree | tuple[PyTree, jax.Array]:
     """Layer-wise relevance propagation (Bach et al., 2015) with a composite of rules.
 
@@ -260,6 +305,8 @@ def lrp(
             example, shape (N,) (``R_out`` is the total output relevance).
         captum_normalize: Multiply by the explained output (Captum's convention).
         args: Extra positional model inputs after ``x``; not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The relevance with x's structure, shapes and dtypes, or ``(relevance, delta)``.
@@ -282,7 +329,17 @@ def lrp(
         Array([[1., 3.]], dtype=float32)
     """
     return _run_rules(
-        model, x, composite, canonizers, target, args, captum_normalize, return_delta, "lrp"
+        model,
+        x,
+        composite,
+        canonizers,
+        target,
+        args,
+        captum_normalize,
+        return_delta,
+        "lrp",
+        kwargs,
+        params,
     )
 
 
@@ -433,15 +490,19 @@ def _with_layers(model: Any, x, args, wanted: Callable[[Layer], bool], method: s
     return _function_model(model)
 
 
-def _relu_method(model, x, target, args, composite, method, torchray_options):
+def _relu_method(model, x, target, args, composite, method, torchray_options, kwargs, params):
     saliency_layer, g2s, resize, resize_mode, smooth, channel_axis = torchray_options
     resize, resize_mode, smooth = _torchray.check_options(resize, resize_mode, smooth)
     reduce = _torchray.reducer(g2s, channel_axis)
     model = _with_layers(model, x, args, is_relu, method)
     if saliency_layer:
-        g = _torchray.layer_gradient(model, x, target, args, saliency_layer, composite)
+        g = _torchray.layer_gradient(
+            model, x, target, args, saliency_layer, composite, kwargs=kwargs, params=params
+        )
     else:
-        g = _run_rules(model, x, composite, None, target, args, False, False, method)
+        g = _run_rules(
+            model, x, composite, None, target, args, False, False, method, kwargs, params
+        )
     return _torchray.finish_tree(
         g,
         _core.to_arrays(x),
@@ -460,6 +521,8 @@ def guided_backprop(
     *,
     target: Any = None,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
     saliency_layer: str | None = None,
     gradient_to_saliency: bool | Callable[[jax.Array], jax.Array] = False,
     resize: bool | str | Sequence[int] = False,
@@ -484,6 +547,8 @@ def guided_backprop(
         x: Input array (N, ...) or a tuple of them.
         target: What to explain (see :func:`jaxattr.select_target`).
         args: Extra positional inputs after ``x``; not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
         saliency_layer: Read the pseudo-gradient at this layer's output (TorchRay's
             ``saliency_layer``; ``None`` or ``""``: the input; needs a structured model).
         gradient_to_saliency: ``False`` (the raw pseudo-gradient), ``True`` (TorchRay's
@@ -516,6 +581,8 @@ def guided_backprop(
         guided_backprop_composite(),
         "guided_backprop",
         (saliency_layer, gradient_to_saliency, resize, resize_mode, smooth, channel_axis),
+        kwargs,
+        params,
     )
 
 
@@ -526,6 +593,8 @@ def deconvolution(
     *,
     target: Any = None,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
     saliency_layer: str | None = None,
     gradient_to_saliency: bool | Callable[[jax.Array], jax.Array] = False,
     resize: bool | str | Sequence[int] = False,
@@ -545,6 +614,8 @@ def deconvolution(
         x: Input array (N, ...) or a tuple of them.
         target: What to explain (see :func:`jaxattr.select_target`).
         args: Extra positional inputs after ``x``; not attributed.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
         saliency_layer: Read the pseudo-gradient at this layer's output (TorchRay's
             ``saliency_layer``; ``None`` or ``""``: the input; needs a structured model).
         gradient_to_saliency: ``False`` (the raw pseudo-gradient), ``True`` (TorchRay's
@@ -577,4 +648,6 @@ def deconvolution(
         deconvnet(),
         "deconvolution",
         (saliency_layer, gradient_to_saliency, resize, resize_mode, smooth, channel_axis),
+        kwargs,
+        params,
     )

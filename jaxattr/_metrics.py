@@ -476,7 +476,7 @@ def _curve(
         )
     scores = jnp.concatenate(parts, axis=0).T
     fractions = jnp.asarray(counts / m, scores.dtype)
-    auc = jnp.trapezoid(scores, fractions, axis=1)
+    auc = jnp.trapezoid(scores, fractions[None], axis=1)  # x given y's rank explicitly
     return Curve(fractions, scores, auc)
 
 
@@ -660,7 +660,11 @@ def _pointing(a, m, tolerance):
     point = jnp.stack(jnp.unravel_index(flat, spatial), axis=1)  # (N, D)
     grids = jnp.meshgrid(*[jnp.arange(s) for s in spatial], indexing="ij")
     d2 = sum(
-        (g[None].astype(jnp.float32) - point[:, i].reshape((n,) + (1,) * len(spatial))) ** 2
+        (
+            g[None].astype(jnp.float32)
+            - point[:, i].reshape((n,) + (1,) * len(spatial)).astype(jnp.float32)
+        )
+        ** 2
         for i, g in enumerate(grids)
     )
     accept = (d2 < tolerance**2) | (d2 == 0)

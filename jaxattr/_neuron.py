@@ -564,6 +564,8 @@ def neuron_guided_backprop(
     *,
     attribute_to_neuron_input: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree:
     """Guided backpropagation of one neuron, Captum's ``NeuronGuidedBackprop``.
 
@@ -574,6 +576,8 @@ def neuron_guided_backprop(
         neuron_selector: See :func:`neuron_model`.
         attribute_to_neuron_input: Select the neuron from the layer's input.
         args: Extra positional model inputs.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution, with x's structure.
@@ -587,7 +591,7 @@ def neuron_guided_backprop(
     from jaxattr._lrp import guided_backprop
 
     nm = NeuronModel(model, layer, neuron_selector, attribute_to_neuron_input)
-    return guided_backprop(nm, x, target=None, args=args)
+    return guided_backprop(nm, x, target=None, args=args, kwargs=kwargs, params=params)
 
 
 @_core.contract
@@ -603,6 +607,8 @@ def neuron_deep_lift(
     custom_attribution_func: Callable[..., Any] | None = None,
     attribute_to_neuron_input: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree:
     """DeepLIFT of one neuron, Captum's ``NeuronDeepLift``.
 
@@ -617,6 +623,8 @@ def neuron_deep_lift(
         custom_attribution_func: See :func:`jaxattr.deep_lift`.
         attribute_to_neuron_input: Select the neuron from the layer's input.
         args: Extra positional model inputs.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution, with x's structure.
@@ -639,6 +647,8 @@ def neuron_deep_lift(
         multiply_by_inputs=multiply_by_inputs,
         custom_attribution_func=custom_attribution_func,
         args=args,
+        kwargs=kwargs,
+        params=params,
     )
 
 
@@ -656,6 +666,7 @@ def neuron_feature_ablation(
     show_progress: bool = False,
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree:
     """Feature ablation of one neuron, Captum's ``NeuronFeatureAblation``.
 
@@ -671,6 +682,7 @@ def neuron_feature_ablation(
         show_progress: Show a progress bar.
         args: Extra positional model inputs.
         kwargs: Keyword model inputs.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution, with x's structure.
@@ -693,7 +705,7 @@ def neuron_feature_ablation(
         to_input=attribute_to_neuron_input,
         args=args,
         kwargs=kwargs,
-        params=None,
+        params=params,
     )
     return feature_ablation(
         nm.fn,
@@ -719,6 +731,8 @@ def neuron_deep_lift_shap(
     custom_attribution_func: Callable[..., Any] | None = None,
     attribute_to_neuron_input: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree:
     """DeepLIFT SHAP of one neuron, Captum's ``NeuronDeepLiftShap``.
 
@@ -737,6 +751,8 @@ def neuron_deep_lift_shap(
         custom_attribution_func: See :func:`jaxattr.deep_lift`.
         attribute_to_neuron_input: Select the neuron from the layer's input.
         args: Extra positional model inputs.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution, with x's structure.
@@ -764,6 +780,8 @@ def neuron_deep_lift_shap(
         multiply_by_inputs=multiply_by_inputs,
         custom_attribution_func=custom_attribution_func,
         args=args,
+        kwargs=kwargs,
+        params=params,
     )
 
 
@@ -776,6 +794,8 @@ def neuron_deconvolution(
     *,
     attribute_to_neuron_input: bool = False,
     args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    params: Any = None,
 ) -> PyTree:
     """Deconvolution (DeconvNet) of one neuron, Captum's ``NeuronDeconvolution``.
 
@@ -789,6 +809,8 @@ def neuron_deconvolution(
         neuron_selector: See :func:`neuron_model`.
         attribute_to_neuron_input: Select the neuron from the layer's input.
         args: Extra positional model inputs.
+        kwargs: Keyword inputs of the model (e.g. ``attention_mask``), batch first.
+        params: Parameters to run with instead of the model's own (same structure).
 
     Returns:
         The attribution, with x's structure.
@@ -802,4 +824,4 @@ def neuron_deconvolution(
     from jaxattr._lrp import deconvolution
 
     nm = NeuronModel(model, layer, neuron_selector, attribute_to_neuron_input)
-    return deconvolution(nm, x, target=None, args=args)
+    return deconvolution(nm, x, target=None, args=args, kwargs=kwargs, params=params)

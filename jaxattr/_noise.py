@@ -347,7 +347,7 @@ def smoothgrad(
     t = _core.prepare_target(target, fn, inputs, x, args)
     normal, sigma = smoothgrad_draws(key, x, noise_level, n_iter)
     noise = jax.tree_util.tree_map(
-        lambda z, s, xl: jnp.concatenate([jnp.zeros((1, *xl.shape), xl.dtype), z * s]),
+        lambda z, s, xl: jnp.concatenate([jnp.zeros((1, *xl.shape), xl.dtype), z * s[None]]),
         normal,
         sigma,
         x,

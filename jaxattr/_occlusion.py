@@ -307,7 +307,7 @@ def _run_windows(
             a = acc[i]
         if divide and geometry is not None:
             counts = _window_counts(geometry[0], geometry[1], leaf.shape[1:], wrap)
-            a = a / np.where(counts > 0, counts, 1.0).astype(np.float32)
+            a = a / np.where(counts > 0, counts, 1.0).astype(np.float32)[None]
         out.append((a * scale).astype(_attr_dtype(leaf)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -465,7 +465,7 @@ def occlusion(
                 show_progress,
             )
             counts = _window_counts(pos, win, leaves[0].shape[1:], False)
-            a = acc / np.where(counts > 0, counts, 1.0).astype(np.float32)
+            a = acc / np.where(counts > 0, counts, 1.0).astype(np.float32)[None]
             treedef = jax.tree_util.tree_structure(x)
             return jax.tree_util.tree_unflatten(treedef, [a.astype(_attr_dtype(leaves[0]))])
     return _run_windows(

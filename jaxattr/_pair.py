@@ -50,8 +50,14 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
-def _check_float(value: Any, name: str, *, minimum: float | None = None,
-                 maximum: float | None = None, strict: bool = False) -> float:
+def _check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+) -> float:
     """Validate a real option, naming it, the expected range and the value received."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
@@ -257,8 +263,15 @@ def blur_ig(
     table = tuple(
         np.asarray(a, np.float32) for a in (lo, rad, nrm, hi, rad2, nrm2, np.diff(sigmas))
     )
-    kw = dict(fn=fn, inputs=inputs, x=x, args=args, target=t, channel_axis=channel_axis,
-              grad_step=grad_step)
+    kw = dict(
+        fn=fn,
+        inputs=inputs,
+        x=x,
+        args=args,
+        target=t,
+        channel_axis=channel_axis,
+        grad_step=grad_step,
+    )
     chunks = _core.batched_chunks(steps, batch_size)
     if len(chunks) == 1:
         return _blur_ig_core(table=table, **kw)
@@ -284,7 +297,7 @@ def _ravel(x: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
     def unravel(v: jax.Array) -> PyTree:
         out, at = [], 0
         for leaf, size in zip(leaves, sizes, strict=True):
-            out.append(v[:, at:at + size].reshape(leaf.shape).astype(leaf.dtype))
+            out.append(v[:, at : at + size].reshape(leaf.shape).astype(leaf.dtype))
             at += size
         return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -325,7 +338,8 @@ def _guided_step(x, grad, x_in, x_base, alpha, l1_target, max_dist, fraction, to
         ag = jnp.abs(g)
         threshold = jnp.sort(ag)[k]
         s = (ag <= threshold) & (g != inf)
-        l1_s = jnp.sum(jnp.abs(x - x_max) * s)
+        dist = jnp.abs(x - x_max)
+        l1_s = jnp.sum(dist * s.astype(dist.dtype))
         gamma = jnp.where(l1_s > 0, (l1_current - l1_target) / jnp.where(l1_s > 0, l1_s, 1), inf)
         full = jnp.where(s, x_max, x)
         part = jnp.where(s, x + (x_max - x) * jnp.maximum(gamma, 0.0), x)
@@ -425,8 +439,15 @@ def guided_ig(
     t = _core.prepare_target(target, fn, inputs, x, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     return _guided_ig_core(
-        fn=fn, inputs=inputs, x=x, baselines=b, args=args, target=t, steps=steps,
-        fraction=fraction, max_dist=max_dist,
+        fn=fn,
+        inputs=inputs,
+        x=x,
+        baselines=b,
+        args=args,
+        target=t,
+        steps=steps,
+        fraction=fraction,
+        max_dist=max_dist,
     )
 
 
@@ -508,9 +529,7 @@ def felzenszwalb(
     if im.ndim == 2:
         im = im[:, :, None]
     if im.ndim != 3:
-        raise ValueError(
-            f"image must have shape (H, W) or (H, W, C), got shape {np.shape(image)}"
-        )
+        raise ValueError(f"image must have shape (H, W) or (H, W, C), got shape {np.shape(image)}")
     scale = _check_float(scale, "scale", minimum=0.0, strict=True)
     sigma = _check_float(sigma, "sigma", minimum=0.0)
     min_size = _core.check_positive_int(min_size, "min_size")
@@ -520,23 +539,31 @@ def felzenszwalb(
     def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.sqrt(np.sum((a - b) * (a - b), axis=-1))
 
-    costs = np.hstack([
-        dist(im[:, 1:], im[:, :w - 1]).ravel(),
-        dist(im[1:, :], im[:h - 1, :]).ravel(),
-        dist(im[1:, 1:], im[:h - 1, :w - 1]).ravel(),
-        dist(im[1:, :w - 1], im[:h - 1, 1:]).ravel(),
-    ]).astype(float)
+    costs = np.hstack(
+        [
+            dist(im[:, 1:], im[:, : w - 1]).ravel(),
+            dist(im[1:, :], im[: h - 1, :]).ravel(),
+            dist(im[1:, 1:], im[: h - 1, : w - 1]).ravel(),
+            dist(im[1:, : w - 1], im[: h - 1, 1:]).ravel(),
+        ]
+    ).astype(float)
     ids = np.arange(h * w, dtype=np.intp).reshape(h, w)
-    edges = np.vstack([
-        np.c_[ids[:, 1:].ravel(), ids[:, :w - 1].ravel()],
-        np.c_[ids[1:, :].ravel(), ids[:h - 1, :].ravel()],
-        np.c_[ids[1:, 1:].ravel(), ids[:h - 1, :w - 1].ravel()],
-        np.c_[ids[:h - 1, 1:].ravel(), ids[1:, :w - 1].ravel()],
-    ])
+    edges = np.vstack(
+        [
+            np.c_[ids[:, 1:].ravel(), ids[:, : w - 1].ravel()],
+            np.c_[ids[1:, :].ravel(), ids[: h - 1, :].ravel()],
+            np.c_[ids[1:, 1:].ravel(), ids[: h - 1, : w - 1].ravel()],
+            np.c_[ids[: h - 1, 1:].ravel(), ids[1:, : w - 1].ravel()],
+        ]
+    )
     order = np.argsort(costs)
     roots = _union_find(
-        h * w, edges[order, 0].tolist(), edges[order, 1].tolist(), costs[order].tolist(),
-        scale / 255.0, min_size,
+        h * w,
+        edges[order, 0].tolist(),
+        edges[order, 1].tolist(),
+        costs[order].tolist(),
+        scale / 255.0,
+        min_size,
     )
     return np.unique(roots, return_inverse=True)[1].reshape(h, w).astype(np.int64)
 
@@ -617,8 +644,9 @@ def _resize_linear_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.nda
     return labels[ys[:, None], xs[None, :]]
 
 
-def _segments_one(image: np.ndarray, resize, scales, sigma, min_size, dilation_radius,
-                  value_range) -> np.ndarray:
+def _segments_one(
+    image: np.ndarray, resize, scales, sigma, min_size, dilation_radius, value_range
+) -> np.ndarray:
     """PAIR's ``_get_segments_felzenszwalb`` on one (H, W, C) image: (S, H, W) masks."""
     lo, hi = value_range
     im = np.asarray(image)
@@ -626,9 +654,12 @@ def _segments_one(image: np.ndarray, resize, scales, sigma, min_size, dilation_r
     im = (im - im.min()) / (span if span else 1) * (hi - lo) + lo
     shape = im.shape[:2]
     if resize is not None and tuple(resize) != shape:
-        im = np.asarray(jax.image.resize(
-            jnp.asarray(im, jnp.float32), (*resize, im.shape[2]), "cubic", antialias=True
-        ), dtype=np.float64)
+        im = np.asarray(
+            jax.image.resize(
+                jnp.asarray(im, jnp.float32), (*resize, im.shape[2]), "cubic", antialias=True
+            ),
+            dtype=np.float64,
+        )
     masks = []
     for sc in scales:
         seg = felzenszwalb(im, scale=sc, sigma=sigma, min_size=min_size)
@@ -716,8 +747,7 @@ def _images_hwc(x: Any, channel_axis: int | None, name: str = "x") -> np.ndarray
         return a[..., None]
     if a.ndim != 4:
         raise ValueError(
-            f"{name} must be a batch of images (N, C, H, W) or (N, H, W, C), got shape "
-            f"{a.shape}"
+            f"{name} must be a batch of images (N, C, H, W) or (N, H, W, C), got shape {a.shape}"
         )
     return np.moveaxis(a, _channel_axis(channel_axis, 4, name), -1)
 
@@ -757,9 +787,7 @@ class XRAIParameters:
     return_xrai_segments: bool = False
     flatten_xrai_segments: bool = True
     algorithm: str = "full"
-    experimental_params: dict = dataclasses.field(
-        default_factory=lambda: {"min_pixel_diff": 50}
-    )
+    experimental_params: dict = dataclasses.field(default_factory=lambda: {"min_pixel_diff": 50})
 
 
 @dataclasses.dataclass
@@ -908,8 +936,11 @@ def _segment_masks(segments: Any, n: int, hw: tuple[int, int]) -> Any:
     shape = tuple(segments.shape)
     if segments.dtype == bool:
         if len(shape) == 3 and shape[1:] == hw:
-            return jnp.broadcast_to(segments[None], (n, *shape)) if isinstance(
-                segments, jax.Array) else np.broadcast_to(segments[None], (n, *shape))
+            return (
+                jnp.broadcast_to(segments[None], (n, *shape))
+                if isinstance(segments, jax.Array)
+                else np.broadcast_to(segments[None], (n, *shape))
+            )
         if len(shape) == 4 and shape[0] == n and shape[2:] == hw:
             return segments
         raise ValueError(
@@ -951,9 +982,16 @@ def _xrai_ig(fn, inputs, x, baseline, args, target, steps, batch_size):
     weights = np.full(steps, 1.0 / steps)
     total = None
     for start, stop in _core.batched_chunks(steps, batch_size):
-        part = _xrai_ig_part(fn=fn, inputs=inputs, x=x, baselines=baseline, args=args,
-                             target=target, alphas=alphas[start:stop],
-                             weights=weights[start:stop])
+        part = _xrai_ig_part(
+            fn=fn,
+            inputs=inputs,
+            x=x,
+            baselines=baseline,
+            args=args,
+            target=target,
+            alphas=alphas[start:stop],
+            weights=weights[start:stop],
+        )
         total = _core.tree_add(total, part)
     return total * (x - jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape))
 
@@ -1028,9 +1066,7 @@ def xrai(
     """
     params = extra_parameters if extra_parameters is not None else XRAIParameters()
     if not isinstance(params, XRAIParameters):
-        raise TypeError(
-            f"extra_parameters must be an XRAIParameters, got {type(params).__name__}"
-        )
+        raise TypeError(f"extra_parameters must be an XRAIParameters, got {type(params).__name__}")
     _core.check_choice(params.algorithm, "extra_parameters.algorithm", ("full", "fast"))
     min_pixel_diff = params.experimental_params.get("min_pixel_diff", 50)
     area = _check_float(params.area_threshold, "extra_parameters.area_threshold")
@@ -1086,9 +1122,9 @@ def xrai(
                 )
                 for i, b in enumerate(baselines)
             ]
-        ig_attrs = jnp.stack([
-            _xrai_ig(fn, inputs, x, b, args, t, steps, batch_size) for b in used_baselines
-        ])
+        ig_attrs = jnp.stack(
+            [_xrai_ig(fn, inputs, x, b, args, t, steps, batch_size) for b in used_baselines]
+        )
         attr_full = jnp.mean(ig_attrs, axis=0)
     attr = attr_full if attr_full.ndim == 3 else jnp.max(attr_full, axis=ch)
 
@@ -1104,17 +1140,22 @@ def xrai(
 
     area_count = _area_count(area, hw[0] * hw[1])
     greedy = functools.partial(
-        _xrai_greedy, algorithm=params.algorithm, area_count=area_count,
+        _xrai_greedy,
+        algorithm=params.algorithm,
+        area_count=area_count,
         min_pixel_diff=int(min_pixel_diff),
     )
     if _core.is_concrete(attr, masks):
         heat, ranks = greedy(np.asarray(attr), np.asarray(masks))
         heat, ranks = jnp.asarray(heat), jnp.asarray(ranks)
     else:
-        shapes = (jax.ShapeDtypeStruct((n, *hw), jnp.float32),
-                  jax.ShapeDtypeStruct((n, *hw), jnp.int32))
-        heat, ranks = jax.pure_callback(greedy, shapes, attr, jnp.asarray(masks),
-                                        vmap_method="sequential")
+        shapes = (
+            jax.ShapeDtypeStruct((n, *hw), jnp.float32),
+            jax.ShapeDtypeStruct((n, *hw), jnp.int32),
+        )
+        heat, ranks = jax.pure_callback(
+            greedy, shapes, attr, jnp.asarray(masks), vmap_method="sequential"
+        )
     heat = heat.astype(x.dtype)
     if not return_details:
         return heat

@@ -59,8 +59,9 @@ BASELINES = ("black", "white", "mean", "uniform")
 def as_x(x: Any, name: str = "x", min_ndim: int = 2, check: bool = True) -> jax.Array:
     """A floating input array (N, ...) (numpy input converted on the host, no compile)."""
     if isinstance(x, (tuple, list, dict)):
-        raise TypeError(f"{name} must be one array (N, ...) for the Quantus metrics, got a "
-                        f"{type(x).__name__}")
+        raise TypeError(
+            f"{name} must be one array (N, ...) for the Quantus metrics, got a {type(x).__name__}"
+        )
     if not isinstance(x, jax.Array):
         x = np.asarray(x)
         if not np.issubdtype(x.dtype, np.floating):
@@ -199,7 +200,9 @@ def normalise_by_negative(a: jax.Array) -> jax.Array:
     pos = jnp.where(hi != 0, a / jnp.where(hi != 0, hi, 1), 0.0)
     neg = jnp.where(lo != 0, a / jnp.where(lo != 0, lo, 1), 0.0)
     return jnp.where(
-        lo >= 0, pos, jnp.where(hi <= 0, -neg, (a > 0) * pos - (a < 0) * neg)
+        lo >= 0,
+        pos,
+        jnp.where(hi <= 0, -neg, (a > 0).astype(pos.dtype) * pos - (a < 0).astype(neg.dtype) * neg),
     ).astype(a.dtype)
 
 
@@ -242,8 +245,9 @@ def check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def check_number(value: Any, name: str, *, minimum: float | None = None,
-                 strict: bool = False) -> float:
+def check_number(
+    value: Any, name: str, *, minimum: float | None = None, strict: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
@@ -407,8 +411,7 @@ def _rows(a: Any, b: Any, name: str) -> tuple[jax.Array, jax.Array]:
         a, b = a[None], b[None]
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(
-            f"{name} compares rows: a and b must have one shape (N, K), got {a.shape} and "
-            f"{b.shape}"
+            f"{name} compares rows: a and b must have one shape (N, K), got {a.shape} and {b.shape}"
         )
     if not jnp.issubdtype(a.dtype, jnp.floating):
         a = a.astype(jnp.float32)
@@ -618,8 +621,9 @@ def resolve_norm(value: Any, name: str) -> Callable[[jax.Array], jax.Array]:
     table = {"fro": fro_norm, "l2": fro_norm, "linf": linf_norm}
     if value in table:
         return table[value]
-    raise ValueError(f"{name} must be a callable (N, K) -> (N,) or one of {list(table)}, got "
-                     f"{value!r}")
+    raise ValueError(
+        f"{name} must be a callable (N, K) -> (N,) or one of {list(table)}, got {value!r}"
+    )
 
 
 def n_steps(n_features: int, features_in_step: int) -> int:

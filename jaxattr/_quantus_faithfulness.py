@@ -106,8 +106,20 @@ def _step_scores(
 
 
 def _run_steps(
-    *, fn, softmax, mode, perturb_func, x, step_of, steps, target, batch_size,
-    fmap=None, fills=None, keys=None, crop=None,
+    *,
+    fn,
+    softmax,
+    mode,
+    perturb_func,
+    x,
+    step_of,
+    steps,
+    target,
+    batch_size,
+    fmap=None,
+    fills=None,
+    keys=None,
+    crop=None,
 ):
     """``_step_scores`` over all items, chunked: (M, N)."""
     m = steps.shape[0]
@@ -123,10 +135,18 @@ def _run_steps(
         whole = (start, stop) == (0, m)
         parts.append(
             _step_scores(
-                fn=fn, softmax=softmax, mode=mode, perturb_func=perturb_func, crop=crop, x=x,
-                step_of=step_of, fmap=fmap, steps=steps if whole else steps[start:stop],
+                fn=fn,
+                softmax=softmax,
+                mode=mode,
+                perturb_func=perturb_func,
+                crop=crop,
+                x=x,
+                step_of=step_of,
+                fmap=fmap,
+                steps=steps if whole else steps[start:stop],
                 fills=fills if whole else fills[start:stop],
-                keys=keys if whole else keys[start:stop], target=target,
+                keys=keys if whole else keys[start:stop],
+                target=target,
             )
         )
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
@@ -153,7 +173,21 @@ def _features(a, shape, post, x):
     ("fn", "softmax", "post", "shape", "order", "fis", "kind", "mode", "n_steps", "samples")
 )
 def _prep_ranked(
-    *, fn, softmax, post, shape, order, fis, kind, mode, n_steps, samples, x, a, target, key,
+    *,
+    fn,
+    softmax,
+    post,
+    shape,
+    order,
+    fis,
+    kind,
+    mode,
+    n_steps,
+    samples,
+    x,
+    a,
+    target,
+    key,
     bounds,
 ):
     """Everything before the perturbed forward passes of the ranked-feature metrics: the
@@ -179,8 +213,9 @@ def _prep_ranked(
         else:
             fills = jnp.broadcast_to(qc.static_fill(kind, xf)[None], (m, n)).astype(x.dtype)
     elif mode == "cumulative":
-        per_step = qc.step_fills(kind, xf, step_of, n_steps, cumulative=True, key=k_fill,
-                                 bounds=(lo, hi))
+        per_step = qc.step_fills(
+            kind, xf, step_of, n_steps, cumulative=True, key=k_fill, bounds=(lo, hi)
+        )
         fmap = qc.fill_map(per_step, step_of).astype(x.dtype)
     else:  # insert: the all-baseline start
         if kind == "uniform":
@@ -190,8 +225,16 @@ def _prep_ranked(
         fmap = jnp.broadcast_to(start[:, None], xf.shape).astype(x.dtype)
     steps = jnp.repeat(jnp.arange(n_steps), samples)
     y = qc.scores(fn, softmax, x, target)
-    return step_of, steps, fills, fmap, jax.random.split(k_func, m), y, _segment_sums(
-        af, step_of, n_steps), af
+    return (
+        step_of,
+        steps,
+        fills,
+        fmap,
+        jax.random.split(k_func, m),
+        y,
+        _segment_sums(af, step_of, n_steps),
+        af,
+    )
 
 
 @functools.partial(_caching.jit, static_argnames=("eps", "fis", "agg"))
@@ -238,9 +281,9 @@ def _agg(return_aggregate, aggregate_func):
 def _segment_sums(values: jax.Array, step_of: jax.Array, n_steps: int) -> jax.Array:
     """Per-step sums (N, S) of per-feature values (N, F)."""
     seg = jnp.where(step_of < n_steps, step_of, n_steps)
-    return jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=n_steps + 1))(
-        values, seg
-    )[:, :n_steps]
+    return jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=n_steps + 1))(values, seg)[
+        :, :n_steps
+    ]
 
 
 def _check_fis(features_in_step: int, n_features: int) -> int:
@@ -252,12 +295,32 @@ def _check_fis(features_in_step: int, n_features: int) -> int:
     return fis
 
 
-
 def _ranked(
-    fn, x, attributions, *, target, key, name, order, features_in_step, perturb_baseline,
-    perturb_func, perturb_func_kwargs, mode, abs, normalise, normalise_func, softmax,  # noqa: A002
-    batch_size, finish, similarity_func=None, return_aggregate=False, aggregate_func=None,
-    samples=1, eps=0.0, random_samples=False,
+    fn,
+    x,
+    attributions,
+    *,
+    target,
+    key,
+    name,
+    order,
+    features_in_step,
+    perturb_baseline,
+    perturb_func,
+    perturb_func_kwargs,
+    mode,
+    abs,
+    normalise,
+    normalise_func,
+    softmax,  # noqa: A002
+    batch_size,
+    finish,
+    similarity_func=None,
+    return_aggregate=False,
+    aggregate_func=None,
+    samples=1,
+    eps=0.0,
+    random_samples=False,
 ):
     """The ranked-feature metrics: validate, prepare (one compiled call), run the
     perturbed forward passes in chunks, finish (one compiled call)."""
@@ -274,25 +337,54 @@ def _ranked(
     key = _key(key, name, kind == "uniform")
     s = qc.n_steps(n_features, fis)
     step_of, steps, fills, fmap, keys, y, sums, af = _prep_ranked(
-        fn=fn, softmax=bool(softmax), post=post, shape=shape, order=order, fis=fis,
-        kind=kind, mode=mode, n_steps=s, samples=samples, x=x, a=a, target=t, key=key,
+        fn=fn,
+        softmax=bool(softmax),
+        post=post,
+        shape=shape,
+        order=order,
+        fis=fis,
+        kind=kind,
+        mode=mode,
+        n_steps=s,
+        samples=samples,
+        x=x,
+        a=a,
+        target=t,
+        key=key,
         bounds=bounds,
     )
     perturbed = _run_steps(
-        fn=fn, softmax=bool(softmax), mode=mode, perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=steps, fmap=fmap, fills=fills, keys=keys, target=t,
+        fn=fn,
+        softmax=bool(softmax),
+        mode=mode,
+        perturb_func=perturb_func,
+        x=x,
+        step_of=step_of,
+        steps=steps,
+        fmap=fmap,
+        fills=fills,
+        keys=keys,
+        target=t,
         batch_size=batch_size,
     )
     if finish == "effects":
         perturbed = perturbed.reshape(s, samples, x.shape[0])
     if finish == "non_sensitivity":
-        return _finish_non_sensitivity(perturbed, y, af, eps=float(eps), fis=fis,
-                                       agg=_agg(return_aggregate, aggregate_func))
+        return _finish_non_sensitivity(
+            perturbed, y, af, eps=float(eps), fis=fis, agg=_agg(return_aggregate, aggregate_func)
+        )
     sim = similarity_func
     if sim is None and finish in ("correlation", "effects"):
         sim = qc.correlation_pearson if finish == "correlation" else qc.correlation_spearman
-    return _finish(perturbed, y, sums, kind=finish, sim=sim,
-                   agg=_agg(return_aggregate, aggregate_func), eps=float(eps))
+    return _finish(
+        perturbed,
+        y,
+        sums,
+        kind=finish,
+        sim=sim,
+        agg=_agg(return_aggregate, aggregate_func),
+        eps=float(eps),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -425,22 +517,43 @@ def faithfulness_correlation(
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
     idx, fills, keys, y, sums = _prep_subsets(
-        fn=fn, softmax=bool(softmax), post=post, shape=shape, kind=kind, runs=runs, size=size,
-        x=x, a=a, target=t, key=key, bounds=bounds,
+        fn=fn,
+        softmax=bool(softmax),
+        post=post,
+        shape=shape,
+        kind=kind,
+        runs=runs,
+        size=size,
+        x=x,
+        a=a,
+        target=t,
+        key=key,
+        bounds=bounds,
     )
     parts = []
     for start, stop in _core.batched_chunks(runs, batch_size, backward=False):
         cut = slice(None) if (start, stop) == (0, runs) else slice(start, stop)
         parts.append(
             _subset_scores(
-                fn=fn, softmax=bool(softmax), perturb_func=perturb_func, x=x, idx=idx[cut],
-                fills=fills[cut], keys=keys[cut], target=t,
+                fn=fn,
+                softmax=bool(softmax),
+                perturb_func=perturb_func,
+                x=x,
+                idx=idx[cut],
+                fills=fills[cut],
+                keys=keys[cut],
+                target=t,
             )
         )
     perturbed = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)  # (R, N)
-    return _finish(perturbed, y, sums, kind="correlation",
-                   sim=qc.correlation_pearson if similarity_func is None else similarity_func,
-                   agg=_agg(return_aggregate, aggregate_func))
+    return _finish(
+        perturbed,
+        y,
+        sums,
+        kind="correlation",
+        sim=qc.correlation_pearson if similarity_func is None else similarity_func,
+        agg=_agg(return_aggregate, aggregate_func),
+    )
 
 
 @_core.contract
@@ -510,13 +623,27 @@ def faithfulness_estimate(
         Array([1.], dtype=float32)
     """
     return _ranked(
-        fn, x, attributions, target=target, key=key, name="faithfulness_estimate",
-        order="descending", features_in_step=features_in_step,
-        perturb_baseline=perturb_baseline, perturb_func=perturb_func,
-        perturb_func_kwargs=perturb_func_kwargs, mode="single", abs=abs, normalise=normalise,
-        normalise_func=normalise_func, softmax=softmax, batch_size=batch_size,
-        finish="correlation", similarity_func=similarity_func,
-        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        name="faithfulness_estimate",
+        order="descending",
+        features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs,
+        mode="single",
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        softmax=softmax,
+        batch_size=batch_size,
+        finish="correlation",
+        similarity_func=similarity_func,
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
     )
 
 
@@ -591,11 +718,25 @@ def monotonicity(
         Array([ True], dtype=bool)
     """
     return _ranked(
-        fn, x, attributions, target=target, key=key, name="monotonicity", order="ascending",
-        features_in_step=features_in_step, perturb_baseline=perturb_baseline,
-        perturb_func=perturb_func, perturb_func_kwargs=perturb_func_kwargs, mode="insert",
-        abs=abs, normalise=normalise, normalise_func=normalise_func, softmax=softmax,
-        batch_size=batch_size, finish="monotonic", return_aggregate=return_aggregate,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        name="monotonicity",
+        order="ascending",
+        features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs,
+        mode="insert",
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        softmax=softmax,
+        batch_size=batch_size,
+        finish="monotonic",
+        return_aggregate=return_aggregate,
         aggregate_func=aggregate_func,
     )
 
@@ -673,15 +814,30 @@ def monotonicity_correlation(
         Array([1.], dtype=float32)
     """
     return _ranked(
-        fn, x, attributions, target=target, key=key, name="monotonicity_correlation",
-        order="ascending", features_in_step=features_in_step,
-        perturb_baseline=perturb_baseline, perturb_func=perturb_func,
-        perturb_func_kwargs=perturb_func_kwargs, mode="single", abs=abs, normalise=normalise,
-        normalise_func=normalise_func, softmax=softmax, batch_size=batch_size,
-        finish="effects", similarity_func=similarity_func, return_aggregate=return_aggregate,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        name="monotonicity_correlation",
+        order="ascending",
+        features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs,
+        mode="single",
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        softmax=softmax,
+        batch_size=batch_size,
+        finish="effects",
+        similarity_func=similarity_func,
+        return_aggregate=return_aggregate,
         aggregate_func=aggregate_func,
         samples=_core.check_positive_int(nr_samples, "nr_samples"),
-        eps=qc.check_number(eps, "eps", minimum=0.0), random_samples=True,
+        eps=qc.check_number(eps, "eps", minimum=0.0),
+        random_samples=True,
     )
 
 
@@ -754,15 +910,26 @@ def pixel_flipping(
         Array([[3., 1., 0.]], dtype=float32)
     """
     return _ranked(
-        fn, x, attributions, target=target, key=key, name="pixel_flipping",
-        order="descending", features_in_step=features_in_step,
-        perturb_baseline=perturb_baseline, perturb_func=perturb_func,
-        perturb_func_kwargs=perturb_func_kwargs, mode="cumulative", abs=abs,
-        normalise=normalise, normalise_func=normalise_func, softmax=softmax,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        name="pixel_flipping",
+        order="descending",
+        features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs,
+        mode="cumulative",
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        softmax=softmax,
         batch_size=batch_size,
-        finish="auc" if qc.check_bool(return_auc_per_sample, "return_auc_per_sample")
-        else "curve",
-        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
+        finish="auc" if qc.check_bool(return_auc_per_sample, "return_auc_per_sample") else "curve",
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
     )
 
 
@@ -802,22 +969,41 @@ def _prep_patches(
         perm = jax.vmap(lambda k: jax.random.permutation(k, n_patches))(
             jax.random.split(k_order, n)
         )
-        prank = jnp.zeros_like(perm).at[jnp.arange(n)[:, None], perm].set(
-            jnp.arange(n_patches)[None]
+        prank = (
+            jnp.zeros_like(perm).at[jnp.arange(n)[:, None], perm].set(jnp.arange(n_patches)[None])
         )
     else:
         prank = _ranks(sums, descending=order == "morf")
     step_of = prank[:, pid]  # (N, C*Hp*Wp)
     xf = xpad.reshape(n, -1)
-    per_step = qc.step_fills(kind, xf, step_of, steps, cumulative=True, key=k_fill,
-                             bounds=(bounds[0], bounds[1]))
+    per_step = qc.step_fills(
+        kind, xf, step_of, steps, cumulative=True, key=k_fill, bounds=(bounds[0], bounds[1])
+    )
     fmap = qc.fill_map(per_step, step_of).astype(x.dtype)
     y = qc.scores(fn, softmax, x, target)
     return xpad, step_of, fmap, jax.random.split(k_func, steps), y
 
 
-def _patch_curve(fn, x, a, shape, post, t, *, patch_size, order, regions, kind, bounds,
-                 perturb_func, key, softmax, batch_size, finish, agg):
+def _patch_curve(
+    fn,
+    x,
+    a,
+    shape,
+    post,
+    t,
+    *,
+    patch_size,
+    order,
+    regions,
+    kind,
+    bounds,
+    perturb_func,
+    key,
+    softmax,
+    batch_size,
+    finish,
+    agg,
+):
     patch = _core.check_positive_int(patch_size, "patch_size")
     if patch > min(x.shape[2:]):
         raise ValueError(
@@ -831,13 +1017,33 @@ def _patch_curve(fn, x, a, shape, post, t, *, patch_size, order, regions, kind, 
     steps = n_patches if regions is None else min(regions, n_patches)
     ph, pw = _padding(h, patch), _padding(w, patch)
     xpad, step_of, fmap, keys, y = _prep_patches(
-        fn=fn, softmax=softmax, post=post, shape=shape, patch=patch, order=order, steps=steps,
-        kind=kind, x=x, a=a, target=t, key=key, bounds=bounds,
+        fn=fn,
+        softmax=softmax,
+        post=post,
+        shape=shape,
+        patch=patch,
+        order=order,
+        steps=steps,
+        kind=kind,
+        x=x,
+        a=a,
+        target=t,
+        key=key,
+        bounds=bounds,
     )
     perturbed = _run_steps(
-        fn=fn, softmax=softmax, mode="cumulative", perturb_func=perturb_func, x=xpad,
-        step_of=step_of, steps=jnp.arange(steps), fmap=fmap, keys=keys, target=t,
-        batch_size=batch_size, crop=(ph[0], ph[1], pw[0], pw[1]),
+        fn=fn,
+        softmax=softmax,
+        mode="cumulative",
+        perturb_func=perturb_func,
+        x=xpad,
+        step_of=step_of,
+        steps=jnp.arange(steps),
+        fmap=fmap,
+        keys=keys,
+        target=t,
+        batch_size=batch_size,
+        crop=(ph[0], ph[1], pw[0], pw[1]),
     )
     return _finish(perturbed, y, y, kind=finish, sim=None, agg=agg)
 
@@ -917,9 +1123,23 @@ def region_perturbation(
     _check_perturb_func(perturb_func)
     key = _key(key, "region_perturbation", kind == "uniform" or order == "random")
     return _patch_curve(
-        fn, x, a, shape, post, t, patch_size=patch_size, order=order, regions=regions,
-        kind=kind, bounds=bounds, perturb_func=perturb_func, key=key, softmax=bool(softmax),
-        batch_size=batch_size, finish="drop", agg=_agg(return_aggregate, aggregate_func),
+        fn,
+        x,
+        a,
+        shape,
+        post,
+        t,
+        patch_size=patch_size,
+        order=order,
+        regions=regions,
+        kind=kind,
+        bounds=bounds,
+        perturb_func=perturb_func,
+        key=key,
+        softmax=bool(softmax),
+        batch_size=batch_size,
+        finish="drop",
+        agg=_agg(return_aggregate, aggregate_func),
     )
 
 
@@ -986,9 +1206,23 @@ def selectivity(
     _check_perturb_func(perturb_func)
     key = _key(key, "selectivity", kind == "uniform")
     return _patch_curve(
-        fn, x, a, shape, post, t, patch_size=patch_size, order="morf", regions=None,
-        kind=kind, bounds=bounds, perturb_func=perturb_func, key=key, softmax=bool(softmax),
-        batch_size=batch_size, finish="curve", agg=_agg(return_aggregate, aggregate_func),
+        fn,
+        x,
+        a,
+        shape,
+        post,
+        t,
+        patch_size=patch_size,
+        order="morf",
+        regions=None,
+        kind=kind,
+        bounds=bounds,
+        perturb_func=perturb_func,
+        key=key,
+        softmax=bool(softmax),
+        batch_size=batch_size,
+        finish="curve",
+        agg=_agg(return_aggregate, aggregate_func),
     )
 
 
@@ -998,8 +1232,14 @@ def selectivity(
 
 # (row offset, column offset) and weight of the eight neighbours, ROAD's imputation
 _NEIGHBOURS = (
-    ((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-    ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+    ((0, 1), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((-1, 0), 1 / 6),
 )
 
 
@@ -1095,8 +1335,9 @@ def noisy_linear_imputation(
     else:
         key = jax.random.key(0)
     h, w = x.shape[2:]
-    maxiter = 10 * (h + w) + 100 if maxiter is None else _core.check_positive_int(
-        maxiter, "maxiter")
+    maxiter = (
+        10 * (h + w) + 100 if maxiter is None else _core.check_positive_int(maxiter, "maxiter")
+    )
     return _impute_batch(x, mask, key, noise=noise, tol=float(tol), maxiter=maxiter)
 
 
@@ -1204,8 +1445,10 @@ def road(
     n, c, h, w = x.shape
     a, shape = qc.as_attr(attributions, x)
     if shape[2:] != (h, w):
-        raise ValueError(f"attributions must have the image's height and width {(h, w)}, got "
-                         f"shape {tuple(a.shape)}")
+        raise ValueError(
+            f"attributions must have the image's height and width {(h, w)}, got "
+            f"shape {tuple(a.shape)}"
+        )
     post = qc.post_options(abs, normalise, normalise_func)
     labels = qc.labels(target, n)
     pcts = list(range(1, 100, 2)) if percentages is None else list(percentages)
@@ -1220,8 +1463,9 @@ def road(
         raise ValueError("percentages must keep at least one pixel (ROAD's imputation needs one)")
     noise = qc.check_number(noise, "noise", minimum=0.0)
     key = _key(key, "road", noise > 0)
-    maxiter = 10 * (h + w) + 100 if maxiter is None else _core.check_positive_int(
-        maxiter, "maxiter")
+    maxiter = (
+        10 * (h + w) + 100 if maxiter is None else _core.check_positive_int(maxiter, "maxiter")
+    )
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
     rank, keys = _prep_road(post=post, shape=shape, a=a, key=key, count=counts)
@@ -1229,9 +1473,15 @@ def road(
     for start, stop in _core.batched_chunks(len(pcts), batch_size, backward=False):
         parts.append(
             _road_chunk(
-                fn=fn, tol=float(tol), maxiter=maxiter, x=x, rank=rank,
-                counts=counts[start:stop], keys=keys[start:stop],
-                noise=np.asarray(noise, np.float32), labels=labels,
+                fn=fn,
+                tol=float(tol),
+                maxiter=maxiter,
+                x=x,
+                rank=rank,
+                counts=counts[start:stop],
+                keys=keys[start:stop],
+                noise=np.asarray(noise, np.float32),
+                labels=labels,
             )
         )
     return _finish_road(parts, agg=_agg(return_aggregate, aggregate_func))
@@ -1279,8 +1529,9 @@ def _prep_irof(*, fn, softmax, post, shape, kind, s_max, x, a, lab, counts, targ
     if kind == "uniform":  # Quantus's mask replacement draws one value per element
         fmap = qc.uniform(k_fill, xf.shape, x.dtype, bounds[0], bounds[1])
     else:
-        per_step = qc.step_fills(kind, xf, step_of, s_max, cumulative=True, key=k_fill,
-                                 bounds=(bounds[0], bounds[1]))
+        per_step = qc.step_fills(
+            kind, xf, step_of, s_max, cumulative=True, key=k_fill, bounds=(bounds[0], bounds[1])
+        )
         fmap = qc.fill_map(per_step, step_of).astype(x.dtype)
     y = qc.scores(fn, softmax, x, target)
     return step_of, fmap, jax.random.split(k_func, s_max), y
@@ -1379,8 +1630,9 @@ def irof(
         batch_size = _core.check_positive_int(batch_size, "batch_size")
     key = _key(key, "irof", kind == "uniform")
     if segments is None:
-        method = _core.check_choice(segmentation_method, "segmentation_method",
-                                    ("slic", "felzenszwalb"))
+        method = _core.check_choice(
+            segmentation_method, "segmentation_method", ("slic", "felzenszwalb")
+        )
         host = np.asarray(x)
         segs = [_segment(host[i], method) for i in range(n)]
     else:
@@ -1401,12 +1653,31 @@ def irof(
     s_max = max(counts)
     counts = np.asarray(counts, np.int32)
     step_of, fmap, keys, y = _prep_irof(
-        fn=fn, softmax=bool(softmax), post=post, shape=shape, kind=kind, s_max=s_max, x=x,
-        a=a, lab=np.stack(labels), counts=counts, target=t, key=key, bounds=bounds,
+        fn=fn,
+        softmax=bool(softmax),
+        post=post,
+        shape=shape,
+        kind=kind,
+        s_max=s_max,
+        x=x,
+        a=a,
+        lab=np.stack(labels),
+        counts=counts,
+        target=t,
+        key=key,
+        bounds=bounds,
     )
     preds = _run_steps(
-        fn=fn, softmax=bool(softmax), mode="cumulative", perturb_func=perturb_func, x=x,
-        step_of=step_of, steps=np.arange(s_max), fmap=fmap, keys=keys, target=t,
+        fn=fn,
+        softmax=bool(softmax),
+        mode="cumulative",
+        perturb_func=perturb_func,
+        x=x,
+        step_of=step_of,
+        steps=np.arange(s_max),
+        fmap=fmap,
+        keys=keys,
+        target=t,
         batch_size=batch_size,
     )
     return _finish_irof(preds, y, counts, agg=_agg(return_aggregate, aggregate_func))
@@ -1429,7 +1700,7 @@ def _sufficiency_core(x, a, threshold, *, fn, post, shape, metric, agg):
     same = cls[None, :] == cls[:, None]
     hits = jnp.sum(close & same, axis=1).astype(x.dtype)
     total = jnp.sum(close, axis=1)
-    result = jnp.where(total == 0, 0.0, hits / jnp.maximum(total, 1))
+    result = jnp.where(total == 0, 0.0, hits / jnp.maximum(total, 1).astype(hits.dtype))
     return result if agg is None else agg(result)
 
 
@@ -1439,7 +1710,7 @@ def _pairwise(a: jax.Array, metric: Any) -> jax.Array:
     diff = a[:, None, :] - a[None, :, :]
     if metric == "seuclidean":
         var = jnp.var(jnp.concatenate([a, a], axis=0), axis=0, ddof=1)
-        return jnp.sqrt(jnp.sum(diff**2 / var, axis=-1))
+        return jnp.sqrt(jnp.sum(diff**2 / var[None, None], axis=-1))
     if metric == "euclidean":
         return jnp.sqrt(jnp.sum(diff**2, axis=-1))
     if metric == "sqeuclidean":
@@ -1451,8 +1722,9 @@ def _pairwise(a: jax.Array, metric: Any) -> jax.Array:
     if metric == "cosine":
         u = a / jnp.linalg.norm(a, axis=1, keepdims=True)
         return 1.0 - u @ u.T
-    raise ValueError(f"distance_func must be a callable or one of {list(_DISTANCES)}, got "
-                     f"{metric!r}")
+    raise ValueError(
+        f"distance_func must be a callable or one of {list(_DISTANCES)}, got {metric!r}"
+    )
 
 
 _DISTANCES = ("seuclidean", "euclidean", "sqeuclidean", "cityblock", "chebyshev", "cosine")
@@ -1520,9 +1792,18 @@ def sufficiency(
             f"got {distance_func!r}"
         )
     n = x.shape[0]
-    out = jax.eval_shape(lambda aa: _pairwise(aa.reshape(n, -1), distance_func),
-                         jax.ShapeDtypeStruct(shape, a.dtype))
+    out = jax.eval_shape(
+        lambda aa: _pairwise(aa.reshape(n, -1), distance_func), jax.ShapeDtypeStruct(shape, a.dtype)
+    )
     if out.shape != (n, n):
         raise ValueError(f"distance_func must return an (N, N) matrix, got {tuple(out.shape)}")
-    return _sufficiency_core(x, a, threshold, fn=fn, post=post, shape=shape,
-                             metric=distance_func, agg=_agg(return_aggregate, aggregate_func))
+    return _sufficiency_core(
+        x,
+        a,
+        threshold,
+        fn=fn,
+        post=post,
+        shape=shape,
+        metric=distance_func,
+        agg=_agg(return_aggregate, aggregate_func),
+    )

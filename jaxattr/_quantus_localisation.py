@@ -92,12 +92,12 @@ def _attribution_localisation(a, s, *, post, agg, opts):
     af, s = _flat(a, s, post)
     if positive:
         af = jnp.clip(af, 0, None)
-    inside = jnp.sum(af * s, axis=1)
+    inside = jnp.sum(af * s.astype(af.dtype), axis=1)
     ratio = inside / (jnp.sum(af, axis=1) + 1e-9)
     size = jnp.sum(s, axis=1)
     ratio = jnp.where((size == 0) | (ratio > 1), jnp.nan, ratio)
     if weighted:
-        ratio = ratio * size / s.shape[1]
+        ratio = ratio * size.astype(ratio.dtype) / s.shape[1]
     return _out(ratio, agg)
 
 
@@ -112,14 +112,14 @@ def _top_k(a, s, *, post, agg, opts):
     tki = jnp.take_along_axis(s, _descending_order(af)[:, :k], axis=1).mean(axis=1)
     sums = jnp.sum(s, axis=1)
     if concept:
-        tki = tki * af.shape[1] / sums
+        tki = tki * af.shape[1] / sums.astype(tki.dtype)
     return _out(_nan_where(tki, sums == 0), agg)
 
 
 @_jit
 def _mass(a, s, *, post, agg, opts):
     af, s = _flat(a, s, post)
-    acc = jnp.sum(af * s, axis=1) / jnp.sum(af, axis=1)
+    acc = jnp.sum(af * s.astype(af.dtype), axis=1) / jnp.sum(af, axis=1)
     return _out(_nan_where(acc, jnp.sum(s, axis=1) == 0), agg)
 
 
@@ -149,7 +149,7 @@ def _sparseness(a, s, *, post, agg, opts):
     m = af.shape[1]
     v = jnp.sort(af + 1e-7, axis=1)
     coef = 2 * jnp.arange(1, m + 1, dtype=v.dtype) - m - 1
-    return _out(jnp.sum(coef * v, axis=1) / (m * jnp.sum(v, axis=1)), agg)
+    return _out(jnp.sum(coef[None] * v, axis=1) / (m * jnp.sum(v, axis=1)), agg)
 
 
 @_jit
@@ -214,10 +214,13 @@ def attribution_localisation(
     """
     qc.check_number(max_size, "max_size")
     a, s, post = _check(attributions, masks, abs, normalise, normalise_func)
-    opts = (qc.check_bool(weighted, "weighted"),
-            qc.check_bool(positive_attributions, "positive_attributions"))
-    return _attribution_localisation(a, s, post=post, opts=opts,
-                                     agg=_agg(return_aggregate, aggregate_func))
+    opts = (
+        qc.check_bool(weighted, "weighted"),
+        qc.check_bool(positive_attributions, "positive_attributions"),
+    )
+    return _attribution_localisation(
+        a, s, post=post, opts=opts, agg=_agg(return_aggregate, aggregate_func)
+    )
 
 
 def top_k_intersection(
@@ -420,8 +423,7 @@ def sparseness(
         [0.75, 0.5]
     """
     a, _, post = _check(attributions, None, abs, normalise, normalise_func)
-    return _sparseness(a, None, post=post, opts=None,
-                       agg=_agg(return_aggregate, aggregate_func))
+    return _sparseness(a, None, post=post, opts=None, agg=_agg(return_aggregate, aggregate_func))
 
 
 def complexity(
@@ -455,8 +457,7 @@ def complexity(
         Array([1.3863], dtype=float32)
     """
     a, _, post = _check(attributions, None, abs, normalise, normalise_func)
-    return _complexity(a, None, post=post, opts=None,
-                       agg=_agg(return_aggregate, aggregate_func))
+    return _complexity(a, None, post=post, opts=None, agg=_agg(return_aggregate, aggregate_func))
 
 
 def effective_complexity(

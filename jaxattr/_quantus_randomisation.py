@@ -119,8 +119,11 @@ def randomise_uniform(key: jax.Array, name: str, layer: Any) -> Any:
         ((3, 2), True)
     """
     leaves, treedef = jax.tree_util.tree_flatten(layer)
-    floats = [jnp.asarray(v).reshape(-1) for v in leaves
-              if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)]
+    floats = [
+        jnp.asarray(v).reshape(-1)
+        for v in leaves
+        if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)
+    ]
     pooled = jnp.std(jnp.concatenate(floats)) if floats else jnp.asarray(1.0)
     pooled = jnp.where(pooled > 0, pooled, 1.0)
     keys = jax.random.split(key, max(len(leaves), 1))
@@ -246,31 +249,34 @@ def model_parameter_randomisation(
         (['original', 'dense2', 'dense1'], Array([1., 1., 1., 1.], dtype=float32))
     """
     if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be callable (params, x) -> y, got "
-                        f"{type(apply_fn).__name__}")
+        raise TypeError(
+            f"apply_fn must be callable (params, x) -> y, got {type(apply_fn).__name__}"
+        )
     x = qc.as_x(x, check=qc.check_bool(check_finite, "check_finite"))
-    order = _core.check_choice(layer_order, "layer_order", ("top_down", "bottom_up",
-                                                             "independent"))
+    order = _core.check_choice(layer_order, "layer_order", ("top_down", "bottom_up", "independent"))
     avg = qc.check_bool(return_average_correlation, "return_average_correlation")
     last = qc.check_bool(return_last_correlation, "return_last_correlation")
     skip = qc.check_bool(skip_layers, "skip_layers")
     if avg and last:
-        raise ValueError("return_average_correlation and return_last_correlation cannot both "
-                         "be True")
+        raise ValueError(
+            "return_average_correlation and return_last_correlation cannot both be True"
+        )
     if avg and skip:
-        raise ValueError("return_average_correlation needs every layer: skip_layers must be "
-                         "False")
+        raise ValueError("return_average_correlation needs every layer: skip_layers must be False")
     if return_aggregate and not (avg or last):
-        raise ValueError("return_aggregate needs return_average_correlation or "
-                         "return_last_correlation")
+        raise ValueError(
+            "return_aggregate needs return_average_correlation or return_last_correlation"
+        )
     if randomise_func is not None and not callable(randomise_func):
         raise TypeError("randomise_func must be callable (key, name, layer_params) -> params")
     randomise = randomise_uniform if randomise_func is None else randomise_func
     key = _core.check_key(key, "model_parameter_randomisation")
     chunk = 1 if batch_size is None else _core.check_positive_int(batch_size, "batch_size")
-    paths = _layer_paths(params) if layers is None else [
-        p if isinstance(p, tuple) else (p,) for p in layers
-    ]
+    paths = (
+        _layer_paths(params)
+        if layers is None
+        else [p if isinstance(p, tuple) else (p,) for p in layers]
+    )
     if not paths:
         raise ValueError("params has no layers with arrays to randomise")
     for p in paths:
@@ -285,8 +291,13 @@ def model_parameter_randomisation(
     base_kwargs = dict(kwargs)
     user_args = tuple(base_kwargs.pop("args", ()))
     a_orig = _explain_reference(
-        lambda f, z, **kw: method(f, z, args=(*user_args, params), **kw), original_fn, x,
-        base_kwargs, takes_key, k_method, post,
+        lambda f, z, **kw: method(f, z, args=(*user_args, params), **kw),
+        original_fn,
+        x,
+        base_kwargs,
+        takes_key,
+        k_method,
+        post,
     )
     a = a_orig if attributions is None else _processed(attributions, x, post)
     sim_fn = qc.correlation_spearman if similarity_func is None else similarity_func
@@ -304,10 +315,19 @@ def model_parameter_randomisation(
     dynamic, spec = _split_static(kwargs)
     explanations = []
     for start in range(0, len(models), chunk):
-        explanations.append(_mprt_chunk(
-            apply_fn=apply_fn, method=method, spec=spec, takes_key=takes_key, post=post,
-            stacked=_stack(models[start : start + chunk]), x=x, key=k_method, dynamic=dynamic,
-        ))
+        explanations.append(
+            _mprt_chunk(
+                apply_fn=apply_fn,
+                method=method,
+                spec=spec,
+                takes_key=takes_key,
+                post=post,
+                stacked=_stack(models[start : start + chunk]),
+                x=x,
+                key=k_method,
+                dynamic=dynamic,
+            )
+        )
     sims = _mprt_similarities(a, a_orig, explanations, sim=sim_fn)  # (1 + L, N)
     scores = {"original": sims[0]}
     scores.update({name: sims[1 + i] for i, name in enumerate(names)})
@@ -397,8 +417,11 @@ def random_logit(
     n = x.shape[0]
     labels = qc.labels(target, n)
     out_shape = jax.eval_shape(fn, x).shape
-    k = out_shape[-1] if num_classes is None else _core.check_positive_int(
-        num_classes, "num_classes", minimum=2)
+    k = (
+        out_shape[-1]
+        if num_classes is None
+        else _core.check_positive_int(num_classes, "num_classes", minimum=2)
+    )
     if k < 2:
         raise ValueError(f"random_logit needs at least 2 classes, fn returns {out_shape}")
     key = _core.check_key(key, "random_logit")
@@ -406,14 +429,19 @@ def random_logit(
     kwargs, takes_key = _prepare_method(method, fn, x, None, method_kwargs)
     k_class, k_method, k_off = _other_class_keys(key)
     if attributions is None:
-        a = _explain_reference(method, fn, x, dict(kwargs, target=labels), takes_key,
-                               k_method, post)
+        a = _explain_reference(
+            method, fn, x, dict(kwargs, target=labels), takes_key, k_method, post
+        )
     else:
         a = _processed(attributions, x, post)
     off = _other_class(k_class, labels, k=k)
     a_off = _explain_reference(method, fn, x, dict(kwargs, target=off), takes_key, k_off, post)
-    return _similarity(a, a_off, sim=qc.ssim if similarity_func is None else similarity_func,
-                       agg=_agg(return_aggregate, aggregate_func))
+    return _similarity(
+        a,
+        a_off,
+        sim=qc.ssim if similarity_func is None else similarity_func,
+        agg=_agg(return_aggregate, aggregate_func),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -486,12 +514,27 @@ def non_sensitivity(
         Array([0], dtype=int32)
     """
     return _ranked(
-        fn, x, attributions, target=target, key=key, name="non_sensitivity", order="index",
-        features_in_step=features_in_step, perturb_baseline=perturb_baseline,
-        perturb_func=perturb_func, perturb_func_kwargs=perturb_func_kwargs, mode="single",
-        abs=abs, normalise=normalise, normalise_func=normalise_func, softmax=softmax,
-        batch_size=batch_size, finish="non_sensitivity", return_aggregate=return_aggregate,
-        aggregate_func=aggregate_func, eps=qc.check_number(eps, "eps", minimum=0.0),
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        name="non_sensitivity",
+        order="index",
+        features_in_step=features_in_step,
+        perturb_baseline=perturb_baseline,
+        perturb_func=perturb_func,
+        perturb_func_kwargs=perturb_func_kwargs,
+        mode="single",
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        softmax=softmax,
+        batch_size=batch_size,
+        finish="non_sensitivity",
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
+        eps=qc.check_number(eps, "eps", minimum=0.0),
     )
 
 
@@ -566,14 +609,16 @@ def input_invariance(
         raise TypeError(f"shifted_fn must be callable, got {type(shifted_fn).__name__}")
     post = _post(abs, normalise, normalise_func)
     kwargs, takes_key = _prepare_method(method, fn, x, target, method_kwargs)
-    key = _core.check_key(key, "input_invariance") if takes_key else (
-        jax.random.key(0) if key is None else key)
+    key = (
+        _core.check_key(key, "input_invariance")
+        if takes_key
+        else (jax.random.key(0) if key is None else key)
+    )
     if attributions is None:
         a = _explain_reference(method, fn, x, kwargs, takes_key, key, post)
     else:
         a = _processed(attributions, x, post)
-    a_shift = _explain_reference(method, shifted, _shift(x, shift), kwargs, takes_key, key,
-                                 post)
+    a_shift = _explain_reference(method, shifted, _shift(x, shift), kwargs, takes_key, key, post)
     return _invariant(a, a_shift, agg=_agg(return_aggregate, aggregate_func))
 
 
@@ -585,7 +630,7 @@ def _other_class_keys(key):
 @functools.partial(_caching.jit, static_argnames=("k",))
 def _other_class(key, labels, *, k):
     j = jax.random.randint(key, labels.shape, 0, k - 1)
-    return j + (j >= labels)
+    return j + (j >= labels).astype(j.dtype)
 
 
 @functools.partial(_caching.jit, static_argnames=("sim", "agg"))
@@ -621,4 +666,3 @@ class _Shifted:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Shifted) and (self.fn, self.shift) == (other.fn, other.shift)
-

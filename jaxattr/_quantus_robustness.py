@@ -100,8 +100,9 @@ def _post_jit(a, *, shape, post):
 def _explain_reference(method, fn, x, kwargs, takes_key, key, post):
     a = _method_call(method, fn, x, kwargs, takes_key, key)
     if not isinstance(a, (jax.Array, np.ndarray)):
-        raise TypeError(f"method must return one array (the attribution of x), got "
-                        f"{type(a).__name__}")
+        raise TypeError(
+            f"method must return one array (the attribution of x), got {type(a).__name__}"
+        )
     return _processed(a, x, post, "method's attribution")
 
 
@@ -145,12 +146,23 @@ def _post(abs, normalise, normalise_func):  # noqa: A002
     return qc.post_options(abs, normalise, normalise_func)
 
 
-@_core.cached_jit(
-    ("fn", "method", "spec", "takes_key", "post", "noise", "perturb_func", "measure")
-)
+@_core.cached_jit(("fn", "method", "spec", "takes_key", "post", "noise", "perturb_func", "measure"))
 def _robust_chunk(
-    *, fn, method, spec, takes_key, post, noise, perturb_func, measure, x, a, keys,
-    method_keys, dynamic, params,
+    *,
+    fn,
+    method,
+    spec,
+    takes_key,
+    post,
+    noise,
+    perturb_func,
+    measure,
+    x,
+    a,
+    keys,
+    method_keys,
+    dynamic,
+    params,
 ):
     """Per sample: (similarity (N,), prediction changed (N,))."""
     kwargs = _join_static(dynamic, spec)
@@ -173,11 +185,23 @@ def _robust_chunk(
         kind, num, den, sim = measure
         if kind == "lipschitz":
             if sim is None:
-                value = lipschitz_constant(af, apf, x.reshape(n, -1), xp.reshape(n, -1),
-                                           norm_numerator=num, norm_denominator=den)
+                value = lipschitz_constant(
+                    af,
+                    apf,
+                    x.reshape(n, -1),
+                    xp.reshape(n, -1),
+                    norm_numerator=num,
+                    norm_denominator=den,
+                )
             else:
-                value = sim(a=af, b=apf, c=x.reshape(n, -1), d=xp.reshape(n, -1),
-                            norm_numerator=num, norm_denominator=den)
+                value = sim(
+                    a=af,
+                    b=apf,
+                    c=x.reshape(n, -1),
+                    d=xp.reshape(n, -1),
+                    norm_numerator=num,
+                    norm_denominator=den,
+                )
         else:
             diff = (af - apf) if sim is None else sim(af, apf)
             value = num(diff) / den(af)
@@ -187,9 +211,26 @@ def _robust_chunk(
 
 
 def _robustness(
-    method, fn, x, attributions, *, target, key, nr_samples, noise, params, perturb_func,
-    measure, post, method_kwargs, return_nan, reduce, return_aggregate, aggregate_func,
-    batch_size, name,
+    method,
+    fn,
+    x,
+    attributions,
+    *,
+    target,
+    key,
+    nr_samples,
+    noise,
+    params,
+    perturb_func,
+    measure,
+    post,
+    method_kwargs,
+    return_nan,
+    reduce,
+    return_aggregate,
+    aggregate_func,
+    batch_size,
+    name,
 ):
     x = qc.as_x(x)
     n_samples = _core.check_positive_int(nr_samples, "nr_samples")
@@ -215,15 +256,30 @@ def _robustness(
     for start, stop in _core.batched_chunks(n_samples, batch_size):
         cut = slice(None) if (start, stop) == (0, n_samples) else slice(start, stop)
         s, c = _robust_chunk(
-            fn=fn, method=method, spec=spec, takes_key=takes_key, post=post, noise=noise,
-            perturb_func=perturb_func, measure=measure, x=x, a=a, keys=keys[cut],
-            method_keys=method_keys[1:][cut], dynamic=dynamic,
+            fn=fn,
+            method=method,
+            spec=spec,
+            takes_key=takes_key,
+            post=post,
+            noise=noise,
+            perturb_func=perturb_func,
+            measure=measure,
+            x=x,
+            a=a,
+            keys=keys[cut],
+            method_keys=method_keys[1:][cut],
+            dynamic=dynamic,
             params=np.asarray(params, np.float32),
         )
         sims.append(s)
         changed.append(c)
-    return _reduce(sims, changed, return_nan=return_nan, reduce=reduce,
-                   agg=_agg(return_aggregate, aggregate_func))
+    return _reduce(
+        sims,
+        changed,
+        return_nan=return_nan,
+        reduce=reduce,
+        agg=_agg(return_aggregate, aggregate_func),
+    )
 
 
 @_core.contract
@@ -303,24 +359,57 @@ def local_lipschitz_estimate(
         Array([2., 2.], dtype=float32)
     """
     return _robustness(
-        method, fn, x, attributions, target=target, key=key, nr_samples=nr_samples,
+        method,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        nr_samples=nr_samples,
         noise="gaussian",
-        params=(qc.check_number(perturb_mean, "perturb_mean"),
-                qc.check_number(perturb_std, "perturb_std", minimum=0.0)),
+        params=(
+            qc.check_number(perturb_mean, "perturb_mean"),
+            qc.check_number(perturb_std, "perturb_std", minimum=0.0),
+        ),
         perturb_func=perturb_func,
         measure=("lipschitz", norm_numerator, norm_denominator, similarity_func),
-        post=_post(abs, normalise, normalise_func), method_kwargs=method_kwargs,
-        return_nan=return_nan_when_prediction_changes, reduce="max",
-        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
-        batch_size=batch_size, name="local_lipschitz_estimate",
+        post=_post(abs, normalise, normalise_func),
+        method_kwargs=method_kwargs,
+        return_nan=return_nan_when_prediction_changes,
+        reduce="max",
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
+        batch_size=batch_size,
+        name="local_lipschitz_estimate",
     )
 
 
-def _sensitivity(reduce, name, method, fn, x, attributions, *, target, key, nr_samples,
-                 lower_bound, upper_bound, perturb_func, similarity_func, norm_numerator,
-                 norm_denominator, abs, normalise, normalise_func, return_aggregate,  # noqa: A002
-                 aggregate_func, return_nan_when_prediction_changes, method_kwargs,
-                 batch_size):
+def _sensitivity(
+    reduce,
+    name,
+    method,
+    fn,
+    x,
+    attributions,
+    *,
+    target,
+    key,
+    nr_samples,
+    lower_bound,
+    upper_bound,
+    perturb_func,
+    similarity_func,
+    norm_numerator,
+    norm_denominator,
+    abs,
+    normalise,
+    normalise_func,
+    return_aggregate,  # noqa: A002
+    aggregate_func,
+    return_nan_when_prediction_changes,
+    method_kwargs,
+    batch_size,
+):
     lo = qc.check_number(lower_bound, "lower_bound")
     if upper_bound is None:
         noise, params = "uniform_symmetric", (lo, lo)
@@ -330,14 +419,30 @@ def _sensitivity(reduce, name, method, fn, x, attributions, *, target, key, nr_s
             raise ValueError(f"upper_bound must exceed lower_bound={lo}, got {hi}")
         noise, params = "uniform", (lo, hi)
     return _robustness(
-        method, fn, x, attributions, target=target, key=key, nr_samples=nr_samples,
-        noise=noise, params=params, perturb_func=perturb_func,
-        measure=("ratio", qc.resolve_norm(norm_numerator, "norm_numerator"),
-                 qc.resolve_norm(norm_denominator, "norm_denominator"), similarity_func),
-        post=_post(abs, normalise, normalise_func), method_kwargs=method_kwargs,
-        return_nan=return_nan_when_prediction_changes, reduce=reduce,
-        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
-        batch_size=batch_size, name=name,
+        method,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        nr_samples=nr_samples,
+        noise=noise,
+        params=params,
+        perturb_func=perturb_func,
+        measure=(
+            "ratio",
+            qc.resolve_norm(norm_numerator, "norm_numerator"),
+            qc.resolve_norm(norm_denominator, "norm_denominator"),
+            similarity_func,
+        ),
+        post=_post(abs, normalise, normalise_func),
+        method_kwargs=method_kwargs,
+        return_nan=return_nan_when_prediction_changes,
+        reduce=reduce,
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
+        batch_size=batch_size,
+        name=name,
     )
 
 
@@ -413,14 +518,29 @@ def max_sensitivity(
         Array([0., 0.], dtype=float32)
     """
     return _sensitivity(
-        "max", "max_sensitivity", method, fn, x, attributions, target=target, key=key,
-        nr_samples=nr_samples, lower_bound=lower_bound, upper_bound=upper_bound,
-        perturb_func=perturb_func, similarity_func=similarity_func,
-        norm_numerator=norm_numerator, norm_denominator=norm_denominator, abs=abs,
-        normalise=normalise, normalise_func=normalise_func,
-        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
+        "max",
+        "max_sensitivity",
+        method,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        nr_samples=nr_samples,
+        lower_bound=lower_bound,
+        upper_bound=upper_bound,
+        perturb_func=perturb_func,
+        similarity_func=similarity_func,
+        norm_numerator=norm_numerator,
+        norm_denominator=norm_denominator,
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-        method_kwargs=method_kwargs, batch_size=batch_size,
+        method_kwargs=method_kwargs,
+        batch_size=batch_size,
     )
 
 
@@ -489,14 +609,29 @@ def avg_sensitivity(
         Array([0., 0.], dtype=float32)
     """
     return _sensitivity(
-        "mean", "avg_sensitivity", method, fn, x, attributions, target=target, key=key,
-        nr_samples=nr_samples, lower_bound=lower_bound, upper_bound=upper_bound,
-        perturb_func=perturb_func, similarity_func=similarity_func,
-        norm_numerator=norm_numerator, norm_denominator=norm_denominator, abs=abs,
-        normalise=normalise, normalise_func=normalise_func,
-        return_aggregate=return_aggregate, aggregate_func=aggregate_func,
+        "mean",
+        "avg_sensitivity",
+        method,
+        fn,
+        x,
+        attributions,
+        target=target,
+        key=key,
+        nr_samples=nr_samples,
+        lower_bound=lower_bound,
+        upper_bound=upper_bound,
+        perturb_func=perturb_func,
+        similarity_func=similarity_func,
+        norm_numerator=norm_numerator,
+        norm_denominator=norm_denominator,
+        abs=abs,
+        normalise=normalise,
+        normalise_func=normalise_func,
+        return_aggregate=return_aggregate,
+        aggregate_func=aggregate_func,
         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-        method_kwargs=method_kwargs, batch_size=batch_size,
+        method_kwargs=method_kwargs,
+        batch_size=batch_size,
     )
 
 
@@ -596,17 +731,23 @@ def continuity(
     steps = _core.check_positive_int(nr_steps, "nr_steps")
     kind = qc.check_baseline(perturb_baseline)
     if kind == "uniform":
-        raise ValueError("continuity fills with a fixed baseline: 'black', 'white', 'mean' or "
-                         "a number, got 'uniform'")
+        raise ValueError(
+            "continuity fills with a fixed baseline: 'black', 'white', 'mean' or "
+            "a number, got 'uniform'"
+        )
     if batch_size is not None:
         batch_size = _core.check_positive_int(batch_size, "batch_size")
     labels = qc.labels(target, n)
     post = _post(abs, normalise, normalise_func)
-    return_nan = qc.check_bool(return_nan_when_prediction_changes,
-                               "return_nan_when_prediction_changes")
+    return_nan = qc.check_bool(
+        return_nan_when_prediction_changes, "return_nan_when_prediction_changes"
+    )
     kwargs, takes_key = _prepare_method(method, fn, x, target, method_kwargs)
-    key = _core.check_key(key, "continuity") if takes_key else (
-        jax.random.key(0) if key is None else key)
+    key = (
+        _core.check_key(key, "continuity")
+        if takes_key
+        else (jax.random.key(0) if key is None else key)
+    )
     method_keys = jax.random.split(key, steps + 1)
     a = _explain_reference(method, fn, x, kwargs, takes_key, method_keys[0], post)
     dx = (2 * w + 1) // steps
@@ -616,13 +757,26 @@ def continuity(
     for start, stop in _core.batched_chunks(steps, batch_size):
         cut = slice(None) if (start, stop) == (0, steps) else slice(start, stop)
         v, c = _continuity_chunk(
-            fn=fn, method=method, spec=spec, takes_key=takes_key, post=post, kind=kind, x=x,
-            a=a, shifts=shifts[cut], method_keys=method_keys[1:][cut], dynamic=dynamic,
+            fn=fn,
+            method=method,
+            spec=spec,
+            takes_key=takes_key,
+            post=post,
+            kind=kind,
+            x=x,
+            a=a,
+            shifts=shifts[cut],
+            method_keys=method_keys[1:][cut],
+            dynamic=dynamic,
             labels=labels,
         )
         values.append(v)
         changed.append(c)
     # Quantus takes np.max: a NaN (changed prediction) makes the score NaN
-    return _reduce(values, changed, return_nan=return_nan, reduce="max_nan",
-                   agg=_agg(return_aggregate, aggregate_func))
-
+    return _reduce(
+        values,
+        changed,
+        return_nan=return_nan,
+        reduce="max_nan",
+        agg=_agg(return_aggregate, aggregate_func),
+    )

@@ -132,7 +132,10 @@ def _rise_chunk(*, fn, inputs, x, keys, masks, p, num_cells, args, target, outpu
             ms = [drawn(item, i, leaf) for i, leaf in enumerate(leaves)]
         else:
             ms = list(item)
-        masked = [leaf * m.astype(leaf.dtype) for leaf, m in zip(leaves, ms, strict=True)]
+        masked = [
+            leaf * _core.expand_rank(m.astype(leaf.dtype), leaf.ndim)
+            for leaf, m in zip(leaves, ms, strict=True)
+        ]
         y = inputs.call(fn, jax.tree_util.tree_unflatten(treedef, masked), args)
         if output_fn is not None:
             y = output_fn(y)

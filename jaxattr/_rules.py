@@ -861,7 +861,7 @@ def captum_gamma(
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from jaxattr import apply_rule, captum_gamma
-        >>> dense = lambda p, x: x @ p["weight"].T + p["bias"]
+        >>> dense = lambda p, x: x @ p["weight"].T + p["bias"][None]
         >>> p = {"weight": jnp.array([[1.0, -1.0]]), "bias": jnp.array([0.0])}
         >>> jax.grad(lambda x: apply_rule(captum_gamma(1.0), None, dense, p, x).sum())(
         ...     jnp.array([[1.0, 1.0]]))

@@ -60,10 +60,18 @@ _EPS = 1e-12
 #: ``(degree s, interior coefficients a, m_1..m_s)`` for dimensions 2-13; with them the
 #: unscrambled sequence equals SciPy's ``qmc.Sobol(scramble=False)`` on those dimensions.
 _JOE_KUO = (
-    (1, 0, (1,)), (2, 1, (1, 3)), (3, 1, (1, 3, 1)), (3, 2, (1, 1, 1)),
-    (4, 1, (1, 1, 3, 3)), (4, 4, (1, 3, 5, 13)), (5, 2, (1, 1, 5, 5, 17)),
-    (5, 4, (1, 1, 5, 5, 5)), (5, 7, (1, 1, 7, 11, 19)), (5, 11, (1, 1, 5, 1, 1)),
-    (5, 13, (1, 1, 1, 3, 11)), (5, 14, (1, 3, 5, 5, 31)),
+    (1, 0, (1,)),
+    (2, 1, (1, 3)),
+    (3, 1, (1, 3, 1)),
+    (3, 2, (1, 1, 1)),
+    (4, 1, (1, 1, 3, 3)),
+    (4, 4, (1, 3, 5, 13)),
+    (5, 2, (1, 1, 5, 5, 17)),
+    (5, 4, (1, 1, 5, 5, 5)),
+    (5, 7, (1, 1, 7, 11, 19)),
+    (5, 11, (1, 1, 5, 1, 1)),
+    (5, 13, (1, 1, 1, 3, 11)),
+    (5, 14, (1, 3, 5, 5, 31)),
 )
 
 
@@ -137,8 +145,9 @@ def _direction_bits(dimension: int) -> np.ndarray:
         if j < len(_JOE_KUO):
             m = list(_JOE_KUO[j][2])
         else:
-            m = [2 * int(rng.integers(0, 2 ** (k - 1))) + 1 if k > 1 else 1
-                 for k in range(1, s + 1)]
+            m = [
+                2 * int(rng.integers(0, 2 ** (k - 1))) + 1 if k > 1 else 1 for k in range(1, s + 1)
+            ]
         for k in range(s, _BITS):
             new = m[k - s] ^ (m[k - s] << s)
             for i in range(1, s):
@@ -194,7 +203,7 @@ def _sobol_points(key, *, n, dimension):
     if key is not None:
         k1, k2 = jax.random.split(key)
         lower = jax.random.bernoulli(k1, 0.5, (dimension, _BITS, _BITS)).astype(jnp.float32)
-        lower = jnp.tril(lower, -1) + jnp.eye(_BITS, dtype=jnp.float32)
+        lower = jnp.tril(lower, -1) + jnp.eye(_BITS, dtype=jnp.float32)[None]
         # digit b of a scrambled number: sum over digits c <= b of L[b, c] * digit c, mod 2
         v = jnp.mod(jnp.einsum("dbc,dkc->dkb", lower, v, precision=hi), 2.0)
         shift = jax.random.bernoulli(k2, 0.5, (dimension, _BITS)).astype(jnp.float32)
@@ -299,7 +308,7 @@ def sobol_total_indices(outputs: Any, nb_design: int, estimator: str = "jansen")
 def _total_indices(y, *, nb_design, estimator):
     d = y.shape[0] // nb_design - 2
     a = y[:nb_design]
-    c = y[2 * nb_design:].reshape(d, nb_design, *y.shape[1:])
+    c = y[2 * nb_design :].reshape(d, nb_design, *y.shape[1:])
     n = float(nb_design)
 
     def var(v, axis):
@@ -309,20 +318,20 @@ def _total_indices(y, *, nb_design, estimator):
 
     var_a = jnp.maximum(var(a, 0), _EPS)
     if estimator == "jansen":
-        return jnp.sum((a[None] - c) ** 2, axis=1) / (2.0 * n * var_a)
+        return jnp.sum((a[None] - c) ** 2, axis=1) / (2.0 * n * var_a[None])
     e_ac = jnp.mean(c * a[None], axis=1)
     mu_a = jnp.mean(a, axis=0)
     if estimator in ("saltelli", "homma"):
-        return 1.0 - (e_ac - mu_a**2) / var_a
+        return 1.0 - (e_ac - mu_a[None] ** 2) / var_a[None]
     mu_c = jnp.mean(c, axis=1)
     if estimator == "janon":
-        mu_ac = 0.5 * (mu_a + mu_c)
-        pooled = (jnp.sum(a**2, axis=0) + jnp.sum(c**2, axis=1)) / (2.0 * max(n - 1.0, 1.0))
+        mu_ac = 0.5 * (mu_a[None] + mu_c)
+        pooled = (jnp.sum(a**2, axis=0)[None] + jnp.sum(c**2, axis=1)) / (2.0 * max(n - 1.0, 1.0))
         v = jnp.maximum(pooled - mu_ac**2, _EPS)
         return 1.0 - (e_ac - mu_ac**2) / v
-    cov = jnp.sum((a - mu_a)[None] * (c - mu_c[:, None]), axis=1) / max(n - 1.0, 1.0)
+    cov = jnp.sum((a - mu_a[None])[None] * (c - mu_c[:, None]), axis=1) / max(n - 1.0, 1.0)
     var_c = jnp.maximum(var(c, 1), _EPS)
-    return 1.0 - cov / jnp.sqrt(var_a * var_c)
+    return 1.0 - cov / jnp.sqrt(var_a[None] * var_c)
 
 
 # --------------------------------------------------------------------------------------
@@ -388,7 +397,7 @@ def _hsic(x, y, *, kernel, batch_size):
     y2 = y.reshape(n, -1)  # (n, r)
     width = jnp.percentile(y2, 50.0, axis=0, method="linear")
     width = jnp.where(width == 0, 1.0, width)
-    gram = jnp.exp(-((y2[:, None] - y2[None]) ** 2) / (2 * width**2))  # (n, n, r)
+    gram = jnp.exp(-((y2[:, None] - y2[None]) ** 2) / (2 * width**2)[None, None])  # (n, n, r)
     centred = gram - gram.mean(0, keepdims=True)
     centred = centred - centred.mean(1, keepdims=True)  # H L H
 
@@ -464,8 +473,7 @@ def _layout(x: jax.Array, channel_axis: int | None) -> tuple[int | None, tuple[i
         return None, tuple(x.shape[1:]), 1
     if x.ndim != 4:
         raise ValueError(
-            f"x must be a batch of images (N, C, H, W) or (N, H, W, C), got shape "
-            f"{tuple(x.shape)}"
+            f"x must be a batch of images (N, C, H, W) or (N, H, W, C), got shape {tuple(x.shape)}"
         )
     from jaxattr._pair import _channel_axis
 
@@ -474,8 +482,20 @@ def _layout(x: jax.Array, channel_axis: int | None) -> tuple[int | None, tuple[i
     return ch, hw, x.shape[ch]
 
 
-def _gsa(name, fn, x, target, grid_size, nb_channels, design, perturbation, sigma,
-         channel_axis, batch_size, args):
+def _gsa(
+    name,
+    fn,
+    x,
+    target,
+    grid_size,
+    nb_channels,
+    design,
+    perturbation,
+    sigma,
+    channel_axis,
+    batch_size,
+    args,
+):
     """Evaluate the model on every mask of ``design`` (M, g*g*c): scores (M, N)."""
     grid_size = _core.check_positive_int(grid_size, "grid_size")
     if not callable(perturbation):
@@ -488,17 +508,25 @@ def _gsa(name, fn, x, target, grid_size, nb_channels, design, perturbation, sigm
     ch, hw, channels = _layout(x, channel_axis)
     if nb_channels not in (1, channels):
         raise ValueError(
-            f"nb_channels must be 1 or the number of channels of x ({channels}), got "
-            f"{nb_channels}"
+            f"nb_channels must be 1 or the number of channels of x ({channels}), got {nb_channels}"
         )
     t = _core.prepare_target(target, fn, inputs, x, args)
     masks = design.reshape(-1, grid_size, grid_size, nb_channels)
     parts = []
     for start, stop in _core.batched_chunks(len(masks), batch_size, backward=False):
-        parts.append(_gsa_scores(
-            fn=fn, inputs=inputs, x=x, args=args, target=t, masks=masks[start:stop],
-            perturbation=perturbation, sigma=sigma, layout=(ch, hw),
-        ))
+        parts.append(
+            _gsa_scores(
+                fn=fn,
+                inputs=inputs,
+                x=x,
+                args=args,
+                target=t,
+                masks=masks[start:stop],
+                perturbation=perturbation,
+                sigma=sigma,
+                layout=(ch, hw),
+            )
+        )
     return jnp.concatenate(parts, axis=0), (ch, hw)
 
 
@@ -602,8 +630,20 @@ def sobol_attribution(
     if key is not None:
         key = _core.check_key(key, "sobol_attribution")
     design = sobol_design(nb_design, grid_size * grid_size * nb_channels, key=key)
-    scores, layout = _gsa("sobol_attribution", fn, x, target, grid_size, nb_channels, design,
-                          perturbation_function, sigma, channel_axis, batch_size, args)
+    scores, layout = _gsa(
+        "sobol_attribution",
+        fn,
+        x,
+        target,
+        grid_size,
+        nb_channels,
+        design,
+        perturbation_function,
+        sigma,
+        channel_axis,
+        batch_size,
+        args,
+    )
     indices = sobol_total_indices(scores, nb_design, estimator)  # (d, N)
     return _heatmap(indices, grid_size, nb_channels, layout, np.dtype(jnp.asarray(x).dtype))
 
@@ -678,7 +718,19 @@ def hsic_attribution(
     design = sobol_sequence(nb_design, grid_size * grid_size * nb_channels, key=key)
     if kernel == "binary":
         design = jnp.round(design)
-    scores, layout = _gsa("hsic_attribution", fn, x, target, grid_size, nb_channels, design,
-                          perturbation_function, sigma, channel_axis, batch_size, args)
+    scores, layout = _gsa(
+        "hsic_attribution",
+        fn,
+        x,
+        target,
+        grid_size,
+        nb_channels,
+        design,
+        perturbation_function,
+        sigma,
+        channel_axis,
+        batch_size,
+        args,
+    )
     indices = hsic_indices(design, scores, kernel, batch_size=estimator_batch_size)
     return _heatmap(indices, grid_size, nb_channels, layout, np.dtype(jnp.asarray(x).dtype))

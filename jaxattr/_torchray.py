@@ -130,7 +130,7 @@ def smoothing_matrix(size: int, sigma: float, padding_mode: str) -> np.ndarray:
 def imsmooth(a: jax.Array, sigma: float, axes: Sequence[int], padding_mode: str) -> jax.Array:
     """TorchRay's ``imsmooth``: a separable Gaussian along ``axes`` (any number of them)."""
     for ax in axes:
-        m = jnp.asarray(smoothing_matrix(a.shape[ax], float(sigma), padding_mode))
+        a, m = _core.promote(a, smoothing_matrix(a.shape[ax], float(sigma), padding_mode))
         a = jnp.moveaxis(jnp.tensordot(a, m, axes=((ax,), (1,))), -1, ax)
     return a
 
@@ -254,15 +254,25 @@ def reducer(gradient_to_saliency: Any, channel_axis: int) -> Callable | None:
 
 
 @_core.cached_jit(("model", "inputs", "taps", "composite"))
-def _layer_gradient_core(*, model, inputs, taps, params, x, args, target, composite):
+def _layer_gradient_core(*, model, inputs, taps, params, x, args, kwargs, target, composite):
     intercept = None if composite is None else composite.intercept(model.layers)
     grads, _, _ = _taps.layer_gradients(
-        model, params, inputs, x, args, {}, taps, target, intercept=intercept
+        model, params, inputs, x, args, kwargs, taps, target, intercept=intercept
     )
     return grads[taps[0].key]
 
 
-def layer_gradient(model: Any, x: Any, target: Any, args: tuple, saliency_layer: str, composite):
+def layer_gradient(
+    model: Any,
+    x: Any,
+    target: Any,
+    args: tuple,
+    saliency_layer: str,
+    composite,
+    *,
+    kwargs: Any = None,
+    params: Any = None,
+):
     """The gradient of the target at ``saliency_layer``'s output, with ``composite``'s
     rules (``None``: the plain gradient). TorchRay's probe on ``saliency_layer``."""
     if not isinstance(saliency_layer, str):
@@ -274,14 +284,19 @@ def layer_gradient(model: Any, x: Any, target: Any, args: tuple, saliency_layer:
     args = tuple(args)
     inputs = _core.as_inputs(x)
     tap = _taps.resolve_single(model, saliency_layer)
-    t = _core.prepare_target(target, _taps.model_function(model), inputs, x, args)
+    kwargs = dict(kwargs or {})
+    kw_names = tuple(sorted(kwargs))
+    kw_values = tuple(kwargs[k] for k in kw_names)
+    fn = _taps.model_function(model, kw_names)
+    t = _core.prepare_target(target, fn, inputs, x, args + kw_values)
     return _layer_gradient_core(
         model=model,
         inputs=inputs,
         taps=(tap,),
-        params=model.params,
+        params=model.params if params is None else params,
         x=x,
         args=args,
+        kwargs=kwargs,
         target=t,
         composite=composite,
     )

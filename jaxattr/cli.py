@@ -879,7 +879,8 @@ def _load_lm(spec: str, length: int, allow_pickle: bool) -> Any:
         factory = getattr(importlib.import_module(mod_name), factory_name)
     except (ImportError, AttributeError) as err:
         raise CliError(
-            f"MODEL {spec!r}: cannot import {factory_name!r} from {mod_name!r}: {err}") from err
+            f"MODEL {spec!r}: cannot import {factory_name!r} from {mod_name!r}: {err}"
+        ) from err
     import torch
 
     module = factory()
@@ -887,8 +888,9 @@ def _load_lm(spec: str, length: int, allow_pickle: bool) -> Any:
         raise CliError(f"MODEL {spec!r} must return a torch.nn.Module, got {type(module).__name__}")
     ids = torch.zeros((2, length), dtype=torch.long)
     try:  # a Hugging Face model returns a ModelOutput: keep its logits
-        return bridge.from_torch(module.eval(), ids,
-                                 output="logits" if hasattr(module, "config") else None)
+        return bridge.from_torch(
+            module.eval(), ids, output="logits" if hasattr(module, "config") else None
+        )
     except Exception as err:  # noqa: BLE001
         raise CliError(f"MODEL {spec!r} cannot be converted: {_first_line(err)}") from err
 
@@ -906,8 +908,11 @@ def explain_text(args: argparse.Namespace) -> list[Path]:
     if args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     src = Path(args.input)
-    prompt = src.read_text(encoding="utf-8").strip() if src.suffix == ".txt" and src.is_file() \
+    prompt = (
+        src.read_text(encoding="utf-8").strip()
+        if src.suffix == ".txt" and src.is_file()
         else args.input
+    )
     stem = src.stem if src.suffix == ".txt" and src.is_file() else "prompt"
     out = Path(args.out)
     if out.suffix:
@@ -922,8 +927,9 @@ def explain_text(args: argparse.Namespace) -> list[Path]:
     except (TypeError, ValueError) as err:
         raise CliError(f"prompt: {_first_line(err)}") from err
     target = None if args.target in (None, "max") else args.target
-    n_target = args.max_new_tokens if target is None else len(
-        llm._Tok(tok).encode(target, special=False))
+    n_target = (
+        args.max_new_tokens if target is None else len(llm._Tok(tok).encode(target, special=False))
+    )
     length = max(16, -(-(len(inp.ids) + n_target) // 16) * 16)
     written: list[Path] = []
     with compilation_cache(cache_root(args)):
@@ -933,15 +939,30 @@ def explain_text(args: argparse.Namespace) -> list[Path]:
             try:
                 if name in llm.GRADIENT_METHODS:
                     res = llm.llm_gradient_attribution(
-                        model, tok, inp, target=target, method=name, n_steps=args.steps,
-                        layer=args.layer or "auto", max_new_tokens=args.max_new_tokens)
+                        model,
+                        tok,
+                        inp,
+                        target=target,
+                        method=name,
+                        n_steps=args.steps,
+                        layer=args.layer or "auto",
+                        max_new_tokens=args.max_new_tokens,
+                    )
                 else:
                     sampling = name in ("shapley_value_sampling", "lime", "kernel_shap")
                     res = llm.llm_attribution(
-                        model, tok, inp, target=target, method=name,
+                        model,
+                        tok,
+                        inp,
+                        target=target,
+                        method=name,
                         max_new_tokens=args.max_new_tokens,
-                        **({"key": jax.random.key(0), "n_samples": args.samples}
-                           if sampling else {}))
+                        **(
+                            {"key": jax.random.key(0), "n_samples": args.samples}
+                            if sampling
+                            else {}
+                        ),
+                    )
             except (ValueError, TypeError, KeyError) as err:
                 raise CliError(f"{name}: {_first_line(err)}") from err
             target = res.target_ids  # generated once, shared by the other methods
@@ -951,20 +972,25 @@ def explain_text(args: argparse.Namespace) -> list[Path]:
             html_path.write_text(res.to_html(), encoding="utf-8")
             png_path = out / f"{stem}_{name}.png"
             try:
-                fig, _ = res.plot_token_attr() if res.token_attr is not None else \
-                    res.plot_seq_attr()
+                fig, _ = (
+                    res.plot_token_attr() if res.token_attr is not None else res.plot_seq_attr()
+                )
                 fig.savefig(png_path, bbox_inches="tight", dpi=100)
                 written.append(png_path)
             except ImportError:
-                print("jaxattr: note: no matplotlib: no .png (pip install jaxattr[viz])",
-                      file=sys.stderr)
+                print(
+                    "jaxattr: note: no matplotlib: no .png (pip install jaxattr[viz])",
+                    file=sys.stderr,
+                )
             written.append(html_path)
             top = sorted(res.seq_attr_dict.items(), key=lambda kv: -abs(kv[1]))[:3]
             shown = ", ".join(f"{k!r} {v:+.3g}" for k, v in top)
             print(f"{name}: {' '.join(res.output_tokens)!r} <- {shown}")
         npz = out / f"{stem}.npz"
         arrays: dict[str, np.ndarray] = {
-            "input_tokens": np.asarray(inp.values), "target_ids": np.asarray(target)}
+            "input_tokens": np.asarray(inp.values),
+            "target_ids": np.asarray(target),
+        }
         for name, res in results.items():
             arrays[f"{name}_seq_attr"] = res.seq_attr
             if res.token_attr is not None:

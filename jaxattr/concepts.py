@@ -435,7 +435,7 @@ def _fit_core(*, x, t, alpha, tol, steps, loss, patience):
         step = 1.0 / (scale * (top + 1.0) / n + alpha)  # (+1: the intercept's direction)
 
         def value_and_grads(a, b):
-            z = t * (gram @ a + b)
+            z = t * (gram @ a + b[None])
             if loss == "hinge":
                 per = jnp.maximum(0.0, 1.0 - z)
                 dz = jnp.where(z < 1.0, -1.0, 0.0)

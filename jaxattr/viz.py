@@ -69,6 +69,7 @@ def __dir__() -> list[str]:
     """``dir(jaxattr.viz)`` lists the public functions only (not ``np``, ``os``, ...)."""
     return sorted(__all__)
 
+
 #: The ``sign`` options of Captum's visualizations.
 SIGNS = ("positive", "negative", "absolute_value", "all")
 
@@ -848,8 +849,16 @@ def imsave(
         >>> buf.getvalue()[:4]
         b'\\x89PNG'
     """
-    pixels = imgify(obj, vmin=vmin, vmax=vmax, cmap=cmap, level=level, symmetric=symmetric,
-                    grid=grid, gridfill=gridfill)
+    pixels = imgify(
+        obj,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        level=level,
+        symmetric=symmetric,
+        grid=grid,
+        gridfill=gridfill,
+    )
     name = os.fspath(fp) if isinstance(fp, (str, os.PathLike)) else None
     fmt = format
     if fmt is None and name is not None:
@@ -1131,8 +1140,7 @@ def visualize_image_attr_multiple(
     if not methods:
         raise ValueError("methods must name at least one view")
     if titles is not None and len(titles) != len(methods):
-        raise ValueError(f"titles must give one title per view ({len(methods)}), got "
-                         f"{len(titles)}")
+        raise ValueError(f"titles must give one title per view ({len(methods)}), got {len(titles)}")
     for name in ("plt_fig_axis", "title", "method", "sign", "fig_size"):
         if name in kwargs:
             raise TypeError(f"visualize_image_attr_multiple sets {name} itself; got {name}=")
@@ -1146,8 +1154,13 @@ def visualize_image_attr_multiple(
     axis_list = [axes] if len(methods) == 1 else list(np.asarray(axes, dtype=object))
     for i, (method, sign) in enumerate(zip(methods, signs, strict=True)):
         visualize_image_attr(
-            attr, original_image, method=method, sign=sign,
-            plt_fig_axis=(fig, axis_list[i]), title=titles[i] if titles else None, **kwargs,
+            attr,
+            original_image,
+            method=method,
+            sign=sign,
+            plt_fig_axis=(fig, axis_list[i]),
+            title=titles[i] if titles else None,
+            **kwargs,
         )
     fig.tight_layout()
     if use_pyplot:
@@ -1387,8 +1400,7 @@ def _records_html(records: list, legend: bool) -> str:
     for r, rec in enumerate(records):
         if not isinstance(rec, VisualizationDataRecord):
             raise TypeError(
-                f"datarecords must all be VisualizationDataRecord, item {r} is "
-                f"{type(rec).__name__}"
+                f"datarecords must all be VisualizationDataRecord, item {r} is {type(rec).__name__}"
             )
         words = [str(w) for w in rec.raw_input_ids]
         values = rec.word_attributions
@@ -1470,8 +1482,10 @@ def visualize_text(
     """
     if isinstance(tokens, VisualizationDataRecord):
         tokens = [tokens]
-    if isinstance(tokens, (list, tuple)) and tokens and all(
-        isinstance(t, VisualizationDataRecord) for t in tokens
+    if (
+        isinstance(tokens, (list, tuple))
+        and tokens
+        and all(isinstance(t, VisualizationDataRecord) for t in tokens)
     ):
         if attributions is not None or labels is not None or normalize:
             raise ValueError(
@@ -1484,8 +1498,7 @@ def visualize_text(
             "visualize_text takes a list of VisualizationDataRecord, or tokens and "
             "attributions; attributions is missing"
         )
-    return _tokens_html(tokens, attributions, labels=labels, normalize=normalize,
-                        legend=legend)
+    return _tokens_html(tokens, attributions, labels=labels, normalize=normalize, legend=legend)
 
 
 def _tokens_html(

@@ -27,6 +27,13 @@ def to_numpy(a) -> np.ndarray:
     return a
 
 
+def linear(x, weight, bias):
+    """``x @ weight.T + bias`` (torch's ``nn.Linear``), the bias given x's leading axes
+    explicitly: the suite runs with ``jax_numpy_rank_promotion="raise"``."""
+    y = x @ weight.T
+    return y + bias.reshape((1,) * (y.ndim - 1) + tuple(bias.shape))
+
+
 def _leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 

@@ -31,7 +31,7 @@ def test_linear_function_is_exact(method):
     attr = jaxattr.integrated_gradients(fn, x, baselines=b, n_steps=3, method=method)
     # trapezoid's weights sum to (n-1)/n as in Captum, so it is exact up to that factor
     factor = (3 - 1) / 3 if method == "riemann_trapezoid" else 1.0
-    np.testing.assert_allclose(attr, factor * (x - b) * w, rtol=1e-6)
+    np.testing.assert_allclose(attr, factor * (x - b[None]) * w[None], rtol=1e-6)
 
 
 def test_product_has_closed_form():

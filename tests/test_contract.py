@@ -34,11 +34,11 @@ V1 = jax.random.normal(jax.random.key(2), (2, 8))
 
 
 def mlp(x):
-    return jnp.tanh(x @ W1) @ W2
+    return jnp.tanh(x.astype(W1.dtype) @ W1) @ W2
 
 
 def mlp2(x1, x2):
-    return jnp.tanh(x1 @ W1 + x2 @ V1) @ W2
+    return jnp.tanh(x1.astype(W1.dtype) @ W1 + x2.astype(V1.dtype) @ V1) @ W2
 
 
 def mlp_cube(x):  # (N, 4) -> (N, 3, 2)
@@ -336,6 +336,24 @@ def close(a, b, tol=1e-5):
         )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_default_promotion_gives_the_same_results(dtype):
+    """The suite runs under strict dtype promotion and raising rank promotion (root
+    conftest); users run under JAX's defaults. The library makes every promotion explicit,
+    so the defaults give the same bits (here: methods that mix dtypes and ranks inside)."""
+    names = ["occlusion", "tiled_occlusion", "kernel_shap", "lime", "rise", "smoothgrad"]
+    names += ["extremal_perturbation", "fgsm", "pgd"]
+    x = X.astype(dtype)
+    strict = [CASES[name](mlp, x, target=1) for name in names]
+    jaxattr.clear_caches()  # trace again under the defaults
+    # what a user gets: JAX's default promotion (this test needs it, as users have it)
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        default = [CASES[name](mlp, x, target=1) for name in names]
+    for name, a, b in zip(names, strict, default, strict=True):
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), name)
+
+
 @pytest.mark.parametrize("case", params, ids=ids)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_shape_and_dtype_follow_x(case, dtype):
@@ -504,7 +522,7 @@ def test_return_delta(case):
 
 def test_args_are_passed_after_x():
     scale = jnp.array([2.0])
-    fn = lambda x, s: mlp(x) * s
+    fn = lambda x, s: mlp(x) * s[None]
     close(jaxattr.saliency(fn, X, target=1, args=(scale,)), 2 * jaxattr.saliency(mlp, X, target=1))
     close(
         jaxattr.integrated_gradients(fn, X, target=1, args=(scale,)),
@@ -623,7 +641,7 @@ def _lb_perturb(key, x0):  # lime_base's functions: module level, so the keys st
 
 
 def _lb_from(z, x0):
-    return x0 * z[0][MASK]
+    return x0 * z[0][MASK][None]
 
 
 def _lb_sim(x0, xp, z):

@@ -94,3 +94,18 @@ def test_an_onnx_model_loads_and_runs_without_torch():
     out = _run(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_suite_runs_with_strict_promotion():
+    """The root conftest sets strict dtype promotion and raising rank promotion before JAX
+    starts (as equinox's suite does): library code must not rely on implicit promotion.
+    This holds in every process that runs tests (the xdist workers included)."""
+    import jax
+    import jax.numpy as jnp
+
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    assert jax.config.jax_numpy_rank_promotion == "raise"
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        jnp.ones(2, jnp.bfloat16) + jnp.ones(2, jnp.float32)
+    with pytest.raises(ValueError, match="rank_promotion"):
+        jnp.ones((2, 3)) + jnp.ones(3)

@@ -39,6 +39,7 @@ from captum.influence._utils.nearest_neighbors import NearestNeighbors
 from torch.utils.data import TensorDataset
 
 from jaxattr import influence
+from tests.helpers import linear
 
 RTOL = 1e-4
 LRS = [0.5, 1.0, 2.0]
@@ -88,12 +89,12 @@ def converted(setup):
 
 
 def mlp_jax(p, x):
-    h = jax.nn.relu(x @ p["0.weight"].T + p["0.bias"])
-    return h @ p["2.weight"].T + p["2.bias"]
+    h = jax.nn.relu(linear(x, p["0.weight"], p["0.bias"]))
+    return linear(h, p["2.weight"], p["2.bias"])
 
 
 def features_jax(p, x):
-    return jax.nn.relu(x @ p["0.weight"].T + p["0.bias"])
+    return jax.nn.relu(linear(x, p["0.weight"], p["0.bias"]))
 
 
 def ce(out, y):
@@ -435,7 +436,7 @@ SHARD_SETUP = textwrap.dedent(
          "w2": rng.normal(size=(8, 3)).astype(np.float32), "learning_rate": lr}
         for lr in (0.5, 1.0, 2.0)
     ]
-    feats = lambda p, x: jnp.tanh(x @ p["w1"] + p["b1"])
+    feats = lambda p, x: jnp.tanh(x @ p["w1"] + p["b1"].reshape((1,) * (x.ndim - 1) + (-1,)))
     mlp = lambda p, x: feats(p, x) @ p["w2"]
     loss = optax.softmax_cross_entropy_with_integer_labels
     placed = []  # (examples, padded rows, devices) of every batch the sharded instances place
@@ -535,7 +536,8 @@ SHARDED_OTHERS = {
             layers = {"hidden": Layer("hidden", "linear"), "out": Layer("out", "linear")}
 
             def apply(self, params, x, intercept=default_intercept):
-                h = intercept(self.layers["hidden"], lambda q, v: jnp.tanh(v @ q["w"] + q["b"]),
+                hidden = lambda q, v: jnp.tanh(v @ q["w"] + q["b"][None])
+                h = intercept(self.layers["hidden"], hidden,
                               {"w": params["w1"], "b": params["b1"]}, x)
                 out = lambda q, v: v @ q["w"]
                 return intercept(self.layers["out"], out, {"w": params["w2"]}, h)

@@ -453,7 +453,7 @@ def _nnx_lm(vocab: int):
             self.head = nnx.Linear(d, vocab, rngs=rngs)
 
         def logits(self, e):
-            h = e + self.pos[...][: e.shape[1]]
+            h = e + self.pos[...][None, : e.shape[1]]
             for b in self.blocks:
                 h = b(h)
             return self.head(self.ln(h))

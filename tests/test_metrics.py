@@ -18,6 +18,7 @@ from torch import nn
 
 import jaxattr
 from tests import twins
+from tests.helpers import linear
 
 
 def _mlp(seed=0):
@@ -26,7 +27,7 @@ def _mlp(seed=0):
     p = {k: jnp.asarray(v.detach().numpy()) for k, v in model.state_dict().items()}
 
     def fn(x):
-        return jnp.tanh(x @ p["0.weight"].T + p["0.bias"]) @ p["2.weight"].T + p["2.bias"]
+        return linear(jnp.tanh(linear(x, p["0.weight"], p["0.bias"])), p["2.weight"], p["2.bias"])
 
     return model, fn
 

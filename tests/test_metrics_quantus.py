@@ -39,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import jaxattr  # noqa: E402
 from jaxattr import _quantus_faithfulness as qf  # noqa: E402
 from jaxattr import metrics  # noqa: E402
+from tests.helpers import linear  # noqa: E402
 
 ATOL = 1e-5
 PER_EXAMPLE = {"normalise_axes": (1, 2, 3)}
@@ -182,7 +183,7 @@ def test_monotonicity_is_true_for_a_monotone_model():
     fn = lambda x: jnp.stack([x @ w, -(x @ w)], 1)  # noqa: E731
     x = jnp.ones((2, 4))
     out = metrics.monotonicity(
-        fn, x, x * w, target=np.array([0, 1]), perturb_baseline=0.0, softmax=False
+        fn, x, x * w[None], target=np.array([0, 1]), perturb_baseline=0.0, softmax=False
     )
     np.testing.assert_array_equal(out, [True, False])
 
@@ -491,7 +492,7 @@ def apply_twin(params, x):
         x, params["0"]["weight"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
     )
     h = jax.nn.relu(h + params["0"]["bias"][None, :, None, None])
-    return h.reshape(h.shape[0], -1) @ params["3"]["weight"].T + params["3"]["bias"]
+    return linear(h.reshape(h.shape[0], -1), params["3"]["weight"], params["3"]["bias"])
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -18,7 +18,7 @@ import torch
 
 import jaxattr
 from tests import twins
-from tests.helpers import Replay, assert_close, samples_interleaved
+from tests.helpers import Replay, assert_close, linear, samples_interleaved
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def mlp_relu():
     w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
 
     def fn(x):
-        return jax.nn.relu(x @ w1.T + b1) @ w2.T + b2
+        return linear(jax.nn.relu(linear(x, w1, b1)), w2, b2)
 
     return model, fn, np.random.default_rng(7).normal(size=(2, 6)).astype(np.float32)
 

@@ -20,7 +20,7 @@ import torch
 
 import jaxattr
 from tests import twins
-from tests.helpers import Replay, assert_close, samples_interleaved
+from tests.helpers import Replay, assert_close, linear, samples_interleaved
 
 #: Captum's Lime/KernelShap surrogates (and the host-object test) fit with scikit-learn,
 #: a test oracle only (as Captum's own tests, these skip without it).
@@ -54,7 +54,7 @@ def small_conv_jax(model: SmallConv):
             dimension_numbers=("NCHW", "OIHW", "NCHW"),
         )
         h = jnp.tanh(h + p["conv.bias"][None, :, None, None]).mean((2, 3))
-        return h @ p["lin.weight"].T + p["lin.bias"]
+        return linear(h, p["lin.weight"], p["lin.bias"])
 
     return fn
 

@@ -18,7 +18,7 @@ from torch import nn
 
 import jaxattr
 from jaxattr import bridge
-from tests.helpers import assert_close
+from tests.helpers import assert_close, linear
 from tests.helpers import normal as _x
 from tests.torch_models import Activations, SmallNet
 
@@ -153,10 +153,10 @@ def test_deep_lift_on_a_plain_jax_function_matches_captum():
     ]
 
     def fn(x):
-        h = jax.nn.relu(x @ ws[0][0].T + ws[0][1])
-        h = jnp.tanh(h @ ws[1][0].T + ws[1][1])
-        h = jax.nn.sigmoid(h @ ws[2][0].T + ws[2][1])
-        return h @ ws[3][0].T + ws[3][1]
+        h = jax.nn.relu(linear(x, *ws[0]))
+        h = jnp.tanh(linear(h, *ws[1]))
+        h = jax.nn.sigmoid(linear(h, *ws[2]))
+        return linear(h, *ws[3])
 
     x, base = _x((4, 6), 8), _x((1, 6), 9)
     ref = ca.DeepLift(model).attribute(torch.from_numpy(x), torch.from_numpy(base), target=1)

@@ -220,7 +220,7 @@ def test_kernel_shap_exact_on_linear_model():
     fn = lambda a: (a @ w)[:, None]  # noqa: E731
     x = jnp.array([[1.0, 2.0, 3.0, 4.0]])
     attr = jaxattr.kernel_shap(fn, x, key=jax.random.key(0), target=0, baselines=1.0, n_samples=40)
-    close(attr, (x - 1.0) * w, tol=1e-3)
+    close(attr, (x - 1.0) * w[None], tol=1e-3)
 
 
 def test_lime_lasso_recovers_linear_model():

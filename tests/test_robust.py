@@ -21,6 +21,7 @@ from captum.robust import MinParamPerturbation as CMinParam
 
 import jaxattr
 from jaxattr import robust
+from tests.helpers import linear
 
 RTOL = 1e-4
 
@@ -45,7 +46,7 @@ def models():
     w, b = (jnp.asarray(t.detach().numpy()) for t in (lin.weight, lin.bias))
 
     def fn(x):
-        return jax.nn.softmax(x @ w.T + b, axis=1)
+        return jax.nn.softmax(linear(x, w, b), axis=1)
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 4)).astype(np.float32)

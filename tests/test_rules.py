@@ -46,9 +46,15 @@ class Seq:
         return self.apply(self.params, x)
 
 
+def _last_axis(v, x):
+    """A per-feature vector given ``x``'s leading axes explicitly (the suite runs with
+    ``jax_numpy_rank_promotion="raise"``)."""
+    return jnp.reshape(v, (1,) * (x.ndim - 1) + (-1,))
+
+
 def dense(p, x):
     out = x @ p["weight"]
-    return out + p["bias"] if "bias" in p else out
+    return out + _last_axis(p["bias"], out) if "bias" in p else out
 
 
 def relu(p, x):
@@ -356,7 +362,10 @@ def test_merge_batch_norm_keeps_the_function():
     c = 3
 
     def bn(p, x):
-        return (x - p["running_mean"]) / jnp.sqrt(p["running_var"] + 1e-5) * p["weight"] + p["bias"]
+        mean, var, weight, bias = (
+            _last_axis(p[k], x) for k in ("running_mean", "running_var", "weight", "bias")
+        )
+        return (x - mean) / jnp.sqrt(var + 1e-5) * weight + bias
 
     steps = [
         (
@@ -435,7 +444,7 @@ def test_plain_function_guided_backprop_rewrites_relu():
     x = jnp.asarray(RNG.normal(size=(2, 4)), jnp.float32)
     g = w2[:, 1]
     mask = (x @ w1 > 0).astype(jnp.float32)
-    ref = (mask * (g > 0) * g) @ w1.T
+    ref = (mask * (g > 0).astype(jnp.float32)[None] * g[None]) @ w1.T
     np.testing.assert_allclose(jaxattr.guided_backprop(fn, x, target=1), ref, rtol=1e-5)
     np.testing.assert_allclose(
         jaxattr.deconvolution(fn, x, target=1),

@@ -63,7 +63,7 @@ def _lb_perturb(key, x0):  # lime_base's functions: module level, so keys stay s
 
 
 def _lb_from(z, x0):
-    return x0 * z[0][MASK]
+    return x0 * z[0][MASK][None]
 
 
 def _lb_sim(x0, xp, z):
@@ -307,7 +307,7 @@ def test_float_scalar_target_is_a_named_error(target):
 
 
 def test_integer_scalars_are_class_indices():
-    fn = lambda x: x * jnp.array([1.0, 2.0, 3.0])  # noqa: E731
+    fn = lambda x: x * jnp.array([[1.0, 2.0, 3.0]])  # noqa: E731
     x = jnp.ones((1, 3))
     for t in (2, np.int64(2), jnp.array(2), np.array(2)):
         np.testing.assert_array_equal(jaxattr.gradient(fn, x, target=t), [[0.0, 0.0, 3.0]])
@@ -384,7 +384,7 @@ def _rss_bytes() -> int:
 
 def _fresh_attributed_model(seed, x):
     """A freshly converted torch net with 8 MiB of weights (50 kept alive would be 400+
-    MiB), attributed with saliency and LRP: ``(net, model, sum of both attributions)``."""
+    MiB), attributed with saliency and canonized LRP: ``(net, model, sum of both)``."""
     import torch
     from jaxattr.bridge import from_torch
 
@@ -395,7 +395,9 @@ def _fresh_attributed_model(seed, x):
     ).eval()  # fmt: skip
     model = from_torch(net, torch.from_numpy(x))
     a = jaxattr.saliency(model, x, target=1)
-    b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), target=1)
+    # with a canonizer: its cache and its closures must not hold the model either
+    canon = [jaxattr.canonizers.merge_batch_norm]
+    b = jaxattr.lrp(model, x, composite=jaxattr.epsilon_plus(), canonizers=canon, target=1)
     return net, model, float(a.sum() + b.sum())
 
 

@@ -33,6 +33,13 @@ def _np(t: torch.Tensor) -> jnp.ndarray:
     return jnp.asarray(t.detach().cpu().numpy())
 
 
+def _dense(h, w, b):
+    """``h @ w + b``, the bias given h's leading axes explicitly (the suite runs with
+    ``jax_numpy_rank_promotion="raise"``)."""
+    y = h @ w
+    return y + b.reshape((1,) * (y.ndim - 1) + b.shape)
+
+
 def _conv(x, w, b):
     y = jax.lax.conv_general_dilated(
         x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW")
@@ -53,8 +60,8 @@ def seed_cnn_jax(model: nn.Sequential):
         h = jax.nn.relu(_conv(x, p["0.weight"], p["0.bias"]))
         h = jax.nn.relu(_conv(h, p["2.weight"], p["2.bias"]))
         h = h.reshape(h.shape[0], -1)
-        h = jax.nn.relu(h @ w5 + p["5.bias"])
-        return h @ w7 + p["7.bias"]
+        h = jax.nn.relu(_dense(h, w5, p["5.bias"]))
+        return _dense(h, w7, p["7.bias"])
 
     return fn
 
@@ -76,8 +83,8 @@ def two_input_jax(model: TwoInput):
     p = {k: _np(v) for k, v in model.state_dict().items()}
 
     def fn(x1, x2):
-        h = jnp.tanh(jnp.concatenate([x1, x2], axis=1) @ p["l1.weight"].T + p["l1.bias"])
-        return h @ p["l2.weight"].T + p["l2.bias"]
+        h = jnp.tanh(_dense(jnp.concatenate([x1, x2], axis=1), p["l1.weight"].T, p["l1.bias"]))
+        return _dense(h, p["l2.weight"].T, p["l2.bias"])
 
     return fn
 
@@ -98,7 +105,7 @@ def cube_out_jax(model: CubeOut):
     p = {k: _np(v) for k, v in model.state_dict().items()}
 
     def fn(x):
-        return jax.nn.sigmoid(x @ p["l1.weight"].T + p["l1.bias"]).reshape(-1, 3, 4) * 2.0
+        return jax.nn.sigmoid(_dense(x, p["l1.weight"].T, p["l1.bias"])).reshape(-1, 3, 4) * 2.0
 
     return fn
 

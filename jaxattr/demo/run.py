@@ -59,8 +59,13 @@ def _methods(key: jax.Array, structured: Any) -> list[DemoMethod]:
             "noise",
             "gradient_shap",
             lambda f, x, t: jaxattr.gradient_shap(
-                f, x, baselines=jnp.zeros((1, *x.shape[1:])), key=key, n_samples=16,
-                stdevs=0.1, target=t,
+                f,
+                x,
+                baselines=jnp.zeros((1, *x.shape[1:])),
+                key=key,
+                n_samples=16,
+                stdevs=0.1,
+                target=t,
             ),
         ),
         DemoMethod(
