@@ -341,10 +341,7 @@ def smoothgrad(
     if not isinstance(noise_level, (int, float)) or noise_level < 0:
         raise ValueError(f"noise_level must be a float >= 0, got {noise_level!r}")
     key = _core.check_key(key, "smoothgrad")
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    x, args, inputs, t = _core.prepare(fn, x, target, args)
     normal, sigma = smoothgrad_draws(key, x, noise_level, n_iter)
     noise = jax.tree_util.tree_map(
         lambda z, s, xl: jnp.concatenate([jnp.zeros((1, *xl.shape), xl.dtype), z * s[None]]),
@@ -509,10 +506,7 @@ def gradient_shap(
     """
     n_samples = _core.check_positive_int(n_samples, "n_samples")
     key = _core.check_key(key, "gradient_shap")
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    x, args, inputs, t = _core.prepare(fn, x, target, args)
     dist = _core.baseline_distribution(resolve_baselines(baselines, x), x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     noise, idx, alphas = gradient_shap_draws(key, x, m, n_samples, stdevs)

@@ -433,10 +433,7 @@ def guided_ig(
     steps = _core.check_positive_int(steps, "steps")
     fraction = _check_float(fraction, "fraction", minimum=0.0, maximum=1.0)
     max_dist = _check_float(max_dist, "max_dist", minimum=0.0, maximum=1.0)
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    t = _core.prepare_target(target, fn, inputs, x, args)
+    x, args, inputs, t = _core.prepare(fn, x, target, args)
     b = _core.broadcast_baselines(baselines, x, inputs)
     return _guided_ig_core(
         fn=fn,
