@@ -745,3 +745,32 @@ def test_linalg_graph_lowered(fn):
 
 def test_linalg_converts():
     check_fn(lambda a, b: torch.linalg.solve(a, b) + torch.linalg.inv(a) @ b, _A, _r(2, 4, 3))
+
+
+def test_torch_result_type_is_torchs():
+    """The lowerings promote mixed operands explicitly, by torch's rules (the suite runs with
+    ``jax_numpy_dtype_promotion="strict"``): dimensioned tensors before zero-dim tensors
+    before Python numbers, a later group counting only where it is of a higher category.
+    Checked against ``torch.result_type`` for every pair of operands (int64 is int32 and
+    float64 float32 in JAX without x64)."""
+    import itertools
+
+    import jax.numpy as jnp
+    from jaxattr.bridge.lowerings import torch_result_type
+
+    names = ["bool", "uint8", "int8", "int16", "int32", "int64"]
+    names += ["float16", "bfloat16", "float32", "float64"]
+
+    def jax_dtype(name):
+        return jnp.dtype({"int64": "int32", "float64": "float32"}.get(name, name))
+
+    operands = [(True, True), (2, 2), (2.5, 2.5)]  # (torch, jax)
+    for name in names:
+        t = getattr(torch, name)
+        operands.append((torch.zeros(2, dtype=t), jnp.zeros(2, jax_dtype(name))))
+        operands.append((torch.zeros((), dtype=t), jnp.zeros((), jax_dtype(name))))
+    for (ta, ja), (tb, jb) in itertools.product(operands, repeat=2):
+        if not isinstance(ta, torch.Tensor) and not isinstance(tb, torch.Tensor):
+            continue
+        want = str(torch.result_type(ta, tb)).replace("torch.", "")
+        assert torch_result_type(ja, jb) == jax_dtype(want), (ta, tb)
