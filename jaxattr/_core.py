@@ -899,6 +899,31 @@ def expand_rank(a: Array, ndim: int) -> Array:
     return jnp.reshape(a, (1,) * (ndim - jnp.ndim(a)) + tuple(jnp.shape(a)))
 
 
+def model_params(params: Any, own: Any) -> Any:
+    """The parameters a structured method runs with: ``own`` (the model's) when ``params`` is
+    None, else ``params``, which must match ``own`` leaf for leaf in structure and shape.
+
+    Raises:
+        ValueError: ``params`` has another structure or another shape for some leaf.
+    """
+    if params is None:
+        return own
+    got, want = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(own)
+    if got != want:
+        raise ValueError(
+            f"params must have the structure of the model's params, expected {want}, got {got}"
+        )
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(own), strict=True
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"params{jax.tree_util.keystr(path)} must have shape {jnp.shape(b)} (the "
+                f"model's), got {jnp.shape(a)}"
+            )
+    return params
+
+
 def example_sums(tree: PyTree) -> Array:
     """Each example's sum over every leaf of ``tree`` (batch first), shape (N,).
 

@@ -61,7 +61,7 @@ class Setup:
         self.inputs = _core.as_inputs(self.x, need_float=False)
         self.kw_names = tuple(sorted(self.kwargs))
         self.kw_values = tuple(self.kwargs[k] for k in self.kw_names)
-        self.params = self.model.params if params is None else params
+        self.params = _core.model_params(params, self.model.params)
         single = isinstance(layers, str)
         names = [layers] if single else list(layers)
         if not names:

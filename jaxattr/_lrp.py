@@ -238,7 +238,7 @@ def _prep_structured(model, x, target, args, method, kwargs=None, params=None):
     fn = _plain_fn(model, kw_names)
     kw_values = tuple(kwargs[k] for k in kw_names)
     t = _core.prepare_target(target, fn, inputs, x, args + kw_values)
-    return x, args, kwargs, inputs, t, model.params if params is None else params
+    return x, args, kwargs, inputs, t, _core.model_params(params, model.params)
 
 
 def _run_rules(

@@ -293,7 +293,7 @@ def layer_gradient(
         model=model,
         inputs=inputs,
         taps=(tap,),
-        params=model.params if params is None else params,
+        params=_core.model_params(params, model.params),
         x=x,
         args=args,
         kwargs=kwargs,

@@ -152,3 +152,16 @@ def test_kwargs_on_a_plain_function_is_a_named_error():
     fn = lambda x: jax.nn.relu(x).sum(-1, keepdims=True)  # noqa: E731
     with pytest.raises(TypeError, match="kwargs need a structured model"):
         jaxattr.deep_lift(fn, np.ones((1, 3), np.float32), kwargs={"mask": np.ones((1, 3))})
+
+
+@pytest.mark.parametrize("name", ["lrp", "layer_deep_lift"])
+def test_params_of_another_shape_are_a_named_error(nets, name):
+    f = getattr(jaxattr, name)
+    x, s, d = nets["x"], nets["scale"], nets["dist"]
+    bad = dict(nets["kw"].params)
+    key = next(iter(bad))
+    bad[key] = bad[key][..., :1]
+    with pytest.raises(ValueError, match=r"params\[.*\] must have shape"):
+        CALLS[name](f, nets["kw"], x, d, kwargs={"scale": s}, params=bad)
+    with pytest.raises(ValueError, match="params must have the structure"):
+        CALLS[name](f, nets["kw"], x, d, kwargs={"scale": s}, params={"w": np.ones(2)})
