@@ -658,8 +658,12 @@ def _continuity_chunk(
         ap = _method_call(method, fn, xp, kwargs, takes_key, mk)
         ap = qc.apply_post(_like(ap, xp, a), post)
         num = qc.distance_manhattan(a.reshape(n, -1), ap.reshape(n, -1))
-        den = qc.distance_euclidean(x.reshape(n, -1), xp.reshape(n, -1)) + 1e-9
-        return num / den, changed
+        den = qc.distance_euclidean(x.reshape(n, -1), xp.reshape(n, -1))
+        # An unchanged input (the shift 0, or an image equal to the fill) has the reference
+        # explanation: Quantus recomputes it bit-identically (0 / 1e-9 = 0), a recomputation
+        # here inside vmap differs by rounding, which the 1e-9 would blow up to ~1e3
+        num = jnp.where(den == 0, jnp.zeros_like(num), num)
+        return num / (den + 1e-9), changed
 
     return jax.vmap(one)(shifts, method_keys)
 
@@ -695,7 +699,10 @@ def continuity(
     The explanation of x is always recomputed with ``method`` (Quantus ignores a given
     ``a_batch`` here too). Quantus fills with ``"black"`` whatever ``perturb_baseline``
     says; jaxattr uses ``perturb_baseline`` (default ``"black"``: the same), and shifts by
-    more than W are blank images rather than Quantus's index error.
+    more than W are blank images rather than Quantus's index error. A translation that
+    leaves an example unchanged (the shift 0, which the default ``dx`` hits for W > 13, or
+    an image equal to the fill) scores 0: Quantus gets 0 by recomputing the same
+    explanation; for a random ``method`` it would score the noise divided by 1e-9.
 
     Args:
         method: A jaxattr method, called ``method(fn, x, target=target, **method_kwargs)``.

@@ -396,10 +396,12 @@ def test_max_and_avg_sensitivity_with_the_same_noise(monkeypatch, name):
     np.testing.assert_allclose(ours, ref, atol=ATOL)
 
 
-@pytest.mark.parametrize("return_nan", [True])
-def test_continuity(return_nan):
+# 14 steps on width 7: dx = 1 and the shifts include 0 (the unchanged input, which scored
+# its recomputation's rounding divided by 1e-9 before: 520 where Quantus has 2.8)
+@pytest.mark.parametrize("nr_steps, return_nan", [(7, True), (14, False)])
+def test_continuity(nr_steps, return_nan):
     ref = run(
-        quantus.Continuity(nr_steps=7, return_nan_when_prediction_changes=return_nan, **QKW),
+        quantus.Continuity(nr_steps=nr_steps, return_nan_when_prediction_changes=return_nan, **QKW),
         FN1,
         X1,
         A_GRAD,
@@ -410,7 +412,7 @@ def test_continuity(return_nan):
         FN1,
         X1,
         target=Y,
-        nr_steps=7,
+        nr_steps=nr_steps,
         return_nan_when_prediction_changes=return_nan,
     )
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=ATOL)
