@@ -286,6 +286,7 @@ def _cam(
     if not isinstance(layer, str):
         raise TypeError(f"layer must be one layer name (str), got {type(layer).__name__}")
     s = Setup(
+        {"gradcam": "grad_cam", "gradcam++": "grad_cam_plus_plus"}[mode],
         model,
         x,
         layer,
@@ -414,7 +415,15 @@ def score_cam(
         (1, 8, 8, 1)
     """
     s = Setup(
-        model, x, layer, target=target, args=args, kwargs=kwargs, params=params, to_input=False
+        "score_cam",
+        model,
+        x,
+        layer,
+        target=target,
+        args=args,
+        kwargs=kwargs,
+        params=params,
+        to_input=False,
     )
     _check_float_x(s.x)
     (tap,) = s.taps
@@ -577,7 +586,9 @@ def guided_grad_cam(
     from jaxattr._lrp import guided_backprop
 
     # one map to upsample: a layer returning a tuple is the named error (Captum refuses it)
-    _taps.resolve_single(_taps.as_structured(model), layer, attribute_to_layer_input)
+    _taps.resolve_single(
+        _core.check_structured(model, "guided_grad_cam"), layer, attribute_to_layer_input
+    )
     cam = grad_cam(
         model,
         x,

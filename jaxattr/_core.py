@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxattr import _caching
+from jaxattr.structure import default_intercept
 
 Array = jax.Array
 PyTree = Any
@@ -386,6 +387,132 @@ def prepare(fn: Callable[..., Any], x: PyTree, target: Any, args: Sequence[Any])
     args = tuple(args)
     inputs = as_inputs(x)
     return Prepared(x, args, inputs, prepare_target(target, fn, inputs, x, args))
+
+
+@_caching.model_pytree(["model"], static=["kw_names"])
+class ModelFunction:
+    """A structured model with its own parameters as ``fn(*inputs, *kw_values)``.
+
+    The weights stay pytree leaves (arguments of compiled programs). The model runs with
+    :func:`~jaxattr.structure.default_intercept` passed explicitly, so user models need not
+    accept ``intercept=None``.
+    """
+
+    def __init__(self, model: Any, kw_names: tuple = ()):
+        self.model = model
+        self.kw_names = tuple(kw_names)
+
+    def __call__(self, *a: Any) -> Any:
+        n = len(a) - len(self.kw_names)
+        kwargs = dict(zip(self.kw_names, a[n:], strict=True))
+        return self.model.apply(self.model.params, *a[:n], intercept=default_intercept, **kwargs)
+
+
+def check_structured(model: Any, method: str, name: str = "model") -> Any:
+    """``model`` if it has the structured-model protocol (params, layers, apply), else a
+    named ``TypeError``."""
+    missing = [a for a in ("params", "layers", "apply") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            f"{method}: {name} must be a structured model (params, layers, apply(params, "
+            f"*inputs, intercept=...)), such as jaxattr.bridge.from_torch(...) or "
+            f"jaxattr.flax.from_nnx(...); got {type(model).__name__} without "
+            f"{', '.join(missing)}. Plain functions work with the input methods "
+            f"(gradient, integrated_gradients, ...)"
+        )
+    return model
+
+
+class Structured(NamedTuple):
+    """A validated call of a structured method: see :func:`prepare_structured`."""
+
+    model: Any
+    x: PyTree
+    args: tuple
+    kwargs: dict
+    inputs: Inputs
+    kw_names: tuple
+    kw_values: tuple
+    params: Any
+    fn: Callable[..., Any]
+    target: Target | None
+
+
+def prepare_structured(
+    model: Any,
+    x: PyTree,
+    *,
+    target: Any,
+    args: Sequence[Any],
+    kwargs: Any,
+    params: Any,
+    method: str,
+    name: str = "model",
+    need_float: bool = True,
+    need_target: bool = True,
+) -> Structured:
+    """The structured methods' prologue (rule, layer, neuron and CAM methods alike).
+
+    Args:
+        model: A structured model (see :mod:`jaxattr.structure`).
+        x: The input(s), batch first.
+        target: The method's ``target`` (ignored with ``need_target=False``).
+        args: Extra positional model inputs.
+        kwargs: Keyword model inputs (``None``: none), batch first as ``x``.
+        params: Weights to run with instead of the model's own (``None``: the model's);
+            checked against the model's by :func:`model_params`.
+        method: The method's name, for errors.
+        name: The model argument's name, for errors.
+        need_float: ``x`` must be floating (methods that differentiate with respect to it).
+        need_target: Normalize ``target`` (False: ``target`` is None in the result).
+
+    Returns:
+        ``Structured(model, x, args, kwargs, inputs, kw_names, kw_values, params, fn,
+        target)``: the model function ``fn(*inputs, *kw_values)`` takes the keyword inputs
+        positionally, in the sorted order of ``kw_names``.
+
+    Raises:
+        TypeError: ``model`` lacks the protocol, or is a plain function (wrapped for the rule
+            methods) given ``kwargs`` or ``params``.
+        ValueError: ``params`` of another structure or shape, a bad ``x`` or ``target``.
+
+    Example:
+        >>> from jaxattr._core import prepare_structured
+        >>> from jaxattr.demo import demo_model, make_shapes
+        >>> s = prepare_structured(demo_model(), make_shapes(2)[0], target=1, args=(),
+        ...                        kwargs=None, params=None, method="example")
+        >>> s.inputs.n, s.kw_names, s.target is not None
+        (2, (), True)
+    """
+    model = check_structured(model, method, name)
+    kwargs = {k: to_arrays(v) for k, v in (kwargs or {}).items()}
+    if getattr(model, "wraps_function", False):
+        if kwargs:
+            raise TypeError(
+                f"{method}: kwargs need a structured model; a plain function takes its "
+                f"keyword inputs by closure (functools.partial), got kwargs {sorted(kwargs)}"
+            )
+        if params is not None:
+            raise TypeError(f"{method}: params need a structured model, got a plain function")
+    x = to_arrays(x)
+    args = tuple(args)
+    inputs = as_inputs(x, need_float=need_float)
+    kw_names = tuple(sorted(kwargs))
+    kw_values = tuple(kwargs[k] for k in kw_names)
+    fn = ModelFunction(model, kw_names)
+    t = prepare_target(target, fn, inputs, x, args + kw_values) if need_target else None
+    return Structured(
+        model,
+        x,
+        args,
+        kwargs,
+        inputs,
+        kw_names,
+        kw_values,
+        model_params(params, model.params),
+        fn,
+        t,
+    )
 
 
 def _check_index(idx: Sequence[int], y_shape: tuple, what: str) -> None:

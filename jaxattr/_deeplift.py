@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from jaxattr import _caching, _core, _rules
 from jaxattr._core import PyTree
-from jaxattr._lrp import _prep_structured, _with_layers
+from jaxattr._lrp import _with_layers
 from jaxattr._rules import Rule
 from jaxattr.structure import Layer, default_intercept
 
@@ -244,10 +244,10 @@ def deep_lift(
         Array([[2., 0.]], dtype=float32)
     """
     model = _with_layers(model, x, args, _has_deeplift_rule, "deep_lift")
-    x, args, kwargs, inputs, t, params = _prep_structured(
-        model, x, target, args, "deep_lift", kwargs, params
+    s = _core.prepare_structured(
+        model, x, target=target, args=args, kwargs=kwargs, params=params, method="deep_lift"
     )
-    b = _core.broadcast_baselines(baselines, x, inputs)
+    b = _core.broadcast_baselines(baselines, s.x, s.inputs)
     if custom_attribution_func is not None and not callable(custom_attribution_func):
         raise TypeError(
             "custom_attribution_func must be callable, got "
@@ -255,13 +255,13 @@ def deep_lift(
         )
     return _deep_lift_core(
         model=model,
-        inputs=inputs,
-        params=params,
-        x=x,
+        inputs=s.inputs,
+        params=s.params,
+        x=s.x,
         baselines=b,
-        args=args,
-        kwargs=kwargs,
-        target=t,
+        args=s.args,
+        kwargs=s.kwargs,
+        target=s.target,
         eps=float(eps),
         multiply_by_inputs=multiply_by_inputs,
         custom=custom_attribution_func,
@@ -325,9 +325,10 @@ def deep_lift_shap(
     from jaxattr._noise import resolve_baselines
 
     model = _with_layers(model, x, args, _has_deeplift_rule, "deep_lift_shap")
-    x, args, kwargs, inputs, t, params = _prep_structured(
-        model, x, target, args, "deep_lift_shap", kwargs, params
+    s = _core.prepare_structured(
+        model, x, target=target, args=args, kwargs=kwargs, params=params, method="deep_lift_shap"
     )
+    x, args, kwargs, inputs, params, t = s.x, s.args, s.kwargs, s.inputs, s.params, s.target
     dist = _core.baseline_distribution(resolve_baselines(baselines, x), x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     if m < 2:

@@ -14,7 +14,6 @@ from jaxattr._composites import (
     Composite,
 )
 from jaxattr._core import PyTree
-from jaxattr._lrp import _prep_structured
 from jaxattr._rules import ParamMod, Rule
 from jaxattr.structure import chain, trace_layers
 
@@ -212,8 +211,8 @@ def _excitation(
 ):
     """Both excitation backprops: the prologue, the compiled core and TorchRay's finish."""
     resize, resize_mode, smooth = _torchray.check_options(*torchray_options)
-    x, args, kwargs, inputs, t, params = _prep_structured(
-        model, x, target, args, method, kwargs, params
+    s = _core.prepare_structured(
+        model, x, target=target, args=args, kwargs=kwargs, params=params, method=method
     )
     if method == "contrastive_excitation_backprop":
         for nm, val in (
@@ -227,12 +226,12 @@ def _excitation(
             classifier_layer = _last_linear(model)
     sal = _ebp_core(
         model=model,
-        inputs=inputs,
-        params=params,
-        x=x,
-        args=args,
-        kwargs=kwargs,
-        target=t,
+        inputs=s.inputs,
+        params=s.params,
+        x=s.x,
+        args=s.args,
+        kwargs=s.kwargs,
+        target=s.target,
         layer=layer,
         contrast_layer=contrast_layer,
         classifier_layer=classifier_layer,
@@ -241,7 +240,7 @@ def _excitation(
     )
     return _torchray.finish_tree(
         sal,
-        x,
+        s.x,
         reduce=None,
         channel_axis=channel_axis,
         resize=resize,

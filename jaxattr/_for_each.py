@@ -68,7 +68,7 @@ def for_each_target(
     layer_args = {k: kwargs[k] for k in ("args",) if k in kwargs}
     fn_check = fn
     if hasattr(fn, "apply") and hasattr(fn, "layers"):
-        fn_check = _taps.model_function(fn, ())
+        fn_check = _core.ModelFunction(fn)
     inputs = _core.as_inputs(x, need_float=False)
     for t in targets:  # validate each eagerly (range checks need concrete values)
         _core.prepare_target(t, fn_check, inputs, x, tuple(layer_args.get("args", ())))
@@ -114,6 +114,7 @@ def for_each_neuron(
     if not sels:
         raise ValueError("neuron_selectors must hold at least one selector, got none")
     s = Setup(
+        "for_each_neuron",
         model,
         x,
         layer,

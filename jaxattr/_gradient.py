@@ -100,7 +100,7 @@ def gradient(
         (1, 1, 6, 8)
     """
     if saliency_layer:
-        g = _torchray.layer_gradient(fn, x, target, args, saliency_layer, None)
+        g = _torchray.layer_gradient(fn, x, target, args, saliency_layer, None, method="gradient")
     else:
         g = _run_gradient(fn, x, target, args, "plain")
     return _torchray_finish(g, x, gradient_to_saliency, resize, resize_mode, smooth, channel_axis)

@@ -38,10 +38,13 @@ Model = Any
 
 
 class Setup:
-    """Validated call: the model, inputs, target, taps, params and keyword inputs."""
+    """A layer method's validated call: :func:`jaxattr._core.prepare_structured`'s fields
+    (model, x, args, kwargs, inputs, kw_names, kw_values, params, fn, target) and the
+    resolved taps of the requested layers."""
 
     def __init__(
         self,
+        method,
         model,
         x,
         layers,
@@ -54,14 +57,19 @@ class Setup:
         need_target=True,
         tuple_ok=False,
     ):
-        self.model = _taps.as_structured(model)
-        self.x = _core.to_arrays(x)
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.inputs = _core.as_inputs(self.x, need_float=False)
-        self.kw_names = tuple(sorted(self.kwargs))
-        self.kw_values = tuple(self.kwargs[k] for k in self.kw_names)
-        self.params = _core.model_params(params, self.model.params)
+        call = _core.prepare_structured(
+            model,
+            x,
+            target=target,
+            args=args,
+            kwargs=kwargs,
+            params=params,
+            method=method,
+            need_float=False,
+            need_target=need_target,
+        )
+        self.model, self.x, self.args, self.kwargs, self.inputs = call[:5]
+        self.kw_names, self.kw_values, self.params, self.fn, self.target = call[5:]
         single = isinstance(layers, str)
         names = [layers] if single else list(layers)
         if not names:
@@ -73,12 +81,6 @@ class Setup:
             for n, taps in zip(names, resolved, strict=True):
                 _taps.one_tensor(n, taps)
         self.taps = tuple(t for r in resolved for t in r)
-        self.fn = _taps.model_function(self.model, self.kw_names)
-        self.target = (
-            _core.prepare_target(target, self.fn, self.inputs, self.x, self.args + self.kw_values)
-            if need_target
-            else None
-        )
 
     def common(self) -> dict[str, Any]:
         return dict(
@@ -149,6 +151,7 @@ def layer_activation(
         (2, 8, 8, 32)
     """
     s = Setup(
+        "layer_activation",
         model,
         x,
         layer,
@@ -216,6 +219,7 @@ def layer_gradient_x_activation(
         ((2, 16, 16, 32), (2, 8, 8, 32))
     """
     s = Setup(
+        "layer_gradient_x_activation",
         model,
         x,
         layer,
@@ -268,6 +272,7 @@ def probe(
         (1, 8, 8, 32)
     """
     s = Setup(
+        "probe",
         model,
         x,
         layer,
@@ -416,6 +421,7 @@ def layer_integrated_gradients(
     if not isinstance(layer, str):
         raise TypeError(f"layer must be one layer name (str), got {type(layer).__name__}")
     s = Setup(
+        "layer_integrated_gradients",
         model,
         x,
         layer,
@@ -521,6 +527,7 @@ def internal_influence(
     """
     alphas, weights = checked_quadrature(method, n_steps)
     s = Setup(
+        "internal_influence",
         model,
         x,
         layer,
@@ -616,6 +623,7 @@ def layer_conductance(
     n = _core.check_positive_int(n_steps, "n_steps")
     alphas, _ = _quadrature(method, n + 1)
     s = Setup(
+        "layer_conductance",
         model,
         x,
         layer,
@@ -750,6 +758,7 @@ def layer_gradient_shap(
     n_samples = _core.check_positive_int(n_samples, "n_samples")
     key = _core.check_key(key, "layer_gradient_shap")
     s = Setup(
+        "layer_gradient_shap",
         model,
         x,
         layer,

@@ -146,6 +146,7 @@ def layer_feature_ablation(
         (1, 8, 8, 32)
     """
     s = Setup(
+        "layer_feature_ablation",
         model,
         x,
         layer,
@@ -284,6 +285,7 @@ def layer_feature_permutation(
     from jaxattr._ablation import feature_permutation
 
     s = Setup(
+        "layer_feature_permutation",
         model,
         x,
         layer,

@@ -121,12 +121,13 @@ def layer_lrp(
         if canonizers is None
         else (tuple(canonizers) if isinstance(canonizers, (list, tuple)) else (canonizers,))
     )
-    attached = attach(_taps.as_structured(model), composite, canonizers=canon)
+    attached = attach(_core.check_structured(model, "layer_lrp"), composite, canonizers=canon)
     x_arr = _core.to_arrays(x)
     discover = getattr(attached.model, "discover", None)
     if discover is not None:
         discover(*(x_arr if isinstance(x_arr, tuple) else (x_arr,)), *args)
     s = Setup(
+        "layer_lrp",
         attached.model,
         x_arr,
         layer,
@@ -277,6 +278,7 @@ def layer_deep_lift(
         ((1, 8, 8, 32), (1,))
     """
     s = Setup(
+        "layer_deep_lift",
         model,
         x,
         layer,
@@ -380,6 +382,7 @@ def layer_deep_lift_shap(
     from jaxattr._deeplift import _repeat_target
 
     s = Setup(
+        "layer_deep_lift_shap",
         model,
         x,
         layer,

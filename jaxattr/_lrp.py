@@ -48,43 +48,12 @@ Model = Any
 # --------------------------------------------------------------------------------------
 
 
-def _check_structured(model: Any, method: str) -> None:
-    missing = [a for a in ("params", "layers", "apply") if not hasattr(model, a)]
-    if missing:
-        raise TypeError(
-            f"{method} needs a structured model (params, layers, apply(params, *inputs, "
-            f"intercept=...)), such as jaxattr.bridge.from_torch(...) or "
-            f"jaxattr.flax.from_nnx(...); got {type(model).__name__} without "
-            f"{', '.join(missing)}"
-        )
-
-
 def _canon_key(canonizers):
     if canonizers is None:
         return None
     if callable(canonizers):
         return (canonizers,)
     return tuple(canonizers)
-
-
-@_caching.model_pytree(["model"], static=["kw_names"])
-class _PlainFn:
-    """A structured model as a plain function ``fn(*inputs, *kw_values)`` (its weights stay
-    leaves). It passes :func:`default_intercept` explicitly: user models need not accept
-    ``intercept=None``."""
-
-    def __init__(self, model: Any, kw_names: tuple = ()):
-        self.model = model
-        self.kw_names = kw_names
-
-    def __call__(self, *a: Any) -> Any:
-        n = len(a) - len(self.kw_names)
-        kwargs = dict(zip(self.kw_names, a[n:], strict=True))
-        return self.model.apply(self.model.params, *a[:n], intercept=default_intercept, **kwargs)
-
-
-def _plain_fn(model: Any, kw_names: tuple = ()) -> _PlainFn:
-    return _PlainFn(model, kw_names)
 
 
 @_caching.lru(8)
@@ -177,7 +146,7 @@ def attach(model: Any, composite: Composite, *, canonizers: Any = None) -> Attac
         >>> jaxattr.gradient(fn, jnp.array([[1.0, 1.0]]), target=0)
         Array([[0.25, 0.75]], dtype=float32)
     """
-    _check_structured(model, "attach")
+    _core.check_structured(model, "attach")
     if not isinstance(composite, Composite):
         raise TypeError(f"composite must be a jaxattr.Composite, got {type(composite).__name__}")
     cans = _canon_key(canonizers) or ()
@@ -216,31 +185,6 @@ def _lrp_core(*, attached, inputs, params, x, args, kwargs, target, captum_norma
     return grad, total - _core.example_sums(grad)
 
 
-def _prep_structured(model, x, target, args, method, kwargs=None, params=None):
-    """The rule methods' prologue: ``(x, args, kwargs, inputs, target, params)``.
-
-    ``kwargs`` are the model's keyword inputs (batch first, as ``x``); ``params`` replace
-    the model's own parameters (``None``: the model's).
-    """
-    _check_structured(model, method)
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    kwargs = {k: _core.to_arrays(v) for k, v in (kwargs or {}).items()}
-    if kwargs and isinstance(model, _FunctionModel):
-        raise TypeError(
-            f"{method}: kwargs need a structured model; a plain function takes its keyword "
-            f"inputs by closure (functools.partial), got kwargs {sorted(kwargs)}"
-        )
-    if params is not None and isinstance(model, _FunctionModel):
-        raise TypeError(f"{method}: params need a structured model, got a plain function")
-    inputs = _core.as_inputs(x)
-    kw_names = tuple(sorted(kwargs))
-    fn = _plain_fn(model, kw_names)
-    kw_values = tuple(kwargs[k] for k in kw_names)
-    t = _core.prepare_target(target, fn, inputs, x, args + kw_values)
-    return x, args, kwargs, inputs, t, _core.model_params(params, model.params)
-
-
 def _run_rules(
     model,
     x,
@@ -254,18 +198,18 @@ def _run_rules(
     kwargs=None,
     params=None,
 ):
-    x, args, kwargs, inputs, t, params = _prep_structured(
-        model, x, target, args, method, kwargs, params
+    s = _core.prepare_structured(
+        model, x, target=target, args=args, kwargs=kwargs, params=params, method=method
     )
     attached = attach(model, composite, canonizers=canonizers)
     return _lrp_core(
         attached=attached,
-        inputs=inputs,
-        params=params,
-        x=x,
-        args=args,
-        kwargs=kwargs,
-        target=t,
+        inputs=s.inputs,
+        params=s.params,
+        x=s.x,
+        args=s.args,
+        kwargs=s.kwargs,
+        target=s.target,
         captum_normalize=captum_normalize,
         return_delta=return_delta,
     )
@@ -417,6 +361,8 @@ class _FunctionModel:
     ``cond`` or ``while`` are not seen).
     """
 
+    wraps_function = True  # no kwargs=, params= (see _core.prepare_structured)
+
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
         self.params: dict = {}
@@ -482,7 +428,7 @@ def _with_layers(model: Any, x, args, wanted: Callable[[Layer], bool], method: s
         _discover(model, x, args)
         if any(wanted(layer) for layer in model.layers.values()):
             return model
-        model = _plain_fn(model)  # activations are function calls: find them in the jaxpr
+        model = _core.ModelFunction(model)  # activations are function calls: find them in the jaxpr
     if not callable(model):
         raise TypeError(
             f"{method}: model must be a structured model or a function, got {type(model).__name__}"
@@ -497,7 +443,15 @@ def _relu_method(model, x, target, args, composite, method, torchray_options, kw
     model = _with_layers(model, x, args, is_relu, method)
     if saliency_layer:
         g = _torchray.layer_gradient(
-            model, x, target, args, saliency_layer, composite, kwargs=kwargs, params=params
+            model,
+            x,
+            target,
+            args,
+            saliency_layer,
+            composite,
+            method=method,
+            kwargs=kwargs,
+            params=params,
         )
     else:
         g = _run_rules(

@@ -145,8 +145,9 @@ def _neuron_fn_for(part, tap, kw_names, n_args, mode, static):
 class _Neuron:
     """A neuron of a structured model prepared as a plain function for the input methods."""
 
-    def __init__(self, model, x, layer, selector, *, to_input, args, kwargs, params):
+    def __init__(self, method, model, x, layer, selector, *, to_input, args, kwargs, params):
         self.s = Setup(
+            method,
             model,
             x,
             layer,
@@ -243,6 +244,7 @@ def neuron_gradient(
         (1, 32, 32, 3)
     """
     nm = _Neuron(
+        "neuron_gradient",
         model,
         x,
         layer,
@@ -300,6 +302,7 @@ def neuron_integrated_gradients(
         (1, 32, 32, 3)
     """
     nm = _Neuron(
+        "neuron_integrated_gradients",
         model,
         x,
         layer,
@@ -368,6 +371,7 @@ def neuron_gradient_shap(
         (1, 32, 32, 3)
     """
     nm = _Neuron(
+        "neuron_gradient_shap",
         model,
         x,
         layer,
@@ -486,6 +490,7 @@ def neuron_conductance(
     """
     alphas, weights = checked_quadrature(method, n_steps)
     s = Setup(
+        "neuron_conductance",
         model,
         x,
         layer,
@@ -530,7 +535,7 @@ class NeuronModel:
     """
 
     def __init__(self, model: Model, layer: str, neuron_selector: Any, to_input: bool = False):
-        self.model = _taps.as_structured(model)
+        self.model = _core.check_structured(model, "NeuronModel")
         self.tap = _taps.resolve_single(self.model, layer, to_input)
         self.selector = neuron_selector
 
@@ -698,6 +703,7 @@ def neuron_feature_ablation(
     from jaxattr._ablation import feature_ablation
 
     nm = _Neuron(
+        "neuron_feature_ablation",
         model,
         x,
         layer,

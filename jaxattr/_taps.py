@@ -22,7 +22,6 @@ from jaxattr.structure import StructuredModel, chain, trace_layers
 
 __all__ = [
     "Tap",
-    "as_structured",
     "input_taps",
     "resolve_layer",
     "resolve_layers",
@@ -52,17 +51,6 @@ class Tap:
         if not self.to_input:
             return self.layer
         return self.layer + ":input" + (str(self.index) if self.index else "")
-
-
-def as_structured(model: Any, name: str = "model") -> StructuredModel:
-    """Check that ``model`` exposes its layers (the bridge, the Flax adapters)."""
-    if not (hasattr(model, "apply") and hasattr(model, "layers") and hasattr(model, "params")):
-        raise TypeError(
-            f"{name} must be a structured model with named layers (jaxattr.bridge.from_torch, "
-            f"jaxattr.flax.from_linen / from_nnx), got {type(model).__name__}; plain functions "
-            f"work with the input methods (gradient, integrated_gradients, ...)"
-        )
-    return model
 
 
 def resolve_layers(model: StructuredModel, layer: str, to_input: bool = False) -> tuple[Tap, ...]:
@@ -437,22 +425,3 @@ def layer_gradients(
 
     grads, (acts, y) = jax.grad(score, has_aux=True)(zeros)
     return grads, acts, y
-
-
-@_caching.model_pytree(["model"], static=["kw_names"])
-class _ModelFunction:
-    """``fn(*inputs, *kw_values)``: a structured model with its own params, as a function."""
-
-    def __init__(self, model: Any, kw_names: tuple):
-        self.model = model
-        self.kw_names = kw_names
-
-    def __call__(self, *a: Any) -> Any:
-        n = len(a) - len(self.kw_names)
-        kwargs = dict(zip(self.kw_names, a[n:], strict=False))
-        return self.model.apply(self.model.params, *a[:n], **kwargs)
-
-
-def model_function(model: Any, kw_names: tuple = ()) -> Callable[..., Any]:
-    """A ``fn(*inputs, *kw_values)`` of the model with its own params (a pytree)."""
-    return _ModelFunction(model, tuple(kw_names))

@@ -270,6 +270,7 @@ def layer_gradient(
     saliency_layer: str,
     composite,
     *,
+    method: str,
     kwargs: Any = None,
     params: Any = None,
 ):
@@ -279,24 +280,25 @@ def layer_gradient(
         raise TypeError(
             f"saliency_layer must be a layer name (str), got {type(saliency_layer).__name__}"
         )
-    model = _taps.as_structured(model, "model (with saliency_layer)")
-    x = _core.to_arrays(x)
-    args = tuple(args)
-    inputs = _core.as_inputs(x)
-    tap = _taps.resolve_single(model, saliency_layer)
-    kwargs = dict(kwargs or {})
-    kw_names = tuple(sorted(kwargs))
-    kw_values = tuple(kwargs[k] for k in kw_names)
-    fn = _taps.model_function(model, kw_names)
-    t = _core.prepare_target(target, fn, inputs, x, args + kw_values)
-    return _layer_gradient_core(
-        model=model,
-        inputs=inputs,
-        taps=(tap,),
-        params=_core.model_params(params, model.params),
-        x=x,
+    s = _core.prepare_structured(
+        model,
+        x,
+        target=target,
         args=args,
         kwargs=kwargs,
-        target=t,
+        params=params,
+        method=method,
+        name="model (with saliency_layer)",
+    )
+    tap = _taps.resolve_single(s.model, saliency_layer)
+    return _layer_gradient_core(
+        model=s.model,
+        inputs=s.inputs,
+        taps=(tap,),
+        params=s.params,
+        x=s.x,
+        args=s.args,
+        kwargs=s.kwargs,
+        target=s.target,
         composite=composite,
     )

@@ -465,9 +465,21 @@ def _finish_top_k(best: tuple, proponents: bool) -> KMostInfluentialResults:
 # --------------------------------------------------------------------------------------
 
 
+def _shared(fn: Any) -> bool:
+    """Programs are shared (cached) only for a structured model's weight-free
+    :class:`_Apply`, keyed by structure; a plain function's belong to the instance, since
+    a cache keyed by the user's function would keep it, and any weights it closes over,
+    alive."""
+    return isinstance(fn, _Apply) and fn.part is not None
+
+
 @_caching.lru(16)
-def _per_example(fn: Any, loss_fn: Any, mask: tuple) -> _PerExample:
+def _per_example_shared(fn: _Apply, loss_fn: Any, mask: tuple) -> _PerExample:
     return _PerExample(fn, loss_fn, mask)
+
+
+def _per_example(fn: Any, loss_fn: Any, mask: tuple) -> _PerExample:
+    return (_per_example_shared if _shared(fn) else _PerExample)(fn, loss_fn, mask)
 
 
 class _PerExample:
@@ -602,7 +614,11 @@ class TracInCP:
         params0, _ = self.checkpoints.first()
         self.mask = _param_mask(model, params0, self.layers)
         self._train = _per_example(self.fn, self.loss_fn, self.mask)
-        self._test = _per_example(self.fn, self.test_loss_fn, self.mask)
+        self._test = (
+            self._train
+            if self.test_loss_fn is self.loss_fn
+            else _per_example(self.fn, self.test_loss_fn, self.mask)
+        )
 
     @classmethod
     def get_name(cls) -> str:
@@ -769,8 +785,13 @@ class TracInCP:
 
 
 @_caching.lru(16)
-def _last_layer(fn: Any, final_fc_layer: Any, loss_fn: Any) -> _LastLayer:
+def _last_layer_shared(fn: _Apply, final_fc_layer: Any, loss_fn: Any) -> _LastLayer:
     return _LastLayer(fn, final_fc_layer, loss_fn)
+
+
+def _last_layer(fn: Any, final_fc_layer: Any, loss_fn: Any) -> _LastLayer:
+    shared = _shared(fn) and isinstance(final_fc_layer, str)  # not a user feature function
+    return (_last_layer_shared if shared else _LastLayer)(fn, final_fc_layer, loss_fn)
 
 
 class _LastLayer:
@@ -908,7 +929,11 @@ class TracInCPFast:
         self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
         self.vectorize = vectorize
         self._train = _last_layer(self.fn, final_fc_layer, loss_fn)
-        self._test = _last_layer(self.fn, final_fc_layer, self.test_loss_fn)
+        self._test = (
+            self._train
+            if self.test_loss_fn is loss_fn
+            else _last_layer(self.fn, final_fc_layer, self.test_loss_fn)
+        )
 
     get_name = TracInCP.get_name
     _inputs = TracInCP._inputs
@@ -1315,7 +1340,7 @@ class SimilarityInfluence:
 
         self._placement = _Placement(mesh)
         self.mesh = mesh
-        self.module = _taps.as_structured(module, "module")
+        self.module = _core.check_structured(module, type(self).__name__, "module")
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.layers:
             raise ValueError("layers must name at least one layer, got an empty list")
@@ -1488,7 +1513,11 @@ class _InfluenceFunctionBase:
         self.layers = None if layers is None else list(layers)
         self.mask = _param_mask(model, self.params, self.layers)
         self._train = _per_example(self.fn, self.loss_fn, self.mask)
-        self._test = _per_example(self.fn, self.test_loss_fn, self.mask)
+        self._test = (
+            self._train
+            if self.test_loss_fn is self.loss_fn
+            else _per_example(self.fn, self.test_loss_fn, self.mask)
+        )
         leaves, treedef = jax.tree_util.tree_flatten(self.params)
         sel = [a for a, m in zip(leaves, self.mask, strict=True) if m]
         self._theta, unravel = ravel_pytree(sel)

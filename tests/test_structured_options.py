@@ -165,3 +165,22 @@ def test_params_of_another_shape_are_a_named_error(nets, name):
         CALLS[name](f, nets["kw"], x, d, kwargs={"scale": s}, params=bad)
     with pytest.raises(ValueError, match="params must have the structure"):
         CALLS[name](f, nets["kw"], x, d, kwargs={"scale": s}, params={"w": np.ones(2)})
+
+
+@pytest.mark.parametrize(
+    "name", sorted({*CALLS, "layer_activation", "layer_conductance", "grad_cam", "score_cam"})
+)
+def test_a_model_without_the_protocol_is_a_named_error(nets, name):
+    """One prologue (``_core.prepare_structured``): a model without the protocol (params,
+    layers, apply) is a ``TypeError`` before anything runs (the rule methods also take a
+    plain function; this is neither)."""
+    f = getattr(jaxattr, name)
+    call = CALLS.get(name, lambda f, m, x, d, **o: f(m, x, "fc1", target=1, **o))
+    if name == "layer_activation":
+        call = lambda f, m, x, d, **o: f(m, x, "fc1", **o)  # noqa: E731
+
+    class NoLayers:  # weights, but no layers and no apply
+        params = {}
+
+    with pytest.raises(TypeError, match="structured model"):
+        call(f, NoLayers(), nets["x"], nets["dist"])

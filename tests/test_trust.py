@@ -433,6 +433,43 @@ def test_fresh_models_are_not_kept_alive_by_the_caches():
     assert grown < 2**20, f"{grown / 2**20:.1f} MiB of device arrays outlive two models"
 
 
+def test_influence_caches_do_not_keep_a_function_model_alive():
+    """TracInCP / TracInCPFast on a plain ``model(params, *x)``: its programs belong to the
+    instance (a module cache keyed by the function held up to 16 of them, with whatever
+    they close over); a structured model's are shared by structure, holding no weights."""
+    import gc
+    import weakref
+
+    from jaxattr import influence
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 3), np.float32), np.array([0, 1, 0, 1])
+    params = {"w": jnp.asarray(rng.random((3, 2), np.float32))}
+    loss = lambda out, lab: -jnp.take_along_axis(out, lab[:, None], 1)[:, 0]  # noqa: E731
+
+    class Closure:  # what a user's model may close over (a big table, a tokenizer, ...)
+        pass
+
+    refs = []
+    for fast in (False, True):
+        held = Closure()
+
+        def model(p, a, held=held):
+            return a @ p["w"]
+
+        if fast:
+            features = lambda p, a: a  # noqa: E731
+            tracin = influence.TracInCPFast(model, features, (x, y), [params], loss_fn=loss)
+        else:
+            tracin = influence.TracInCP(model, (x, y), [params], loss_fn=loss, batch_size=2)
+        scores = tracin.self_influence()
+        assert scores.shape == (4,)
+        refs += [weakref.ref(model), weakref.ref(held)]
+        del tracin, model, held
+    gc.collect()
+    assert not [r for r in refs if r() is not None], "an influence cache keeps a model alive"
+
+
 @pytest.mark.slow  # ~100 CPU-s (55 conversions); test_fresh_models_are_not_kept_alive_... above
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="Linux only")
 def test_fifty_fresh_models_do_not_grow_memory():
