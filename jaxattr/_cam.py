@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxattr import _core, _taps, _torchray
 from jaxattr._core import PyTree
-from jaxattr._layer import Setup, _batch, _check_float_x, layer_gradient_x_activation
+from jaxattr._layer import Setup, _batch, layer_gradient_x_activation
 
 __all__ = [
     "grad_cam",
@@ -424,8 +424,8 @@ def score_cam(
         kwargs=kwargs,
         params=params,
         to_input=False,
+        need_float=True,
     )
-    _check_float_x(s.x)
     (tap,) = s.taps
     shape = _taps.tap_shapes(s.model, s.params, s.inputs, s.x, s.args, s.kwargs, s.taps)
     act_shape = tuple(shape[tap.key].shape)

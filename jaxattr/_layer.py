@@ -55,6 +55,7 @@ class Setup:
         params,
         to_input,
         need_target=True,
+        need_float=False,
         tuple_ok=False,
     ):
         call = _core.prepare_structured(
@@ -65,7 +66,7 @@ class Setup:
             kwargs=kwargs,
             params=params,
             method=method,
-            need_float=False,
+            need_float=need_float,
             need_target=need_target,
         )
         self.model, self.x, self.args, self.kwargs, self.inputs = call[:5]
@@ -98,10 +99,6 @@ class Setup:
         it = iter(values)
         grouped = [next(it) if k == 1 else tuple(next(it) for _ in range(k)) for k in self.sizes]
         return grouped[0] if self.single else grouped
-
-
-def _check_float_x(x, name="x"):
-    _core.as_inputs(x, need_float=True, name=name)
 
 
 # --------------------------------------------------------------------------------------
@@ -537,8 +534,8 @@ def internal_influence(
         params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
+        need_float=True,
     )
-    _check_float_x(s.x)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
     total = None
     for start, stop in _core.batched_chunks(len(alphas), _batch(batch_size)):
@@ -633,8 +630,8 @@ def layer_conductance(
         params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
+        need_float=True,
     )
-    _check_float_x(s.x)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
     size = _batch(batch_size)
     total = None
@@ -768,8 +765,8 @@ def layer_gradient_shap(
         params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
+        need_float=True,
     )
-    _check_float_x(s.x)
     dist = _core.baseline_distribution(resolve_baselines(baselines, s.x), s.x)
     m = jax.tree_util.tree_leaves(dist)[0].shape[0]
     noise, idx, alphas = gradient_shap_draws(key, s.x, m, n_samples, stdevs)

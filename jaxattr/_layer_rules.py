@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxattr import _caching, _core, _taps
 from jaxattr._cam import _check_custom
 from jaxattr._core import PyTree
-from jaxattr._layer import Setup, _check_float_x, _completeness
+from jaxattr._layer import Setup, _completeness
 from jaxattr._noise import resolve_baselines
 
 __all__ = [
@@ -137,8 +137,8 @@ def layer_lrp(
         params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
+        need_float=True,
     )
-    _check_float_x(s.x)
     intercept = _cached_intercept(attached.model, attached.composite)
     out = _layer_lrp_core(
         **s.common(),
@@ -288,8 +288,8 @@ def layer_deep_lift(
         params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
+        need_float=True,
     )
-    _check_float_x(s.x)
     _check_custom(custom_attribution_func)
     b = _core.broadcast_baselines(baselines, s.x, s.inputs)
     out = _layer_deep_lift_core(
@@ -392,8 +392,8 @@ def layer_deep_lift_shap(
         params=params,
         to_input=attribute_to_layer_input,
         tuple_ok=True,
+        need_float=True,
     )
-    _check_float_x(s.x)
     _check_custom(custom_attribution_func)
     dist, m = _distribution(baselines, s.x, "layer_deep_lift_shap")
     n = s.inputs.n

@@ -20,7 +20,7 @@ from jaxattr import _caching, _core, _taps
 from jaxattr._core import PyTree
 from jaxattr._gradient import gradient
 from jaxattr._integrated import checked_quadrature, integrated_gradients
-from jaxattr._layer import Setup, _batch, _check_float_x, _points
+from jaxattr._layer import Setup, _batch, _points
 from jaxattr._noise import gradient_shap
 
 __all__ = [
@@ -499,8 +499,8 @@ def neuron_conductance(
         kwargs=kwargs,
         params=params,
         to_input=attribute_to_neuron_input,
+        need_float=True,
     )
-    _check_float_x(s.x)
     (tap,) = s.taps
     shapes = _taps.tap_shapes(s.model, s.params, s.inputs, s.x, s.args, s.kwargs, s.taps)
     mode, static, index = _selector_spec(neuron_selector, tuple(shapes[tap.key].shape))
