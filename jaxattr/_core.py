@@ -437,6 +437,18 @@ class Structured(NamedTuple):
     fn: Callable[..., Any]
     target: Target | None
 
+    def core_args(self) -> dict[str, Any]:
+        """What a compiled core takes: ``inputs``, ``params``, ``x``, ``args``, ``kwargs``
+        and ``target`` (the model and static options are passed beside them)."""
+        return dict(
+            inputs=self.inputs,
+            params=self.params,
+            x=self.x,
+            args=self.args,
+            kwargs=self.kwargs,
+            target=self.target,
+        )
+
 
 def prepare_structured(
     model: Any,

@@ -255,13 +255,8 @@ def deep_lift(
         )
     return _deep_lift_core(
         model=model,
-        inputs=s.inputs,
-        params=s.params,
-        x=s.x,
         baselines=b,
-        args=s.args,
-        kwargs=s.kwargs,
-        target=s.target,
+        **s.core_args(),
         eps=float(eps),
         multiply_by_inputs=multiply_by_inputs,
         custom=custom_attribution_func,

@@ -226,12 +226,7 @@ def _excitation(
             classifier_layer = _last_linear(model)
     sal = _ebp_core(
         model=model,
-        inputs=s.inputs,
-        params=s.params,
-        x=s.x,
-        args=s.args,
-        kwargs=s.kwargs,
-        target=s.target,
+        **s.core_args(),
         layer=layer,
         contrast_layer=contrast_layer,
         classifier_layer=classifier_layer,

@@ -204,12 +204,7 @@ def _run_rules(
     attached = attach(model, composite, canonizers=canonizers)
     return _lrp_core(
         attached=attached,
-        inputs=s.inputs,
-        params=s.params,
-        x=s.x,
-        args=s.args,
-        kwargs=s.kwargs,
-        target=s.target,
+        **s.core_args(),
         captum_normalize=captum_normalize,
         return_delta=return_delta,
     )

@@ -291,14 +291,4 @@ def layer_gradient(
         name="model (with saliency_layer)",
     )
     tap = _taps.resolve_single(s.model, saliency_layer)
-    return _layer_gradient_core(
-        model=s.model,
-        inputs=s.inputs,
-        taps=(tap,),
-        params=s.params,
-        x=s.x,
-        args=s.args,
-        kwargs=s.kwargs,
-        target=s.target,
-        composite=composite,
-    )
+    return _layer_gradient_core(model=s.model, taps=(tap,), composite=composite, **s.core_args())

@@ -458,7 +458,8 @@ def test_plain_function_guided_backprop_rewrites_relu():
 def test_excitation_backprop_matches_torchray_definition():
     """TorchRay's rules, written out: p' = x * W+^T (p / (W+ x)) on linear layers."""
     model = bias_free_relu_net(3)
-    x = np.abs(RNG.normal(size=(1, 6))).astype(np.float32)
+    # its own draw: the module RNG made the input depend on the tests run before it
+    x = np.abs(np.random.default_rng(7).normal(size=(1, 6))).astype(np.float32)
     w = [np.asarray(model.params[k]["weight"], np.float64) for k in ("fc1", "fc2", "fc3")]
     a0 = x[0].astype(np.float64)
     a1 = np.maximum(a0 @ w[0], 0)
@@ -485,7 +486,10 @@ def test_excitation_backprop_matches_torchray_definition():
     )
     np.testing.assert_allclose(ours_c[0], np.maximum(q0, 0), rtol=1e-4, atol=1e-7)
     ours_s = jaxattr.contrastive_excitation_backprop(model, x, target=2, contrast_layer="relu2")
-    np.testing.assert_allclose(ours_s[0, 0], max(q0.sum(), 0.0), rtol=1e-4, atol=1e-7)
+    # both passes carry the target's relevance (p0.sum(), ~1), so the sum cancels to ~0
+    # and float32 leaves rounding of that size (1e-7 absolute failed 22 of 200 draws)
+    tol = 1e-6 * abs(p0.sum())
+    np.testing.assert_allclose(ours_s[0, 0], max(q0.sum(), 0.0), rtol=1e-4, atol=tol)
 
 
 # --------------------------------------------------------------------------------------
