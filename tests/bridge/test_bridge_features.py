@@ -219,3 +219,58 @@ def test_layer_tap_gradcam_matches_captum(resnet):
     weights = grads.mean(axis=(2, 3), keepdims=True)
     cam = jax.nn.relu((weights * acts).sum(axis=1, keepdims=True))
     assert_close(cam, want, atol=5e-5)
+
+
+class _TransposedWeights(nn.Module):
+    """Linear layers written as products with a transposed weight."""
+
+    def __init__(self, linear: nn.Linear, head: nn.Linear):
+        super().__init__()
+        self.w, self.b, self.w2 = linear.weight, linear.bias, head.weight
+
+    def forward(self, x):
+        h = torch.relu(torch.addmm(self.b, x, self.w.t()))
+        return h @ self.w2.t()
+
+
+class _Gram(nn.Module):
+    def forward(self, x):
+        return torch.relu(x) @ x.t()  # activations on both sides: stays a product
+
+
+def test_transposed_weight_products_become_linear_layers(tmp_path):
+    """``addmm(b, x, W.t())`` and ``x @ W.t()`` convert to ``linear`` (XLA's CPU backend
+    copies a transposed dot operand on every call: 20x slower at batch 1 for a large
+    weight); results, gradients and LRP equal those of the same model built from
+    ``nn.Linear``; core-ATen-decomposed ``.pt2`` files (``permute`` + ``addmm``) too."""
+    import jaxattr
+
+    torch.manual_seed(0)
+    lin, head = nn.Linear(12, 8), nn.Linear(8, 3, bias=False)
+    m = _TransposedWeights(lin, head).eval()
+    ref = nn.Sequential(lin, nn.ReLU(), head).eval()
+    x = torch.randn(4, 12)
+    conv = bridge.from_torch(m, x)
+    keys = [i.key for i in conv._instrs]
+    assert keys.count("aten.linear.default") == 2, keys
+    assert "aten.addmm.default" not in keys
+    assert_close(conv(x.numpy()), m(x))
+    gram = bridge.from_torch(_Gram(), x)
+    assert "aten.linear.default" not in [i.key for i in gram._instrs]
+    assert [la.kind for la in gram.layers.values()] == ["activation", "mul"]
+    assert_close(gram(x.numpy()), _Gram()(x))
+    plain = bridge.from_torch(ref, x)
+    comp = jaxattr.composites.epsilon_plus_flat()
+    a = jaxattr.lrp(conv, x.numpy(), composite=comp, target=1)
+    b = jaxattr.lrp(plain, x.numpy(), composite=comp, target=1)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    g = jaxattr.gradient(conv, x.numpy(), target=2)
+    xt = x.clone().requires_grad_()
+    m(xt)[:, 2].sum().backward()
+    assert_close(g, xt.grad)
+    path = tmp_path / "decomposed.pt2"
+    torch.export.save(torch.export.export(ref, (x,)).run_decompositions(), path)
+    loaded = bridge.load(path)
+    keys = [i.key for i in loaded._instrs]
+    assert keys.count("aten.linear.default") == 2 and "aten.addmm.default" not in keys, keys
+    assert_close(loaded(x.numpy()), ref(x))
