@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxattr import _core
 from jaxattr._core import PyTree
+from jaxattr._integrated import _path_gradient_sum
 
 __all__ = [
     "XRAIOutput",
@@ -964,14 +965,6 @@ def _segment_masks(segments: Any, n: int, hw: tuple[int, int]) -> Any:
     raise TypeError(f"segments must be boolean masks or integer labels, got {segments.dtype}")
 
 
-@_core.cached_jit(("fn", "inputs"))
-def _xrai_ig_part(*, fn, inputs, x, baselines, args, target, alphas, weights):
-    from jaxattr._integrated import _path_sum
-
-    b = _core.expand_baselines(baselines, x)
-    return _path_sum(fn, inputs, x, b, args, target, alphas, weights)
-
-
 def _xrai_ig(fn, inputs, x, baseline, args, target, steps, batch_size):
     """PAIR's integrated gradients: ``(x - b) * mean_s grad f(b + a_s (x - b))`` with
     ``a = linspace(0, 1, steps)``."""
@@ -979,7 +972,7 @@ def _xrai_ig(fn, inputs, x, baseline, args, target, steps, batch_size):
     weights = np.full(steps, 1.0 / steps)
     total = None
     for start, stop in _core.batched_chunks(steps, batch_size):
-        part = _xrai_ig_part(
+        part = _path_gradient_sum(  # integrated_gradients' compiled step sum
             fn=fn,
             inputs=inputs,
             x=x,
