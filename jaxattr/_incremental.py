@@ -999,10 +999,10 @@ def _bring(
         else:  # they overlap: place the box by a mask
             box = b.shape[b.ndim - nsp :]
             bp = jnp.pad(b, [(0, 0)] * (b.ndim - nsp) + [(s, s) for s in region_size])
-            placed = jax.vmap(window)(bp, r - sb + jnp.asarray(region_size, jnp.int32))
+            placed = jax.vmap(window)(bp, r - sb + jnp.asarray(region_size, jnp.int32)[None])
             mask = None
             for i in range(nsp):
-                rel = r[:, i : i + 1] + jnp.arange(region_size[i]) - sb[:, i : i + 1]
+                rel = r[:, i : i + 1] + jnp.arange(region_size[i])[None] - sb[:, i : i + 1]
                 m = (rel >= 0) & (rel < box[i])
                 shape = [p] + [1] * nsp
                 shape[1 + i] = region_size[i]
