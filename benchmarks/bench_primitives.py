@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,24 +142,9 @@ CONV_FORMS = {
 }
 
 
-def _time(f, *args, repeats: int) -> float:
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
-
-
-def _torch_time(f, repeats: int) -> float:
-    f()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
+def _ms(f, repeats: int) -> float:
+    """Median ms of ``f()`` after a first call (``harness.time_call``)."""
+    return harness.time_call(f, repeat=repeats)[1] * 1e3
 
 
 def conv_table(shapes, repeats: int) -> list[dict]:
@@ -179,21 +162,21 @@ def conv_table(shapes, repeats: int) -> list[dict]:
             grad = jax.jit(lambda x, w, ct, form=form: jax.vjp(lambda v: form(v, w), x)[1](ct)[0])
             err = np.abs(np.asarray(value(x, w), np.float64) - ref).max() / np.abs(ref).max()
             row[name] = [
-                _time(value, x, w, repeats=repeats),
-                _time(grad, x, w, ct, repeats=repeats),
+                _ms(lambda: value(x, w), repeats),
+                _ms(lambda: grad(x, w, ct), repeats),
                 float(err),
             ]
         u = winograd_weight(w)
         value = jax.jit(lambda x, w, u: winograd_f2x3(x, w, u))
         grad = jax.jit(lambda x, w, u, ct: jax.vjp(lambda v: winograd_f2x3(v, w, u), x)[1](ct)[0])
         row["winograd, G g G^T given"] = [
-            _time(value, x, w, u, repeats=repeats),
-            _time(grad, x, w, u, ct, repeats=repeats),
+            _ms(lambda: value(x, w, u), repeats),
+            _ms(lambda: grad(x, w, u, ct), repeats),
         ]
         xt, wt, ctt = (torch.from_numpy(np.array(a)) for a in (x, w, ct))
         row["torch"] = [
-            _torch_time(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), repeats),
-            _torch_time(lambda: torch.nn.grad.conv2d_input(xt.shape, wt, ctt, padding=1), repeats),
+            _ms(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), repeats),
+            _ms(lambda: torch.nn.grad.conv2d_input(xt.shape, wt, ctt, padding=1), repeats),
         ]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -225,7 +208,7 @@ def options_table(repeats: int) -> list[dict]:
             except Exception as err:  # noqa: BLE001 - an option this jaxlib does not know
                 row["error"] = str(err).splitlines()[0][:120]
             else:
-                row["ms"] = _time(compiled, *args, repeats=repeats)
+                row["ms"] = _ms(lambda: compiled(*args), repeats)
                 out = np.asarray(compiled(*args), np.float64)
                 row["max_rel_diff"] = float(np.abs(out - ref).max() / np.abs(ref).max())
                 row["same_program"] = compiled.as_text() == default_hlo
@@ -247,9 +230,9 @@ def dot_table(shapes, repeats: int) -> list[dict]:
         xt, wtt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(w))
         row = {
             "shape": [m, k, n],
-            "xla_w_T": _time(nt, x, w, repeats=repeats),
-            "xla_w": _time(nn, x, wt, repeats=repeats),
-            "torch": _torch_time(lambda: torch.nn.functional.linear(xt, wtt), repeats),
+            "xla_w_T": _ms(lambda: nt(x, w), repeats),
+            "xla_w": _ms(lambda: nn(x, wt), repeats),
+            "torch": _ms(lambda: torch.nn.functional.linear(xt, wtt), repeats),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
