@@ -402,7 +402,7 @@ def feature_permutation(
     keys = jax.random.split(key, f)
     run = np.flatnonzero(~_skipped_features(fmasks, f, leaves))
     base = _base_scores(fn=fn, inputs=inputs, x=x, args=args, target=t)
-    diff = jnp.zeros((f, base.shape[0]), jnp.float32)
+    diff = jnp.zeros((f, base.shape[0]), base.dtype)
     if len(run):
         b = jax.tree_util.tree_map(lambda a: np.zeros((), a.dtype), x)
         off = jnp.eye(f, dtype=bool)[run][:, None, :]

@@ -1193,8 +1193,9 @@ def chunks(plan: IncrementalPlan, total: int, batch_size: int | None) -> list[tu
 
 def _score(y: Any, target: Any) -> jax.Array:
     if target is None:
-        return jnp.reshape(jnp.asarray(y), (-1,)).astype(jnp.float32)
-    return _core.target_score(y, target).astype(jnp.float32)
+        y = jnp.asarray(y)
+        return jnp.reshape(y, (-1,)).astype(_core.at_least_float32(y.dtype))
+    return _core.target_score(y, target).astype(_core.at_least_float32(jnp.result_type(y)))
 
 
 @_core.cached_jit(("model", "program"))
@@ -1263,7 +1264,7 @@ def _window_sum(
     for d, (size, k) in enumerate(zip(dims, window, strict=True)):
         i = jnp.arange(size)
         st = wstarts[:, d : d + 1]
-        factors.append(((i[None] >= st) & (i[None] < st + k)).astype(jnp.float32))  # (P, size)
+        factors.append(((i[None] >= st) & (i[None] < st + k)).astype(w.dtype))  # (P, size)
     t = w
     for f in factors[:-1]:
         t = (t[:, :, None] * f[:, None, :]).reshape(t.shape[0], -1)

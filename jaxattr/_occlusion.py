@@ -145,7 +145,7 @@ def _window_mask(start, dims, window, wrap):
     m = None
     nd = len(dims)
     for d, (size, w) in enumerate(zip(dims, window, strict=False)):
-        i = jnp.arange(size)
+        i = jnp.arange(size, dtype=jnp.result_type(start))  # int64 starts under x64
         if wrap:
             inside = jnp.mod(i - start[d], size) < w
         else:
@@ -198,7 +198,7 @@ def _occlusion_chunk(
 
     s, masks = jax.vmap(one)(starts, leaf_ids, keys)
     w = s if zennit else base[None] - s
-    return [jnp.tensordot(w, m.astype(jnp.float32), axes=((0,), (0,))) for m in masks]
+    return [jnp.tensordot(w, m.astype(w.dtype), axes=((0,), (0,))) for m in masks]
 
 
 def _window_counts(positions, window, dims, wrap):
@@ -307,7 +307,7 @@ def _run_windows(
             a = acc[i]
         if divide and geometry is not None:
             counts = _window_counts(geometry[0], geometry[1], leaf.shape[1:], wrap)
-            a = a / np.where(counts > 0, counts, 1.0).astype(np.float32)[None]
+            a = a / jnp.asarray(np.where(counts > 0, counts, 1.0), a.dtype)[None]
         out.append((a * scale).astype(_attr_dtype(leaf)))
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -465,7 +465,7 @@ def occlusion(
                 show_progress,
             )
             counts = _window_counts(pos, win, leaves[0].shape[1:], False)
-            a = acc / np.where(counts > 0, counts, 1.0).astype(np.float32)[None]
+            a = acc / jnp.asarray(np.where(counts > 0, counts, 1.0), acc.dtype)[None]
             treedef = jax.tree_util.tree_structure(x)
             return jax.tree_util.tree_unflatten(treedef, [a.astype(_attr_dtype(leaves[0]))])
     return _run_windows(
@@ -610,7 +610,10 @@ def tiled_occlusion(
     tilings = [
         (i, j) for i, (kt, _) in enumerate(plans) for j in itertools.product(*map(range, kt))
     ]
-    totals = [jnp.zeros((n_out, *leaf.shape[1:]), jnp.float32) for leaf in leaves]
+    acc_dtypes = [_core.at_least_float32(_attr_dtype(leaf)) for leaf in leaves]
+    totals = [
+        jnp.zeros((n_out, *leaf.shape[1:]), d) for leaf, d in zip(leaves, acc_dtypes, strict=True)
+    ]
     for i, j in progress(tilings, desc="tiled_occlusion", enabled=show):
         kt, wt = plans[i]
         leaf, bl = leaves[i], b_leaves[i]
@@ -655,7 +658,7 @@ def tiled_occlusion(
                 divide=True,
                 n_out=n_out,
             )
-        )[i].astype(jnp.float32)
+        )[i].astype(acc_dtypes[i])
         for d, (kd, wd, jd) in enumerate(zip(kt, wt, j, strict=True)):
             if kd > 1:
                 attr = _unshift(attr, d + 1, wd // kd, jd, leaf.shape[d + 1])

@@ -135,12 +135,20 @@ def _n_outputs(t: Any, out_shape: tuple, n: int) -> int:
     return n if t is not None else int(math.prod(out_shape))
 
 
+def score_dtype(y: Any) -> np.dtype:
+    """The dtype perturbation methods compute scores and their sums in: the output's,
+    at least float32 (bfloat16 and integer outputs are summed in float32, float64 stays
+    float64)."""
+    return _core.at_least_float32(jnp.result_type(y))
+
+
 def _scores(fn, inputs, x, args, target):
-    """The explained scores, float32: ``(N,)`` for a target, the flat output for None."""
+    """The explained scores (:func:`score_dtype`): ``(N,)`` for a target, the flat output
+    for None."""
     y = inputs.call(fn, x, args)
     if target is None:
-        return jnp.reshape(jnp.asarray(y), (-1,)).astype(jnp.float32)
-    return _core.target_score(y, target).astype(jnp.float32)
+        return jnp.reshape(jnp.asarray(y), (-1,)).astype(score_dtype(y))
+    return _core.target_score(y, target).astype(score_dtype(y))
 
 
 def _per_example_scalar(t: Any, out_shape: tuple, n: int) -> bool:

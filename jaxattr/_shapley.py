@@ -126,7 +126,7 @@ def _shapley_from_orders(fn, x, args, inputs, t, b, fmasks, perms, batch_size, s
         [jnp.broadcast_to(start, (s_count, 1, start.shape[0])), s[:, :-1]], axis=1
     )
     marginal = s - prev  # (S, step, N): contribution of feature perms[s, step]
-    per_feature = jnp.zeros((f, s.shape[2]), jnp.float32)
+    per_feature = jnp.zeros((f, s.shape[2]), s.dtype)
     per_feature = per_feature.at[perms.reshape(-1)].add(marginal.reshape(-1, s.shape[2]))
     return _spread((per_feature / s_count).T, fmasks, x)
 
@@ -191,7 +191,7 @@ def shapley_values(
     s = _run_features(
         fn, x, args, inputs, t, b, fmasks, off, batch_size, show_progress, "shapley_values"
     )
-    attr = _spread((jnp.asarray(coef) @ s).T, fmasks, x)
+    attr = _spread((jnp.asarray(coef, s.dtype) @ s).T, fmasks, x)
     return _shapley_shape(attr, t, out_shape, inputs.n)
 
 
@@ -208,4 +208,4 @@ def _shapley_coefficients(f: int) -> np.ndarray:
                 coef[i, s] += fact[k - 1] * fact[f - k] / fact[f]
             else:  # S without i: - w(|S|)
                 coef[i, s] -= fact[k] * fact[f - k - 1] / fact[f]
-    return coef.astype(np.float32)
+    return coef
