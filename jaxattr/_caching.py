@@ -27,6 +27,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -338,6 +339,11 @@ def compiler_options() -> dict[str, str]:
     return dict(_options_for(jax.default_backend()))
 
 
+def _as_jax(leaf: Any) -> Any:
+    """A NumPy array as a JAX array (never a static argument: arrays are unhashable)."""
+    return jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf
+
+
 def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
     """:func:`jax.jit` compiling with :func:`compiler_options` where it can.
 
@@ -357,6 +363,11 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
+        # NumPy arrays become JAX arrays here, at the current x64 setting: a NumPy float64
+        # passed to a jitted function inside another trace is lowered as a float64
+        # constant once the program was traced with x64 on, and the program then fails to
+        # lower with x64 off (jax 0.10.2; tests/test_contract.py::test_float64_under_x64)
+        args, kwargs = jax.tree_util.tree_map(_as_jax, (args, kwargs))
         options = _options_for(jax.default_backend())
         if not options:
             return plain(*args, **kwargs)

@@ -243,7 +243,7 @@ def _extremal_core(
             mshape[a - 1] = leaf.shape[a]
         u = math.prod(shape_out)
         zeros = jnp.asarray([int(u * (1 - a)) for a in areas], jnp.int32)
-        ref = (jnp.arange(u)[None, :] >= zeros[:, None]).astype(jnp.float32)  # (A, U)
+        ref = (jnp.arange(u, dtype=jnp.int32)[None, :] >= zeros[:, None]).astype(jnp.float32)
         geo.append((axes, spatial, shape_in, tuple(mshape), ref, crop))
     pyramids = [
         _pyramid(leaf, g[0], num_levels, perturbation, max_blur)

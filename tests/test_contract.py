@@ -362,6 +362,23 @@ def test_shape_and_dtype_follow_x(case, dtype):
     assert attr.shape == x.shape and attr.dtype == x.dtype
 
 
+# fusion_grad's contract model multiplies the float32 mlp by its params, float64 under x64
+X64_IDS = [k for k in ids if not k.startswith("fusion_grad")]
+
+
+@pytest.mark.parametrize("name", X64_IDS)
+def test_float64_under_x64(name):
+    """With ``jax.enable_x64`` a float64 input gives a float64 attribution, and nothing
+    inside mixes the int64 / float64 that x64 makes of ``arange`` and literals with int32 /
+    float32 (strict promotion refused two methods: occlusion's window masks and
+    extremal_perturbation's area masks)."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.asarray(X), jnp.float64)
+        attr = CASES[name](mlp, x, target=1)
+        attr = attr[0] if isinstance(attr, tuple) else attr
+        assert attr.shape == x.shape and attr.dtype == jnp.float64
+
+
 @pytest.mark.parametrize("case", params, ids=ids)
 def test_tuple_input_gives_tuple_attribution(case):
     attr = case(mlp2, X2, target=2)
