@@ -54,8 +54,9 @@ def _timed(f):
     """``(result, cpu_s, wall_s)`` of one call."""
     c0, w0 = time.process_time(), time.perf_counter()
     out = f()
-    jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
-                           else a, out)
+    jax.tree_util.tree_map(
+        lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, out
+    )
     return out, time.process_time() - c0, time.perf_counter() - w0
 
 
@@ -72,16 +73,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="ResNet-18,VGG-11")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--ppe", default="1,16,64,256",
-                        help="Captum perturbations_per_eval tried at the first batch size")
-    parser.add_argument("--ppe-batched", default="",
-                        help="settings tried at the other batch sizes (default: the two "
-                        "fastest of the first batch size that fit --max-images)")
-    parser.add_argument("--max-images", type=int, default=512,
-                        help="skip Captum settings with more images per forward pass")
+    parser.add_argument(
+        "--ppe",
+        default="1,16,64,256",
+        help="Captum perturbations_per_eval tried at the first batch size",
+    )
+    parser.add_argument(
+        "--ppe-batched",
+        default="",
+        help="settings tried at the other batch sizes (default: the two "
+        "fastest of the first batch size that fit --max-images)",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=512,
+        help="skip Captum settings with more images per forward pass",
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--full-batches", default="1",
-                        help="batch sizes at which incremental=False is timed too")
+    parser.add_argument(
+        "--full-batches", default="1", help="batch sizes at which incremental=False is timed too"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/occlusion.json")
     args = parser.parse_args(argv)
     size = 112 if args.quick else 224
@@ -99,6 +111,7 @@ def main(argv=None) -> dict:
             xt = torch.from_numpy(x)
             kw = dict(target=TARGET, sliding_window_shapes=WINDOW, strides=STRIDE)
             plan_windows = (-(-(size - 16) // 8) + 1) ** 2
+
             # jaxattr first: its peak memory is not inflated by torch's
             def ours(inc=True, x=x):
                 return jaxattr.occlusion(conv, x, incremental=inc, **kw)
@@ -112,8 +125,13 @@ def main(argv=None) -> dict:
                 full = _timed(lambda: ours(False))[0]  # compiles
                 full_cpu, full_wall = _timed(lambda: ours(False))[1:]
             # Captum, each setting once
-            settings = ppes if n == batches[0] else (
-                [int(p) for p in args.ppe_batched.split(",")] if args.ppe_batched else best_ppe)
+            settings = (
+                ppes
+                if n == batches[0]
+                else (
+                    [int(p) for p in args.ppe_batched.split(",")] if args.ppe_batched else best_ppe
+                )
+            )
             ref_best = None
             tried = 0
             for ppe in settings:
@@ -125,41 +143,64 @@ def main(argv=None) -> dict:
                     print(f"  skip Captum ppe={ppe} at batch {n}: {ppe * n} images", flush=True)
                     continue
                 with torch.no_grad():
-                    ref, rc, rw = _timed(lambda ppe=ppe, xt=xt: ca.Occlusion(module).attribute(
-                        xt, perturbations_per_eval=ppe, **kw))
+                    ref, rc, rw = _timed(
+                        lambda ppe=ppe, xt=xt: ca.Occlusion(module).attribute(
+                            xt, perturbations_per_eval=ppe, **kw
+                        )
+                    )
                 tried += 1
-                sweep.append({"model": name, "batch": n, "ppe": ppe, "cpu_s": rc,
-                              "wall_s": rw, "load": os.getloadavg()[0]})
-                print(f"  {name} b={n} Captum ppe={ppe}: cpu {rc:.1f} s, wall {rw:.1f} s",
-                      flush=True)
+                sweep.append(
+                    {
+                        "model": name,
+                        "batch": n,
+                        "ppe": ppe,
+                        "cpu_s": rc,
+                        "wall_s": rw,
+                        "load": os.getloadavg()[0],
+                    }
+                )
+                print(
+                    f"  {name} b={n} Captum ppe={ppe}: cpu {rc:.1f} s, wall {rw:.1f} s", flush=True
+                )
                 if ref_best is None or rc < ref_best[1]:
                     ref_best = (ppe, rc, rw, ref.numpy())
             if n == batches[0]:
-                best_ppe = [s["ppe"] for s in sorted(
-                    (s for s in sweep if s["model"] == name and s["batch"] == n),
-                    key=lambda s: s["cpu_s"])]
+                best_ppe = [
+                    s["ppe"]
+                    for s in sorted(
+                        (s for s in sweep if s["model"] == name and s["batch"] == n),
+                        key=lambda s: s["cpu_s"],
+                    )
+                ]
             ours_np = np.asarray(first)
             scale = float(np.abs(ref_best[3]).max())
             row = {
-                "model": name, "batch": n, "size": size, "windows": plan_windows,
-                "captum_ppe": ref_best[0], "captum_cpu_s": ref_best[1],
-                "captum_wall_s": ref_best[2], "jaxattr_cpu_s": cpu, "jaxattr_wall_s": wall,
-                "compile_s": first_wall - wall, "speedup_cpu": ref_best[1] / cpu,
+                "model": name,
+                "batch": n,
+                "size": size,
+                "windows": plan_windows,
+                "captum_ppe": ref_best[0],
+                "captum_cpu_s": ref_best[1],
+                "captum_wall_s": ref_best[2],
+                "jaxattr_cpu_s": cpu,
+                "jaxattr_wall_s": wall,
+                "compile_s": first_wall - wall,
+                "speedup_cpu": ref_best[1] / cpu,
                 "speedup_wall": ref_best[2] / wall,
                 "max_abs_diff_vs_captum": float(np.abs(ours_np - ref_best[3]).max()),
-                "max_abs_attr": scale, "full_cpu_s": full_cpu, "full_wall_s": full_wall,
-                "max_abs_diff_vs_full": None if full is None else float(
-                    np.abs(ours_np - np.asarray(full)).max()),
-                "load": os.getloadavg()[0], "peak_mb": harness.peak_rss_mb(),
+                "max_abs_attr": scale,
+                "full_cpu_s": full_cpu,
+                "full_wall_s": full_wall,
+                "max_abs_diff_vs_full": None
+                if full is None
+                else float(np.abs(ours_np - np.asarray(full)).max()),
+                "load": os.getloadavg()[0],
+                "peak_mb": harness.peak_rss_mb(),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"rows": rows, "captum_sweep": sweep, "environment": harness.environment()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    md = _markdown(result)
-    args.out.with_suffix(".md").write_text(md)
-    print(md)
+    harness.write_results(result, args.out, _markdown(result))
     return result
 
 
@@ -179,11 +220,14 @@ def _markdown(result: dict) -> str:
             f"{r['captum_cpu_s']:.1f} ({r['captum_wall_s']:.1f}) | {r['jaxattr_cpu_s']:.1f} "
             f"({r['jaxattr_wall_s']:.1f}) | **{r['speedup_cpu']:.2f}x** "
             f"({r['speedup_wall']:.2f}x) | {r['compile_s']:.1f} | {full} | "
-            f"{r['max_abs_diff_vs_captum']:.2g} / {r['max_abs_attr']:.2g} |")
+            f"{r['max_abs_diff_vs_captum']:.2g} / {r['max_abs_attr']:.2g} |"
+        )
     lines += ["", "Captum sweep (cpu s, wall s):", ""]
     for s in result["captum_sweep"]:
-        lines.append(f"- {s['model']} batch {s['batch']} ppe {s['ppe']}: {s['cpu_s']:.1f}, "
-                     f"{s['wall_s']:.1f} (load {s['load']:.1f})")
+        lines.append(
+            f"- {s['model']} batch {s['batch']} ppe {s['ppe']}: {s['cpu_s']:.1f}, "
+            f"{s['wall_s']:.1f} (load {s['load']:.1f})"
+        )
     return "\n".join(lines) + "\n"
 
 

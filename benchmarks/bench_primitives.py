@@ -314,11 +314,7 @@ def main(argv=None) -> dict:
         "dot": dot_table(dots, args.repeats),
         "environment": harness.environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    args.out.with_suffix(".md").write_text(md)
-    print(md)
+    harness.write_results(result, args.out, markdown(result))
     return result
 
 

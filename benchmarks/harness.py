@@ -141,6 +141,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def write_results(result: dict, out: Path, markdown: str) -> None:
+    """Write ``result`` to ``out`` (JSON) and ``markdown`` beside it (``.md``), and print
+    the markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def report(rows: list[Row], title: str, out: Path | None, extra: dict | None = None) -> str:
     """Print a markdown table of ``rows`` and write them (plus the environment) as JSON."""
     lines = [
