@@ -363,11 +363,15 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
-        # NumPy arrays become JAX arrays here, at the current x64 setting: a NumPy float64
-        # passed to a jitted function inside another trace is lowered as a float64
-        # constant once the program was traced with x64 on, and the program then fails to
-        # lower with x64 off (jax 0.10.2; tests/test_contract.py::test_float64_under_x64)
-        args, kwargs = jax.tree_util.tree_map(_as_jax, (args, kwargs))
+        # Inside another trace, NumPy arrays become JAX arrays here, at the current x64
+        # setting: a NumPy float64 passed to a jitted function inside another trace is
+        # lowered as a float64 constant once the program was traced with x64 on, and the
+        # program then fails to lower with x64 off (jax 0.10.2;
+        # tests/test_contract.py::test_float64_under_x64). At the top level jax.jit
+        # converts them right, and faster.
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            args, kwargs = jax.tree_util.tree_unflatten(treedef, [_as_jax(a) for a in leaves])
         options = _options_for(jax.default_backend())
         if not options:
             return plain(*args, **kwargs)
