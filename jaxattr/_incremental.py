@@ -38,6 +38,7 @@ import numpy as np
 from jax import lax
 
 from jaxattr import _caching, _core
+from jaxattr._perturbation import explained_scores
 
 __all__ = ["IncrementalPlan", "incremental_plan"]
 
@@ -1191,17 +1192,10 @@ def chunks(plan: IncrementalPlan, total: int, batch_size: int | None) -> list[tu
     return _core.batched_chunks(total, batch_size, unit_bytes=4 * plan.bytes_per_perturbation)
 
 
-def _score(y: Any, target: Any) -> jax.Array:
-    if target is None:
-        y = jnp.asarray(y)
-        return jnp.reshape(y, (-1,)).astype(_core.at_least_float32(y.dtype))
-    return _core.target_score(y, target).astype(_core.at_least_float32(jnp.result_type(y)))
-
-
 @_core.cached_jit(("model", "program"))
 def _cache_scores(*, model, program, x, target):
     y, cache = cache_run(program, model, x)
-    return _score(y, target), cache
+    return explained_scores(y, target), cache
 
 
 def _occluded_boxes(x, b, wstarts, bstarts, window, size):
@@ -1249,7 +1243,7 @@ def _occlusion_chunk(
     b = _core.expand_baselines(baselines, x)
     xbox = _occluded_boxes(x, b, wstarts, starts[program.input_start], window, program.input_size)
     y = evaluate(program, model, x, cache, starts, xbox)
-    s = jax.vmap(lambda yy: _score(yy, target))(y)
+    s = jax.vmap(lambda yy: explained_scores(yy, target))(y)
     w = jnp.where(valid[:, None], base[None] - s, 0.0)  # padding of a last, short chunk
     return _window_sum(w, wstarts, window, tuple(x.shape[1:]))
 
@@ -1315,7 +1309,7 @@ def _feature_chunk(*, model, program, x, baselines, target, cache, starts, fm, f
     b = _core.expand_baselines(baselines, x)
     xbox = _feature_boxes(x, b, fm, fids, starts[program.input_start], program.input_size)
     y = evaluate(program, model, x, cache, starts, xbox)
-    return jax.vmap(lambda yy: _score(yy, target))(y)
+    return jax.vmap(lambda yy: explained_scores(yy, target))(y)
 
 
 def _padded(parts: list[tuple[int, int]], total: int):

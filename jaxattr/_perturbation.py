@@ -142,13 +142,17 @@ def score_dtype(y: Any) -> np.dtype:
     return _core.at_least_float32(jnp.result_type(y))
 
 
-def _scores(fn, inputs, x, args, target):
-    """The explained scores (:func:`score_dtype`): ``(N,)`` for a target, the flat output
-    for None."""
-    y = inputs.call(fn, x, args)
+def explained_scores(y: Any, target: Any) -> jax.Array:
+    """The scores a perturbation method explains, in :func:`score_dtype`: ``(N,)`` for a
+    target, the flat output for None."""
     if target is None:
         return jnp.reshape(jnp.asarray(y), (-1,)).astype(score_dtype(y))
     return _core.target_score(y, target).astype(score_dtype(y))
+
+
+def _scores(fn, inputs, x, args, target):
+    """:func:`explained_scores` of ``fn`` on ``x``."""
+    return explained_scores(inputs.call(fn, x, args), target)
 
 
 def _per_example_scalar(t: Any, out_shape: tuple, n: int) -> bool:
